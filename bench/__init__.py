@@ -1,0 +1,1 @@
+"""tnbench core library: suites, data, networks, training, runner, records, reports."""

@@ -1,0 +1,171 @@
+"""The compressor interface: the contract every method in ``methods/`` implements.
+
+A method is a ``Compressor`` subclass registered with ``@register_method("name")``.
+It must provide
+
+* ``knobs(layer)``: the admissible values of its size knob for that layer (rank, TT rank,
+  ADTN depth, ...), ordered by increasing parameter count;
+* ``layer_params(layer, knob)``: the exact parameter count of its replacement, bias included;
+* ``factorize(layer, knob)``: the drop-in replacement, initialised from the layer's weights.
+
+It may override ``allocate`` (budget -> knob per layer; ALDS does), ``finetune`` (NN-BCD
+trains without gradients; ADTN compresses layer by layer) and ``skip_reason`` (a method that
+does not apply to a network says why, and the runner records the job as skipped).
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+COMPRESSIBLE = (nn.Linear, nn.Conv2d)
+
+
+class CompressionError(ValueError):
+    """A method cannot build what was asked (budget below its smallest knob, bad shape...)."""
+
+
+def dense_params(layer: nn.Module) -> int:
+    """Parameters of a dense Linear/Conv2d, bias included."""
+    return sum(p.numel() for p in layer.parameters())
+
+
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    """The dense weight a (possibly factorised) layer computes, shaped like the original's.
+
+    Factorised modules expose ``effective_weight()``; plain layers return their weight.
+    """
+    if hasattr(module, "effective_weight"):
+        return module.effective_weight()
+    if isinstance(module, COMPRESSIBLE):
+        return module.weight
+    raise TypeError(f"{type(module).__name__} has no effective_weight(); factorised layers must define it")
+
+
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        names = [n for n, m in model.named_modules() if isinstance(m, COMPRESSIBLE)]
+        raise CompressionError(f"network has no layer {name!r}; its Linear/Conv2d layers: {', '.join(names)}") from None
+
+
+def replace_layer(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+@dataclass
+class FinetuneContext:
+    """What a method's ``finetune`` gets from the runner.
+
+    ``train(model, epochs=None)`` runs the suite's fine-tuning recipe (model selection on the
+    validation split included); ``extras`` is merged into the job's record.
+    """
+
+    train: Callable[..., None]
+    epochs: int
+    layer_names: list[str]
+    dense_layers: dict[str, nn.Module]
+    knobs: dict[str, Any]
+    method: "Compressor"
+    data: Any
+    device: torch.device
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Compressor:
+    """Base class of every method. Subclasses take their options as keyword arguments."""
+
+    name: str = "?"
+    knob_name: str = "rank"
+    #: what ``params`` counts; pruning counts non-zero weights and says so in the records
+    params_counted_as: str = "parameters"
+
+    def __init__(self, **options: Any):
+        if options:
+            raise TypeError(f"method {self.name!r} takes no options {sorted(options)}")
+
+    # --- size model -------------------------------------------------------------------
+    def knobs(self, layer: nn.Module) -> list[Any]:
+        raise NotImplementedError
+
+    def layer_params(self, layer: nn.Module, knob: Any) -> int:
+        raise NotImplementedError
+
+    def factorize(self, layer: nn.Module, knob: Any) -> nn.Module:
+        raise NotImplementedError
+
+    def module_params(self, module: nn.Module) -> int:
+        """Parameters of a built replacement, counted the way ``layer_params`` counts them."""
+        return sum(p.numel() for p in module.parameters())
+
+    # --- budget -> knobs ------------------------------------------------------------------
+    def allocate(self, layers: dict[str, nn.Module], target_ratio: float) -> dict[str, Any]:
+        """Knobs whose total parameter count is as close (in log) to dense/target_ratio as the
+        grid allows, compressing all layers by about the same ratio.
+
+        Scans a fine log-grid of per-layer ratios; for each, every layer takes its largest
+        knob that fits dense/ratio (or its smallest knob when none fits).
+        """
+        if target_ratio <= 0:
+            raise CompressionError(f"target ratio must be positive, got {target_ratio}")
+        grids = {}
+        for name, layer in layers.items():
+            ks = list(self.knobs(layer))
+            if not ks:
+                raise CompressionError(f"{self.name}: no admissible knob for layer {name}")
+            ps = [self.layer_params(layer, k) for k in ks]
+            order = sorted(range(len(ks)), key=lambda i: ps[i])
+            grids[name] = ([ps[i] for i in order], [ks[i] for i in order], dense_params(layer))
+        target = sum(g[2] for g in grids.values()) / target_ratio
+
+        def pick(rho: float) -> dict[str, int]:
+            chosen = {}
+            for name, (ps, _, dense) in grids.items():
+                i = bisect.bisect_right(ps, dense / rho) - 1
+                chosen[name] = max(i, 0)
+            return chosen
+
+        best, best_err = None, math.inf
+        for step in range(-400, 401):
+            rho = target_ratio * 2.0 ** (step / 40)
+            idx = pick(rho)
+            total = sum(grids[n][0][i] for n, i in idx.items())
+            err = abs(math.log(total / target))
+            if err < best_err - 1e-12:
+                best, best_err = idx, err
+        return {name: grids[name][1][i] for name, i in best.items()}
+
+    # --- compress and fine-tune -------------------------------------------------------------
+    def compress(self, model: nn.Module, knobs: dict[str, Any]) -> dict[str, dict]:
+        """Replace each named layer in place; returns per-layer info for the record."""
+        info = {}
+        for name, knob in knobs.items():
+            layer = get_layer(model, name)
+            new = self.factorize(layer, knob)
+            replace_layer(model, name, new)
+            info[name] = dict(getattr(new, "tnbench_info", {}))
+        return info
+
+    def finetune(self, model: nn.Module, ctx: FinetuneContext) -> None:
+        """Default: the suite's gradient fine-tuning recipe."""
+        ctx.train(model)
+
+    def skip_reason(self, model: nn.Module, layer_names: list[str]) -> str | None:
+        """A reason to record the job as skipped (method not applicable), else None."""
+        return None
+
+
+class FactorizedLayer(nn.Module):
+    """Convenience base for replacements: holds bias handling and layer metadata."""
+
+    tnbench_info: dict
+
+    def effective_weight(self) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,114 @@
+"""Datasets as whole in-memory tensors, with a validation split carved from training data.
+
+A loader registered with ``@register_dataset(name)`` returns a ``RawDataset`` (images as
+float32 in [0, 1], NCHW); ``load_splits`` normalises, splits and fingerprints it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from bench.registry import DATASETS
+
+VAL_SPLIT_SEED = 20260501  # fixed: every job of a suite shares the same validation split
+
+
+@dataclass
+class RawDataset:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+    #: name of a training augmentation in ``bench.augment`` (e.g. "crop-flip"), or None
+    augment: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DataSplits:
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    fingerprint: str
+    source: str
+    augment: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device: torch.device) -> "DataSplits":
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return DataSplits(**moved)
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("TNBENCH_DATA", "data"))
+
+
+def fingerprint(*arrays: torch.Tensor) -> str:
+    """A short content hash of the arrays a job used (shape, dtype and bytes)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = a.contiguous().cpu()
+        h.update(f"{tuple(a.shape)}{a.dtype}".encode())
+        h.update(a.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+_CACHE: dict[tuple, RawDataset] = {}
+
+
+def load_raw(name: str, data_dir: Path | None = None, download: bool = True) -> RawDataset:
+    import bench.data.digits  # noqa: F401  (register the built-in loaders)
+    import bench.data.idx  # noqa: F401
+
+    loader: Callable[..., RawDataset] = DATASETS.get(name)
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    key = (name, str(data_dir.resolve()))
+    if key not in _CACHE:
+        _CACHE[key] = loader(data_dir=data_dir, download=download)
+    return _CACHE[key]
+
+
+def load_splits(name: str, data_dir: Path | None = None, val_fraction: float = 0.1,
+                train_subset: int | None = None, download: bool = True) -> DataSplits:
+    """Normalised train/val/test tensors. ``train_subset`` keeps the first n training images
+    (after the fixed shuffle) for quick runs; the validation split is taken before it."""
+    raw = load_raw(name, data_dir, download)
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n = raw.x_train.shape[0]
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
+    n_val = int(round(n * val_fraction))
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    if train_subset:
+        train_idx = train_idx[: int(train_subset)]
+    mean = torch.tensor(raw.mean).view(1, -1, 1, 1)
+    std = torch.tensor(raw.std).view(1, -1, 1, 1)
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        return ((x - mean) / std).contiguous()
+
+    x_tr, y_tr = raw.x_train[train_idx], raw.y_train[train_idx]
+    x_va, y_va = raw.x_train[val_idx], raw.y_train[val_idx]
+    return DataSplits(
+        name=name, x_train=norm(x_tr), y_train=y_tr, x_val=norm(x_va), y_val=y_va,
+        x_test=norm(raw.x_test), y_test=raw.y_test, num_classes=raw.num_classes,
+        fingerprint=fingerprint(x_tr, y_tr, x_va, y_va, raw.x_test, raw.y_test),
+        source=raw.source, augment=raw.augment, warnings=list(raw.warnings))

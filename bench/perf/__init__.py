@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench.perf NAME`` runs ``bench/perf/NAME.py``'s ``main``."""
