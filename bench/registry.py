@@ -130,5 +130,7 @@ def network_names() -> list[str]:
 
 
 def dataset_names() -> list[str]:
-    import bench.data  # noqa: F401  (registers the datasets)
+    from bench.data import register_loaders
+
+    register_loaders()
     return DATASETS.names()

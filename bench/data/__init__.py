@@ -17,6 +17,12 @@ from bench.registry import DATASETS
 
 VAL_SPLIT_SEED = 20260501  # fixed: every job of a suite shares the same validation split
 
+#: (input shape, classes) of the known datasets, so a dry run needs no data on disk
+SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
+    "digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100),
+}
+
 
 @dataclass
 class RawDataset:
@@ -74,10 +80,15 @@ def fingerprint(*arrays: torch.Tensor) -> str:
 _CACHE: dict[tuple, RawDataset] = {}
 
 
-def load_raw(name: str, data_dir: Path | None = None, download: bool = True) -> RawDataset:
-    import bench.data.digits  # noqa: F401  (register the built-in loaders)
+def register_loaders() -> None:
+    """Import the built-in loader modules (each registers its datasets)."""
+    import bench.data.cifar  # noqa: F401
+    import bench.data.digits  # noqa: F401
     import bench.data.idx  # noqa: F401
 
+
+def load_raw(name: str, data_dir: Path | None = None, download: bool = True) -> RawDataset:
+    register_loaders()
     loader: Callable[..., RawDataset] = DATASETS.get(name)
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     key = (name, str(data_dir.resolve()))

@@ -1,0 +1,154 @@
+"""Training and evaluation on whole in-memory datasets.
+
+Batches are sliced from a permutation drawn on the data's device, augmentation (if the dataset
+names one) runs there in batch, and CUDA runs use bf16 autocast and channels_last. The same
+code runs on the CPU. Model selection: the epoch with the best validation accuracy is kept.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from bench.data import DataSplits
+
+RECIPE_DEFAULTS: dict[str, Any] = {
+    "epochs": 1, "batch_size": 128, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
+    "nesterov": False, "weight_decay": 5e-4, "schedule": "cosine", "label_smoothing": 0.0,
+}
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "constant", "step")
+
+
+def check_recipe(recipe: dict[str, Any], where: str = "recipe") -> dict[str, Any]:
+    """Recipe with defaults filled in; unknown keys or values fail listing the valid ones."""
+    bad = sorted(set(recipe) - set(RECIPE_DEFAULTS))
+    if bad:
+        raise ValueError(f"unknown {where} key(s) {bad}; valid: {', '.join(sorted(RECIPE_DEFAULTS))}")
+    full = {**RECIPE_DEFAULTS, **recipe}
+    if full["optimizer"] not in OPTIMIZERS:
+        raise ValueError(f"{where}.optimizer {full['optimizer']!r}; valid: {', '.join(OPTIMIZERS)}")
+    if full["schedule"] not in SCHEDULES:
+        raise ValueError(f"{where}.schedule {full['schedule']!r}; valid: {', '.join(SCHEDULES)}")
+    return full
+
+
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    if str(spec) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {spec!r} asked for, but CUDA is not available (use --device cpu)")
+    return device
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+    model.to(device)
+    if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> float:
+    """Top-1 accuracy in percent."""
+    if len(y) == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    device = x.device
+    correct = 0
+    with _autocast(device):
+        for i in range(0, len(y), batch_size):
+            xb = x[i:i + batch_size]
+            if device.type == "cuda" and xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            correct += (model(xb).argmax(1) == y[i:i + batch_size]).sum().item()
+    model.train(was_training)
+    return 100.0 * correct / len(y)
+
+
+def _optimizer(model: nn.Module, r: dict[str, Any]) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if r["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=r["lr"], momentum=r["momentum"],
+                               nesterov=r["nesterov"] and r["momentum"] > 0, weight_decay=r["weight_decay"])
+    cls = torch.optim.Adam if r["optimizer"] == "adam" else torch.optim.AdamW
+    return cls(params, lr=r["lr"], weight_decay=r["weight_decay"])
+
+
+def _lr_factor(schedule: str, step: int, total: int) -> float:
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
+    if schedule == "step":  # x0.1 at 50% and 75%
+        return 0.1 ** ((step >= total // 2) + (step >= 3 * total // 4))
+    return 1.0
+
+
+def train(model: nn.Module, data: DataSplits, recipe: dict[str, Any], seed: int = 0,
+          epochs: int | None = None, desc: str = "train", progress: bool = True) -> dict[str, Any]:
+    """Train in place on ``data`` (already on the target device); keep the best-val epoch.
+
+    ``epochs`` may be fractional (0.25 = a quarter of an epoch's steps) for quick fine-tuning.
+
+    Returns a summary: epochs run, best validation accuracy, wall time."""
+    r = check_recipe(recipe)
+    epochs = r["epochs"] if epochs is None else epochs
+    device = data.x_train.device
+    prepare_model(model, device)
+    if epochs <= 0:
+        return {"epochs": 0, "val_acc": evaluate(model, data.x_val, data.y_val), "time_s": 0.0}
+    torch.manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    augment = None
+    if data.augment:
+        from bench.augment import AUGMENTATIONS
+        augment = AUGMENTATIONS[data.augment]
+    opt = _optimizer(model, r)
+    n, bs = len(data.y_train), int(r["batch_size"])
+    steps_per_epoch = max(1, n // bs)
+    total = max(1, round(epochs * steps_per_epoch))  # fractional epochs: a share of the steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(r["schedule"], s, total))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=r["label_smoothing"])
+    best_acc, best_state, t0 = -1.0, None, time.perf_counter()
+    bar = tqdm(range(math.ceil(total / steps_per_epoch)), desc=desc, leave=False, disable=not progress, unit="ep")
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(n, device=device, generator=gen)
+        running = torch.zeros((), device=device)
+        steps = min(steps_per_epoch, total - epoch * steps_per_epoch)
+        for s in range(steps):
+            idx = perm[s * bs:(s + 1) * bs]
+            xb, yb = data.x_train[idx], data.y_train[idx]
+            if augment is not None:
+                xb = augment(xb, gen)
+            if device.type == "cuda" and xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with _autocast(device):
+                loss = loss_fn(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            running += loss.detach()
+        mean_loss = (running / steps).item()
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"{desc}: loss is {mean_loss} in epoch {epoch + 1}")
+        val_acc = evaluate(model, data.x_val, data.y_val)
+        if len(data.y_val) == 0 or val_acc > best_acc:
+            best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
+        bar.set_postfix(loss=f"{mean_loss:.3f}", val=f"{val_acc:.2f}")
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return {"epochs": epochs, "val_acc": best_acc, "time_s": time.perf_counter() - t0}

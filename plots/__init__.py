@@ -1,0 +1,1 @@
+"""Figure code: accuracy-vs-parameters and fit-error plots (``python -m plots ...``)."""

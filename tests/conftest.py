@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny suite on the embedded digits, and where real data lives."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("TNBENCH_DATA", REPO.parent / "shared" / "data"))
+
+TINY = {
+    "description": "tiny test suite",
+    "datasets": ["digits"],
+    "networks": {"digitnet": ["conv2", "fc1"]},
+    "methods": ["dense", "svd"],
+    "ratios": [2, 8],
+    "seeds": [0],
+    "train": {"epochs": 2, "batch_size": 64, "lr": 0.05},
+    "finetune": {"epochs": 0.5, "batch_size": 64, "lr": 0.01},
+}
+
+
+@pytest.fixture
+def tiny_suite(tmp_path: Path):
+    """Write a tiny suite file; ``tiny_suite(**changes)`` returns its path."""
+
+    def make(**changes) -> Path:
+        path = tmp_path / f"tiny{len(list(tmp_path.glob('tiny*.yaml')))}.yaml"
+        path.write_text(yaml.safe_dump({**TINY, **changes}))
+        return path
+
+    return make
+
+
+def mnist_available() -> bool:
+    return (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").exists()

@@ -1,0 +1,194 @@
+"""The runner end to end on the embedded digits: records, resume, failures, CLI errors."""
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from bench.cli import main
+from bench.records import append_record, read_records
+from tests.conftest import REPO
+
+RECORD_FIELDS = {
+    "suite", "network", "dataset", "method", "options", "target_ratio", "knobs", "seed", "params_dense_layers",
+    "params_compressed_layers", "achieved_ratio", "params_total", "acc_dense", "acc_before_finetune",
+    "acc_after_finetune", "fit_rel_error", "flops", "time_compress_s", "time_finetune_s", "status", "error",
+    "data_fingerprint", "code_version", "env", "key", "layer_info"}
+
+SLOW_PLUGIN = textwrap.dedent('''
+    import time
+    from bench.registry import register_method
+    from methods.svd import TruncatedSVD
+
+    @register_method("slow-svd")
+    class SlowSVD(TruncatedSVD):
+        def factorize(self, layer, rank):
+            time.sleep(0.4)
+            return super().factorize(layer, rank)
+''')
+
+FAILING_PLUGIN = textwrap.dedent('''
+    from bench.registry import register_method
+    from methods.svd import TruncatedSVD
+
+    @register_method("broken-svd")
+    class Broken(TruncatedSVD):
+        def factorize(self, layer, rank):
+            if rank > 4:
+                raise RuntimeError("deliberate failure")
+            return super().factorize(layer, rank)
+''')
+
+
+def _run(*args) -> int:
+    return main([*map(str, args), "--no-progress"])
+
+
+def test_suite_runs_records_and_reports(tmp_path, tiny_suite):
+    suite = tiny_suite()
+    assert _run("--suite", suite, "--out", tmp_path) == 0
+    recs = read_records(tmp_path / suite.stem / "runs.jsonl")
+    assert len(recs) == 3 and all(r["status"] == "ok" for r in recs)
+    for r in recs:
+        assert RECORD_FIELDS <= set(r), RECORD_FIELDS - set(r)
+    svd = [r for r in recs if r["method"] == "svd"]
+    for r in svd:
+        assert r["params_compressed_layers"] == sum(v["params"] for v in r["layer_info"].values())
+        assert r["achieved_ratio"] == pytest.approx(r["params_dense_layers"] / r["params_compressed_layers"])
+        assert 0 < r["fit_rel_error"] < 1
+    dense = next(r for r in recs if r["method"] == "dense")
+    assert dense["fit_rel_error"] == 0 and dense["acc_after_finetune"] == dense["acc_dense"]
+    assert (tmp_path / suite.stem / "table.md").read_text().count("| svd |") == 2
+    assert (tmp_path / suite.stem / "plots" / "accuracy_vs_params_digitnet_digits.png").stat().st_size > 0
+    assert list((tmp_path / "checkpoints").glob("*.pt"))
+
+
+def test_second_run_executes_zero_jobs(tmp_path, tiny_suite, capsys):
+    suite = tiny_suite()
+    assert _run("--suite", suite, "--out", tmp_path) == 0
+    assert _run("--suite", suite, "--out", tmp_path) == 0
+    assert "3 already done, 0 ok" in capsys.readouterr().out
+    assert len(read_records(tmp_path / suite.stem / "runs.jsonl")) == 3
+
+
+def test_override_changes_job_keys(tmp_path, tiny_suite):
+    suite = tiny_suite()
+    assert _run("--suite", suite, "--out", tmp_path) == 0
+    assert _run("--suite", suite, "--out", tmp_path, "--set", "ratios=[3]") == 0
+    recs = read_records(tmp_path / suite.stem / "runs.jsonl")
+    assert sorted(r["budget"] for r in recs) == ["x1", "x2", "x3", "x8"]
+
+
+def test_killed_run_resumes_to_same_ok_set(tmp_path, tiny_suite):
+    plugin = tmp_path / "slow.py"
+    plugin.write_text(SLOW_PLUGIN)
+    suite = tiny_suite(methods=["slow-svd"], ratios=[2, 3, 4, 6, 8, 12])
+    out_a, out_b = tmp_path / "a", tmp_path / "b"
+    records = out_a / suite.stem / "runs.jsonl"
+    cmd = [sys.executable, "run_all.py", "--plugin", str(plugin), "--suite", str(suite), "--no-progress"]
+    proc = subprocess.Popen(cmd + ["--out", str(out_a)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(read_records(records)) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = len(read_records(records))
+    assert 2 <= written < 6, "the kill must land mid-sweep"
+    with open(records, "a") as f:  # a torn line, as a kill inside a write would leave
+        f.write('{"key": "torn", "status": "o')
+    assert subprocess.run(cmd + ["--out", str(out_a)], cwd=REPO, capture_output=True).returncode == 0
+    assert subprocess.run(cmd + ["--out", str(out_b)], cwd=REPO, capture_output=True).returncode == 0
+    lines = records.read_text().splitlines()
+    assert all(json.loads(line) for line in lines)  # no broken line left
+    ok_a = {r["key"] for r in read_records(records) if r["status"] == "ok"}
+    ok_b = {r["key"] for r in read_records(out_b / suite.stem / "runs.jsonl") if r["status"] == "ok"}
+    assert ok_a == ok_b and len(ok_a) == 6 and len(lines) == 6
+
+
+def test_failed_job_is_recorded_and_sweep_goes_on(tmp_path, tiny_suite):
+    plugin = tmp_path / "broken.py"
+    plugin.write_text(FAILING_PLUGIN)
+    suite = tiny_suite(methods=["broken-svd"], ratios=[1.2, 16])
+    assert _run("--plugin", plugin, "--suite", suite, "--out", tmp_path) == 1
+    recs = {r["budget"]: r for r in read_records(tmp_path / suite.stem / "runs.jsonl")}
+    assert recs["x1.2"]["status"] == "failed" and "deliberate failure" in recs["x1.2"]["error"]
+    assert recs["x16"]["status"] == "ok"
+    # a re-run retries only the failed job
+    assert _run("--plugin", plugin, "--suite", suite, "--out", tmp_path) == 1
+    assert len(read_records(tmp_path / suite.stem / "runs.jsonl")) == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--suite", "nosuch"], "unknown suite 'nosuch'; known: .*smoke"),
+    (["--suite", "smoke", "--set", "bogus=1"], "unknown key 'bogus'; valid: .*ratios"),
+    (["--suite", "smoke", "--set", "finetune.lrr=1"], r"unknown finetune key\(s\) \['lrr'\]; valid: .*lr"),
+    (["--suite", "smoke", "--set", "methods=[nosuch]"], "unknown method 'nosuch'; known: .*svd"),
+    (["--suite", "smoke", "--set", "networks={nonet: [fc1]}"], "unknown network 'nonet'; known: .*lenet5"),
+    (["--suite", "smoke", "--set", "datasets=[nodata]"], "unknown dataset 'nodata'; known: .*mnist"),
+    (["--suite", "smoke", "--set", "noequals"], "--set takes key=value"),
+    (["--suite", "smoke", "--methods", "nosuch"], r"--methods \['nosuch'\] not in suite"),
+])
+def test_bad_names_fail_with_one_line_listing_choices(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    import re
+    assert re.search(message, err), err
+
+
+def test_dry_run_plans_without_training(tmp_path, capsys):
+    assert _run("--suite", "mnist", "--dry-run", "--out", tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "fc2/mnist" in out and "lenet5/mnist" in out and "params" in out
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_report_only_rebuilds_from_records(tmp_path, tiny_suite):
+    suite = tiny_suite()
+    assert _run("--suite", suite, "--out", tmp_path) == 0
+    table = tmp_path / suite.stem / "table.md"
+    before = table.read_text()
+    table.unlink()
+    assert _run("--suite", suite, "--out", tmp_path, "--report-only") == 0
+    assert table.read_text() == before
+
+
+def test_records_survive_torn_tail(tmp_path):
+    path = tmp_path / "r.jsonl"
+    append_record(path, {"key": "a", "status": "ok"})
+    with open(path, "a") as f:
+        f.write('{"key": "b", "sta')
+    append_record(path, {"key": "c", "status": "ok"})
+    assert [r["key"] for r in read_records(path)] == ["a", "c"]
+
+
+def test_fit_only_mode(tmp_path, tiny_suite):
+    suite = tiny_suite()
+    assert _run("--suite", suite, "--out", tmp_path, "--fit-only") == 0
+    recs = read_records(tmp_path / suite.stem / "fit_runs.jsonl")
+    assert len(recs) == 2 and all(r["status"] == "ok" and "acc_after_finetune" not in r for r in recs)
+    assert (tmp_path / suite.stem / "plots" / "fit_error_vs_params_digitnet_digits.png").stat().st_size > 0
+    assert "conv2" in (tmp_path / suite.stem / "fit_table.md").read_text()
+
+
+def test_parallel_devices_match_serial(tmp_path, tiny_suite):
+    suite = tiny_suite(seeds=[0, 1], ratios=[4])
+    assert _run("--suite", suite, "--out", tmp_path / "serial") == 0
+    assert _run("--suite", suite, "--out", tmp_path / "par", "--devices", "cpu,cpu") == 0
+    a = {r["key"]: r for r in read_records(tmp_path / "serial" / suite.stem / "runs.jsonl")}
+    b = {r["key"]: r for r in read_records(tmp_path / "par" / suite.stem / "runs.jsonl")}
+    assert a.keys() == b.keys() and len(a) == 4
+    for k in a:
+        assert a[k]["acc_after_finetune"] == b[k]["acc_after_finetune"]
+
+
+def test_smoke_suite_end_to_end(tmp_path):
+    assert _run("--suite", "smoke", "--out", tmp_path) == 0
+    recs = read_records(tmp_path / "smoke" / "runs.jsonl")
+    assert recs and all(r["status"] in ("ok", "skipped") for r in recs)
+    assert (tmp_path / "smoke" / "table.md").exists()
+    assert list((tmp_path / "smoke" / "plots").glob("accuracy_vs_params_*.png"))
