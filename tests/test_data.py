@@ -1,0 +1,88 @@
+"""Dataset loading: IDX parsing, checksum of decompressed content, clear errors, splits."""
+import gzip
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from bench.data import load_splits
+from bench.data import idx
+from tests.conftest import SHARED_DATA, mnist_available
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def test_parse_idx_roundtrip():
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    assert (idx.parse_idx(_idx_bytes(a)) == a).all()
+
+
+def test_parse_idx_rejects_truncated():
+    a = np.zeros((5, 4, 4), dtype=np.uint8)
+    with pytest.raises(ValueError, match="payload"):
+        idx.parse_idx(_idx_bytes(a)[:-3])
+
+
+def test_missing_files_name_expected_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.gz.*downloading is disabled"):
+        load_splits("mnist", tmp_path, download=False)
+
+
+def test_wrong_content_is_refused(tmp_path, monkeypatch):
+    folder = tmp_path / "MNIST" / "raw"
+    folder.mkdir(parents=True)
+    for stem in idx.FILES:
+        (folder / f"{stem}.gz").write_bytes(gzip.compress(_idx_bytes(np.zeros((2, 2), dtype=np.uint8))))
+    with pytest.raises(ValueError, match="not the official"):
+        idx._load("mnist", tmp_path, download=False)
+
+
+def test_checksum_is_of_decompressed_content(tmp_path, monkeypatch):
+    """A copy recompressed differently (or not compressed) is accepted when its content matches."""
+    arrays = {"train-images-idx3-ubyte": np.random.randint(0, 255, (6, 28, 28)),
+              "train-labels-idx1-ubyte": np.arange(6) % 10,
+              "t10k-images-idx3-ubyte": np.random.randint(0, 255, (2, 28, 28)),
+              "t10k-labels-idx1-ubyte": np.array([3, 4])}
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    md5s = []
+    for i, (stem, a) in enumerate(arrays.items()):
+        raw = _idx_bytes(a)
+        md5s.append(hashlib.md5(raw).hexdigest())
+        (folder / (f"{stem}.gz" if i % 2 else stem)).write_bytes(gzip.compress(raw, 1) if i % 2 else raw)
+    monkeypatch.setitem(idx.SPECS["mnist"], "md5", tuple(md5s))
+    raw = idx._load("mnist", tmp_path, download=False)
+    assert raw.x_train.shape == (6, 1, 28, 28) and raw.y_test.tolist() == [3, 4]
+
+
+def test_digits_splits_are_disjoint_and_deterministic():
+    a = load_splits("digits", val_fraction=0.2)
+    b = load_splits("digits", val_fraction=0.2)
+    assert a.fingerprint == b.fingerprint
+    assert len(a.y_train) + len(a.y_val) == 1797 - len(a.y_test)
+    assert a.input_shape == (1, 8, 8) and a.num_classes == 10
+    sub = load_splits("digits", val_fraction=0.2, train_subset=100)
+    assert len(sub.y_train) == 100 and torch.equal(sub.x_val, a.x_val) and sub.fingerprint != a.fingerprint
+
+
+@pytest.mark.skipif(not mnist_available(), reason="real MNIST not in the data directory")
+def test_real_mnist_matches_published_statistics():
+    d = load_splits("mnist", SHARED_DATA, val_fraction=0.1, download=False)
+    assert d.x_train.shape == (54000, 1, 28, 28) and d.x_val.shape[0] == 6000
+    assert d.x_test.shape == (10000, 1, 28, 28)
+    counts = torch.bincount(torch.cat([d.y_train, d.y_val]), minlength=10).tolist()
+    assert counts == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+
+@pytest.mark.skipif(not mnist_available(), reason="real MNIST not in the data directory")
+def test_copy_without_gzip_layer_loads(tmp_path):
+    folder = tmp_path / "MNIST" / "raw"
+    folder.mkdir(parents=True)
+    for stem in idx.FILES:
+        (folder / stem).write_bytes(gzip.decompress((SHARED_DATA / "MNIST" / "raw" / f"{stem}.gz").read_bytes()))
+    raw = idx._load("mnist", tmp_path, download=False)
+    assert raw.x_test.shape == (10000, 1, 28, 28)
