@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 import pandas as pd
 
 from plots.style import ONE_COLUMN, TWO_COLUMN, method_style
@@ -30,6 +31,7 @@ def plot_accuracy_vs_params(summary: pd.DataFrame, title: str, stem: Path) -> li
         ax.axhline(dense.acc_mean.iloc[0], color="black", ls="--", lw=1,
                    label=f"dense ({dense.acc_mean.iloc[0]:.2f}%)")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("parameters of the compressed layers (achieved)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=9)
@@ -52,6 +54,8 @@ def plot_fit_error(per_layer: pd.DataFrame, title: str, stem: Path) -> list[Path
                     **method_style(label, g.method.iloc[0]))
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{layer} ({int(sub.params_dense.iloc[0]):,} params)", fontsize=8)
         ax.set_xlabel("parameters of the layer")
         ax.grid(alpha=0.3, which="both", lw=0.5)
