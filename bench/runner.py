@@ -66,8 +66,12 @@ def records_path(out: Path, suite_name: str, fit_only: bool) -> Path:
 
 
 def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSplits,
-            progress: bool = True) -> dict[str, Any]:
-    """One job's record. Never raises for a method's failure: the record says ``failed``."""
+            progress: bool = True, memo: dict | None = None) -> dict[str, Any]:
+    """One job's record. Never raises for a method's failure: the record says ``failed``.
+
+    ``memo`` maps (method, options, knobs) to an earlier record of the same baseline: a budget
+    whose allocation equals an earlier one (a ratio beyond what a method can reach) reuses its
+    measurements instead of training the same network again, and says so (``same_as``)."""
     device = data.x_train.device
     rec: dict[str, Any] = {
         "key": job.key, "suite": job.suite, "network": job.network, "dataset": job.dataset,
@@ -89,6 +93,12 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
             return rec
         knobs = ({n: job.knob for n in job.layers} if job.knob is not None
                  else method.allocate(originals, job.target_ratio))
+        memo_key = config_key({"method": job.method, "options": job.options, "knobs": knobs})
+        if memo is not None and memo_key in memo:
+            earlier = memo[memo_key]
+            rec.update({k: v for k, v in earlier.items() if k not in rec or k in ("status", "error")},
+                       same_as=earlier["key"])
+            return rec
         t0 = time.perf_counter()
         info = method.compress(model, knobs)
         rec["time_compress_s"] = time.perf_counter() - t0
@@ -125,6 +135,8 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
                    traceback=traceback.format_exc(limit=6)[-3000:])
     finally:
         rec["time_total_s"] = time.perf_counter() - t_start
+    if memo is not None and rec["status"] == "ok" and "same_as" not in rec:
+        memo[memo_key] = rec
     return rec
 
 
@@ -157,9 +169,10 @@ def run_groups(groups: list[list[Job]], settings: RunSettings, device: torch.dev
                        "target_ratio": job.target_ratio, "status": "failed",
                        "error": f"dense baseline: {type(e).__name__}: {e}", "code_version": version, "env": env}
             continue
+        memo: dict[str, dict] = {}
         for job in group:
             torch.manual_seed(job.seed)
-            rec = run_job(job, base_model, base_meta, data, settings.progress)
+            rec = run_job(job, base_model, base_meta, data, settings.progress, memo)
             rec.update(code_version=version, env=env, acc_dense_val=base_meta.get("acc_val"))
             yield rec
 

@@ -29,6 +29,7 @@ SUITE_KEYS = {
     "recipes": "per-network {train: ..., finetune: ...} overriding the suite's",
     "data": "val_fraction, train_subset",
     "fit_only": "measure weight-space fit only (no fine-tuning)",
+    "base": "another suite whose keys this one inherits and overrides",
 }
 METHOD_ENTRY_KEYS = {"method", "label", "options", "knobs"}
 DATA_KEYS = {"val_fraction": 0.1, "train_subset": None}
@@ -49,14 +50,26 @@ def load_suite(spec: str, overrides: list[str] | None = None) -> dict[str, Any]:
         path = SUITES_DIR / f"{spec}.yaml"
         if not path.is_file():
             raise SuiteError(f"unknown suite {spec!r}; known: {', '.join(suite_names())} (or a path to a .yaml file)")
-    suite = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(suite, dict):
-        raise SuiteError(f"{path}: a suite is a YAML mapping")
+    suite = _read_with_base(path, seen=())
     suite["name"] = path.stem
     for item in overrides or []:
         apply_override(suite, item)
     validate(suite)
     return suite
+
+
+def _read_with_base(path: Path, seen: tuple) -> dict[str, Any]:
+    """A suite's mapping, merged over its ``base`` suite's (keys of the child win)."""
+    suite = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(suite, dict):
+        raise SuiteError(f"{path}: a suite is a YAML mapping")
+    base = suite.pop("base", None)
+    if base is None:
+        return suite
+    base_path = SUITES_DIR / f"{base}.yaml"
+    if not base_path.is_file() or base in seen:
+        raise SuiteError(f"{path}: base suite {base!r} is unknown or circular; known: {', '.join(suite_names())}")
+    return {**_read_with_base(base_path, seen + (base,)), **suite}
 
 
 def apply_override(suite: dict[str, Any], item: str) -> None:

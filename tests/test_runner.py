@@ -192,3 +192,13 @@ def test_smoke_suite_end_to_end(tmp_path):
     assert recs and all(r["status"] in ("ok", "skipped") for r in recs)
     assert (tmp_path / "smoke" / "table.md").exists()
     assert list((tmp_path / "smoke" / "plots").glob("accuracy_vs_params_*.png"))
+
+
+def test_saturated_budgets_reuse_the_identical_job(tmp_path, tiny_suite):
+    suite = tiny_suite(methods=["svd"], ratios=[100, 1000])
+    assert _run("--suite", suite, "--out", tmp_path) == 0
+    recs = {r["budget"]: r for r in read_records(tmp_path / suite.stem / "runs.jsonl")}
+    assert recs["x1000"]["same_as"] == recs["x100"]["key"]
+    assert recs["x1000"]["knobs"] == recs["x100"]["knobs"] == {"conv2": 1, "fc1": 1}
+    assert recs["x1000"]["acc_after_finetune"] == recs["x100"]["acc_after_finetune"]
+    assert recs["x1000"]["target_ratio"] == 1000
