@@ -14,10 +14,14 @@ $(VENV)/.installed: requirements.txt
 demo: $(VENV)/.installed
 	$(PY) run_all.py --suite smoke
 
-test: $(VENV)/.installed
+$(VENV)/.installed-ray: $(VENV)/.installed requirements-ray.txt
+	$(PY) -m pip install -q -r requirements-ray.txt
+	touch $@
+
+test: $(VENV)/.installed $(VENV)/.installed-ray
 	$(PY) -m pytest
 
-test-all: $(VENV)/.installed
+test-all: $(VENV)/.installed $(VENV)/.installed-ray
 	$(PY) -m pytest -m ""
 
 clean-results:

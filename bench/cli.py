@@ -20,6 +20,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="override a suite key, e.g. --set finetune.epochs=1 --set seeds=[0]")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--devices", help="comma-separated devices to run jobs on concurrently, e.g. cuda:0,cuda:1")
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local (default) or ray: one Ray task per job on a cluster")
+    p.add_argument("--address", default=None, help="Ray cluster address (auto, HOST:PORT); default: a local instance")
     p.add_argument("--out", default="results", help="results root (default: results/)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $TNBENCH_DATA or ./data)")
     p.add_argument("--no-download", action="store_true", help="never download missing datasets")
@@ -101,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                                progress=not args.no_progress and not os.environ.get("CI"))
         devices = _csv(args.devices) or [args.device]
         try:
-            counts = run_jobs(jobs, settings, devices, records_path(out, suite["name"], fit_only))
+            counts = run_jobs(jobs, settings, devices, records_path(out, suite["name"], fit_only),
+                              backend=args.backend, address=args.address, plugins=args.plugin)
         except RuntimeError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

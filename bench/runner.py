@@ -217,16 +217,25 @@ def _run_parallel(groups, settings, devices) -> Iterator[dict]:
                 p.terminate()
 
 
-def run_jobs(jobs: list[Job], settings: RunSettings, devices: list[str], path: Path) -> dict[str, int]:
-    """Run the jobs that have no ok/skipped record yet; append each record as it finishes."""
+def run_jobs(jobs: list[Job], settings: RunSettings, devices: list[str], path: Path,
+             backend: str = "local", address: str | None = None, plugins: list[str] | None = None) -> dict[str, int]:
+    """Run the jobs that have no ok/skipped record yet; append each record as it finishes.
+
+    ``backend``: "local" (this process, or one worker per device) or "ray" (bench/ray_backend.py)."""
     done = done_keys(path)
     todo = [j for j in jobs if j.key not in done]
     counts = {"total": len(jobs), "already_done": len(jobs) - len(todo), "ok": 0, "failed": 0, "skipped": 0}
     if not todo:
         return counts
     groups = _groups(todo)
-    stream = (run_groups(groups, settings, resolve_device(devices[0])) if len(devices) == 1
-              else _run_parallel(groups, settings, devices))
+    if backend == "ray":
+        from bench.ray_backend import run_ray
+
+        stream = run_ray(groups, settings, address, plugins)
+    elif len(devices) == 1:
+        stream = run_groups(groups, settings, resolve_device(devices[0]))
+    else:
+        stream = _run_parallel(groups, settings, devices)
     bar = tqdm(total=len(todo), desc="jobs", unit="job", disable=not settings.progress)
     for rec in stream:
         append_record(path, rec)
@@ -234,7 +243,9 @@ def run_jobs(jobs: list[Job], settings: RunSettings, devices: list[str], path: P
         if rec["status"] == "failed":
             tqdm.write(f"FAILED {rec['network']}/{rec['dataset']} {rec['label']} {rec['budget']} "
                        f"seed {rec['seed']}: {rec['error']}")
-        bar.set_postfix(ok=counts["ok"], failed=counts["failed"], skipped=counts["skipped"])
+        finished = counts["ok"] + counts["failed"] + counts["skipped"]
+        bar.set_postfix(ok=counts["ok"], failed=counts["failed"], skipped=counts["skipped"],
+                        running_or_queued=len(todo) - finished)
         bar.update()
     bar.close()
     return counts

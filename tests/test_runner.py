@@ -202,3 +202,10 @@ def test_saturated_budgets_reuse_the_identical_job(tmp_path, tiny_suite):
     assert recs["x1000"]["knobs"] == recs["x100"]["knobs"] == {"conv2": 1, "fc1": 1}
     assert recs["x1000"]["acc_after_finetune"] == recs["x100"]["acc_after_finetune"]
     assert recs["x1000"]["target_ratio"] == 1000
+
+
+def test_ray_backend_without_ray_says_how_to_install(tmp_path, tiny_suite, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    assert main(["--suite", str(tiny_suite()), "--out", str(tmp_path), "--backend", "ray", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install" in err and "ray" in err

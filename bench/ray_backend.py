@@ -1,0 +1,112 @@
+"""Ray backend: each job is a Ray task; the driver alone writes records.
+
+Dense baselines are tasks too, one per (network, dataset, seed, recipe); the compression jobs
+of that group take the baseline's ObjectRef as an argument, so Ray computes it once and ships
+the trained weights through its object store. We use the object store rather than a shared
+results directory because the nodes of a cluster need not share a filesystem; the baseline
+task still writes its checkpoint to ``--out`` on the node it ran on, as a cache for later runs.
+
+A task whose worker dies is retried by Ray up to ``MAX_RETRIES`` times; after that the job is
+recorded ``failed`` with the reason and the sweep goes on. Method errors never kill a worker:
+``run_job`` records them as ``failed`` itself.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from bench.runner import REPO, RunSettings, code_version, environment, run_job
+from bench.suite import Job
+
+MAX_RETRIES = 2
+INSTALL_HINT = "--backend ray needs Ray: pip install 'ray[default]' (see README, 'Running on a cluster')"
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError(INSTALL_HINT) from None
+    return ray
+
+
+def _task_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load_data(job: Job, settings: RunSettings, device: torch.device):
+    from bench.data import load_splits
+
+    return load_splits(job.dataset, settings.data_dir, job.data["val_fraction"], job.data["train_subset"],
+                       settings.download).to(device)
+
+
+def _baseline_task(job: Job, settings: RunSettings, plugins: list[str]) -> tuple[dict, dict]:
+    """Train (or load) the dense baseline of ``job``'s group; returns CPU weights and summary."""
+    from bench.baseline import get_baseline
+    from bench.registry import load_plugin
+
+    for p in plugins:
+        load_plugin(p)
+    data = _load_data(job, settings, _task_device())
+    model, meta = get_baseline(settings.out, job.baseline_config, data, progress=False)
+    return {k: v.cpu() for k, v in model.state_dict().items()}, meta
+
+
+def _job_task(job: Job, baseline: tuple[dict, dict], settings: RunSettings, plugins: list[str]) -> dict[str, Any]:
+    from bench.models import build_network
+    from bench.registry import load_plugin
+    from bench.train import prepare_model
+
+    for p in plugins:
+        load_plugin(p)
+    device = _task_device()
+    data = _load_data(job, settings, device)
+    state, meta = baseline
+    model = build_network(job.network, data.input_shape, data.num_classes)
+    model.load_state_dict(state)
+    prepare_model(model, device)
+    torch.manual_seed(job.seed)
+    rec = run_job(job, model, meta, data, progress=False)
+    rec.update(code_version=code_version(), env=environment(device), acc_dense_val=meta.get("acc_val"),
+               backend="ray")
+    return rec
+
+
+def _failed(job: Job, error: str) -> dict[str, Any]:
+    return {"key": job.key, "suite": job.suite, "network": job.network, "dataset": job.dataset,
+            "method": job.method, "label": job.label, "budget": job.budget, "seed": job.seed,
+            "target_ratio": job.target_ratio, "status": "failed", "error": error, "backend": "ray"}
+
+
+def run_ray(groups: list[list[Job]], settings: RunSettings, address: str | None,
+            plugins: list[str] | None = None, max_retries: int = MAX_RETRIES) -> Iterator[dict[str, Any]]:
+    """Submit every job of ``groups``; yield records as tasks finish (in completion order)."""
+    ray = _import_ray()
+    plugins = [str(Path(p).resolve()) if p.endswith(".py") else p for p in plugins or []]
+    if not ray.is_initialized():
+        runtime_env = {"env_vars": {"PYTHONPATH": str(REPO)}}
+        if address and address != "local":
+            runtime_env = {"working_dir": str(REPO), "excludes": [".git", ".venv", "results", "data"]}
+        ray.init(address=None if address in (None, "local") else address, runtime_env=runtime_env,
+                 include_dashboard=False, log_to_driver=False)
+    use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
+    settings = RunSettings(**{**settings.__dict__, "out": Path(settings.out).resolve(), "progress": False})
+    baseline_remote = ray.remote(max_retries=max_retries, **resources)(_baseline_task)
+    job_remote = ray.remote(max_retries=max_retries, **resources)(_job_task)
+    pending: dict[Any, Job] = {}
+    for group in groups:
+        base_ref = baseline_remote.remote(group[0], settings, plugins)
+        for job in group:
+            pending[job_remote.remote(job, base_ref, settings, plugins)] = job
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        job = pending.pop(done[0])
+        try:
+            yield ray.get(done[0])
+        except Exception as e:  # noqa: BLE001 - worker or node lost after all retries
+            yield _failed(job, f"ray task failed after {max_retries} retries: {type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''}")
