@@ -1,0 +1,185 @@
+"""Training and evaluation throughput of the CIFAR networks: ``python -m bench.perf train``.
+
+Compares two input pipelines on the current device, each feeding the same SGD training step
+(bf16 autocast and channels_last on CUDA, as ``bench.train`` does):
+
+* ``resident``: the dataset lives on the device, batches are sliced from a device-side
+  permutation and augmented there in batch (``bench.augment``) — what ``bench.train`` does;
+* ``dataloader``: a plain ``torch.utils.data.DataLoader`` over CPU tensors with per-sample
+  crop/flip in ``__getitem__`` (2 workers on CUDA, 0 on CPU), copied to the device per batch.
+
+Data are synthetic (random normal images of CIFAR shape, random labels): throughput does not
+depend on the pixel values, and the benchmark needs no dataset on disk.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.augment import AUGMENTATIONS, CROP_PADDING
+from bench.models import build_network
+from bench.train import prepare_model, resolve_device
+
+SHAPE = (3, 32, 32)
+NUM_CLASSES = 10
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def _to_input(xb: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return xb.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else xb
+
+
+class _Step:
+    """One SGD step of cross-entropy on a batch (the work both pipelines feed)."""
+
+    def __init__(self, model: nn.Module, device: torch.device):
+        self.model, self.device = model, device
+        self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        with _autocast(self.device):
+            loss = self.loss_fn(self.model(_to_input(xb, self.device)), yb)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.detach()
+
+
+def time_resident(step: _Step, x: torch.Tensor, y: torch.Tensor, batch: int, steps: int, warmup: int) -> float:
+    """Images/s with device-resident data, device permutation and device augmentation."""
+    device = x.device
+    gen = torch.Generator(device=device).manual_seed(0)
+    augment = AUGMENTATIONS["crop-flip"]
+    perm = torch.randperm(len(y), device=device, generator=gen)
+    n_batches = len(y) // batch
+
+    def run(k: int, offset: int) -> None:
+        for s in range(k):
+            idx = perm[((offset + s) % n_batches) * batch:][:batch]
+            step(augment(x[idx], gen), y[idx])
+
+    run(warmup, 0)
+    _sync(device)
+    t0 = time.perf_counter()
+    run(steps, warmup)
+    _sync(device)
+    return batch * steps / (time.perf_counter() - t0)
+
+
+class _CpuAugmented(torch.utils.data.Dataset):
+    """CPU tensors with per-sample random crop (zero padding) and flip, torchvision style."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        p = CROP_PADDING
+        img = F.pad(self.x[i], (p, p, p, p))
+        dy, dx = torch.randint(0, 2 * p + 1, (2,)).tolist()
+        img = img[:, dy:dy + SHAPE[1], dx:dx + SHAPE[2]]
+        if torch.rand(()) < 0.5:
+            img = img.flip(-1)
+        return img, self.y[i]
+
+
+def time_dataloader(step: _Step, x_cpu: torch.Tensor, y_cpu: torch.Tensor, batch: int, steps: int,
+                    warmup: int, workers: int) -> float:
+    """Images/s with a standard DataLoader feeding the device batch by batch."""
+    device = step.device
+    loader = torch.utils.data.DataLoader(
+        _CpuAugmented(x_cpu, y_cpu), batch_size=batch, shuffle=True, drop_last=True,
+        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+
+    def batches():
+        while True:
+            yield from loader
+
+    it = batches()
+    t0 = None
+    for s in range(warmup + steps):
+        if s == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        xb, yb = next(it)
+        step(xb.to(device, non_blocking=True), yb.to(device, non_blocking=True))
+    _sync(device)
+    return batch * steps / (time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def time_eval(model: nn.Module, x: torch.Tensor, batch: int, steps: int, warmup: int) -> float:
+    """Images/s of inference (eval mode, same autocast/layout as training)."""
+    model.eval()
+    device = x.device
+    batch = min(batch, len(x))
+    n_batches = len(x) // batch
+    with _autocast(device):
+        for s in range(warmup + steps):
+            if s == warmup:
+                _sync(device)
+                t0 = time.perf_counter()
+            model(_to_input(x[(s % n_batches) * batch:][:batch], device))
+    _sync(device)
+    model.train()
+    return batch * steps / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.perf train", description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    ap.add_argument("--networks", default="vgg16,alexnet,zfnet")
+    ap.add_argument("--batch-size", type=int, default=None, help="default 256 on CUDA, 32 on CPU")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps; default 50 on CUDA, 3 on CPU")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first; default 10 on CUDA, 1 on CPU")
+    ap.add_argument("--workers", type=int, default=None, help="DataLoader workers; default 2 on CUDA, 0 on CPU")
+    ap.add_argument("--skip-dataloader", action="store_true", help="time only the device-resident pipeline")
+    args = ap.parse_args(argv)
+
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    batch = args.batch_size or (256 if cuda else 32)
+    steps = args.steps or (50 if cuda else 3)
+    warmup = args.warmup if args.warmup is not None else (10 if cuda else 1)
+    workers = args.workers if args.workers is not None else (2 if cuda else 0)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    name = torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)"
+    n = batch * min(steps + warmup, 64)  # enough distinct batches; small enough for any device
+    g = torch.Generator().manual_seed(0)
+    x_cpu = torch.randn(n, *SHAPE, generator=g)
+    y_cpu = torch.randint(0, NUM_CLASSES, (n,), generator=g)
+    x, y = x_cpu.to(device), y_cpu.to(device)
+
+    print(f"device: {name}; torch {torch.__version__}; batch {batch}; {steps} timed steps after {warmup} warm-up")
+    print(f"data: synthetic random images of CIFAR shape {SHAPE}, {NUM_CLASSES} classes, {n} in memory")
+    print("train: SGD step" + (", bf16 autocast, channels_last" if cuda else ", fp32"))
+    header = f"{'network':<9} {'params':>11} {'train resident':>15} {'train loader':>13} {'eval':>11}   (images/s)"
+    print(header)
+    for net in [s.strip() for s in args.networks.split(",") if s.strip()]:
+        torch.manual_seed(0)
+        model = prepare_model(build_network(net, SHAPE, NUM_CLASSES), device)
+        params = sum(p.numel() for p in model.parameters())
+        resident = time_resident(_Step(model, device), x, y, batch, steps, warmup)
+        loader = float("nan")
+        if not args.skip_dataloader:
+            loader = time_dataloader(_Step(model, device), x_cpu, y_cpu, batch, steps, warmup, workers)
+        ev = time_eval(model, x, batch if not cuda else max(batch, 1024), steps, warmup)
+        print(f"{net:<9} {params:>11,} {resident:>15,.0f} {loader:>13,.0f} {ev:>11,.0f}", flush=True)
+    return 0
