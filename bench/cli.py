@@ -64,6 +64,10 @@ def dry_run(jobs) -> None:
         dense = sum(dense_params(m) for m in layers.values())
         try:
             method = get_method(j.method, **j.options)
+            reason = method.skip_reason(model, j.layers)
+            if reason:
+                print(f"{j.key}  {j.network}/{j.dataset} {j.label:12s} {j.budget:>10s} seed {j.seed}  skipped: {reason}")
+                continue
             knobs = {n: j.knob for n in layers} if j.knob is not None else method.allocate(layers, j.target_ratio)
             planned = sum(method.layer_params(layers[n], k) for n, k in knobs.items())
             plan = f"params {planned:>10,} of {dense:,} ({dense / planned:8.1f}x)  knobs {knobs}"

@@ -26,7 +26,12 @@ COMPRESSIBLE = (nn.Linear, nn.Conv2d)
 
 
 class CompressionError(ValueError):
-    """A method cannot build what was asked (budget below its smallest knob, bad shape...)."""
+    """A method cannot build what was asked (bad shape, knob out of range...)."""
+
+
+class BudgetUnreachable(CompressionError):
+    """The budget is below anything this method can build (e.g. pruning below the dense
+    biases); the runner records the job as ``skipped`` with the message."""
 
 
 def dense_params(layer: nn.Module) -> int:

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.baseline import get_baseline
-from bench.compressor import FinetuneContext, dense_params, get_layer
+from bench.compressor import BudgetUnreachable, FinetuneContext, dense_params, get_layer
 from bench.data import DataSplits, load_splits
 from bench.metrics import count_params, fit_errors, forward_flops
 from bench.records import append_record, config_key, done_keys
@@ -91,8 +91,12 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
         if reason:
             rec.update(status="skipped", error=reason)
             return rec
-        knobs = ({n: job.knob for n in job.layers} if job.knob is not None
-                 else method.allocate(originals, job.target_ratio))
+        try:
+            knobs = ({n: job.knob for n in job.layers} if job.knob is not None
+                     else method.allocate(originals, job.target_ratio))
+        except BudgetUnreachable as e:
+            rec.update(status="skipped", error=f"budget unreachable: {e}")
+            return rec
         memo_key = config_key({"method": job.method, "options": job.options, "knobs": knobs})
         if memo is not None and memo_key in memo:
             earlier = memo[memo_key]

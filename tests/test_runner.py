@@ -209,3 +209,27 @@ def test_ray_backend_without_ray_says_how_to_install(tmp_path, tiny_suite, monke
     assert main(["--suite", str(tiny_suite()), "--out", str(tmp_path), "--backend", "ray", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install" in err and "ray" in err
+
+
+UNREACHABLE_PLUGIN = textwrap.dedent('''
+    from bench.compressor import BudgetUnreachable
+    from bench.registry import register_method
+    from methods.svd import TruncatedSVD
+
+    @register_method("picky-svd")
+    class Picky(TruncatedSVD):
+        def allocate(self, layers, target_ratio):
+            if target_ratio > 10:
+                raise BudgetUnreachable(f"ratio {target_ratio} is beyond this method")
+            return super().allocate(layers, target_ratio)
+''')
+
+
+def test_unreachable_budget_is_skipped_not_failed(tmp_path, tiny_suite):
+    plugin = tmp_path / "picky.py"
+    plugin.write_text(UNREACHABLE_PLUGIN)
+    suite = tiny_suite(methods=["picky-svd"], ratios=[2, 50])
+    assert _run("--plugin", plugin, "--suite", suite, "--out", tmp_path) == 0
+    recs = {r["budget"]: r for r in read_records(tmp_path / suite.stem / "runs.jsonl")}
+    assert recs["x50"]["status"] == "skipped" and "beyond this method" in recs["x50"]["error"]
+    assert recs["x2"]["status"] == "ok"
