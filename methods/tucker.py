@@ -1,0 +1,207 @@
+"""``tucker``: Tucker decompositions (HOSVD + a few HOOI sweeps); knob = integer rank level.
+
+Conv2d: Tucker-2 on the two channel modes (Kim et al., "Compression of Deep Convolutional
+Neural Networks for Fast and Low Power Mobile Applications", ICLR 2016):
+W[o, i, h, w] = sum G[a, b, h, w] U_out[o, a] U_in[i, b], run as
+1x1 conv (in -> R_in) -> kh x kw core conv (R_in -> R_out, original stride/padding/dilation)
+-> 1x1 conv (R_out -> out, carries the bias).
+
+Linear: full Tucker of the (out x in) weight reshaped to the tensor
+(o_1, ..., o_p, i_1, ..., i_p), where each side is split into p (option ``modes_per_side``,
+default 2) balanced integer factors with 1s dropped (784 -> 28 x 28, 256 -> 16 x 16,
+10 -> 5 x 2, 7 -> 7). The input is multiplied by the in-factors mode by mode, then by the
+core, then by the out-factors, unless forming the dense matrix is cheaper for the batch.
+
+Knob (rank level). Mode k's rank is bounded by b_k = min(n_k, prod_{j != k} n_j), the rank of
+its unfolding. Level 1 is rank 1 on every mode; each next level adds 1 to the rank of the mode
+with the smallest relative rank r_k / b_k (ties: the larger mode, then the first), so ranks stay
+within one step of a uniform fraction of their bounds, every level adds parameters, and the
+grid is fine enough for any target ratio. The last level is full rank (lossless); larger levels
+are clipped to it and recorded. Initialisation: tensorly's ``partial_tucker`` in float64 on
+the layer's device (pytorch backend), cast back: HOSVD, then at most ``n_iter_max`` HOOI sweeps
+(default 5; deterministic, stops early at tensorly's tolerance). On random and trained layers
+five sweeps close nearly all the gap between HOSVD and converged HOOI (e.g. 0.842 -> 0.811 vs
+0.811 relative error on a random 64->128 3x3 conv at 4x) for about twice the HOSVD time.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from fractions import Fraction
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.compressor import Compressor, FactorizedLayer
+from bench.registry import register_method
+from methods._tensorize import (ConvSpec, as_float64, bias_param, bias_params, check_layer, clip_knob,
+                                flatten_batch, pointwise, side_modes, to_param, with_torch_backend)
+
+
+@functools.lru_cache(maxsize=256)
+def rank_levels(bounds: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """Per-mode ranks of every level: start at all ones, grow the relatively smallest rank."""
+    ranks = [1] * len(bounds)
+    levels = [tuple(ranks)]
+    while any(r < b for r, b in zip(ranks, bounds)):
+        k = min((k for k in range(len(bounds)) if ranks[k] < bounds[k]),
+                key=lambda k: (Fraction(ranks[k], bounds[k]), -bounds[k], k))
+        ranks[k] += 1
+        levels.append(tuple(ranks))
+    return tuple(levels)
+
+
+def unfolding_bounds(sizes: tuple[int, ...]) -> tuple[int, ...]:
+    total = math.prod(sizes)
+    return tuple(min(n, total // n) for n in sizes)
+
+
+class TuckerConv(FactorizedLayer):
+    """Tucker-2 conv: 1x1 -> kxk core -> 1x1 (bias on the last)."""
+
+    def __init__(self, first: nn.Conv2d, core: nn.Conv2d, last: nn.Conv2d, info: dict):
+        super().__init__()
+        self.first, self.core, self.last = first, core, last
+        self.tnbench_info = info
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.core(self.first(x)))
+
+    def effective_weight(self) -> torch.Tensor:
+        u_in = self.first.weight[:, :, 0, 0]   # (R_in, in)
+        u_out = self.last.weight[:, :, 0, 0]   # (out, R_out)
+        return torch.einsum("oa,abhw,bi->oihw", u_out, self.core.weight, u_in)
+
+
+class TuckerLinear(FactorizedLayer):
+    """Full Tucker of the reshaped Linear weight: core (R_o..., R_i...) and one factor per mode."""
+
+    def __init__(self, core: torch.Tensor, out_factors: list[torch.Tensor], in_factors: list[torch.Tensor],
+                 bias: nn.Parameter | None, info: dict):
+        super().__init__()
+        self.core = core  # shape (r_o1, ..., r_op, r_i1, ..., r_ip)
+        self.out_factors = nn.ParameterList(out_factors)  # (o_k, r_ok)
+        self.in_factors = nn.ParameterList(in_factors)    # (i_k, r_ik)
+        self.bias = bias
+        self.tnbench_info = info
+        self.out_modes = tuple(f.shape[0] for f in out_factors)
+        self.in_modes = tuple(f.shape[0] for f in in_factors)
+        self.m, self.n = math.prod(self.out_modes), math.prod(self.in_modes)
+        self.r_out = math.prod(f.shape[1] for f in out_factors)
+        self.r_in = math.prod(f.shape[1] for f in in_factors)
+        self._contract_flops = (self._chain_flops(self.in_modes, [f.shape[1] for f in in_factors])
+                                + self.r_in * self.r_out
+                                + self._chain_flops([f.shape[1] for f in out_factors], self.out_modes))
+        # forming W: core (R_out x R_in) through the in side then the out side, per column/row
+        self._form_flops = (self.r_out * self._chain_flops([f.shape[1] for f in in_factors], self.in_modes)
+                            + self.n * self._chain_flops([f.shape[1] for f in out_factors], self.out_modes))
+
+    @staticmethod
+    def _chain_flops(sizes, new_sizes) -> int:
+        """Flops of mapping a tensor of ``sizes`` to ``new_sizes`` one mode at a time."""
+        cur, flops = list(sizes), 0
+        for k, new in enumerate(new_sizes):
+            flops += math.prod(cur) * new
+            cur[k] = new
+        return flops
+
+    @staticmethod
+    def _modewise(t: torch.Tensor, mats, transpose: bool) -> torch.Tensor:
+        """Contract axes 1..p of ``t`` (B, a_1, ..., a_p) with one matrix each; axis 1 is
+        contracted and the result appended at the end, so p steps restore the order."""
+        for mat in mats:  # (B, a_1, ..., a_p) -> (B, a_2, ..., a_p, new_1)
+            t = torch.tensordot(t, mat, dims=([1], [1 if transpose else 0]))
+        return t
+
+    def contract(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        t = self._modewise(x.reshape(b, *self.in_modes), self.in_factors, transpose=False)
+        t = t.reshape(b, self.r_in) @ self.core.reshape(self.r_out, self.r_in).t()
+        t = self._modewise(t.reshape(b, *self.core.shape[:len(self.out_modes)]), self.out_factors, transpose=True)
+        return t.reshape(b, self.m)
+
+    def matrix(self) -> torch.Tensor:
+        t = self.core
+        for k, u in enumerate(list(self.out_factors) + list(self.in_factors)):
+            t = torch.tensordot(u, t, dims=([1], [k])).movedim(0, k)
+        return t.reshape(self.m, self.n)
+
+    def effective_weight(self) -> torch.Tensor:
+        return self.matrix()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2, lead = flatten_batch(x, self.n)
+        b = x2.shape[0]
+        if b * self._contract_flops < self._form_flops + b * self.m * self.n:
+            y = self.contract(x2)
+            y = y if self.bias is None else y + self.bias
+        else:
+            y = F.linear(x2, self.matrix(), self.bias)
+        return y.reshape(*lead, self.m)
+
+
+@register_method("tucker")
+class Tucker(Compressor):
+    knob_name = "rank_level"
+
+    def __init__(self, modes_per_side: int = 2, n_iter_max: int = 5, **options):
+        super().__init__(**options)
+        if not isinstance(modes_per_side, int) or modes_per_side < 1:
+            raise TypeError(f"tucker: modes_per_side must be a positive integer, got {modes_per_side!r}")
+        if not isinstance(n_iter_max, int) or n_iter_max < 0:
+            raise TypeError(f"tucker: n_iter_max must be a non-negative integer, got {n_iter_max!r}")
+        self.modes_per_side, self.n_iter_max = modes_per_side, n_iter_max
+
+    def _modes(self, layer: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """(decomposed mode sizes, their rank bounds, full tensor shape)."""
+        check_layer(layer, "tucker")
+        if isinstance(layer, nn.Conv2d):
+            shape = tuple(layer.weight.shape)
+            return shape[:2], unfolding_bounds(shape)[:2], shape
+        sizes = side_modes(layer.out_features, self.modes_per_side) + side_modes(layer.in_features, self.modes_per_side)
+        return sizes, unfolding_bounds(sizes), sizes
+
+    def _levels(self, layer: nn.Module):
+        return rank_levels(self._modes(layer)[1])
+
+    def knobs(self, layer: nn.Module) -> list[int]:
+        return list(range(1, len(self._levels(layer)) + 1))
+
+    def _ranks(self, layer: nn.Module, knob) -> tuple[tuple[int, ...], bool]:
+        levels = self._levels(layer)
+        level, clipped = clip_knob(knob, len(levels), "tucker", "rank level")
+        return levels[level - 1], clipped
+
+    def layer_params(self, layer: nn.Module, knob: int) -> int:
+        sizes, _, shape = self._modes(layer)
+        ranks, _ = self._ranks(layer, knob)
+        core = math.prod(ranks) * math.prod(shape[len(sizes):])
+        return core + sum(n * r for n, r in zip(sizes, ranks)) + bias_params(layer)
+
+    def factorize(self, layer: nn.Module, knob: int) -> nn.Module:
+        from tensorly.decomposition import partial_tucker
+
+        sizes, bounds, shape = self._modes(layer)
+        ranks, clipped = self._ranks(layer, knob)
+        w = as_float64(layer.weight).reshape(shape)
+        sweeps = 0 if ranks == bounds else self.n_iter_max  # at full rank HOSVD is already exact
+        (core, factors), _ = with_torch_backend(partial_tucker, w, rank=list(ranks), modes=list(range(len(sizes))),
+                                                n_iter_max=sweeps, init="svd", random_state=0)
+        info = {"requested": int(knob), "clipped": clipped, "ranks": list(ranks), "modes": list(sizes)}
+        like, kw = layer.weight, dict(device=layer.weight.device, dtype=layer.weight.dtype)
+        if isinstance(layer, nn.Conv2d):
+            spec = ConvSpec.of(layer)
+            r_out, r_in = ranks
+            first = pointwise(layer.in_channels, r_in, bias=False, **kw)
+            core_conv = spec.core(r_in, r_out, **kw)
+            last = pointwise(r_out, layer.out_channels, bias=layer.bias is not None, **kw)
+            first.weight = to_param(factors[1].t().reshape(r_in, layer.in_channels, 1, 1), like)
+            core_conv.weight = to_param(core, like)
+            last.weight = to_param(factors[0].reshape(layer.out_channels, r_out, 1, 1), like)
+            if layer.bias is not None:
+                last.bias = bias_param(layer)
+            return TuckerConv(first, core_conv, last, info)
+        p = len(side_modes(layer.out_features, self.modes_per_side))
+        params = [to_param(f, like) for f in factors]
+        return TuckerLinear(to_param(core, like), params[:p], params[p:], bias_param(layer), info)
