@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{suite['name']}: {counts['total']} jobs, {counts['already_done']} already done, "
               f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped")
-    for path in write_reports(suite_dir):
+    full = expand(suite, fit_only=fit_only)  # report on the whole suite, not only --methods
+    for path in write_reports(suite_dir, {j.key for j in full}):
         print(f"wrote {path}")
     if not args.report_only and counts["failed"]:
         return 1

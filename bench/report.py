@@ -9,9 +9,19 @@ import pandas as pd
 from bench.records import latest_by_key, read_records
 
 
-def records_frame(path: Path) -> pd.DataFrame:
-    """Latest record per job key, as a frame."""
-    return pd.DataFrame(list(latest_by_key(read_records(path)).values()))
+def records_frame(path: Path, keys: set[str] | None = None) -> pd.DataFrame:
+    """Latest record per job key, as a frame; with ``keys``, only those jobs (a suite's
+    current jobs, so records of an edited suite's old configurations stay out)."""
+    latest = latest_by_key(read_records(path))
+    rows = [r for k, r in latest.items() if keys is None or k in keys]
+    frame = pd.DataFrame(rows)
+    if len(frame) and "options" in frame:
+        # one label must mean one configuration: set apart rows of other option sets
+        opts = frame.options.map(lambda o: ",".join(f"{k}={v}" for k, v in sorted((o or {}).items())))
+        for label, idx in frame.groupby("label").groups.items():
+            if opts[idx].nunique() > 1:
+                frame.loc[idx, "label"] = [f"{label} [{o}]" for o in opts[idx]]
+    return frame
 
 
 def _budget_order(b: str) -> float:
@@ -68,10 +78,10 @@ def status_line(df: pd.DataFrame) -> str:
     return ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no records"
 
 
-def write_accuracy_reports(suite_dir: Path) -> list[Path]:
+def write_accuracy_reports(suite_dir: Path, keys: set[str] | None = None) -> list[Path]:
     from plots.accuracy import plot_accuracy_vs_params
 
-    df = records_frame(suite_dir / "runs.jsonl")
+    df = records_frame(suite_dir / "runs.jsonl", keys)
     if df.empty:
         return []
     s = accuracy_summary(df)
@@ -101,10 +111,10 @@ def write_accuracy_reports(suite_dir: Path) -> list[Path]:
     return written + [suite_dir / "table.md"]
 
 
-def write_fit_reports(suite_dir: Path) -> list[Path]:
+def write_fit_reports(suite_dir: Path, keys: set[str] | None = None) -> list[Path]:
     from plots.accuracy import plot_fit_error
 
-    df = records_frame(suite_dir / "fit_runs.jsonl")
+    df = records_frame(suite_dir / "fit_runs.jsonl", keys)
     if df.empty:
         return []
     f = fit_summary(df)
@@ -127,6 +137,7 @@ def write_fit_reports(suite_dir: Path) -> list[Path]:
     return written + [suite_dir / "fit_table.md"]
 
 
-def write_reports(suite_dir: Path) -> list[Path]:
-    """Rebuild every table and plot of a suite directory from its records."""
-    return write_accuracy_reports(suite_dir) + write_fit_reports(suite_dir)
+def write_reports(suite_dir: Path, keys: set[str] | None = None) -> list[Path]:
+    """Rebuild every table and plot of a suite directory from its records (of ``keys`` only,
+    when given)."""
+    return write_accuracy_reports(suite_dir, keys) + write_fit_reports(suite_dir, keys)

@@ -233,3 +233,11 @@ def test_unreachable_budget_is_skipped_not_failed(tmp_path, tiny_suite):
     recs = {r["budget"]: r for r in read_records(tmp_path / suite.stem / "runs.jsonl")}
     assert recs["x50"]["status"] == "skipped" and "beyond this method" in recs["x50"]["error"]
     assert recs["x2"]["status"] == "ok"
+
+
+def test_report_keeps_only_current_configurations(tmp_path, tiny_suite):
+    suite = tiny_suite(ratios=[2])
+    assert _run("--suite", suite, "--out", tmp_path) == 0
+    assert _run("--suite", suite, "--out", tmp_path, "--set", "finetune.lr=0.02") == 0
+    table = (tmp_path / suite.stem / "table.md").read_text()
+    assert table.count("| svd |") == 1 and "Records: 2 ok" in table  # the lr=0.01 records are left out
