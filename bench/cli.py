@@ -68,13 +68,17 @@ def dry_run(jobs) -> None:
             if reason:
                 print(f"{j.key}  {j.network}/{j.dataset} {j.label:12s} {j.budget:>10s} seed {j.seed}  skipped: {reason}")
                 continue
+            if j.knob is None and method.allocation_uses_weights:
+                print(f"{j.key}  {j.network}/{j.dataset} {j.label:12s} {j.budget:>10s} seed {j.seed}  "
+                      f"knobs chosen from the trained weights at run time (dense: {dense:,} params)")
+                continue
             knobs = {n: j.knob for n in layers} if j.knob is not None else method.allocate(layers, j.target_ratio)
             planned = sum(method.layer_params(layers[n], k) for n, k in knobs.items())
             plan = f"params {planned:>10,} of {dense:,} ({dense / planned:8.1f}x)  knobs {knobs}"
         except Exception as e:  # noqa: BLE001 - show it, as the run would record it
             plan = f"cannot plan: {type(e).__name__}: {e}"
         print(f"{j.key}  {j.network}/{j.dataset} {j.label:12s} {j.budget:>10s} seed {j.seed}  {plan}")
-    print(f"{len(jobs)} jobs (planned on untrained weights: data-dependent allocations such as ALDS may differ)")
+    print(f"{len(jobs)} jobs")
 
 
 def main(argv: list[str] | None = None) -> int:

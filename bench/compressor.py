@@ -91,6 +91,9 @@ class Compressor:
     knob_name: str = "rank"
     #: what ``params`` counts; pruning counts non-zero weights and says so in the records
     params_counted_as: str = "parameters"
+    #: True when ``allocate`` depends on the trained weights (ALDS, global pruning): a dry run
+    #: then does not plan it on untrained weights
+    allocation_uses_weights: bool = False
 
     def __init__(self, **options: Any):
         if options:

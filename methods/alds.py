@@ -323,6 +323,7 @@ def _knob(knob: Any) -> Any:
 
 class _ALDSBase(Compressor):
     knob_name = "(groups, rank)"
+    allocation_uses_weights = True
 
     def __init__(self, max_groups: int = 16, search: str = "exact", restarts: int = 3,
                  seed: int = 0, group_error: str = "max", **options: Any):

@@ -100,6 +100,7 @@ def pruned_params(module: nn.Module) -> int:
 class GlobalMagnitudePrune(Compressor):
     knob_name = "kept weights"
     params_counted_as = "non-zero weights"
+    allocation_uses_weights = True
 
     def knobs(self, layer: nn.Module) -> range:
         """Every kept count 0..numel (a lazy sequence: layers can have millions of weights)."""
