@@ -17,7 +17,8 @@ def records_frame(path: Path, keys: set[str] | None = None) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if len(frame) and "options" in frame:
         # one label must mean one configuration: set apart rows of other option sets
-        opts = frame.options.map(lambda o: ",".join(f"{k}={v}" for k, v in sorted((o or {}).items())))
+        opts = frame.options.map(lambda o: ",".join(f"{k}={v}" for k, v in sorted(o.items()))
+                                 if isinstance(o, dict) else "")
         for label, idx in frame.groupby("label").groups.items():
             if opts[idx].nunique() > 1:
                 frame.loc[idx, "label"] = [f"{label} [{o}]" for o in opts[idx]]
