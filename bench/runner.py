@@ -198,7 +198,7 @@ def _run_parallel(groups, settings, devices) -> Iterator[dict]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     shares: list[list[list[Job]]] = [[] for _ in devices]
-    for i, g in enumerate(sorted(groups, key=len, reverse=True)):
+    for g in sorted(groups, key=len, reverse=True):
         shares[min(range(len(devices)), key=lambda k: sum(len(x) for x in shares[k]))].append(g)
     threads = max(1, (os.cpu_count() or 1) // len(devices)) if all(d.startswith("cpu") for d in devices) \
         else torch.get_num_threads()

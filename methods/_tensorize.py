@@ -220,3 +220,19 @@ def flatten_batch(x: torch.Tensor, features: int) -> tuple[torch.Tensor, tuple[i
     """(x as (B, features), leading shape) so a Linear replacement accepts any (..., in)."""
     lead = tuple(x.shape[:-1])
     return x.reshape(-1, features), lead
+
+
+def factorized_linear_forward(layer, x: torch.Tensor) -> torch.Tensor:
+    """Forward of a factorised Linear (TT, Tucker): contract the input with the factors when
+    that costs fewer flops for this batch than forming the dense matrix, else form it.
+
+    ``layer`` provides ``n``, ``m``, ``bias``, ``_contract_flops``, ``_form_flops``,
+    ``contract(x2)`` and ``matrix()``."""
+    x2, lead = flatten_batch(x, layer.n)
+    b = x2.shape[0]
+    if b * layer._contract_flops < layer._form_flops + b * layer.m * layer.n:
+        y = layer.contract(x2)
+        y = y if layer.bias is None else y + layer.bias
+    else:
+        y = F.linear(x2, layer.matrix(), layer.bias)
+    return y.reshape(*lead, layer.m)

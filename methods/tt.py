@@ -45,7 +45,7 @@ from torch import nn
 from bench.compressor import Compressor, FactorizedLayer
 from bench.registry import register_method
 from methods._tensorize import (ConvSpec, as_float64, balanced_factors, bias_param, bias_params,
-                                check_layer, clip_knob, flatten_batch, folded_shape, organ_pipe,
+                                check_layer, clip_knob, factorized_linear_forward, folded_shape, organ_pipe,
                                 to_param, with_torch_backend)
 
 
@@ -145,14 +145,7 @@ class TTLayer(FactorizedLayer):
             if self.separable and self._separable_is_cheaper(x):
                 return self.separable_conv(x)
             return self.conv.conv(x, self.effective_weight(), self.bias)
-        x2, lead = flatten_batch(x, self.n)
-        b = x2.shape[0]
-        if b * self._contract_flops < self._form_flops + b * self.m * self.n:
-            y = self.contract(x2)
-            y = y if self.bias is None else y + self.bias
-        else:
-            y = F.linear(x2, self.matrix(), self.bias)
-        return y.reshape(*lead, self.m)
+        return factorized_linear_forward(self, x)
 
 
 @register_method("tt")

@@ -30,13 +30,12 @@ import math
 from fractions import Fraction
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bench.compressor import Compressor, FactorizedLayer
 from bench.registry import register_method
 from methods._tensorize import (ConvSpec, as_float64, bias_param, bias_params, check_layer, clip_knob,
-                                flatten_batch, pointwise, side_modes, to_param, with_torch_backend)
+                                factorized_linear_forward, pointwise, side_modes, to_param, with_torch_backend)
 
 
 @functools.lru_cache(maxsize=256)
@@ -131,14 +130,7 @@ class TuckerLinear(FactorizedLayer):
         return self.matrix()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2, lead = flatten_batch(x, self.n)
-        b = x2.shape[0]
-        if b * self._contract_flops < self._form_flops + b * self.m * self.n:
-            y = self.contract(x2)
-            y = y if self.bias is None else y + self.bias
-        else:
-            y = F.linear(x2, self.matrix(), self.bias)
-        return y.reshape(*lead, self.m)
+        return factorized_linear_forward(self, x)
 
 
 @register_method("tucker")
