@@ -29,6 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="print the jobs and their planned parameter counts")
     p.add_argument("--report-only", action="store_true", help="rebuild tables and plots from the records")
     p.add_argument("--fit-only", action="store_true", help="weight-space fit study: compress, measure, no training")
+    p.add_argument("--rerun", action="store_true",
+                   help="run the selected jobs again even if recorded (e.g. after changing a method's code); "
+                        "the new records supersede the old ones, which stay in the file")
     p.add_argument("--plugin", action="append", default=[], help="extra method module: import path or .py file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
@@ -113,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         devices = _csv(args.devices) or [args.device]
         try:
             counts = run_jobs(jobs, settings, devices, records_path(out, suite["name"], fit_only),
-                              backend=args.backend, address=args.address, plugins=args.plugin)
+                              backend=args.backend, address=args.address, plugins=args.plugin,
+                              rerun=args.rerun)
         except RuntimeError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

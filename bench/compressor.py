@@ -74,7 +74,7 @@ class FinetuneContext:
     """
 
     train: Callable[..., None]
-    epochs: int
+    epochs: float
     layer_names: list[str]
     dense_layers: dict[str, nn.Module]
     knobs: dict[str, Any]

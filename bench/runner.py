@@ -222,11 +222,13 @@ def _run_parallel(groups, settings, devices) -> Iterator[dict]:
 
 
 def run_jobs(jobs: list[Job], settings: RunSettings, devices: list[str], path: Path,
-             backend: str = "local", address: str | None = None, plugins: list[str] | None = None) -> dict[str, int]:
-    """Run the jobs that have no ok/skipped record yet; append each record as it finishes.
+             backend: str = "local", address: str | None = None, plugins: list[str] | None = None,
+             rerun: bool = False) -> dict[str, int]:
+    """Run the jobs that have no ok/skipped record yet (all of them with ``rerun``); append each
+    record as it finishes. A key's latest record is the one reports use.
 
     ``backend``: "local" (this process, or one worker per device) or "ray" (bench/ray_backend.py)."""
-    done = done_keys(path)
+    done = set() if rerun else done_keys(path)
     todo = [j for j in jobs if j.key not in done]
     counts = {"total": len(jobs), "already_done": len(jobs) - len(todo), "ok": 0, "failed": 0, "skipped": 0}
     if not todo:

@@ -154,11 +154,13 @@ def test_allocation_notes():
     assert any("far under" in n for n in m._allocation["notes"])
 
 
-def test_stage_epochs():
+def test_stage_epochs_split_the_suite_epochs_without_adding_any():
     assert stage_epochs(1, 1) == [1]
     assert stage_epochs(4, 2) == [2, 2]
-    assert stage_epochs(5, 3) == [1, 2, 2]
-    assert stage_epochs(1, 3) == [1, 1, 1]
+    assert stage_epochs(0.5, 4) == [0.125] * 4
+    assert sum(stage_epochs(5, 3)) == pytest.approx(5)
+    with pytest.raises(ValueError):
+        stage_epochs(1, 0)
 
 
 def _staged_run(order, epochs):
@@ -200,10 +202,10 @@ def test_backward_order_replaces_last_layer_first_and_refits_to_current_weights(
     assert extras["stages"][1]["prefit_to"] == "fine-tuned"
 
 
-def test_forward_order_and_epoch_floor():
+def test_forward_order_splits_one_epoch_over_two_stages():
     model, calls, extras, originals, moved = _staged_run("forward", 1)
-    assert calls == [({"fc1": True, "fc2": False}, 1), ({"fc1": True, "fc2": True}, 1)]
-    assert extras["epochs_total"] == 2 and "note" in extras
+    assert calls == [({"fc1": True, "fc2": False}, 0.5), ({"fc1": True, "fc2": True}, 0.5)]
+    assert extras["epochs_total"] == 1
     # fc1 went first: it keeps its pre-fit to the original weight
     assert torch.allclose(model.fc1.effective_weight().detach(), originals["fc1"].weight, atol=1e-4)
 

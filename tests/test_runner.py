@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bench.cli import main
-from bench.records import append_record, read_records
+from bench.records import append_record, latest_by_key, read_records
 from tests.conftest import REPO
 
 RECORD_FIELDS = {
@@ -72,6 +72,20 @@ def test_second_run_executes_zero_jobs(tmp_path, tiny_suite, capsys):
     assert _run("--suite", suite, "--out", tmp_path) == 0
     assert "3 already done, 0 ok" in capsys.readouterr().out
     assert len(read_records(tmp_path / suite.stem / "runs.jsonl")) == 3
+
+
+def test_rerun_runs_selected_jobs_again_and_latest_record_wins(tmp_path, tiny_suite, capsys):
+    suite = tiny_suite()
+    assert _run("--suite", suite, "--out", tmp_path) == 0
+    capsys.readouterr()
+    assert _run("--suite", suite, "--out", tmp_path, "--methods", "svd", "--rerun") == 0
+    assert "0 already done, 2 ok" in capsys.readouterr().out
+    recs = read_records(tmp_path / suite.stem / "runs.jsonl")
+    assert [r["method"] for r in recs].count("svd") == 4 and [r["method"] for r in recs].count("dense") == 1
+    latest = latest_by_key(recs)
+    assert len(latest) == 3
+    newest_svd = [r for r in recs if r["method"] == "svd"][2:]
+    assert all(latest[r["key"]] is r for r in newest_svd)
 
 
 def test_override_changes_job_keys(tmp_path, tiny_suite):
