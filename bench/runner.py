@@ -65,6 +65,25 @@ def records_path(out: Path, suite_name: str, fit_only: bool) -> Path:
     return Path(out) / suite_name / ("fit_runs.jsonl" if fit_only else "runs.jsonl")
 
 
+def job_fields(job: Job) -> dict[str, Any]:
+    """The fields of a record that say which job it is."""
+    return {"key": job.key, "suite": job.suite, "network": job.network, "dataset": job.dataset,
+            "method": job.method, "label": job.label, "options": job.options, "target_ratio": job.target_ratio,
+            "budget": job.budget, "seed": job.seed, "layers": job.layers, "fit_only": job.fit_only,
+            "train": job.train, "finetune": job.finetune, "data": job.data}
+
+
+def memo_key(job: Job, knobs: dict[str, Any]) -> str:
+    """Jobs of one baseline with equal memo keys would train the same network the same way."""
+    return config_key({"method": job.method, "options": job.options, "knobs": knobs})
+
+
+def reused_record(job: Job, earlier: dict[str, Any]) -> dict[str, Any]:
+    """``job``'s record made from an identical earlier job's measurements (``same_as``)."""
+    return {**earlier, **job_fields(job), "same_as": earlier["key"], "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "time_total_s": 0.0}
+
+
 def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSplits,
             progress: bool = True, memo: dict | None = None) -> dict[str, Any]:
     """One job's record. Never raises for a method's failure: the record says ``failed``.
@@ -74,11 +93,7 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
     measurements instead of training the same network again, and says so (``same_as``)."""
     device = data.x_train.device
     rec: dict[str, Any] = {
-        "key": job.key, "suite": job.suite, "network": job.network, "dataset": job.dataset,
-        "method": job.method, "label": job.label, "options": job.options, "target_ratio": job.target_ratio,
-        "budget": job.budget, "seed": job.seed, "layers": job.layers, "fit_only": job.fit_only,
-        "train": job.train, "finetune": job.finetune, "data": job.data,
-        "data_fingerprint": data.fingerprint, "data_source": data.source, "data_warnings": data.warnings,
+        **job_fields(job), "data_fingerprint": data.fingerprint, "data_source": data.source, "data_warnings": data.warnings,
         "acc_dense": base_meta["acc_test"], "status": "ok", "error": None,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -97,12 +112,9 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
         except BudgetUnreachable as e:
             rec.update(status="skipped", error=f"budget unreachable: {e}")
             return rec
-        memo_key = config_key({"method": job.method, "options": job.options, "knobs": knobs})
-        if memo is not None and memo_key in memo:
-            earlier = memo[memo_key]
-            rec.update({k: v for k, v in earlier.items() if k not in rec or k in ("status", "error")},
-                       same_as=earlier["key"])
-            return rec
+        mkey = memo_key(job, knobs)
+        if memo is not None and mkey in memo:
+            return reused_record(job, memo[mkey])
         t0 = time.perf_counter()
         info = method.compress(model, knobs)
         rec["time_compress_s"] = time.perf_counter() - t0
@@ -139,8 +151,8 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
                    traceback=traceback.format_exc(limit=6)[-3000:])
     finally:
         rec["time_total_s"] = time.perf_counter() - t_start
-    if memo is not None and rec["status"] == "ok" and "same_as" not in rec:
-        memo[memo_key] = rec
+    if memo is not None and rec["status"] == "ok":
+        memo[mkey] = rec
     return rec
 
 

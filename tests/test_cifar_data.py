@@ -227,3 +227,31 @@ def test_real_cifar10_copy_if_present(monkeypatch):
     assert raw.y_train[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
     assert raw.x_train.mean((0, 2, 3)) == pytest.approx(torch.tensor(raw.mean), abs=1e-3)
     assert raw.warnings  # the rebuilt copy is not byte-identical to the official files
+
+
+def test_cifar10_suite_runs_on_a_few_hundred_images(tmp_path, monkeypatch):
+    """`run_all.py --suite cifar10` with overrides down to a few hundred images and one epoch
+    finishes on the CPU and writes records, table and plot (the rows are official-format pickles)."""
+    from bench.cli import main
+    from bench.records import read_records
+
+    for name, spec in list(cifar.SPECS.items()):
+        monkeypatch.setitem(cifar.SPECS, name, dataclasses.replace(spec, rows={f: 60 for f in spec.rows}))
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for f in cifar.SPECS["cifar10"].files:
+        (folder / f).write_bytes(batch_bytes(rng, rows=60)[0])
+    out = tmp_path / "out"
+    args = ["--suite", "cifar10", "--data-dir", tmp_path / "data", "--out", out, "--no-download", "--no-progress",
+            "--networks", "alexnet", "--methods", "dense,svd", "--set", "networks={alexnet: [features.14]}",
+            "--set", "seeds=[0]", "--set", "ratios=[8]", "--set", "train.epochs=1", "--set", "finetune.epochs=1",
+            "--set", "data.train_subset=200"]
+    assert main([str(a) for a in args]) == 0
+    recs = read_records(out / "cifar10" / "runs.jsonl")
+    assert sorted((r["method"], r["status"]) for r in recs) == [("dense", "ok"), ("svd", "ok")]
+    svd = next(r for r in recs if r["method"] == "svd")
+    assert svd["achieved_ratio"] == pytest.approx(8, rel=0.1)
+    assert svd["data"]["train_subset"] == 200 and svd["data_warnings"] and svd["data_fingerprint"]
+    assert "| svd |" in (out / "cifar10" / "table.md").read_text()
+    assert (out / "cifar10" / "plots" / "accuracy_vs_params_alexnet_cifar10.png").stat().st_size > 0

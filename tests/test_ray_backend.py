@@ -59,6 +59,16 @@ def test_ray_matches_local_backend(tmp_path, tiny_suite, local_ray):
     assert all(r["backend"] == "ray" for r in read_records(tmp_path / "ray" / suite.stem / "runs.jsonl"))
 
 
+def test_saturated_budgets_run_once_on_ray_as_locally(tmp_path, tiny_suite, local_ray):
+    suite = tiny_suite(methods=["svd"], ratios=[100, 1000])
+    assert main(["--suite", str(suite), "--out", str(tmp_path), "--backend", "ray", "--no-progress"]) == 0
+    recs = {r["budget"]: r for r in read_records(tmp_path / suite.stem / "runs.jsonl")}
+    assert recs["x1000"]["same_as"] == recs["x100"]["key"] and "same_as" not in recs["x100"]
+    assert recs["x1000"]["knobs"] == recs["x100"]["knobs"] == {"conv2": 1, "fc1": 1}
+    assert recs["x1000"]["acc_after_finetune"] == recs["x100"]["acc_after_finetune"]
+    assert recs["x1000"]["target_ratio"] == 1000 and recs["x1000"]["key"] != recs["x100"]["key"]
+
+
 def test_crashed_task_is_retried_and_permanent_crash_recorded(tmp_path, tiny_suite, local_ray):
     plugin = tmp_path / "crash.py"
     plugin.write_text(CRASH_PLUGIN.format(marker=str(tmp_path / "marker")))
