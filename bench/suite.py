@@ -29,8 +29,11 @@ SUITE_KEYS = {
     "recipes": "per-network {train: ..., finetune: ...} overriding the suite's",
     "data": "val_fraction, train_subset",
     "fit_only": "measure weight-space fit only (no fine-tuning)",
-    "base": "another suite whose keys this one inherits and overrides",
+    "base": "another suite whose keys this one inherits and overrides (train/finetune/data key by key)",
 }
+#: keys a child suite overrides entry by entry (``finetune: {epochs: 5}`` keeps the base's lr);
+#: every other key it replaces whole (``networks: {fc2: [...]}`` drops the base's other networks)
+MERGED_KEYS = ("train", "finetune", "data")
 METHOD_ENTRY_KEYS = {"method", "label", "options", "knobs"}
 DATA_KEYS = {"val_fraction": 0.1, "train_subset": None}
 
@@ -59,7 +62,8 @@ def load_suite(spec: str, overrides: list[str] | None = None) -> dict[str, Any]:
 
 
 def _read_with_base(path: Path, seen: tuple) -> dict[str, Any]:
-    """A suite's mapping, merged over its ``base`` suite's (keys of the child win)."""
+    """A suite's mapping, merged over its ``base`` suite's (keys of the child win; MERGED_KEYS
+    are merged entry by entry)."""
     suite = yaml.safe_load(path.read_text()) or {}
     if not isinstance(suite, dict):
         raise SuiteError(f"{path}: a suite is a YAML mapping")
@@ -69,7 +73,12 @@ def _read_with_base(path: Path, seen: tuple) -> dict[str, Any]:
     base_path = SUITES_DIR / f"{base}.yaml"
     if not base_path.is_file() or base in seen:
         raise SuiteError(f"{path}: base suite {base!r} is unknown or circular; known: {', '.join(suite_names())}")
-    return {**_read_with_base(base_path, seen + (base,)), **suite}
+    merged = _read_with_base(base_path, seen + (base,))
+    for key, value in suite.items():
+        if key in MERGED_KEYS and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = {**merged[key], **value}
+        merged[key] = value
+    return merged
 
 
 def apply_override(suite: dict[str, Any], item: str) -> None:
