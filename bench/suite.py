@@ -165,11 +165,12 @@ class Job:
     key: str = field(default="", init=False)
 
     def config(self) -> dict[str, Any]:
-        """Everything that determines the result (and so the record key)."""
+        """Everything that determines the result (and so the record key). A fit-only job never
+        fine-tunes, so its key leaves the fine-tuning recipe out."""
         return {"network": self.network, "dataset": self.dataset, "layers": self.layers,
                 "method": self.method, "options": self.options, "target_ratio": self.target_ratio,
-                "knob": self.knob, "seed": self.seed, "train": self.train, "finetune": self.finetune,
-                "data": self.data, "fit_only": self.fit_only}
+                "knob": self.knob, "seed": self.seed, "train": self.train,
+                "finetune": None if self.fit_only else self.finetune, "data": self.data, "fit_only": self.fit_only}
 
     def __post_init__(self) -> None:
         self.key = config_key(self.config())

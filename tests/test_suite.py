@@ -34,3 +34,11 @@ def test_unknown_base_lists_the_suites(tmp_path):
 def test_fit_mnist_inherits_the_mnist_methods_and_baselines():
     fit, mnist = load_suite("fit-mnist"), load_suite("mnist")
     assert fit["methods"] == mnist["methods"] and fit["train"] == mnist["train"] and fit["fit_only"] is True
+
+
+def test_fit_only_keys_ignore_the_fine_tuning_recipe():
+    plain = {j.key for j in expand(load_suite("fit-mnist"), fit_only=True)}
+    longer = {j.key for j in expand(load_suite("fit-mnist", ["finetune.epochs=9"]), fit_only=True)}
+    assert plain == longer
+    trained = {j.key for j in expand(load_suite("mnist"))}
+    assert trained != {j.key for j in expand(load_suite("mnist", ["finetune.epochs=9"]))}
