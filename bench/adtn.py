@@ -341,9 +341,12 @@ class ADTNGenerator(nn.Module):
     def _brick_ckpt(self, state: torch.Tensor | None, layer: int, impl: str, *tensors: torch.Tensor) -> torch.Tensor:
         return self._brick(state, layer, impl, tensors)[0]
 
+    def needs_grad(self) -> bool:
+        """Whether a generation now would be differentiated (grad mode on, trainable gates)."""
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+
     def use_checkpoint(self) -> bool:
-        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        if not needs_grad:
+        if not self.needs_grad():
             return False
         return self.q >= CHECKPOINT_FROM_Q if self.checkpoint is None else bool(self.checkpoint)
 
@@ -351,7 +354,7 @@ class ADTNGenerator(nn.Module):
         """The whole d^Q output as a flat vector."""
         impl = impl or self.impl
         ckpt = self.use_checkpoint() if checkpoint is None else checkpoint
-        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        needs_grad = self.needs_grad()
         tensors = (self.first_even, self.first_odd, self.gates)
         if needs_grad:
             tensors = tuple(_ScaleGrad.apply(t, self.grad_scale) for t in tensors)
@@ -467,9 +470,15 @@ def prefit(gen: ADTNGenerator, target: torch.Tensor, max_steps: int = 2000, lr: 
         with torch.no_grad():
             for p in gen.parameters():
                 p.zero_()
-        return {"rel_error": 0.0, "steps": 0, "seconds": time.perf_counter() - t0, "init_rel_error": 0.0}
+        return {"rel_error": 0.0, "steps": 0, "polish_evals": 0, "seconds": time.perf_counter() - t0,
+                "init_rel_error": 0.0}
     if start not in ("rank1", "rescale", "none"):
         raise ValueError(f"prefit start {start!r}; valid: rank1, rescale, none")
+
+    def objective() -> torch.Tensor:
+        """||T - W||^2 / ||W||^2 of the current gates."""
+        return (gen() - w).pow(2).sum() / w_norm2
+
     if start == "rank1" and math.isnan(gen.init_rank1_(w, noise=start_noise)):
         start = "rescale"  # no exact rank-1 start through this activation: identity gates, rescaled
     if start == "rescale":
@@ -478,11 +487,17 @@ def prefit(gen: ADTNGenerator, target: torch.Tensor, max_steps: int = 2000, lr: 
             if t_norm > 0 and torch.isfinite(t_norm):
                 gen.scale_(float(w_norm2.sqrt() / t_norm))
     with torch.no_grad():
-        init_err = float(((gen() - w).pow(2).sum() / w_norm2).sqrt())
+        init_err = float(objective().sqrt())
     params = [p for p in gen.parameters() if p.numel()]
     opt = torch.optim.Adam(params, lr=lr)
     best = float("inf")
     best_state = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def restore_best() -> None:
+        for b, p in zip(best_state, params):
+            p.copy_(b)
+
     since, decays, step = 0, 0, 0
     while step < max_steps:
         out = gen()
@@ -495,9 +510,7 @@ def prefit(gen: ADTNGenerator, target: torch.Tensor, max_steps: int = 2000, lr: 
             # diverged, or worse than a zero output (a dead ReLU state): back to the best gates
             if decays >= max_decays:
                 break
-            with torch.no_grad():
-                for b, p in zip(best_state, params):
-                    p.copy_(b)
+            restore_best()
             opt = torch.optim.Adam(params, lr=opt.param_groups[0]["lr"] * lr_decay)
             decays, since, step = decays + 1, 0, step + 1
             continue
@@ -517,10 +530,9 @@ def prefit(gen: ADTNGenerator, target: torch.Tensor, max_steps: int = 2000, lr: 
             decays, since = decays + 1, 0
             for g in opt.param_groups:
                 g["lr"] *= lr_decay
+    restore_best()
     with torch.no_grad():
-        for b, p in zip(best_state, params):
-            p.copy_(b)
-        final = float(((gen() - w).pow(2).sum() / w_norm2).sqrt())
+        final = float(objective().sqrt())
     evals = [0]
     if polish > 0 and params:
         lbfgs = torch.optim.LBFGS(params, lr=1, max_iter=polish, line_search_fn="strong_wolfe",
@@ -529,17 +541,16 @@ def prefit(gen: ADTNGenerator, target: torch.Tensor, max_steps: int = 2000, lr: 
         def closure() -> torch.Tensor:
             evals[0] += 1
             lbfgs.zero_grad(set_to_none=True)
-            value = (gen() - w).pow(2).sum() / w_norm2
+            value = objective()
             value.backward()
             return value
 
         lbfgs.step(closure)
         with torch.no_grad():
-            polished = float(((gen() - w).pow(2).sum() / w_norm2).sqrt())
-            if math.isfinite(polished) and polished < final:
-                final = polished
-            else:
-                for b, p in zip(best_state, params):
-                    p.copy_(b)
+            polished = float(objective().sqrt())
+        if math.isfinite(polished) and polished < final:
+            final = polished
+        else:
+            restore_best()
     return {"rel_error": final, "steps": step, "polish_evals": evals[0], "seconds": time.perf_counter() - t0,
             "init_rel_error": init_err}

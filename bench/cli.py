@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from bench.registry import UnknownNameError, dataset_names, get_method, load_plugin, method_names, network_names
+from bench.registry import UnknownNameError, dataset_names, load_plugin, method_names, network_names
 from bench.suite import SuiteError, expand, load_suite, suite_names
 
 
@@ -53,34 +53,24 @@ def print_list() -> None:
 
 def dry_run(jobs) -> None:
     """Plan each job on an untrained network of the right shape (no data, no training)."""
-    from bench.compressor import dense_params, get_layer
-    from bench.data import SHAPES
-    from bench.models import build_network
+    from bench.compressor import dense_params
+    from bench.runner import plan_on_untrained
 
-    nets = {}
+    networks: dict = {}
     for j in jobs:
-        if (j.network, j.dataset) not in nets:
-            shape, classes = SHAPES[j.dataset]
-            nets[(j.network, j.dataset)] = build_network(j.network, shape, classes)
-        model = nets[(j.network, j.dataset)]
-        layers = {n: get_layer(model, n) for n in j.layers}
-        dense = sum(dense_params(m) for m in layers.values())
         try:
-            method = get_method(j.method, **j.options)
-            reason = method.skip_reason(model, j.layers)
-            if reason:
-                print(f"{j.key}  {j.network}/{j.dataset} {j.label:12s} {j.budget:>10s} seed {j.seed}  skipped: {reason}")
-                continue
-            if j.knob is None and method.allocation_uses_weights:
-                print(f"{j.key}  {j.network}/{j.dataset} {j.label:12s} {j.budget:>10s} seed {j.seed}  "
-                      f"knobs chosen from the trained weights at run time (dense: {dense:,} params)")
-                continue
-            knobs = {n: j.knob for n in layers} if j.knob is not None else method.allocate(layers, j.target_ratio)
-            planned = sum(method.layer_params(layers[n], k) for n, k in knobs.items())
-            plan = f"params {planned:>10,} of {dense:,} ({dense / planned:8.1f}x)  knobs {knobs}"
+            plan = plan_on_untrained(j, networks)
+            dense = sum(dense_params(m) for m in plan.layers.values())
+            if plan.skip_reason:
+                line = f"skipped: {plan.skip_reason}"
+            elif plan.knobs is None:
+                line = f"knobs chosen from the trained weights at run time (dense: {dense:,} params)"
+            else:
+                planned = sum(plan.method.layer_params(plan.layers[n], k) for n, k in plan.knobs.items())
+                line = f"params {planned:>10,} of {dense:,} ({dense / planned:8.1f}x)  knobs {plan.knobs}"
         except Exception as e:  # noqa: BLE001 - show it, as the run would record it
-            plan = f"cannot plan: {type(e).__name__}: {e}"
-        print(f"{j.key}  {j.network}/{j.dataset} {j.label:12s} {j.budget:>10s} seed {j.seed}  {plan}")
+            line = f"cannot plan: {type(e).__name__}: {e}"
+        print(f"{j.key}  {j.network}/{j.dataset} {j.label:12s} {j.budget:>10s} seed {j.seed}  {line}")
     print(f"{len(jobs)} jobs")
 
 

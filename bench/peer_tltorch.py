@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from bench.metrics import count_params
 
 METHODS = ("tt", "tucker", "cp")
 
@@ -41,10 +42,6 @@ def need_tltorch():
         sys.exit("bench.peer_tltorch needs tensorly-torch (and packaging): pip install tensorly-torch packaging "
                  "in a scratch venv; it is not a project dependency")
     return tltorch, tensor_to_kernel
-
-
-def nparams(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -61,14 +58,14 @@ def timed(fn):
 def tt_conv_rank(layer: nn.Conv2d, target: int) -> int:
     """tltorch's TT conv factorises the (in, kh, kw, out) kernel: the uniform rank whose
     parameter count is closest to ``target``."""
-    shape = [layer.in_channels, *layer.kernel_size, layer.out_channels]
-    caps = [min(math.prod(shape[:k]), math.prod(shape[k:])) for k in range(1, len(shape))]
+    from methods.tt import bond_caps, bond_ranks, kernel_modes, tt_params
+
+    modes = kernel_modes(layer)  # ours as a TT-matrix: the same (in, kh, kw, out) chain
 
     def params(r: int) -> int:
-        ranks = [1] + [min(r, c) for c in caps] + [1]
-        return sum(ranks[k] * n * ranks[k + 1] for k, n in enumerate(shape)) + layer.out_channels
+        return tt_params(bond_ranks(r, *modes), *modes) + layer.out_channels
 
-    return min(range(1, max(caps) + 1), key=lambda r: (abs(params(r) - target), r))
+    return min(range(1, max(bond_caps(*modes)) + 1), key=lambda r: (abs(params(r) - target), r))
 
 
 def peer_layer(tltorch, tensor_to_kernel, method: str, layer: nn.Module, ours: nn.Module):
@@ -91,7 +88,7 @@ def peer_layer(tltorch, tensor_to_kernel, method: str, layer: nn.Module, ours: n
     elif method == "cp":
         fact, rank = "cp", info["rank"]
     else:
-        fact, rank = "tt", tt_conv_rank(layer, nparams(ours))
+        fact, rank = "tt", tt_conv_rank(layer, count_params(ours))
     mod, secs = timed(lambda: tltorch.FactorizedConv.from_conv(layer, rank=rank, factorization=fact,
                                                                implementation="factorized", **kw))
     return mod, tensor_to_kernel(fact, mod.weight.to_tensor()).detach(), secs
@@ -158,6 +155,7 @@ def cases(data_dir: str, skip_trained: bool):
 # --- main -----------------------------------------------------------------------------------------
 def run(args) -> list[dict]:
     tltorch, tensor_to_kernel = need_tltorch()
+    from bench.compressor import replace_layer
     from bench.registry import get_method
 
     torch.set_num_threads(args.threads)
@@ -179,7 +177,7 @@ def run(args) -> list[dict]:
                 peer, w_peer, t_peer = peer_layer(tltorch, tensor_to_kernel, m, layer, ours)
                 with torch.no_grad():
                     row = {"layer": label, "method": m, "ratio": ratio, "knob": knob,
-                           "params_ours": nparams(ours), "params_tltorch": nparams(peer),
+                           "params_ours": count_params(ours), "params_tltorch": count_params(peer),
                            "w_err_ours": rel(ours.effective_weight(), layer.weight),
                            "w_err_tltorch": rel(w_peer, layer.weight),
                            "out_err_ours": rel(ours(x), y), "out_err_tltorch": rel(peer(x), y),
@@ -196,8 +194,7 @@ def run(args) -> list[dict]:
                         layer = net_copy.get_submodule(n)
                         o = ours_m[m].factorize(layer, ours_m[m].allocate({"l": layer}, ratio)["l"])
                         new = o if who == "ours" else peer_layer(tltorch, tensor_to_kernel, m, layer, o)[0]
-                        parent, _, child = n.rpartition(".")
-                        setattr(net_copy.get_submodule(parent) if parent else net_copy, child, new)
+                        replace_layer(net_copy, n, new)
                     accs[who] = accuracy(net_copy, data.x_test, data.y_test)
                 rows.append({"layer": f"{net} {'+'.join(names)} accuracy", "method": m, "ratio": ratio,
                              "acc_ours": accs["ours"], "acc_tltorch": accs["tltorch"]})

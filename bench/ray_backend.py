@@ -23,8 +23,8 @@ from typing import Any, Iterator
 
 import torch
 
-from bench.compressor import get_layer
-from bench.runner import REPO, RunSettings, code_version, environment, memo_key, reused_record, run_job
+from bench.runner import (REPO, RunSettings, code_version, environment, failed_record, memo_key,
+                          plan_on_untrained, reused_record, run_job)
 from bench.suite import Job
 
 MAX_RETRIES = 2
@@ -82,34 +82,14 @@ def _job_task(job: Job, baseline: tuple[dict, dict], settings: RunSettings, plug
     return rec
 
 
-def _failed(job: Job, error: str) -> dict[str, Any]:
-    return {"key": job.key, "suite": job.suite, "network": job.network, "dataset": job.dataset,
-            "method": job.method, "label": job.label, "budget": job.budget, "seed": job.seed,
-            "target_ratio": job.target_ratio, "status": "failed", "error": error, "backend": "ray"}
-
-
-def planned_memo_key(job: Job, untrained: dict) -> str | None:
+def planned_memo_key(job: Job, networks: dict) -> str | None:
     """``job``'s memo key when its allocation can be planned without trained weights, else None
-    (then the job runs as its own task). ``untrained`` caches one network per (network, dataset)."""
-    from bench.data import SHAPES
-    from bench.models import build_network
-    from bench.registry import get_method
-
+    (then the job runs as its own task)."""
     try:
-        method = get_method(job.method, **job.options)
-        if method.allocation_uses_weights or job.dataset not in SHAPES:
-            return None
-        if (job.network, job.dataset) not in untrained:
-            shape, classes = SHAPES[job.dataset]
-            untrained[(job.network, job.dataset)] = build_network(job.network, shape, classes)
-        model = untrained[(job.network, job.dataset)]
-        if method.skip_reason(model, job.layers):
-            return None
-        layers = {n: get_layer(model, n) for n in job.layers}
-        knobs = {n: job.knob for n in layers} if job.knob is not None else method.allocate(layers, job.target_ratio)
+        knobs = plan_on_untrained(job, networks).knobs
     except Exception:  # noqa: BLE001 - the job then runs as a task, which records what went wrong
         return None
-    return memo_key(job, knobs)
+    return None if knobs is None else memo_key(job, knobs)
 
 
 def run_ray(groups: list[list[Job]], settings: RunSettings, address: str | None,
@@ -148,8 +128,8 @@ def run_ray(groups: list[list[Job]], settings: RunSettings, address: str | None,
         try:
             rec = ray.get(done[0])
         except Exception as e:  # noqa: BLE001 - worker or node lost after all retries
-            rec = _failed(job, f"ray task failed after {max_retries} retries: {type(e).__name__}: "
-                               f"{str(e).splitlines()[0] if str(e) else ''}")
+            rec = {**failed_record(job, f"ray task failed after {max_retries} retries: {type(e).__name__}: "
+                                        f"{str(e).splitlines()[0] if str(e) else ''}"), "backend": "ray"}
         yield rec
         for follower in followers.pop(job.key, []):
             if rec["status"] == "ok":

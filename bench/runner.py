@@ -78,6 +78,42 @@ def memo_key(job: Job, knobs: dict[str, Any]) -> str:
     return config_key({"method": job.method, "options": job.options, "knobs": knobs})
 
 
+def failed_record(job: Job, error: str) -> dict[str, Any]:
+    """The record of a job that never reached ``run_job`` (its baseline failed, its task died)."""
+    return {**job_fields(job), "status": "failed", "error": error}
+
+
+@dataclass
+class Plan:
+    """A job planned on an untrained network of its shape: ``knobs`` when the allocation needs
+    no trained weights, else None; ``skip_reason`` when the method does not apply."""
+
+    method: Any
+    layers: dict[str, torch.nn.Module]
+    knobs: dict[str, Any] | None = None
+    skip_reason: str | None = None
+
+
+def plan_on_untrained(job: Job, networks: dict) -> Plan:
+    """Plan ``job`` without data or training (dry runs, Ray's reuse of identical allocations).
+    ``networks`` caches one untrained network per (network, dataset). Errors of the method's
+    ``allocate`` propagate."""
+    from bench.data import SHAPES
+    from bench.models import build_network
+
+    if (job.network, job.dataset) not in networks:
+        shape, classes = SHAPES[job.dataset]
+        networks[(job.network, job.dataset)] = build_network(job.network, shape, classes)
+    model = networks[(job.network, job.dataset)]
+    method = get_method(job.method, **job.options)
+    layers = {n: get_layer(model, n) for n in job.layers}
+    plan = Plan(method, layers, skip_reason=method.skip_reason(model, job.layers))
+    if plan.skip_reason is None and (job.knob is not None or not method.allocation_uses_weights):
+        plan.knobs = ({n: job.knob for n in layers} if job.knob is not None
+                      else method.allocate(layers, job.target_ratio))
+    return plan
+
+
 def reused_record(job: Job, earlier: dict[str, Any]) -> dict[str, Any]:
     """``job``'s record made from an identical earlier job's measurements (``same_as``)."""
     return {**earlier, **job_fields(job), "same_as": earlier["key"], "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -180,10 +216,8 @@ def run_groups(groups: list[list[Job]], settings: RunSettings, device: torch.dev
             base_model, base_meta = get_baseline(settings.out, first.baseline_config, data, settings.progress)
         except Exception as e:  # noqa: BLE001 - every job of the group fails with the reason
             for job in group:
-                yield {"key": job.key, "suite": job.suite, "network": job.network, "dataset": job.dataset,
-                       "method": job.method, "label": job.label, "budget": job.budget, "seed": job.seed,
-                       "target_ratio": job.target_ratio, "status": "failed",
-                       "error": f"dense baseline: {type(e).__name__}: {e}", "code_version": version, "env": env}
+                yield {**failed_record(job, f"dense baseline: {type(e).__name__}: {e}"),
+                       "code_version": version, "env": env}
             continue
         memo: dict[str, dict] = {}
         for job in group:

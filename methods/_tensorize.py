@@ -149,19 +149,21 @@ class ConvSpec:
     dilation: tuple[int, int]
     padding_mode: str
     reversed_padding: tuple[int, ...]  # nn.Conv2d's _reversed_padding_repeated_twice
+    groups: int = 1  # the decompositions refuse grouped convs (check_layer); ADTN keeps them
 
     @classmethod
     def of(cls, layer: nn.Conv2d) -> "ConvSpec":
         return cls(layer.in_channels, layer.out_channels, tuple(layer.kernel_size), tuple(layer.stride),
                    layer.padding if isinstance(layer.padding, str) else tuple(layer.padding),
-                   tuple(layer.dilation), layer.padding_mode, tuple(layer._reversed_padding_repeated_twice))
+                   tuple(layer.dilation), layer.padding_mode, tuple(layer._reversed_padding_repeated_twice),
+                   layer.groups)
 
     def conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The original conv with a given kernel (same semantics as nn.Conv2d's forward)."""
         if self.padding_mode != "zeros":
             x = F.pad(x, self.reversed_padding, mode=self.padding_mode)
-            return F.conv2d(x, weight, bias, self.stride, 0, self.dilation)
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation)
+            return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def out_hw(self, h: int, w: int) -> tuple[int, int]:
         """Spatial size of the output for an (h, w) input."""
@@ -171,29 +173,9 @@ class ConvSpec:
         return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
                      zip((h, w), pad, self.dilation, self.kernel_size, self.stride))
 
-    def axis_conv(self, x: torch.Tensor, weight: torch.Tensor, axis: int) -> torch.Tensor:
-        """Convolve along one spatial axis (weight (cout, cin, kh, 1) or (cout, cin, 1, kw))
-        with that axis' stride/padding/dilation; the two in sequence give the original geometry,
-        also for non-zero padding modes (padding one axis commutes with convolving the other)."""
-        stride, dilation = [1, 1], [1, 1]
-        stride[axis], dilation[axis] = self.stride[axis], self.dilation[axis]
-        if self.padding_mode != "zeros":
-            wl, wr, ht, hb = self.reversed_padding
-            x = F.pad(x, (0, 0, ht, hb) if axis == 0 else (wl, wr, 0, 0), mode=self.padding_mode)
-            padding: Any = 0
-        elif isinstance(self.padding, str):
-            padding = self.padding
-        else:
-            padding = [0, 0]
-            padding[axis] = self.padding[axis]
-            padding = tuple(padding)
-        return F.conv2d(x, weight, None, tuple(stride), padding, tuple(dilation))
-
-    def axis(self, axis: int, channels: int, **kw) -> nn.Conv2d:
-        """A depthwise conv along one spatial axis (0: kh x 1, 1: 1 x kw) carrying that axis'
-        stride/padding/dilation; two of them in sequence reproduce the original geometry."""
-        k = [1, 1]
-        k[axis] = self.kernel_size[axis]
+    def _axis_geometry(self, axis: int) -> tuple[tuple[int, int], Any, tuple[int, int]]:
+        """(stride, padding, dilation) of a conv along one spatial axis only: that axis keeps the
+        original values, the other gets 1 / 0 / 1 ('same'/'valid' padding strings stay)."""
         stride, dilation = [1, 1], [1, 1]
         stride[axis], dilation[axis] = self.stride[axis], self.dilation[axis]
         if isinstance(self.padding, str):
@@ -202,9 +184,27 @@ class ConvSpec:
             padding = [0, 0]
             padding[axis] = self.padding[axis]
             padding = tuple(padding)
-        return skip_init(nn.Conv2d, channels, channels, tuple(k), stride=tuple(stride), padding=padding,
-                         dilation=tuple(dilation), groups=channels, bias=False,
-                         padding_mode=self.padding_mode, **kw)
+        return tuple(stride), padding, tuple(dilation)
+
+    def axis_conv(self, x: torch.Tensor, weight: torch.Tensor, axis: int) -> torch.Tensor:
+        """Convolve along one spatial axis (weight (cout, cin, kh, 1) or (cout, cin, 1, kw))
+        with that axis' stride/padding/dilation; the two in sequence give the original geometry,
+        also for non-zero padding modes (padding one axis commutes with convolving the other)."""
+        stride, padding, dilation = self._axis_geometry(axis)
+        if self.padding_mode != "zeros":
+            wl, wr, ht, hb = self.reversed_padding
+            x = F.pad(x, (0, 0, ht, hb) if axis == 0 else (wl, wr, 0, 0), mode=self.padding_mode)
+            padding = 0
+        return F.conv2d(x, weight, None, stride, padding, dilation)
+
+    def axis(self, axis: int, channels: int, **kw) -> nn.Conv2d:
+        """A depthwise conv along one spatial axis (0: kh x 1, 1: 1 x kw) carrying that axis'
+        stride/padding/dilation; two of them in sequence reproduce the original geometry."""
+        k = [1, 1]
+        k[axis] = self.kernel_size[axis]
+        stride, padding, dilation = self._axis_geometry(axis)
+        return skip_init(nn.Conv2d, channels, channels, tuple(k), stride=stride, padding=padding,
+                         dilation=dilation, groups=channels, bias=False, padding_mode=self.padding_mode, **kw)
 
     def core(self, cin: int, cout: int, **kw) -> nn.Conv2d:
         """A full kh x kw conv with the original geometry (Tucker-2 core)."""

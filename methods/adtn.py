@@ -35,6 +35,7 @@ from bench.adtn import ACTIVATIONS, ADTNGenerator, num_sites, param_count, prefi
 from bench.compressor import (CompressionError, Compressor, FactorizedLayer, FinetuneContext, dense_params,
                               get_layer, replace_layer)
 from bench.registry import register_method
+from methods._tensorize import ConvSpec
 
 ORDERS = ("backward", "forward", "all")
 
@@ -50,7 +51,7 @@ class ADTNLayer(FactorizedLayer):
     """
 
     def __init__(self, generator: ADTNGenerator, weight_shape: torch.Size, bias: torch.Tensor | None,
-                 conv: dict[str, Any] | None = None, weight_dtype: torch.dtype | None = None):
+                 conv: ConvSpec | None = None, weight_dtype: torch.dtype | None = None):
         super().__init__()
         self.generator = generator
         self.weight_shape = tuple(weight_shape)
@@ -65,11 +66,8 @@ class ADTNLayer(FactorizedLayer):
         w = self.generator().view(self.weight_shape)
         return w if self.weight_dtype in (None, w.dtype) else w.to(self.weight_dtype)
 
-    def _gates_need_grad(self) -> bool:
-        return torch.is_grad_enabled() and any(p.requires_grad for p in self.generator.parameters())
-
     def effective_weight(self) -> torch.Tensor:
-        if self.training or self._gates_need_grad():
+        if self.training or self.generator.needs_grad():
             self._cache = None
             return self.generate()
         key = tuple((p.data_ptr(), p._version, p.device) for p in self.generator.parameters())
@@ -85,13 +83,7 @@ class ADTNLayer(FactorizedLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.effective_weight()
-        c = self.conv
-        if c is None:
-            return F.linear(x, w, self.bias)
-        padding = c["padding"]
-        if c["padding_mode"] != "zeros":
-            x, padding = F.pad(x, c["reversed_padding"], mode=c["padding_mode"]), 0
-        return F.conv2d(x, w, self.bias, c["stride"], padding, c["dilation"], c["groups"])
+        return F.linear(x, w, self.bias) if self.conv is None else self.conv.conv(x, w, self.bias)
 
     def extra_repr(self) -> str:
         kind = "Conv2d" if self.conv else "Linear"
@@ -101,14 +93,6 @@ class ADTNLayer(FactorizedLayer):
 def _check(layer: nn.Module) -> None:
     if not isinstance(layer, (nn.Linear, nn.Conv2d)):
         raise CompressionError(f"adtn compresses Linear/Conv2d layers, got {type(layer).__name__}")
-
-
-def _conv_args(layer: nn.Module) -> dict[str, Any] | None:
-    if not isinstance(layer, nn.Conv2d):
-        return None
-    return {"stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation, "groups": layer.groups,
-            "padding_mode": layer.padding_mode,
-            "reversed_padding": tuple(getattr(layer, "_reversed_padding_repeated_twice", ()))}
 
 
 def stage_epochs(total: float, stages: int) -> list[float]:
@@ -201,7 +185,8 @@ class ADTN(Compressor):
             scale = float(self.grad_scale)
         gen.grad_scale.fill_(scale)
         bias = layer.bias.detach() if layer.bias is not None else None
-        new = ADTNLayer(gen, w.shape, bias, _conv_args(layer), weight_dtype=w.dtype)
+        conv = ConvSpec.of(layer) if isinstance(layer, nn.Conv2d) else None
+        new = ADTNLayer(gen, w.shape, bias, conv, weight_dtype=w.dtype)
         new.train(layer.training)
         new.tnbench_info = {"depth": int(depth), "sites": gen.q, "local_dim": gen.d, "padding": gen.d ** gen.q - gen.numel,
                             "prefit_rel_error": fit["rel_error"], "prefit_init_rel_error": fit["init_rel_error"],

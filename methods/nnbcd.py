@@ -65,6 +65,7 @@ from torch import nn
 from bench.compressor import (BudgetUnreachable, CompressionError, Compressor, FactorizedLayer, FinetuneContext,
                               dense_params, effective_weight, get_layer)
 from bench.registry import register_method
+from methods._tensorize import bias_params, with_torch_backend
 from methods.prune import PrunedLayer, pruned_params, top_k_mask
 
 
@@ -125,12 +126,10 @@ def contract_cores(cores: list[torch.Tensor]) -> torch.Tensor:
 
 def tt_svd(w: torch.Tensor, o: list[int], i: list[int], rank: int) -> list[torch.Tensor]:
     """TT-SVD cores of the (out, in) matrix ``w`` at TT rank ``rank`` (float64, w's device)."""
-    import tensorly as tl
     from tensorly.decomposition import tensor_train
 
     t = matrix_to_tensor(w.detach().double(), o, i).contiguous()
-    with tl.backend_context("pytorch"):  # stays on w's device
-        factors = tensor_train(t, rank=int(rank)).factors
+    factors = with_torch_backend(tensor_train, t, rank=int(rank)).factors  # stays on w's device
     return [f.contiguous() for f in factors]
 
 
@@ -471,18 +470,20 @@ class NNBCDTensorTrain(_NNBCD):
         i = balanced_factors(layer.in_features, self.order)
         return o, i, [a * b for a, b in zip(o, i)]
 
+    def max_rank(self, layer: nn.Module) -> int:
+        """The largest bond TT-SVD can use (a rank beyond it changes nothing)."""
+        return max(tt_ranks(self.shape(layer)[2], 10 ** 12))
+
     def knobs(self, layer: nn.Module) -> list[int]:
-        _, _, modes = self.shape(layer)
-        top = max(tt_ranks(modes, 10 ** 12))
-        return list(range(1, top + 1))
+        return list(range(1, self.max_rank(layer) + 1))
 
     def layer_params(self, layer: nn.Module, rank: int) -> int:
         _, _, modes = self.shape(layer)
-        return tt_core_params(modes, int(rank)) + (layer.out_features if layer.bias is not None else 0)
+        return tt_core_params(modes, int(rank)) + bias_params(layer)
 
     def factorize(self, layer: nn.Module, rank: int) -> nn.Module:
         o, i, modes = self.shape(layer)
-        top = max(tt_ranks(modes, 10 ** 12))
+        top = self.max_rank(layer)
         if not 1 <= int(rank) <= top:
             raise CompressionError(f"TT rank {rank} outside 1..{top} for {layer} (modes {modes})")
         cores = tt_svd(layer.weight, o, i, int(rank))
@@ -513,7 +514,7 @@ class NNBCDPrune(_NNBCD):
 
     def layer_params(self, layer: nn.Module, kept: int) -> int:
         self._check(layer)
-        return int(kept) + (layer.out_features if layer.bias is not None else 0)
+        return int(kept) + bias_params(layer)
 
     def factorize(self, layer: nn.Module, kept: int) -> nn.Module:
         self._check(layer)

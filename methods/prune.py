@@ -24,15 +24,12 @@ from torch import nn
 
 from bench.compressor import BudgetUnreachable, CompressionError, Compressor, FactorizedLayer
 from bench.registry import register_method
+from methods._tensorize import bias_params
 
 
 def _check(layer: nn.Module) -> None:
     if not isinstance(layer, (nn.Linear, nn.Conv2d)):
         raise CompressionError(f"can only prune Linear/Conv2d, got {type(layer).__name__}")
-
-
-def _bias_params(layer: nn.Module) -> int:
-    return layer.bias.numel() if layer.bias is not None else 0
 
 
 def magnitude_order(weight: torch.Tensor) -> torch.Tensor:
@@ -92,7 +89,7 @@ class PrunedLayer(FactorizedLayer):
 def pruned_params(module: nn.Module) -> int:
     """Kept weights (mask ones) plus every other parameter (biases) of a built module."""
     if isinstance(module, PrunedLayer):
-        return module.kept() + _bias_params(module.inner)
+        return module.kept() + bias_params(module.inner)
     return sum(p.numel() for p in module.parameters())
 
 
@@ -109,7 +106,7 @@ class GlobalMagnitudePrune(Compressor):
 
     def layer_params(self, layer: nn.Module, kept: int) -> int:
         _check(layer)
-        return int(kept) + _bias_params(layer)
+        return int(kept) + bias_params(layer)
 
     def factorize(self, layer: nn.Module, kept: int) -> nn.Module:
         _check(layer)
@@ -130,7 +127,7 @@ def global_magnitude_allocation(layers: dict[str, nn.Module], target_ratio: floa
     for layer in layers.values():
         _check(layer)
     names = list(layers)
-    biases = sum(_bias_params(layers[n]) for n in names)
+    biases = sum(bias_params(layers[n]) for n in names)
     total_w = sum(layers[n].weight.numel() for n in names)
     target = round((total_w + biases) / target_ratio)
     kept = min(target - biases, total_w)

@@ -36,3 +36,10 @@ def tiny_suite(tmp_path: Path):
 
 def mnist_available() -> bool:
     return (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").exists()
+
+
+def records_by_budget(out: Path, suite: Path) -> dict[str, dict]:
+    """The records a run of ``suite`` left under ``out``, by budget ("x2", ...)."""
+    from bench.records import read_records
+
+    return {r["budget"]: r for r in read_records(Path(out) / suite.stem / "runs.jsonl")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import bisect
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bench.compressor import dense_params
@@ -67,3 +68,47 @@ def check_allocation(method, layers: dict, ratios, max_step: float) -> None:
         # where the knob grid is finer than that scan
         assert max(total / target, target / total) <= max(hi / lo, 2 ** (1 / 40)), (ratio, lo, total, hi)
         assert hi / lo <= max_step, (ratio, lo, hi)
+
+
+def check_bf16_and_batch(method, name: str, knob, batch: int) -> None:
+    """The replacement built from a bfloat16 layer is bfloat16, takes any batch size and
+    computes what its own effective weight does (up to bfloat16 rounding)."""
+    layer = make(name, torch.bfloat16)
+    f = method.factorize(layer, knob)
+    assert all(p.dtype == torch.bfloat16 for p in f.parameters())
+    x = sample(layer, batch, torch.bfloat16)
+    y = f(x)
+    assert y.dtype == torch.bfloat16 and y.shape == layer(x).shape and torch.isfinite(y).all()
+    w = f.effective_weight().double()
+    ref = (F.linear(x.double(), w, layer.bias.double()) if isinstance(layer, nn.Linear)
+           else layer.double()._conv_forward(x.double(), w, layer.bias))
+    assert rel(y, ref) < 3e-2
+
+
+def check_backend_untouched_and_deterministic(method, name: str, knob) -> None:
+    """Factorising leaves tensorly's backend and torch's global RNG alone and repeats exactly."""
+    import tensorly as tl
+
+    layer, conv = make(name), make("conv 3ch 3x3 s2 p1")
+    before, rng = tl.get_backend(), torch.get_rng_state()
+    method.factorize(conv, 2)  # factor modules are built without random init: the global RNG is untouched
+    assert torch.equal(torch.get_rng_state(), rng)
+    a, b = method.factorize(layer, knob), method.factorize(layer, knob)
+    assert tl.get_backend() == before
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+#: target ratios of the allocation tests, up to 1000x
+RATIOS = [2, 3, 5, 8, 16, 30, 64, 100, 250, 500, 1000]
+
+
+def fc2_layers(bias: bool) -> dict[str, nn.Module]:
+    return {"fc1": nn.Linear(784, 256, bias=bias), "fc2": nn.Linear(256, 10, bias=bias)}
+
+
+def check_grid_reaches_1000(method, layers: dict) -> None:
+    """The knob grid spans beyond 1000x down to the lossless size. Dense biases alone (266)
+    exceed 1/1000 of FC-2, so the reach is checked on layers without biases."""
+    grid = uniform_totals(method, layers)
+    dense = sum(dense_params(l) for l in layers.values())
+    assert dense / grid[0] > 1000 and grid[-1] >= dense

@@ -11,7 +11,7 @@ import pytest
 
 from bench.cli import main
 from bench.records import read_records
-from tests.conftest import REPO
+from tests.conftest import REPO, records_by_budget
 
 ray = pytest.importorskip("ray")
 
@@ -62,7 +62,7 @@ def test_ray_matches_local_backend(tmp_path, tiny_suite, local_ray):
 def test_saturated_budgets_run_once_on_ray_as_locally(tmp_path, tiny_suite, local_ray):
     suite = tiny_suite(methods=["svd"], ratios=[100, 1000])
     assert main(["--suite", str(suite), "--out", str(tmp_path), "--backend", "ray", "--no-progress"]) == 0
-    recs = {r["budget"]: r for r in read_records(tmp_path / suite.stem / "runs.jsonl")}
+    recs = records_by_budget(tmp_path, suite)
     assert recs["x1000"]["same_as"] == recs["x100"]["key"] and "same_as" not in recs["x100"]
     assert recs["x1000"]["knobs"] == recs["x100"]["knobs"] == {"conv2": 1, "fc1": 1}
     assert recs["x1000"]["acc_after_finetune"] == recs["x100"]["acc_after_finetune"]

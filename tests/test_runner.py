@@ -10,7 +10,7 @@ import pytest
 
 from bench.cli import main
 from bench.records import append_record, latest_by_key, read_records
-from tests.conftest import REPO
+from tests.conftest import REPO, records_by_budget
 
 RECORD_FIELDS = {
     "suite", "network", "dataset", "method", "options", "target_ratio", "knobs", "seed", "params_dense_layers",
@@ -128,7 +128,7 @@ def test_failed_job_is_recorded_and_sweep_goes_on(tmp_path, tiny_suite):
     plugin.write_text(FAILING_PLUGIN)
     suite = tiny_suite(methods=["broken-svd"], ratios=[1.2, 16])
     assert _run("--plugin", plugin, "--suite", suite, "--out", tmp_path) == 1
-    recs = {r["budget"]: r for r in read_records(tmp_path / suite.stem / "runs.jsonl")}
+    recs = records_by_budget(tmp_path, suite)
     assert recs["x1.2"]["status"] == "failed" and "deliberate failure" in recs["x1.2"]["error"]
     assert recs["x16"]["status"] == "ok"
     # a re-run retries only the failed job
@@ -211,7 +211,7 @@ def test_smoke_suite_end_to_end(tmp_path):
 def test_saturated_budgets_reuse_the_identical_job(tmp_path, tiny_suite):
     suite = tiny_suite(methods=["svd"], ratios=[100, 1000])
     assert _run("--suite", suite, "--out", tmp_path) == 0
-    recs = {r["budget"]: r for r in read_records(tmp_path / suite.stem / "runs.jsonl")}
+    recs = records_by_budget(tmp_path, suite)
     assert recs["x1000"]["same_as"] == recs["x100"]["key"]
     assert recs["x1000"]["knobs"] == recs["x100"]["knobs"] == {"conv2": 1, "fc1": 1}
     assert recs["x1000"]["acc_after_finetune"] == recs["x100"]["acc_after_finetune"]
@@ -244,7 +244,7 @@ def test_unreachable_budget_is_skipped_not_failed(tmp_path, tiny_suite):
     plugin.write_text(UNREACHABLE_PLUGIN)
     suite = tiny_suite(methods=["picky-svd"], ratios=[2, 50])
     assert _run("--plugin", plugin, "--suite", suite, "--out", tmp_path) == 0
-    recs = {r["budget"]: r for r in read_records(tmp_path / suite.stem / "runs.jsonl")}
+    recs = records_by_budget(tmp_path, suite)
     assert recs["x50"]["status"] == "skipped" and "beyond this method" in recs["x50"]["error"]
     assert recs["x2"]["status"] == "ok"
 

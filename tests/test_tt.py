@@ -1,20 +1,19 @@
 """``tt`` (TT-matrix / MPO): size model, lossless top knob, geometry, dtypes, allocation."""
 from __future__ import annotations
 
-import bisect
 import math
 
 import pytest
-import tensorly as tl
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.compressor import CompressionError, dense_params
+from bench.compressor import CompressionError
 from bench.registry import get_method
 from methods._tensorize import balanced_factors, organ_pipe
 from methods.tt import bond_caps, tt_modes
-from tests.decomp_cases import LAYERS, check_allocation, make, rel, sample, uniform_totals  # noqa: F401
+from tests.decomp_cases import (LAYERS, RATIOS, check_allocation, check_backend_untouched_and_deterministic,
+                                 check_bf16_and_batch, check_grid_reaches_1000, fc2_layers, make, rel, sample)
 
 
 
@@ -145,16 +144,7 @@ def test_grouped_conv_rejected():
 @pytest.mark.parametrize("name", ["784->256", "conv 3ch 3x3 s2 p1", "conv 6->16 5x5"])
 @pytest.mark.parametrize("batch", [1, 7])
 def test_bf16_and_batch_sizes(name, batch):
-    layer, m = make(name, torch.bfloat16), get_method("tt")
-    f = m.factorize(layer, 3)
-    assert all(p.dtype == torch.bfloat16 for p in f.parameters())
-    x = sample(layer, batch, torch.bfloat16)
-    y = f(x)
-    assert y.dtype == torch.bfloat16 and y.shape == layer(x).shape and torch.isfinite(y).all()
-    ref = (F.linear(x.double(), f.effective_weight().double(), layer.bias.double())
-           if isinstance(layer, nn.Linear) else layer.double()._conv_forward(
-               x.double(), f.effective_weight().double(), layer.bias))
-    assert rel(y, ref) < 3e-2
+    check_bf16_and_batch(get_method("tt"), name, 3, batch)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -172,28 +162,15 @@ def test_cuda(name):
 
 
 def test_tensorly_backend_untouched_and_deterministic():
-    layer, m = make("256->10"), get_method("tt")
-    conv = make("conv 3ch 3x3 s2 p1")
-    before, rng = tl.get_backend(), torch.get_rng_state()
-    m.factorize(conv, 2)  # factor modules are built without random init: the global RNG is untouched
-    assert torch.equal(torch.get_rng_state(), rng)
-    a, b = m.factorize(layer, 3), m.factorize(layer, 3)
-    assert tl.get_backend() == before
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    check_backend_untouched_and_deterministic(get_method("tt"), "256->10", 3)
 
 
 # --- allocation ---------------------------------------------------------------------------------
 def test_allocator_reaches_2_to_1000():
-    """Dense biases alone (266) exceed 1/1000 of FC-2, so the 1000x reach is checked without
-    biases; with biases the allocator saturates at the smallest knobs."""
-    m = get_method("tt")
-    ratios = [2, 3, 5, 8, 16, 30, 64, 100, 250, 500, 1000]
-    free = {"fc1": nn.Linear(784, 256, bias=False), "fc2": nn.Linear(256, 10, bias=False)}
-    grid = uniform_totals(m, free)
-    dense = sum(dense_params(l) for l in free.values())
-    assert dense / grid[0] > 1000 and grid[-1] >= dense  # reaches 1000x, includes lossless
-    check_allocation(m, free, ratios, max_step=2.5)       # TT params grow ~ r^2 per step
-    biased = {"fc1": nn.Linear(784, 256), "fc2": nn.Linear(256, 10)}
-    check_allocation(m, biased, ratios, max_step=2.5)
+    """With biases the allocator saturates at the smallest knobs."""
+    m, free = get_method("tt"), fc2_layers(bias=False)
+    check_grid_reaches_1000(m, free)
+    check_allocation(m, free, RATIOS, max_step=2.5)       # TT params grow ~ r^2 per step
+    check_allocation(m, fc2_layers(bias=True), RATIOS, max_step=2.5)
     conv = {"conv2": nn.Conv2d(64, 128, 3)}  # kernel layout: r (64 + 128) + 6 r^2 params
     check_allocation(m, conv, [2, 10, 100, 300], max_step=1.6)

@@ -2,19 +2,18 @@
 HOSVD initialisation, lossless top level, geometry, dtypes, allocation."""
 from __future__ import annotations
 
-import bisect
 from fractions import Fraction
 
 import pytest
-import tensorly as tl
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.compressor import CompressionError, dense_params
+from bench.compressor import CompressionError
 from bench.registry import get_method
 from methods.tucker import rank_levels
-from tests.decomp_cases import LAYERS, check_allocation, make, rel, sample, uniform_totals  # noqa: F401
+from tests.decomp_cases import (LAYERS, RATIOS, check_allocation, check_backend_untouched_and_deterministic,
+                                 check_bf16_and_batch, check_grid_reaches_1000, fc2_layers, make, rel, sample)
 
 
 
@@ -112,16 +111,7 @@ def test_rejects():
 @pytest.mark.parametrize("name", ["784->256", "conv 3ch 3x3 s2 p1", "conv 6->16 5x5"])
 @pytest.mark.parametrize("batch", [1, 7])
 def test_bf16_and_batch_sizes(name, batch):
-    layer, m = make(name, torch.bfloat16), get_method("tucker")
-    f = m.factorize(layer, 5)
-    assert all(p.dtype == torch.bfloat16 for p in f.parameters())
-    x = sample(layer, batch, torch.bfloat16)
-    y = f(x)
-    assert y.dtype == torch.bfloat16 and y.shape == layer(x).shape and torch.isfinite(y).all()
-    ref = (F.linear(x.double(), f.effective_weight().double(), layer.bias.double())
-           if isinstance(layer, nn.Linear) else layer.double()._conv_forward(
-               x.double(), f.effective_weight().double(), layer.bias))
-    assert rel(y, ref) < 3e-2
+    check_bf16_and_batch(get_method("tucker"), name, 5, batch)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -137,27 +127,15 @@ def test_cuda(name):
 
 
 def test_tensorly_backend_untouched_and_deterministic():
-    layer, m = make("conv 6->16 5x5"), get_method("tucker")
-    conv = make("conv 3ch 3x3 s2 p1")
-    before, rng = tl.get_backend(), torch.get_rng_state()
-    m.factorize(conv, 2)  # factor modules are built without random init: the global RNG is untouched
-    assert torch.equal(torch.get_rng_state(), rng)
-    a, b = m.factorize(layer, 7), m.factorize(layer, 7)
-    assert tl.get_backend() == before
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    check_backend_untouched_and_deterministic(get_method("tucker"), "conv 6->16 5x5", 7)
 
 
 # --- allocation ---------------------------------------------------------------------------------
 def test_allocator_reaches_2_to_1000():
-    """Dense biases alone (266) exceed 1/1000 of FC-2, so the 1000x reach is checked without
-    biases; with biases the allocator saturates at the smallest levels."""
-    m = get_method("tucker")
-    ratios = [2, 3, 5, 8, 16, 30, 64, 100, 250, 500, 1000]
-    free = {"fc1": nn.Linear(784, 256, bias=False), "fc2": nn.Linear(256, 10, bias=False)}
-    grid = uniform_totals(m, free)
-    dense = sum(dense_params(l) for l in free.values())
-    assert dense / grid[0] > 1000 and grid[-1] >= dense
-    check_allocation(m, free, ratios, max_step=1.35)
-    check_allocation(m, {"fc1": nn.Linear(784, 256), "fc2": nn.Linear(256, 10)}, ratios, max_step=1.35)
+    """With biases the allocator saturates at the smallest levels."""
+    m, free = get_method("tucker"), fc2_layers(bias=False)
+    check_grid_reaches_1000(m, free)
+    check_allocation(m, free, RATIOS, max_step=1.35)
+    check_allocation(m, fc2_layers(bias=True), RATIOS, max_step=1.35)
     conv = {"conv2": nn.Conv2d(64, 128, 3)}  # Tucker-2 of a conv: 64 + 9 + 128 params at level 1
     check_allocation(m, conv, [2, 10, 100, 300], max_step=1.35)

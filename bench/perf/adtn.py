@@ -17,21 +17,18 @@ from typing import Callable
 import torch
 
 from bench.adtn import ADTNGenerator
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from bench.perf import sync
+from bench.train import resolve_device
 
 
 def best_time(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     fn()
-    _sync(device)
+    sync(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return min(times)
 
@@ -95,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     args = ap.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     qs = [int(x) for x in args.qs.split(",")]

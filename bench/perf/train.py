@@ -23,15 +23,11 @@ from torch import nn
 
 from bench.augment import AUGMENTATIONS, CROP_PADDING
 from bench.models import build_network
+from bench.perf import sync
 from bench.train import prepare_model, resolve_device
 
 SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _autocast(device: torch.device):
@@ -73,10 +69,10 @@ def time_resident(step: _Step, x: torch.Tensor, y: torch.Tensor, batch: int, ste
             step(augment(x[idx], gen), y[idx])
 
     run(warmup, 0)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     run(steps, warmup)
-    _sync(device)
+    sync(device)
     return batch * steps / (time.perf_counter() - t0)
 
 
@@ -115,11 +111,11 @@ def time_dataloader(step: _Step, x_cpu: torch.Tensor, y_cpu: torch.Tensor, batch
     t0 = None
     for s in range(warmup + steps):
         if s == warmup:
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
         xb, yb = next(it)
         step(xb.to(device, non_blocking=True), yb.to(device, non_blocking=True))
-    _sync(device)
+    sync(device)
     return batch * steps / (time.perf_counter() - t0)
 
 
@@ -133,10 +129,10 @@ def time_eval(model: nn.Module, x: torch.Tensor, batch: int, steps: int, warmup:
     with _autocast(device):
         for s in range(warmup + steps):
             if s == warmup:
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
             model(_to_input(x[(s % n_batches) * batch:][:batch], device))
-    _sync(device)
+    sync(device)
     model.train()
     return batch * steps / (time.perf_counter() - t0)
 
