@@ -1,9 +1,21 @@
 """Dense baselines: trained once per (network, dataset, seed, recipe, data config), cached as
-checkpoints under ``<out>/checkpoints`` and shared by every suite writing to that root."""
+checkpoints under ``<out>/checkpoints`` and shared by every suite writing to that root.
+
+A checkpoint is a pair: ``<name>.pt`` (the state dict) and ``<name>.json`` (the summary). The
+pair stays two files so the summary remains readable without torch; it is tied to the weights
+by the sha256 of the ``.pt`` bytes it holds. Both files are written by tmp + fsync + os.replace,
+weights first and the summary last, so a crash leaves at worst weights without a summary, or an
+old summary whose hash does not match: never a pair that verifies but is wrong. A pair that does
+not verify is reported, deleted and retrained — never trusted, never fatal.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +28,146 @@ from bench.records import config_key
 from bench.train import evaluate, prepare_model, train
 
 
+class BadCheckpoint(Exception):
+    """A checkpoint pair that must not be used; the message says why."""
+
+
 def checkpoint_path(root: Path, config: dict[str, Any]) -> Path:
     return Path(root) / "checkpoints" / f"{config['network']}_{config['dataset']}_s{config['seed']}_{config_key(config)}.pt"
 
 
+def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+    """16 hex chars of a sha256 over the tensors (name, dtype, shape, row-major bytes) in sorted
+    key order: equal fingerprints mean equal weights, whatever the device or memory format."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        if not isinstance(t, torch.Tensor):  # a module's extra state
+            h.update(f"{name}|{t!r}|".encode())
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(file)`` into a private tmp file, fsync it, rename it over ``path``, fsync the dir."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _write_meta(meta_path: Path, meta: dict) -> None:
+    _atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+
+
+def _read_meta(meta_path: Path) -> dict:
+    try:
+        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise BadCheckpoint(f"unreadable summary ({type(e).__name__}: {e})") from e
+    if not isinstance(meta, dict) or not isinstance(meta.get("acc_test"), (int, float)):
+        raise BadCheckpoint("summary is not a baseline summary")
+    return meta
+
+
+def _load_weights(path: Path, meta: dict) -> dict[str, torch.Tensor]:
+    """The verified state dict of ``path``; ``meta`` lacking a hash (a checkpoint from before
+    hashes) is trusted as far as ``torch.load`` and ``load_state_dict`` go."""
+    if not path.exists():
+        raise BadCheckpoint("weights file missing")
+    if path.stat().st_size == 0:
+        raise BadCheckpoint("weights file empty")
+    if "weights_sha256" in meta and file_sha256(path) != meta["weights_sha256"]:
+        raise BadCheckpoint("weights sha256 does not match the summary (truncated or corrupted)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means: retrain
+        raise BadCheckpoint(f"torch.load failed ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict):
+        raise BadCheckpoint("weights file holds no state dict")
+    return state
+
+
+def load_checkpoint(path: Path, model: nn.Module) -> dict | None:
+    """Load a verified checkpoint into ``model`` and return its summary (with a
+    ``weights_fingerprint``); None when there is none. Raises BadCheckpoint."""
+    meta_path = path.with_suffix(".json")
+    if not meta_path.exists():
+        if path.exists():
+            raise BadCheckpoint("weights without a summary (interrupted write?)")
+        return None
+    meta = _read_meta(meta_path)
+    state = _load_weights(path, meta)
+    try:
+        model.load_state_dict(state)
+    except Exception as e:  # noqa: BLE001 - missing/unexpected keys, shapes, non-tensors
+        raise BadCheckpoint(f"weights do not fit the network ({e})") from e
+    if "weights_sha256" not in meta or "weights_fingerprint" not in meta:
+        meta = {**meta, "weights_sha256": file_sha256(path), "weights_fingerprint": weights_fingerprint(state)}
+        try:
+            _write_meta(meta_path, meta)  # upgrade an old checkpoint: verified from now on
+        except OSError:
+            pass  # a read-only cache still serves; it is just checked less next time
+    return meta
+
+
+def save_checkpoint(path: Path, state: dict[str, torch.Tensor], meta: dict) -> dict:
+    """Write weights, then the summary holding their hash; return the summary as written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda f: torch.save(state, f))
+    meta = {**meta, "weights_sha256": file_sha256(path), "weights_fingerprint": weights_fingerprint(state)}
+    _write_meta(path.with_suffix(".json"), meta)
+    return meta
+
+
+def _discard(path: Path, reason: str) -> None:
+    warnings.warn(f"dense baseline checkpoint {path}: {reason}; deleting it and retraining", stacklevel=3)
+    for p in (path.with_suffix(".json"), path):  # summary first: never leave it without weights
+        try:
+            p.unlink(missing_ok=True)
+        except OSError:
+            pass  # retraining replaces it anyway
+
+
 def get_baseline(root: Path, config: dict[str, Any], data: DataSplits, progress: bool = True) -> tuple[nn.Module, dict]:
-    """The trained dense model and its summary (test/val accuracy, training time)."""
+    """The trained dense model and its summary (test/val accuracy, training time, weights
+    fingerprint). A damaged checkpoint is retrained with a warning."""
     path = checkpoint_path(root, config)
     model = build_network(config["network"], data.input_shape, data.num_classes)
-    meta_path = path.with_suffix(".json")
-    if path.exists() and meta_path.exists():
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        meta = load_checkpoint(path, model)
+    except BadCheckpoint as e:
+        _discard(path, str(e))
+        meta = None
+    if meta is not None:
         prepare_model(model, data.x_train.device)
-        return model, json.loads(meta_path.read_text())
+        return model, meta
+    return _train_baseline(path, config, data, progress)
+
+
+def _train_baseline(path: Path, config: dict[str, Any], data: DataSplits, progress: bool) -> tuple[nn.Module, dict]:
     torch.manual_seed(config["seed"])
     model = build_network(config["network"], data.input_shape, data.num_classes)
     t0 = time.perf_counter()
@@ -37,9 +176,5 @@ def get_baseline(root: Path, config: dict[str, Any], data: DataSplits, progress:
     meta = {"config": config, "acc_test": evaluate(model, data.x_test, data.y_test),
             "acc_val": summary["val_acc"], "time_train_s": time.perf_counter() - t0,
             "data_fingerprint": data.fingerprint}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, tmp)
-    tmp.replace(path)
-    meta_path.write_text(json.dumps(meta, indent=1))
-    return model, meta
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return model, save_checkpoint(path, state, meta)

@@ -1,4 +1,7 @@
-"""Command line of ``run_all.py``."""
+"""Command line of ``run_all.py`` and the ``tnbench`` console command.
+
+Every bad input is refused here, in one line naming the bad value and the valid ones, with
+exit code 2, before any job runs or any file is written. Exit 1: some job failed."""
 from __future__ import annotations
 
 import argparse
@@ -6,15 +9,25 @@ import os
 import sys
 from pathlib import Path
 
-from bench.registry import UnknownNameError, dataset_names, load_plugin, method_names, network_names
-from bench.suite import SuiteError, expand, load_suite, suite_names
+from bench.registry import METHODS, PluginError, UnknownNameError, dataset_names, load_plugin, method_names, network_names
+from bench.suite import SUITES_DIR, SuiteError, expand, load_suite, method_entry, suite_names
+
+DEFAULT_OUT = Path("results")
+#: where a subset or override of a committed suite writes unless --out says otherwise, so it
+#: never rewrites the committed tables, plots or records (baselines stay shared)
+CUSTOM_OUT = DEFAULT_OUT / "_custom"
+
+
+class UsageError(ValueError):
+    """A command line that does not make sense; exit 2."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="run_all.py", description="Compare compression methods at equal parameter budgets.")
+    p = argparse.ArgumentParser(prog="tnbench", description="Compare compression methods at equal parameter budgets.")
     p.add_argument("--suite", help="suite name (see --list) or path to a suite .yaml")
     p.add_argument("--list", action="store_true", help="list suites, methods, networks and datasets")
-    p.add_argument("--methods", help="comma-separated subset of the suite's methods (names or labels)")
+    p.add_argument("--methods", help="comma-separated methods (names or labels) to run: the suite's, or ones "
+                                     "added by --plugin, which run beside the suite's")
     p.add_argument("--networks", help="comma-separated subset of the suite's networks")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a suite key, e.g. --set finetune.epochs=1 --set seeds=[0]")
@@ -23,7 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="local (default) or ray: one Ray task per job on a cluster")
     p.add_argument("--address", default=None, help="Ray cluster address (auto, HOST:PORT); default: a local instance")
-    p.add_argument("--out", default="results", help="results root (default: results/)")
+    p.add_argument("--out", default=None,
+                   help=f"results root (default: {DEFAULT_OUT}/; a subset or override of a committed suite "
+                        f"defaults to {CUSTOM_OUT}/)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $TNBENCH_DATA or ./data)")
     p.add_argument("--no-download", action="store_true", help="never download missing datasets")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and their planned parameter counts")
@@ -33,14 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the selected jobs again even if recorded (e.g. after changing a method's code); "
                         "the new records supersede the old ones, which stay in the file")
     p.add_argument("--plugin", action="append", default=[], help="extra method module: import path or .py file")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they are off anyway when "
+                                                              "stderr is not a terminal)")
     return p.parse_args(argv)
 
 
 def print_list() -> None:
     import yaml
-
-    from bench.suite import SUITES_DIR
 
     print("suites:")
     for name in suite_names():  # descriptions only: a suite is validated when it is run
@@ -53,8 +67,8 @@ def print_list() -> None:
 
 def dry_run(jobs) -> None:
     """Plan each job on an untrained network of the right shape (no data, no training)."""
-    from bench.compressor import dense_params
-    from bench.runner import plan_on_untrained
+    from bench.job import plan_on_untrained
+    from bench.layers import dense_params
 
     networks: dict = {}
     for j in jobs:
@@ -74,51 +88,131 @@ def dry_run(jobs) -> None:
     print(f"{len(jobs)} jobs")
 
 
+def add_plugin_methods(suite: dict, wanted: list[str] | None) -> None:
+    """Methods named in --methods that the suite lacks but a plugin (or methods/) registered
+    join the suite, so they run beside its methods and its tables keep every method."""
+    have = {e["method"] for e in map(method_entry, suite["methods"])} | \
+           {e["label"] for e in map(method_entry, suite["methods"])}
+    for name in wanted or []:
+        if name not in have and name in METHODS:
+            suite["methods"].append(name)
+
+
+def check_devices(devices: list[str]) -> None:
+    import torch
+
+    for d in devices:
+        try:
+            dev = torch.device("cuda" if d == "auto" and torch.cuda.is_available() else
+                               "cpu" if d == "auto" else d)
+        except (RuntimeError, ValueError):
+            raise UsageError(f"unknown device {d!r}; valid: cpu, cuda, cuda:N, auto") from None
+        if dev.type == "cuda":
+            n = torch.cuda.device_count()
+            if n == 0:
+                raise UsageError(f"device {d!r} asked for, but CUDA is not available here; valid: cpu, auto")
+            if dev.index is not None and dev.index >= n:
+                raise UsageError(f"device {d!r} does not exist; valid: cpu, auto, cuda:0..cuda:{n - 1}")
+        elif dev.type != "cpu":
+            raise UsageError(f"device {d!r} is not supported; valid: cpu, cuda, cuda:N, auto")
+
+
+def check_data(jobs, data_dir: Path | None, download: bool) -> None:
+    """Say once, up front, which dataset file is bad (checksum, magic, size) and why."""
+    from bench.data import verify_dataset
+
+    for name in sorted({j.dataset for j in jobs}):
+        verify_dataset(name, data_dir, download)
+
+
+def resolve_out(args, suite_spec: str) -> Path:
+    if args.out is not None:
+        return Path(args.out)
+    committed = not suite_spec.endswith((".yaml", ".yml"))
+    if committed and (args.methods or args.networks or args.overrides or args.fit_only):
+        print(f"note: a subset or override of suite {suite_spec!r} writes to {CUSTOM_OUT}/ "
+              f"(--out {DEFAULT_OUT} to write beside the committed records)", file=sys.stderr)
+        return CUSTOM_OUT
+    return DEFAULT_OUT
+
+
+BAD_INPUT = (UsageError, SuiteError, UnknownNameError, PluginError, FileNotFoundError, ValueError, TypeError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        for spec in args.plugin:
-            load_plugin(spec)
-        if args.list:
-            print_list()
-            return 0
-        if not args.suite:
-            print("error: --suite NAME is required (or --list)", file=sys.stderr)
-            return 2
-        suite = load_suite(args.suite, args.overrides)
-        fit_only = bool(suite.get("fit_only")) or args.fit_only
-        jobs = expand(suite, _csv(args.methods), _csv(args.networks), fit_only)
-    except (SuiteError, UnknownNameError, FileNotFoundError, ImportError, ValueError, TypeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        prepared = prepare(args)
+    except BAD_INPUT as e:
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
-    from bench.report import write_reports
-    from bench.runner import RunSettings, records_path, run_jobs
+    return 0 if prepared is None else execute(args, *prepared)
 
-    out = Path(args.out)
-    suite_dir = out / suite["name"]
+
+def prepare(args):
+    """Everything checked before anything runs or is written: None when the command is done
+    (--list, --dry-run), else (suite, jobs, records path, output root, devices, fit_only)."""
+    for spec in args.plugin:
+        load_plugin(spec)
+    if args.list:
+        print_list()
+        return None
+    if not args.suite:
+        raise UsageError("--suite NAME is required (or --list)")
+    suite = load_suite(args.suite, args.overrides)
+    wanted = _csv(args.methods)
+    add_plugin_methods(suite, wanted)
+    fit_only = bool(suite.get("fit_only")) or args.fit_only
+    jobs = expand(suite, wanted, _csv(args.networks), fit_only)
+    devices = _csv(args.devices) or [args.device]
+    check_devices(devices)
     if args.dry_run:
         dry_run(jobs)
-        return 0
+        return None
+    from bench.runner import records_path
+
+    out = resolve_out(args, args.suite)
+    path = records_path(out, suite["name"], fit_only)
+    if args.report_only and not path.exists():
+        raise UsageError(f"no records to report: {path} does not exist (run the suite first)")
     if not args.report_only:
-        data_dir = Path(args.data_dir) if args.data_dir else None
-        settings = RunSettings(out=out, data_dir=data_dir, download=not args.no_download,
-                               progress=not args.no_progress and not os.environ.get("CI"))
-        devices = _csv(args.devices) or [args.device]
+        check_data(jobs, _data_dir(args), not args.no_download)
+    return suite, jobs, path, out, devices, fit_only
+
+
+def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_only: bool) -> int:
+    from bench.runner import RunSettings, run_jobs
+
+    counts = None
+    if not args.report_only:
+        progress = not args.no_progress and sys.stderr.isatty() and not os.environ.get("CI")
+        settings = RunSettings(out=out, data_dir=_data_dir(args), download=not args.no_download, progress=progress,
+                               checkpoints=DEFAULT_OUT if out == CUSTOM_OUT else out)
         try:
-            counts = run_jobs(jobs, settings, devices, records_path(out, suite["name"], fit_only),
-                              backend=args.backend, address=args.address, plugins=args.plugin,
-                              rerun=args.rerun)
+            counts = run_jobs(jobs, settings, devices, path, backend=args.backend, address=args.address,
+                              plugins=args.plugin, rerun=args.rerun)
         except RuntimeError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        left = counts.get("claimed_elsewhere", 0)
         print(f"{suite['name']}: {counts['total']} jobs, {counts['already_done']} already done, "
-              f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped")
+              f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped"
+              + (f", {left} left to another sweep holding them" if left else ""))
+    from plots.suite_report import write_reports
+
     full = expand(suite, fit_only=fit_only)  # report on the whole suite, not only --methods
-    for path in write_reports(suite_dir, {j.key for j in full}):
-        print(f"wrote {path}")
-    if not args.report_only and counts["failed"]:
-        return 1
-    return 0
+    for written in write_reports(out / suite["name"], {j.key for j in full}):
+        print(f"wrote {written}")
+    return 1 if counts and counts["failed"] else 0
+
+
+def _data_dir(args) -> Path | None:
+    return Path(args.data_dir) if args.data_dir else None
+
+
+def run() -> None:
+    """The ``tnbench`` console command."""
+    sys.exit(main())
 
 
 def _csv(value: str | None) -> list[str] | None:

@@ -22,11 +22,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-COMPRESSIBLE = (nn.Linear, nn.Conv2d)
-
-
-class CompressionError(ValueError):
-    """A method cannot build what was asked (bad shape, knob out of range...)."""
+from bench.layers import (COMPRESSIBLE, CompressionError, count_params, dense_params,  # noqa: F401 (public)
+                          effective_weight, get_layer, replace_layer)
 
 
 class BudgetUnreachable(CompressionError):
@@ -34,35 +31,9 @@ class BudgetUnreachable(CompressionError):
     biases); the runner records the job as ``skipped`` with the message."""
 
 
-def dense_params(layer: nn.Module) -> int:
-    """Parameters of a dense Linear/Conv2d, bias included."""
-    return sum(p.numel() for p in layer.parameters())
-
-
-def effective_weight(module: nn.Module) -> torch.Tensor:
-    """The dense weight a (possibly factorised) layer computes, shaped like the original's.
-
-    Factorised modules expose ``effective_weight()``; plain layers return their weight.
-    """
-    if hasattr(module, "effective_weight"):
-        return module.effective_weight()
-    if isinstance(module, COMPRESSIBLE):
-        return module.weight
-    raise TypeError(f"{type(module).__name__} has no effective_weight(); factorised layers must define it")
-
-
-def get_layer(model: nn.Module, name: str) -> nn.Module:
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        names = [n for n, m in model.named_modules() if isinstance(m, COMPRESSIBLE)]
-        raise CompressionError(f"network has no layer {name!r}; its Linear/Conv2d layers: {', '.join(names)}") from None
-
-
-def replace_layer(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
+class ContractError(CompressionError):
+    """A method broke the compressor contract (e.g. its module holds more parameters than its
+    ``layer_params`` said); the job fails instead of recording a wrong size."""
 
 
 @dataclass
@@ -70,7 +41,9 @@ class FinetuneContext:
     """What a method's ``finetune`` gets from the runner.
 
     ``train(model, epochs=None)`` runs the suite's fine-tuning recipe (model selection on the
-    validation split included); ``extras`` is merged into the job's record.
+    validation split included); ``extras`` is merged into the job's record. ``data`` holds the
+    training and validation splits only (``bench.data.TrainValSplits``): the test set is read
+    by the runner alone, for the reported accuracies.
     """
 
     train: Callable[..., None]
@@ -91,9 +64,19 @@ class Compressor:
     knob_name: str = "rank"
     #: what ``params`` counts; pruning counts non-zero weights and says so in the records
     params_counted_as: str = "parameters"
-    #: True when ``allocate`` depends on the trained weights (ALDS, global pruning): a dry run
-    #: then does not plan it on untrained weights
+    #: True when ``allocate`` depends on the trained weights (ALDS, global pruning): dry runs and
+    #: Ray's reuse of identical allocations then do not plan it on untrained weights. Unless a
+    #: subclass sets it, it is True exactly when the subclass overrides ``allocate`` (the safe
+    #: default: a weight-dependent allocation planned on random weights would be wrong).
     allocation_uses_weights: bool = False
+    #: whether ``finetune`` trains with the suite's learning rate (``ctx.train``): only then is
+    #: that rate tuned on the suite's ``lr_grid``; NN-BCD (gradient-free) and dense say False
+    uses_finetune_lr: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "allocate" in cls.__dict__ and "allocation_uses_weights" not in cls.__dict__:
+            cls.allocation_uses_weights = True
 
     def __init__(self, **options: Any):
         if options:
@@ -111,7 +94,7 @@ class Compressor:
 
     def module_params(self, module: nn.Module) -> int:
         """Parameters of a built replacement, counted the way ``layer_params`` counts them."""
-        return sum(p.numel() for p in module.parameters())
+        return count_params(module)
 
     # --- budget -> knobs ------------------------------------------------------------------
     def allocate(self, layers: dict[str, nn.Module], target_ratio: float) -> dict[str, Any]:

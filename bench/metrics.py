@@ -6,11 +6,7 @@ import math
 import torch
 from torch import nn
 
-from bench.compressor import effective_weight
-
-
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+from bench.layers import count_params, effective_weight  # noqa: F401 (count_params re-exported)
 
 
 @torch.no_grad()

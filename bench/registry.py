@@ -1,7 +1,13 @@
 """Name -> factory registries for methods, networks and datasets, plus plugin loading.
 
+A leaf module: it imports none of its clients at import time. Each registry knows the package
+that registers its built-ins (``methods``, ``bench.models``, ``bench.data``) and imports it on
+the first lookup, so ``"digits" in DATASETS`` or ``METHODS.get("tt")`` work without listing
+names first. Installed packages add methods through the entry-point group ``tnbench.methods``.
+
 Public, stable entry points (plugin authors and external checks use them):
-``register_method``, ``get_method``, ``method_names``, ``load_plugin``.
+``register_method``, ``register_dataset``, ``get_method``, ``method_names``, ``dataset_spec``,
+``load_plugin``, ``PluginError``.
 """
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import importlib
 import importlib.util
 import pkgutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
 
@@ -22,12 +29,24 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
-class Registry(Generic[T]):
-    """A flat name -> factory mapping with helpful errors."""
+class PluginError(ImportError):
+    """A plugin that cannot be loaded (missing, syntax error, raises on import, name clash)."""
 
-    def __init__(self, kind: str):
+
+class Registry(Generic[T]):
+    """A flat name -> item mapping with helpful errors; ``discover`` (called once, on the first
+    lookup) imports the modules that register the built-in items."""
+
+    def __init__(self, kind: str, discover: Callable[[], None] | None = None):
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._discover = discover
+        self._discovered = discover is None
+
+    def _ensure(self) -> None:
+        if not self._discovered:
+            self._discovered = True  # first: discovery registers through add(), which must not recurse
+            self._discover()
 
     def add(self, name: str, item: T) -> T:
         if name in self._items and self._items[name] is not item:
@@ -36,23 +55,58 @@ class Registry(Generic[T]):
         return item
 
     def get(self, name: str) -> T:
+        self._ensure()
         if name not in self._items:
             raise UnknownNameError(
                 f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items)) or '(none)'}")
         return self._items[name]
 
     def names(self) -> list[str]:
+        self._ensure()
         return sorted(self._items)
 
-    def __contains__(self, name: str) -> bool:
+    def __contains__(self, name: object) -> bool:
+        self._ensure()
         return name in self._items
 
 
-METHODS: Registry[type] = Registry("method")
-NETWORKS: Registry[Callable[..., Any]] = Registry("network")
-DATASETS: Registry[Callable[..., Any]] = Registry("dataset")
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset's loader and what a network built for it needs to know without the data."""
 
-_builtin_methods_loaded = False
+    loader: Callable[..., Any]
+    shape: tuple[int, int, int]
+    classes: int
+
+
+def _discover_methods() -> None:
+    """Every module or package of ``methods/`` (each registers itself), then installed plugins."""
+    import methods
+
+    for info in pkgutil.iter_modules(methods.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"methods.{info.name}")
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="tnbench.methods"):
+        try:
+            ep.load()
+        except Exception as e:  # noqa: BLE001 - a broken installed plugin says which one
+            raise PluginError(f"installed plugin {ep.name!r} ({ep.value}) failed to load: "
+                              f"{type(e).__name__}: {e}") from e
+
+
+def _discover_networks() -> None:
+    importlib.import_module("bench.models")
+
+
+def _discover_datasets() -> None:
+    importlib.import_module("bench.data").register_loaders()
+
+
+METHODS: Registry[type] = Registry("method", _discover_methods)
+NETWORKS: Registry[Callable[..., Any]] = Registry("network", _discover_networks)
+DATASETS: Registry[DatasetSpec] = Registry("dataset", _discover_datasets)
 
 
 def register_method(name: str) -> Callable[[type], type]:
@@ -70,67 +124,61 @@ def register_network(name: str):
     return lambda fn: NETWORKS.add(name, fn)
 
 
-def register_dataset(name: str):
-    return lambda fn: DATASETS.add(name, fn)
+def register_dataset(name: str, shape: tuple[int, int, int], classes: int):
+    """Decorator of a loader ``fn(data_dir, download) -> RawDataset``; ``shape`` (C, H, W) and
+    ``classes`` let dry runs and checks build networks without reading the data."""
+    return lambda fn: DATASETS.add(name, DatasetSpec(fn, tuple(shape), int(classes))).loader
 
 
-def _load_builtin_methods() -> None:
-    """Import every module of ``methods/`` (each registers itself) and installed plugins."""
-    global _builtin_methods_loaded
-    if _builtin_methods_loaded:
-        return
-    _builtin_methods_loaded = True
-    import methods
-
-    for info in pkgutil.iter_modules(methods.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"methods.{info.name}")
-    _load_entry_points()
-
-
-def _load_entry_points() -> None:
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="tnbench.methods"):
-        ep.load()
+def dataset_spec(name: str) -> DatasetSpec:
+    return DATASETS.get(name)
 
 
 def load_plugin(spec: str) -> None:
-    """Import a plugin given as a .py file path or a dotted import path; it registers itself."""
-    _load_builtin_methods()
-    path = Path(spec)
+    """Import a plugin given as a .py file path or a dotted import path; it registers itself.
+    Every failure is a ``PluginError`` naming the plugin and the cause."""
+    METHODS._ensure()
     if spec.endswith(".py"):
+        path = Path(spec)
         if not path.is_file():
-            raise FileNotFoundError(f"plugin file not found: {spec}")
+            raise PluginError(f"plugin file not found: {spec}")
+        resolved = str(path.resolve())
+        for mod in list(sys.modules.values()):
+            if getattr(mod, "__tnbench_plugin_path__", None) == resolved:
+                return  # this very file is loaded already
         mod_name = f"tnbench_plugin_{path.stem}"
-        if mod_name in sys.modules:
-            return
+        n = 1
+        while mod_name in sys.modules:  # another plugin file of the same name: keep both
+            n += 1
+            mod_name = f"tnbench_plugin_{path.stem}_{n}"
         module_spec = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(module_spec)
+        module.__tnbench_plugin_path__ = resolved
         sys.modules[mod_name] = module
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as e:  # noqa: BLE001 - SyntaxError included: one line for the user
+            del sys.modules[mod_name]
+            raise PluginError(f"plugin {spec} failed to load: {type(e).__name__}: {e}") from e
     else:
-        importlib.import_module(spec)
+        try:
+            importlib.import_module(spec)
+        except Exception as e:  # noqa: BLE001
+            raise PluginError(f"plugin {spec!r} failed to import: {type(e).__name__}: {e}") from e
 
 
 def method_names() -> list[str]:
-    _load_builtin_methods()
     return METHODS.names()
 
 
 def get_method(name: str, **options: Any):
     """Build the method registered as ``name`` with its options (a ``Compressor``)."""
-    _load_builtin_methods()
     return METHODS.get(name)(**options)
 
 
 def network_names() -> list[str]:
-    import bench.models  # noqa: F401  (registers the networks)
     return NETWORKS.names()
 
 
 def dataset_names() -> list[str]:
-    from bench.data import register_loaders
-
-    register_loaders()
     return DATASETS.names()

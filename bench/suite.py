@@ -1,11 +1,18 @@
 """Suites: a YAML file (+ ``--set`` overrides) expanded into jobs.
 
-One job = network x dataset x method entry x budget x seed, where the budget is a target
-compression ratio of the suite's layers, or a fixed knob when the method entry lists ``knobs``.
+One job = network x dataset x method entry x budget x seed (x fine-tuning epochs, when the
+suite lists ``finetune_epochs``), where the budget is a target compression ratio of the
+suite's layers, or a fixed knob when the method entry lists ``knobs``.
+
+Every bad value is refused by ``validate`` (called by ``load_suite``) with a one-line
+``SuiteError`` naming the value and the valid ones, before any job runs.
 """
 from __future__ import annotations
 
 import copy
+import math
+import numbers
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,16 +37,55 @@ SUITE_KEYS = {
     "data": "val_fraction, train_subset",
     "fit_only": "measure weight-space fit only (no fine-tuning)",
     "base": "another suite whose keys this one inherits and overrides (train/finetune/data key by key)",
+    "paper": "figure roles this suite's results serve (see PAPER_ROLES); no effect on jobs",
+    "finetune_epochs": "fine-tuning epochs to sweep: each job runs once per value (sets finetune.epochs)",
+    "lr_grid": "fine-tuning learning rates a method's lr is picked from (Job.lr_grid)",
 }
 #: keys a child suite overrides entry by entry (``finetune: {epochs: 5}`` keeps the base's lr);
 #: every other key it replaces whole (``networks: {fc2: [...]}`` drops the base's other networks)
 MERGED_KEYS = ("train", "finetune", "data")
 METHOD_ENTRY_KEYS = {"method", "label", "options", "knobs"}
 DATA_KEYS = {"val_fraction": 0.1, "train_subset": None}
+#: the paper's figures a suite can feed (``paper: [accuracy, fit]``)
+PAPER_ROLES = ("accuracy", "fit", "cost", "headline", "depth", "order", "convergence", "equal-budget")
 
 
 class SuiteError(ValueError):
     """A suite file or override that does not make sense; the message says what is valid."""
+
+
+# --- YAML --------------------------------------------------------------------------------------
+#: YAML 1.1 wants a dot and a signed exponent in a float (``1.0e-3``); people write ``1e-3``,
+#: which PyYAML then reads as a string. This is the YAML 1.2 core float (plus ``_`` separators).
+_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                        |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                        |[-+]?\.(?:inf|Inf|INF)
+                        |\.(?:nan|NaN|NAN))$""", re.X)
+
+
+class SuiteLoader(yaml.SafeLoader):
+    """SafeLoader whose floats include exponent forms without a dot (1e6, 1e-3, 5.0e-4)."""
+
+
+SuiteLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+SuiteLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``text`` parsed with ``SuiteLoader``; malformed YAML is a one-line SuiteError."""
+    try:
+        return yaml.load(text, Loader=SuiteLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        raise SuiteError(f"{where}: not valid YAML ({_yaml_problem(e)})") from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def suite_names() -> list[str]:
@@ -64,14 +110,14 @@ def load_suite(spec: str, overrides: list[str] | None = None) -> dict[str, Any]:
 def _read_with_base(path: Path, seen: tuple) -> dict[str, Any]:
     """A suite's mapping, merged over its ``base`` suite's (keys of the child win; MERGED_KEYS
     are merged entry by entry)."""
-    suite = yaml.safe_load(path.read_text()) or {}
+    suite = parse_yaml(path.read_text(), str(path)) or {}
     if not isinstance(suite, dict):
-        raise SuiteError(f"{path}: a suite is a YAML mapping")
+        raise SuiteError(f"{path}: a suite is a YAML mapping, got {type(suite).__name__}")
     base = suite.pop("base", None)
     if base is None:
         return suite
     base_path = SUITES_DIR / f"{base}.yaml"
-    if not base_path.is_file() or base in seen:
+    if not isinstance(base, str) or not base_path.is_file() or base in seen:
         raise SuiteError(f"{path}: base suite {base!r} is unknown or circular; known: {', '.join(suite_names())}")
     merged = _read_with_base(base_path, seen + (base,))
     for key, value in suite.items():
@@ -82,54 +128,181 @@ def _read_with_base(path: Path, seen: tuple) -> dict[str, Any]:
 
 
 def apply_override(suite: dict[str, Any], item: str) -> None:
+    """``key.sub=value``: the value is YAML (``seeds=[0,1]``, ``finetune.lr=1e-3``)."""
     if "=" not in item:
         raise SuiteError(f"--set takes key=value, got {item!r}")
     dotted, raw = item.split("=", 1)
     keys = dotted.strip().split(".")
     if keys[0] not in SUITE_KEYS:
         raise SuiteError(f"--set: unknown key {keys[0]!r}; valid: {', '.join(sorted(SUITE_KEYS))}")
-    value = yaml.safe_load(raw)
+    value = parse_yaml(raw, f"--set {item}")
     node = suite
     for k in keys[:-1]:
-        node = node.setdefault(k, {})
+        if node.get(k) is None:
+            node[k] = {}
+        node = node[k]
         if not isinstance(node, dict):
-            raise SuiteError(f"--set {dotted}: {k!r} is not a mapping")
+            raise SuiteError(f"--set {dotted}: {k!r} is {node!r}, not a mapping")
     node[keys[-1]] = value
 
 
+# --- validation --------------------------------------------------------------------------------
 def validate(suite: dict[str, Any]) -> None:
-    bad = sorted(set(suite) - set(SUITE_KEYS) - {"name"})
+    """Refuse any bad key or value with a one-line SuiteError naming it and the valid ones."""
+    bad = sorted(map(str, set(suite) - set(SUITE_KEYS) - {"name"}))
     if bad:
         raise SuiteError(f"suite {suite['name']}: unknown key(s) {bad}; valid: {', '.join(sorted(SUITE_KEYS))}")
+    _check_names(suite)
+    _check_lists(suite)
+    _check_recipes(suite)
+    _check_data(suite)
+    if suite.get("fit_only") is not None and not isinstance(suite["fit_only"], bool):
+        raise SuiteError(f"fit_only {suite['fit_only']!r}: expected true or false")
+    _check_layers(suite)
+
+
+def _check_names(suite: dict[str, Any]) -> None:
+    """datasets, networks and methods: present, of the right shape, registered."""
     for key in ("datasets", "networks", "methods"):
         if not suite.get(key):
             raise SuiteError(f"suite {suite['name']}: {key!r} is missing or empty")
-    known_ds, known_nets, known_methods = dataset_names(), network_names(), method_names()
-    for d in suite["datasets"]:
+    datasets, nets = suite["datasets"], suite["networks"]
+    if not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets):
+        raise SuiteError(f"datasets {datasets!r}: expected a list of dataset names; known: {', '.join(dataset_names())}")
+    for d in datasets:
         if d not in DATASETS:
-            raise SuiteError(f"unknown dataset {d!r}; known: {', '.join(known_ds)}")
-    if not isinstance(suite["networks"], dict):
-        raise SuiteError("'networks' maps each network to the list of its layers to compress")
-    for n in suite["networks"]:
-        if n not in NETWORKS:
-            raise SuiteError(f"unknown network {n!r}; known: {', '.join(known_nets)}")
+            raise SuiteError(f"unknown dataset {d!r}; known: {', '.join(dataset_names())}")
+    if not isinstance(nets, dict):
+        raise SuiteError(f"networks {nets!r}: expected a mapping network -> list of its layers to compress, "
+                         "e.g. {fc2: [fc1, fc2]}")
+    for n, layers in nets.items():
+        if not isinstance(n, str) or n not in NETWORKS:
+            raise SuiteError(f"unknown network {n!r}; known: {', '.join(network_names())}")
+        if not isinstance(layers, list) or not layers or not all(isinstance(x, str) for x in layers):
+            raise SuiteError(f"networks.{n} {layers!r}: expected a non-empty list of layer names, e.g. [fc1]")
+    if not isinstance(suite["methods"], list):
+        raise SuiteError(f"methods {suite['methods']!r}: expected a list of method names or "
+                         "{method, label, options, knobs} entries")
     for entry in suite["methods"]:
         m = method_entry(entry)
-        if m["method"] not in METHODS:
-            raise SuiteError(f"unknown method {m['method']!r}; known: {', '.join(known_methods)}")
-    for part in ("train", "finetune"):
-        try:
-            check_recipe(suite.get(part, {}), part)
-            for net, rec in (suite.get("recipes") or {}).items():
-                check_recipe((rec or {}).get(part, {}), f"recipes.{net}.{part}")
-        except ValueError as e:
-            raise SuiteError(str(e)) from None
-    bad = sorted(set(suite.get("data") or {}) - set(DATA_KEYS))
+        if not isinstance(m["method"], str) or m["method"] not in METHODS:
+            raise SuiteError(f"unknown method {m['method']!r}; known: {', '.join(method_names())}")
+
+
+def _real(v: Any) -> bool:
+    """A finite real number (bools are not numbers here: ``seeds: [true]`` is a typo)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _seed(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v < 2**32
+
+
+#: list-valued keys: (test of one element, what the elements must be, an example)
+LIST_KEYS = {
+    "seeds": (_seed, "integers in 0..4294967295", "[0, 1]"),
+    "ratios": (lambda v: _real(v) and v > 0, "finite numbers > 0", "[2, 8, 32]"),
+    "finetune_epochs": (lambda v: _real(v) and v > 0, "finite numbers > 0", "[1, 3]"),
+    "lr_grid": (lambda v: _real(v) and v > 0, "finite numbers > 0", "[0.003, 0.01, 0.03]"),
+    "paper": (lambda v: isinstance(v, str) and v in PAPER_ROLES, f"figure roles among {', '.join(PAPER_ROLES)}",
+              "[accuracy, fit]"),
+}
+
+
+def _check_lists(suite: dict[str, Any]) -> None:
+    """Each list key, when given, is a non-empty list of valid, distinct values."""
+    for key, (ok, what, example) in LIST_KEYS.items():
+        values = suite.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, list) or not values:
+            raise SuiteError(f"{key} {values!r}: expected a non-empty list of {what}, e.g. {example}")
+        for v in values:
+            if not ok(v):
+                raise SuiteError(f"{key}: bad value {v!r}; expected a list of {what}, e.g. {example}")
+        dup = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if dup is not None:
+            raise SuiteError(f"{key}: {dup!r} is listed twice in {values!r}")
+
+
+def _check_recipes(suite: dict[str, Any]) -> None:
+    """train / finetune and every per-network override of them (types and ranges)."""
+    recipes = suite.get("recipes") or {}
+    if not isinstance(recipes, dict):
+        raise SuiteError(f"recipes {recipes!r}: expected a mapping network -> {{train: ..., finetune: ...}}")
+    for net, rec in recipes.items():
+        if not isinstance(net, str) or net not in NETWORKS:
+            raise SuiteError(f"recipes: unknown network {net!r}; known: {', '.join(network_names())}")
+        if rec is not None and (not isinstance(rec, dict) or set(rec) - {"train", "finetune"}):
+            raise SuiteError(f"recipes.{net} {rec!r}: expected a mapping with keys train, finetune")
+    try:
+        for part in ("train", "finetune"):
+            base = {} if suite.get(part) is None else suite[part]
+            check_recipe(base, part)
+            for net, rec in recipes.items():
+                check_recipe({**base, **((rec or {}).get(part) or {})}, f"recipes.{net}.{part}")
+    except ValueError as e:
+        raise SuiteError(str(e)) from None
+
+
+def _check_data(suite: dict[str, Any]) -> None:
+    data = suite.get("data")
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise SuiteError(f"data {data!r}: expected a mapping with keys {', '.join(DATA_KEYS)}")
+    bad = sorted(map(str, set(data) - set(DATA_KEYS)))
     if bad:
         raise SuiteError(f"unknown data key(s) {bad}; valid: {', '.join(DATA_KEYS)}")
-    for r in suite.get("ratios") or []:
-        if not isinstance(r, (int, float)) or r <= 0:
-            raise SuiteError(f"ratios must be positive numbers, got {r!r}")
+    vf = data.get("val_fraction", DATA_KEYS["val_fraction"])
+    if not (_real(vf) and 0 <= vf < 1):
+        raise SuiteError(f"data.val_fraction {vf!r}: expected a number in [0, 1)")
+    sub = data.get("train_subset")
+    if sub is not None and not (isinstance(sub, numbers.Integral) and not isinstance(sub, bool) and sub >= 1):
+        raise SuiteError(f"data.train_subset {sub!r}: expected an integer >= 1 (or null: the whole training set)")
+
+
+def _input_shape(dataset: str) -> tuple[tuple[int, int, int], int] | None:
+    """(input shape, classes) of a dataset without reading it, from what it registered."""
+    from bench.registry import dataset_spec
+
+    spec = dataset_spec(dataset)
+    return tuple(spec.shape), int(spec.classes)
+
+
+def _check_layers(suite: dict[str, Any]) -> None:
+    """Every target layer exists in its network, built (untrained, on the meta device: no
+    memory, no random numbers drawn) for every dataset of the suite, and is Linear/Conv2d (what
+    the methods replace)."""
+    from torch import nn
+
+    for net, layers in suite["networks"].items():
+        for dataset in suite["datasets"]:
+            model = _untrained(net, dataset)
+            if model is None:
+                continue
+            names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+            for name in layers:
+                if name not in names:
+                    raise SuiteError(f"networks.{net}: {net} (on {dataset}) has no Linear/Conv2d layer {name!r}; "
+                                     f"its layers: {', '.join(names)}")
+
+
+def _untrained(net: str, dataset: str):
+    import torch
+
+    from bench.models import build_network
+
+    shape = _input_shape(dataset)
+    if shape is None:
+        return None
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            return build_network(net, *shape)
+    except Exception as e:  # noqa: BLE001 - a network that cannot take this input, said in one line
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise SuiteError(f"network {net} cannot be built for dataset {dataset} (input {shape[0]}, "
+                         f"{shape[1]} classes): {why}") from None
 
 
 def method_entry(entry: Any) -> dict[str, Any]:
@@ -138,14 +311,20 @@ def method_entry(entry: Any) -> dict[str, Any]:
         entry = {"method": entry}
     if not isinstance(entry, dict) or "method" not in entry:
         raise SuiteError(f"a method entry is a name or a mapping with 'method', got {entry!r}")
-    bad = sorted(set(entry) - METHOD_ENTRY_KEYS)
+    bad = sorted(map(str, set(entry) - METHOD_ENTRY_KEYS))
     if bad:
         raise SuiteError(f"method entry {entry!r}: unknown key(s) {bad}; valid: {', '.join(sorted(METHOD_ENTRY_KEYS))}")
+    if entry.get("options") is not None and not isinstance(entry["options"], dict):
+        raise SuiteError(f"method {entry['method']!r}: options {entry['options']!r}: expected a mapping")
+    knobs = entry.get("knobs")
+    if knobs is not None and (not isinstance(knobs, list) or not knobs):
+        raise SuiteError(f"method {entry['method']!r}: knobs {knobs!r}: expected a non-empty list")
     options = dict(entry.get("options") or {})
     label = entry.get("label") or entry["method"]
-    return {"method": entry["method"], "label": label, "options": options, "knobs": entry.get("knobs")}
+    return {"method": entry["method"], "label": label, "options": options, "knobs": knobs}
 
 
+# --- jobs --------------------------------------------------------------------------------------
 @dataclass
 class Job:
     suite: str
@@ -162,18 +341,34 @@ class Job:
     finetune: dict[str, Any]
     data: dict[str, Any]
     fit_only: bool = False
+    #: fine-tuning learning rates the method's lr is picked from (the suite's ``lr_grid``)
+    lr_grid: list[float] | None = None
     key: str = field(default="", init=False)
 
     def config(self) -> dict[str, Any]:
         """Everything that determines the result (and so the record key). A fit-only job never
-        fine-tunes, so its key leaves the fine-tuning recipe out."""
-        return {"network": self.network, "dataset": self.dataset, "layers": self.layers,
-                "method": self.method, "options": self.options, "target_ratio": self.target_ratio,
-                "knob": self.knob, "seed": self.seed, "train": self.train,
-                "finetune": None if self.fit_only else self.finetune, "data": self.data, "fit_only": self.fit_only}
+        fine-tunes, so its key leaves the fine-tuning recipe out; ``lr_grid`` is there only when
+        set, so the keys of suites without one are those of the records made before it existed."""
+        cfg = {"network": self.network, "dataset": self.dataset, "layers": self.layers,
+               "method": self.method, "options": self.options, "target_ratio": self.target_ratio,
+               "knob": self.knob, "seed": self.seed, "train": self.train,
+               "finetune": None if self.fit_only else self.finetune, "data": self.data, "fit_only": self.fit_only}
+        if self.lr_grid is not None:
+            cfg["lr_grid"] = self.lr_grid
+        return cfg
 
     def __post_init__(self) -> None:
         self.key = config_key(self.config())
+
+    @property
+    def tune_key(self) -> str:
+        """The key without the seed and the fine-tuning lr: the seeds of one (network, dataset,
+        method, budget) share it, so an lr picked from ``lr_grid`` can be shared by them."""
+        cfg = self.config()
+        del cfg["seed"]
+        if cfg["finetune"] is not None:
+            cfg["finetune"] = {k: v for k, v in cfg["finetune"].items() if k != "lr"}
+        return config_key(cfg)
 
     @property
     def baseline_config(self) -> dict[str, Any]:
@@ -190,19 +385,11 @@ def expand(suite: dict[str, Any], methods: list[str] | None = None, networks: li
     """All jobs of a suite, optionally restricted to some methods / networks."""
     fit = bool(suite.get("fit_only")) if fit_only is None else fit_only
     data_cfg = {**DATA_KEYS, **(suite.get("data") or {})}
-    entries = [method_entry(e) for e in suite["methods"]]
-    if methods:
-        unknown = sorted(set(methods) - {e["method"] for e in entries} - {e["label"] for e in entries})
-        if unknown:
-            raise SuiteError(f"--methods {unknown} not in suite {suite['name']}; it has: "
-                             f"{', '.join(e['label'] for e in entries)}")
-        entries = [e for e in entries if e["method"] in methods or e["label"] in methods]
-    nets = suite["networks"]
-    if networks:
-        unknown = sorted(set(networks) - set(nets))
-        if unknown:
-            raise SuiteError(f"--networks {unknown} not in suite {suite['name']}; it has: {', '.join(nets)}")
-        nets = {n: nets[n] for n in networks}
+    entries = _select_methods(suite, methods)
+    nets = _select_networks(suite, networks)
+    # a fit-only job never fine-tunes: one job, not one per fine-tuning setting
+    epochs_list = [None] if fit or not suite.get("finetune_epochs") else suite["finetune_epochs"]
+    lr_grid = [float(x) for x in suite["lr_grid"]] if suite.get("lr_grid") and not fit else None
     jobs = []
     for network, layers in nets.items():
         rec = (suite.get("recipes") or {}).get(network) or {}
@@ -210,17 +397,43 @@ def expand(suite: dict[str, Any], methods: list[str] | None = None, networks: li
         finetune = check_recipe({**(suite.get("finetune") or {}), **(rec.get("finetune") or {})})
         for dataset in suite["datasets"]:
             for seed in suite.get("seeds") or [0]:
-                for e in entries:
-                    if e["method"] == "dense":
-                        budgets = [(1.0, None)]
-                    elif e["knobs"] is not None:
-                        budgets = [(None, k) for k in e["knobs"]]
-                    else:
-                        budgets = [(float(r), None) for r in suite.get("ratios") or []]
-                    for ratio, knob in budgets:
-                        if fit and e["method"] == "dense":
-                            continue
-                        jobs.append(Job(suite["name"], network, dataset, list(layers), e["method"], e["label"],
-                                        copy.deepcopy(e["options"]), ratio, knob, int(seed), train,
-                                        finetune, data_cfg, fit))
+                for epochs in epochs_list:
+                    ft = finetune if epochs is None else {**finetune, "epochs": epochs}
+                    for e in entries:
+                        for ratio, knob in _budgets(suite, e):
+                            if fit and e["method"] == "dense":
+                                continue
+                            jobs.append(Job(suite["name"], network, dataset, list(layers), e["method"], e["label"],
+                                            copy.deepcopy(e["options"]), ratio, knob, int(seed), train,
+                                            ft, data_cfg, fit, lr_grid=lr_grid))
     return jobs
+
+
+def _budgets(suite: dict[str, Any], entry: dict[str, Any]) -> list[tuple[float | None, Any]]:
+    """(target ratio, knob) pairs of a method entry: dense once, fixed knobs, or the ratios."""
+    if entry["method"] == "dense":
+        return [(1.0, None)]
+    if entry["knobs"] is not None:
+        return [(None, k) for k in entry["knobs"]]
+    return [(float(r), None) for r in suite.get("ratios") or []]
+
+
+def _select_methods(suite: dict[str, Any], methods: list[str] | None) -> list[dict[str, Any]]:
+    entries = [method_entry(e) for e in suite["methods"]]
+    if not methods:
+        return entries
+    unknown = sorted(set(methods) - {e["method"] for e in entries} - {e["label"] for e in entries})
+    if unknown:
+        raise SuiteError(f"--methods {unknown} not in suite {suite['name']}; it has: "
+                         f"{', '.join(e['label'] for e in entries)}")
+    return [e for e in entries if e["method"] in methods or e["label"] in methods]
+
+
+def _select_networks(suite: dict[str, Any], networks: list[str] | None) -> dict[str, list[str]]:
+    nets = suite["networks"]
+    if not networks:
+        return nets
+    unknown = sorted(set(networks) - set(nets))
+    if unknown:
+        raise SuiteError(f"--networks {unknown} not in suite {suite['name']}; it has: {', '.join(nets)}")
+    return {n: nets[n] for n in networks}

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -25,16 +26,48 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant", "step")
 
 
+#: what each recipe value must be: (test, description); checked up front so a bad value is a
+#: one-line error before any job runs, not a failed job
+RECIPE_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epochs": (lambda v: _real(v) and v >= 0, "a finite number >= 0 (fractions allowed)"),
+    "batch_size": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+    "lr": (lambda v: _real(v) and v > 0, "a finite number > 0"),
+    "momentum": (lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "nesterov": (lambda v: isinstance(v, bool), "true or false"),
+    "weight_decay": (lambda v: _real(v) and v >= 0, "a finite number >= 0"),
+    "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+    "label_smoothing": (lambda v: _real(v) and 0 <= v <= 1, "a number in [0, 1]"),
+}
+
+
+def _real(v: Any) -> bool:
+    """A finite real number; bools are not numbers here (``epochs: true`` is a typo)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
 def check_recipe(recipe: dict[str, Any], where: str = "recipe") -> dict[str, Any]:
-    """Recipe with defaults filled in; unknown keys or values fail listing the valid ones."""
-    bad = sorted(set(recipe) - set(RECIPE_DEFAULTS))
+    """Recipe with defaults filled in; an unknown key or a value of the wrong type or range
+    fails naming the key, the value and what is expected. Values are returned unchanged (they
+    are part of the record keys)."""
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{where} {recipe!r}: expected a mapping of recipe keys "
+                         f"({', '.join(sorted(RECIPE_DEFAULTS))})")
+    bad = sorted(map(str, set(recipe) - set(RECIPE_DEFAULTS)))
     if bad:
         raise ValueError(f"unknown {where} key(s) {bad}; valid: {', '.join(sorted(RECIPE_DEFAULTS))}")
     full = {**RECIPE_DEFAULTS, **recipe}
-    if full["optimizer"] not in OPTIMIZERS:
-        raise ValueError(f"{where}.optimizer {full['optimizer']!r}; valid: {', '.join(OPTIMIZERS)}")
-    if full["schedule"] not in SCHEDULES:
-        raise ValueError(f"{where}.schedule {full['schedule']!r}; valid: {', '.join(SCHEDULES)}")
+    for key, (ok, expected) in RECIPE_TYPES.items():
+        try:
+            good = bool(ok(full[key]))
+        except TypeError:  # unhashable or incomparable values (a list, a mapping)
+            good = False
+        if not good:
+            raise ValueError(f"{where}.{key} {full[key]!r}: expected {expected}")
     return full
 
 

@@ -43,8 +43,9 @@ from torch import nn
 
 from bench.compressor import Compressor, FactorizedLayer
 from bench.registry import register_method
-from methods._tensorize import (ConvSpec, as_float64, bias_param, bias_params, check_layer, clip_knob,
-                                flatten_batch, pointwise, side_modes, to_param, with_torch_backend)
+from bench.layers import ConvSpec, bias_params, check_layer
+from methods._tensorize import (as_float64, bias_param, clip_knob, flatten_batch, pointwise, side_modes,
+                                to_param, with_torch_backend)
 
 
 def khatri_rao(mats) -> torch.Tensor:

@@ -12,6 +12,8 @@ from bench.registry import register_method
 @register_method("dense")
 class Dense(Compressor):
     knob_name = "none"
+    allocation_uses_weights = False  # "full" everywhere
+    uses_finetune_lr = False  # not fine-tuned at all
 
     def knobs(self, layer: nn.Module) -> list:
         return ["full"]

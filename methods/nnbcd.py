@@ -18,7 +18,7 @@ its output on the training subset being the head's input X. Conv targets are ski
                 + gamma/2 ||V_L - U_L||^2 + rho/2 sum_l ||U_l - V_{l-1} W_l^T - 1 b_l^T||^2 ]
           + tau/2 sum_{l in targets} ||W_l - G_l||^2,        G_l in C_l,
 
-C_l = matrices of TT rank <= r in the layer's TT format (``nnbcd-tt``) or with at most k
+C_l = matrices of TT rank <= r in ``tt``'s TT-matrix format (``nnbcd-tt``) or with at most k
 non-zeros (``nnbcd-prune``). Biases are kept and trained (the authors' notebooks zero them).
 
 **Updates** (one iteration = one backward sweep l = L..1; every block is the exact minimiser
@@ -27,30 +27,39 @@ V_L = (Y + gamma U_L + alpha V_L')/(1 + gamma + alpha);
 U_L = (gamma V_L + rho A_L + alpha U_L')/(gamma + rho + alpha), A_l = V_{l-1} W_l^T + b_l;
 [W_l b_l] = ridge regression of U_l on [V_{l-1} 1] with the proximal pulls alpha (to the
 previous value) and tau (W_l to G_l): one (d+1)x(d+1) linear solve;
-G_l = projection of W_l on C_l (magnitude top-k, exact; TT-SVD through
-``tensorly.decomposition.tensor_train``, kept only if it is closer to W_l than the previous
-G_l, since TT-SVD is quasi-optimal, so Phi stays monotone);
+G_l = projection of W_l on C_l (magnitude top-k, exact; TT-SVD with ``methods.tt.tt_svd``,
+kept only if it is closer to W_l than the previous G_l, since TT-SVD is quasi-optimal, so Phi
+stays monotone);
 V_{l-1} = (rho W_l^T W_l + (gamma+alpha) I)^-1 applied to rho W_l^T (U_l - b_l) + gamma relu(U_{l-1}) + alpha V';
 U_{l-1} = elementwise closed-form proximal step of ReLU (the better of the u >= 0 and
 u <= 0 stationary points).
 
 **Result.** The final network uses G_l (the compressed weights) and b_l for the targets and
-W_l, b_l for other head layers. ``select="val"`` (default) keeps the iterate whose
-compressed network has the best validation accuracy (the suite's fine-tuning also selects on
-validation); ``"last"`` keeps the last. Full-batch variables limit it to ``subset`` training
-samples; ``ctx.extras`` gets the objective per iteration, accuracies, subset and timing.
-This replaces the gradient fine-tuning (``ctx.epochs`` is not used).
+W_l, b_l for other head layers (FC-2 with targets [fc1]: fc2 stays dense but BCD refits it).
+Full-batch variables limit it to ``subset`` training samples. This replaces the gradient
+fine-tuning (``ctx.epochs`` is not used).
 
-**Defaults.** gamma = rho = tau = 10, alpha = 1e-4, 60 iterations on 10000 samples (about a
-minute for FC-2 on 2 CPU cores). Chosen on FC-2/MNIST (TT, ratio 16, 3000 samples): with
-gamma = rho = 1 the squared loss dominates, the auxiliary variables drift from the network
-they stand for and its accuracy falls while Phi still decreases; tau much above or below
-rho slows the recovery of the compressed network. ``init="compressed"`` starts W from the
-compressed weights instead of the trained dense ones (slower in our trials).
+**Stopping rule.** Sweeps run until the compressed network's validation accuracy plateaus: no
+gain of at least ``min_delta`` (0.001 = 0.1 points) over the last gain's level for ``patience``
+(10) sweeps, bounded by ``max_sweeps`` (300; ``iterations`` is its old name). ``select="val"``
+(default) keeps the sweep with the best validation accuracy, ``"last"`` the last one
+(without a validation split: ``max_sweeps`` sweeps, the last kept). ``patience: 0`` turns the plateau rule off: a fixed
+``max_sweeps``; the pre-v2 behaviour was ``{iterations: 20, patience: 0}`` (best of the 20 on
+validation), ``select: last`` added keeps the 20th. A fixed count stopped FC-2 while validation
+accuracy was still rising (8x: 0.53 -> 0.92 over 20 sweeps). ``ctx.extras`` gets the
+validation accuracy of every sweep (``nnbcd_val_acc``, index = sweep, 0 = before BCD), the
+objective and training accuracy at the sweeps ``nnbcd_curve_sweeps`` (all, or 101 evenly
+spaced), ``nnbcd_stop`` (which rule stopped it, at which sweep), the kept sweep and timing.
 
-**TT format.** W (out x in) with out = o_1...o_d, in = i_1...i_d (balanced factors, d =
-``order``) is the order-d tensor with modes o_t*i_t (interleaved, as in TT layers); the
-module stores the cores and forms W from them.
+**Defaults.** gamma = rho = tau = 10, alpha = 1e-4, 10000 samples. Chosen on FC-2/MNIST (TT,
+ratio 16, 3000 samples): with gamma = rho = 1 the squared loss dominates, the auxiliary
+variables drift from the network they stand for and its accuracy falls while Phi still
+decreases; tau much above or below rho slows the recovery of the compressed network.
+``init="compressed"`` starts W from the compressed weights instead of the trained dense ones
+(slower in our trials).
+
+**TT format.** ``nnbcd-tt`` is ``tt``'s format, size model and module (``methods.tt``), so
+``nnbcd-tt`` vs ``tt`` differs in the training method only.
 """
 from __future__ import annotations
 
@@ -62,99 +71,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.compressor import (BudgetUnreachable, CompressionError, Compressor, FactorizedLayer, FinetuneContext,
+from bench.compressor import (BudgetUnreachable, CompressionError, Compressor, FinetuneContext,
                               dense_params, effective_weight, get_layer)
 from bench.registry import register_method
-from methods._tensorize import bias_params, with_torch_backend
+from bench.layers import bias_params, check_layer
 from methods.prune import PrunedLayer, pruned_params, top_k_mask
-
-
-# --- TT format ------------------------------------------------------------------------------
-def balanced_factors(n: int, d: int) -> list[int]:
-    """n as a product of d integer factors as equal as possible (ascending; 1s if n lacks them)."""
-    if n < 1 or d < 1:
-        raise ValueError(f"need n >= 1 and d >= 1, got n={n}, d={d}")
-    out, rem = [], n
-    for left in range(d, 0, -1):
-        if left == 1:
-            out.append(rem)
-            break
-        target = rem ** (1.0 / left)
-        divs = [f for f in range(1, rem + 1) if rem % f == 0]
-        f = min(divs, key=lambda f: (abs(math.log(f) - math.log(target)), f))
-        out.append(f)
-        rem //= f
-    return sorted(out)
-
-
-def tt_ranks(modes: list[int], rank: int) -> list[int]:
-    """Bond dimensions of a rank-``rank`` TT of a tensor with these modes (clipped at the
-    unfolding sizes, as TT-SVD clips them)."""
-    ranks = [1]
-    for t in range(1, len(modes)):
-        ranks.append(min(rank, math.prod(modes[:t]), math.prod(modes[t:])))
-    return ranks + [1]
-
-
-def tt_core_params(modes: list[int], rank: int) -> int:
-    r = tt_ranks(modes, rank)
-    return sum(r[t] * m * r[t + 1] for t, m in enumerate(modes))
-
-
-def matrix_to_tensor(w: torch.Tensor, o: list[int], i: list[int]) -> torch.Tensor:
-    """(out, in) -> modes (o_1 i_1, ..., o_d i_d)."""
-    d = len(o)
-    t = w.reshape(*o, *i)
-    perm = [x for pair in zip(range(d), range(d, 2 * d)) for x in pair]
-    return t.permute(*perm).reshape([a * b for a, b in zip(o, i)])
-
-
-def tensor_to_matrix(t: torch.Tensor, o: list[int], i: list[int]) -> torch.Tensor:
-    d = len(o)
-    t = t.reshape([x for pair in zip(o, i) for x in pair])
-    perm = list(range(0, 2 * d, 2)) + list(range(1, 2 * d, 2))
-    return t.permute(*perm).reshape(math.prod(o), math.prod(i))
-
-
-def contract_cores(cores: list[torch.Tensor]) -> torch.Tensor:
-    """Full tensor of a TT given cores (r_{t-1}, n_t, r_t)."""
-    out = cores[0]
-    for c in cores[1:]:
-        out = torch.tensordot(out, c, dims=([out.dim() - 1], [0]))
-    return out.reshape([c.shape[1] for c in cores])
-
-
-def tt_svd(w: torch.Tensor, o: list[int], i: list[int], rank: int) -> list[torch.Tensor]:
-    """TT-SVD cores of the (out, in) matrix ``w`` at TT rank ``rank`` (float64, w's device)."""
-    from tensorly.decomposition import tensor_train
-
-    t = matrix_to_tensor(w.detach().double(), o, i).contiguous()
-    factors = with_torch_backend(tensor_train, t, rank=int(rank)).factors  # stays on w's device
-    return [f.contiguous() for f in factors]
-
-
-class TTLinear(FactorizedLayer):
-    """A Linear layer whose weight is formed from stored TT cores on each forward."""
-
-    def __init__(self, cores: list[torch.Tensor], o: list[int], i: list[int], rank: int,
-                 bias: torch.Tensor | None, dtype: torch.dtype):
-        super().__init__()
-        self.out_factors, self.in_factors, self.rank = list(o), list(i), int(rank)
-        self.cores = nn.ParameterList([nn.Parameter(c.to(dtype).clone()) for c in cores])
-        self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
-        self.tnbench_info = {"tt_ranks": [1] + [c.shape[2] for c in cores], "modes":
-                             [a * b for a, b in zip(o, i)], "out_factors": list(o), "in_factors": list(i)}
-
-    def set_cores(self, cores: list[torch.Tensor]) -> None:
-        with torch.no_grad():
-            for p, c in zip(self.cores, cores):
-                p.copy_(c)
-
-    def effective_weight(self) -> torch.Tensor:
-        return tensor_to_matrix(contract_cores(list(self.cores)), self.out_factors, self.in_factors)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.effective_weight(), self.bias)
+from methods.tt import TensorTrain, TTLayer, tt_matrix, tt_svd
 
 
 # --- the BCD solver ---------------------------------------------------------------------------
@@ -274,7 +196,7 @@ def head_forward(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torc
 
 # --- applicability ----------------------------------------------------------------------------
 def _is_replacement(m: nn.Module) -> bool:
-    return isinstance(m, (TTLinear, PrunedLayer))
+    return (isinstance(m, TTLayer) and m.conv is None) or isinstance(m, PrunedLayer)
 
 
 def mlp_head(model: nn.Module) -> list[str]:
@@ -337,7 +259,8 @@ def _capture_head_input(model: nn.Module, first: nn.Module, x: torch.Tensor, bat
 class _NNBCD(Compressor):
     """Shared NN-BCD machinery; subclasses define the compressed layer and its projection."""
 
-    def __init__(self, subset: int = 10000, iterations: int = 60, gamma: float = 10.0,
+    def __init__(self, subset: int = 10000, max_sweeps: int | None = None, patience: int = 10,
+                 min_delta: float = 0.001, iterations: int | None = None, gamma: float = 10.0,
                  rho: float = 10.0, alpha: float = 1e-4, tau: float = 10.0, select: str = "val",
                  init: str = "dense", seed: int = 0, **options: Any):
         super().__init__(**options)
@@ -346,15 +269,16 @@ class _NNBCD(Compressor):
         self.init = init
         if select not in ("val", "last"):
             raise ValueError(f"select must be 'val' or 'last', got {select!r}")
-        if int(subset) < 1 or int(iterations) < 0:
-            raise ValueError(f"need subset >= 1 and iterations >= 0, got {subset}, {iterations}")
-        self.subset, self.iterations, self.select, self.seed = int(subset), int(iterations), select, int(seed)
+        if iterations is not None and max_sweeps is not None:
+            raise ValueError("give max_sweeps or its old name iterations, not both")
+        max_sweeps = 300 if max_sweeps is None and iterations is None else (
+            iterations if max_sweeps is None else max_sweeps)
+        if int(subset) < 1 or int(max_sweeps) < 0 or int(patience) < 0 or not min_delta >= 0:
+            raise ValueError(f"need subset >= 1, max_sweeps >= 0, patience >= 0 and min_delta >= 0, "
+                             f"got {subset}, {max_sweeps}, {patience}, {min_delta}")
+        self.subset, self.max_sweeps, self.select, self.seed = int(subset), int(max_sweeps), select, int(seed)
+        self.patience, self.min_delta = int(patience), float(min_delta)
         self.gamma, self.rho, self.alpha, self.tau = float(gamma), float(rho), float(alpha), float(tau)
-
-    def _check(self, layer: nn.Module) -> None:
-        if not isinstance(layer, nn.Linear):
-            raise CompressionError(f"{self.name} compresses Linear layers of a ReLU MLP, got "
-                                   f"{type(layer).__name__}")
 
     def skip_reason(self, model: nn.Module, layer_names: list[str]) -> str | None:
         return mlp_skip_reason(model, layer_names)
@@ -365,6 +289,8 @@ class _NNBCD(Compressor):
 
     def write_back(self, module: nn.Module, g: torch.Tensor, bias: torch.Tensor) -> None:
         raise NotImplementedError
+
+    uses_finetune_lr = False  # block coordinate descent: no learning rate to tune
 
     def finetune(self, model: nn.Module, ctx: FinetuneContext) -> None:
         reason = mlp_skip_reason(model, ctx.layer_names)
@@ -419,19 +345,30 @@ class _NNBCD(Compressor):
             out = head_forward(x.to(torch.float64), prob.final_weights(), prob.b)
             return float((out.argmax(1) == y).double().mean())
 
-        objective = [prob.objective()]
-        train_acc = [accuracy(prob.x, y_tr)]
-        val_acc = [accuracy(val_feats, y_val)]
-        best = (val_acc[0], 0, [w.clone() for w in prob.final_weights()], [b.clone() for b in prob.b])
-        for it in range(1, self.iterations + 1):
+        def snapshot(it: int) -> tuple:
+            return val_acc[-1], it, [w.clone() for w in prob.final_weights()], [b.clone() for b in prob.b]
+
+        objective, train_acc, val_acc = [prob.objective()], [accuracy(prob.x, y_tr)], [accuracy(val_feats, y_val)]
+        best = snapshot(0)
+        ref, ref_sweep = val_acc[0], 0  # the plateau rule's reference: last gain of >= min_delta
+        rule, sweep_s, it = "max_sweeps", 0.0, 0
+        while it < self.max_sweeps:
+            it += 1
+            t0 = time.perf_counter()
             prob.sweep()
+            sweep_s += time.perf_counter() - t0
             objective.append(prob.objective())
             train_acc.append(accuracy(prob.x, y_tr))
             val_acc.append(accuracy(val_feats, y_val))
-            if self.select == "val" and not val_acc[-1] <= best[0]:  # NaN (no val split): last
-                best = (val_acc[-1], it, [w.clone() for w in prob.final_weights()], [b.clone() for b in prob.b])
-        if self.select == "last":
-            best = (val_acc[-1], self.iterations, prob.final_weights(), prob.b)
+            if val_acc[-1] > best[0]:  # NaN (no val split) never wins: the last is kept below
+                best = snapshot(it)
+            if val_acc[-1] >= ref + self.min_delta - 1e-12:
+                ref, ref_sweep = val_acc[-1], it
+            if self.patience and val_feats is not None and it - ref_sweep >= self.patience:
+                rule = "plateau"
+                break
+        if self.select == "last" or math.isnan(val_acc[-1]):
+            best = (val_acc[-1], it, prob.final_weights(), prob.b)
         _, chosen_it, final_w, final_b = best
         with torch.no_grad():
             for name, m, w, b in zip(head, mods, final_w, final_b):
@@ -442,61 +379,59 @@ class _NNBCD(Compressor):
                     if m.bias is not None:
                         m.bias.copy_(b.to(m.bias.dtype))
         model.train(was_training)
+        keep = _thin(len(objective))
         ctx.extras.update({
-            "nnbcd_objective": objective, "nnbcd_train_acc": train_acc, "nnbcd_val_acc": val_acc,
-            "nnbcd_subset": int(prob.n), "nnbcd_iterations": self.iterations,
-            "nnbcd_selected_iteration": chosen_it, "nnbcd_head": head,
-            "nnbcd_projection_rejected": prob.rejected,
+            "nnbcd_val_acc": val_acc, "nnbcd_curve_sweeps": keep,
+            "nnbcd_objective": [objective[i] for i in keep], "nnbcd_train_acc": [train_acc[i] for i in keep],
+            "nnbcd_sweeps": it, "nnbcd_selected_sweep": chosen_it,
+            "nnbcd_stop": {"rule": rule, "sweep": it, "patience": self.patience, "min_delta": self.min_delta,
+                           "max_sweeps": self.max_sweeps, "select": self.select},
+            "nnbcd_subset": int(prob.n), "nnbcd_head": head, "nnbcd_projection_rejected": prob.rejected,
             "nnbcd_hyper": {"gamma": self.gamma, "rho": self.rho, "alpha": self.alpha, "tau": self.tau},
             "nnbcd_seconds": time.perf_counter() - start,
+            "nnbcd_seconds_per_sweep": sweep_s / it if it else 0.0,  # the BCD updates, not the evaluations
         })
+
+
+def _thin(n: int, limit: int = 101) -> list[int]:
+    """At most ``limit`` sweep indices of 0..n-1, evenly spaced, first and last included."""
+    if n <= limit:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (limit - 1)) for i in range(limit)})
 
 
 @register_method("nnbcd-tt")
 class NNBCDTensorTrain(_NNBCD):
-    """NN-BCD with a TT-rank constraint; knob = TT rank r (every bond clipped at r)."""
+    """NN-BCD onto ``tt``'s format, so nnbcd-tt vs tt compares the training method alone: the
+    same TT-matrix modes, knob (TT rank, clipped as ``tt`` clips it), size model and module
+    (``TTLayer``); the projection step is ``tt``'s TT-SVD (``tt_svd``). ``cores`` as in ``tt``."""
 
-    knob_name = "tt rank"
+    knob_name = TensorTrain.knob_name
 
-    def __init__(self, order: int = 3, **options: Any):
+    def __init__(self, cores: int | None = None, **options: Any):
         super().__init__(**options)
-        if int(order) < 1:
-            raise ValueError(f"order must be >= 1, got {order}")
-        self.order = int(order)
-
-    def shape(self, layer: nn.Module) -> tuple[list[int], list[int], list[int]]:
-        self._check(layer)
-        o = balanced_factors(layer.out_features, self.order)
-        i = balanced_factors(layer.in_features, self.order)
-        return o, i, [a * b for a, b in zip(o, i)]
-
-    def max_rank(self, layer: nn.Module) -> int:
-        """The largest bond TT-SVD can use (a rank beyond it changes nothing)."""
-        return max(tt_ranks(self.shape(layer)[2], 10 ** 12))
+        self.tt = TensorTrain(cores=cores)
 
     def knobs(self, layer: nn.Module) -> list[int]:
-        return list(range(1, self.max_rank(layer) + 1))
+        check_layer(layer, self.name, kinds=(nn.Linear,))
+        return self.tt.knobs(layer)
 
     def layer_params(self, layer: nn.Module, rank: int) -> int:
-        _, _, modes = self.shape(layer)
-        return tt_core_params(modes, int(rank)) + bias_params(layer)
+        check_layer(layer, self.name, kinds=(nn.Linear,))
+        return self.tt.layer_params(layer, rank)
 
     def factorize(self, layer: nn.Module, rank: int) -> nn.Module:
-        o, i, modes = self.shape(layer)
-        top = self.max_rank(layer)
-        if not 1 <= int(rank) <= top:
-            raise CompressionError(f"TT rank {rank} outside 1..{top} for {layer} (modes {modes})")
-        cores = tt_svd(layer.weight, o, i, int(rank))
-        return TTLinear(cores, o, i, int(rank), layer.bias, layer.weight.dtype)
+        check_layer(layer, self.name, kinds=(nn.Linear,))
+        return self.tt.factorize(layer, rank)
 
-    def projector(self, module: nn.Module):
-        o, i, rank = module.out_factors, module.in_factors, module.rank
-        return lambda w: tensor_to_matrix(contract_cores(tt_svd(w, o, i, rank)), o, i)
+    def projector(self, module: TTLayer):
+        out_modes, in_modes, ranks = module.out_modes, module.in_modes, module.ranks()
+        return lambda w: tt_matrix(tt_svd(w, out_modes, in_modes, ranks))
 
-    def write_back(self, module: nn.Module, g: torch.Tensor, bias: torch.Tensor) -> None:
-        # re-derive cores of g (it is exactly TT-rank r, so TT-SVD reproduces it)
-        cores = tt_svd(g, module.out_factors, module.in_factors, module.rank)
-        module.set_cores([c.to(module.cores[0].dtype) for c in cores])
+    def write_back(self, module: TTLayer, g: torch.Tensor, bias: torch.Tensor) -> None:
+        # g is exactly of the module's TT ranks, so TT-SVD gives cores that reproduce it
+        for p, c in zip(module.cores, tt_svd(g, module.out_modes, module.in_modes, module.ranks())):
+            p.copy_(c.to(p.dtype))
         if module.bias is not None:
             module.bias.copy_(bias.to(module.bias.dtype))
 
@@ -509,19 +444,21 @@ class NNBCDPrune(_NNBCD):
     params_counted_as = "non-zero weights"
 
     def knobs(self, layer: nn.Module) -> range:
-        self._check(layer)
+        check_layer(layer, self.name, kinds=(nn.Linear,))
         return range(0, layer.weight.numel() + 1)
 
     def layer_params(self, layer: nn.Module, kept: int) -> int:
-        self._check(layer)
+        check_layer(layer, self.name, kinds=(nn.Linear,))
         return int(kept) + bias_params(layer)
 
     def factorize(self, layer: nn.Module, kept: int) -> nn.Module:
-        self._check(layer)
+        check_layer(layer, self.name, kinds=(nn.Linear,))
         return PrunedLayer(layer, top_k_mask(layer.weight, int(kept)))
 
     def module_params(self, module: nn.Module) -> int:
         return pruned_params(module)
+
+    allocation_uses_weights = False  # a keep fraction from the layer sizes only
 
     def allocate(self, layers: dict[str, nn.Module], target_ratio: float) -> dict[str, int]:
         """The same keep fraction in every layer (as in the paper's experiments), rounded so
@@ -529,7 +466,7 @@ class NNBCDPrune(_NNBCD):
         if target_ratio <= 0:
             raise CompressionError(f"target ratio must be positive, got {target_ratio}")
         for layer in layers.values():
-            self._check(layer)
+            check_layer(layer, self.name, kinds=(nn.Linear,))
         sizes = {n: l.weight.numel() for n, l in layers.items()}
         biases = sum(dense_params(l) - sizes[n] for n, l in layers.items())
         total = sum(sizes.values())

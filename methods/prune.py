@@ -24,12 +24,9 @@ from torch import nn
 
 from bench.compressor import BudgetUnreachable, CompressionError, Compressor, FactorizedLayer
 from bench.registry import register_method
-from methods._tensorize import bias_params
+from bench.layers import bias_params, check_layer, count_params
 
 
-def _check(layer: nn.Module) -> None:
-    if not isinstance(layer, (nn.Linear, nn.Conv2d)):
-        raise CompressionError(f"can only prune Linear/Conv2d, got {type(layer).__name__}")
 
 
 def magnitude_order(weight: torch.Tensor) -> torch.Tensor:
@@ -51,7 +48,7 @@ class PrunedLayer(FactorizedLayer):
 
     def __init__(self, layer: nn.Module, mask: torch.Tensor):
         super().__init__()
-        _check(layer)
+        check_layer(layer, "prune", grouped_ok=True)
         self.inner = copy.deepcopy(layer)
         self.register_buffer("mask", mask.to(layer.weight.dtype).clone())
         with torch.no_grad():
@@ -90,7 +87,7 @@ def pruned_params(module: nn.Module) -> int:
     """Kept weights (mask ones) plus every other parameter (biases) of a built module."""
     if isinstance(module, PrunedLayer):
         return module.kept() + bias_params(module.inner)
-    return sum(p.numel() for p in module.parameters())
+    return count_params(module)
 
 
 @register_method("prune")
@@ -101,15 +98,15 @@ class GlobalMagnitudePrune(Compressor):
 
     def knobs(self, layer: nn.Module) -> range:
         """Every kept count 0..numel (a lazy sequence: layers can have millions of weights)."""
-        _check(layer)
+        check_layer(layer, "prune", grouped_ok=True)
         return range(0, layer.weight.numel() + 1)
 
     def layer_params(self, layer: nn.Module, kept: int) -> int:
-        _check(layer)
+        check_layer(layer, "prune", grouped_ok=True)
         return int(kept) + bias_params(layer)
 
     def factorize(self, layer: nn.Module, kept: int) -> nn.Module:
-        _check(layer)
+        check_layer(layer, "prune", grouped_ok=True)
         return PrunedLayer(layer, top_k_mask(layer.weight, int(kept)))
 
     def module_params(self, module: nn.Module) -> int:
@@ -125,7 +122,7 @@ def global_magnitude_allocation(layers: dict[str, nn.Module], target_ratio: floa
     if target_ratio <= 0:
         raise CompressionError(f"target ratio must be positive, got {target_ratio}")
     for layer in layers.values():
-        _check(layer)
+        check_layer(layer, "prune", grouped_ok=True)
     names = list(layers)
     biases = sum(bias_params(layers[n]) for n in names)
     total_w = sum(layers[n].weight.numel() for n in names)

@@ -11,6 +11,7 @@ from torch import nn
 
 from bench.compressor import CompressionError, Compressor, FactorizedLayer
 from bench.registry import register_method
+from bench.layers import check_layer
 
 
 def _fold(layer: nn.Module) -> torch.Tensor:
@@ -18,11 +19,6 @@ def _fold(layer: nn.Module) -> torch.Tensor:
     return layer.weight.detach().reshape(layer.weight.shape[0], -1)
 
 
-def _check(layer: nn.Module) -> None:
-    if isinstance(layer, nn.Conv2d) and layer.groups != 1:
-        raise CompressionError("grouped convolutions are not supported by low-rank methods")
-    if not isinstance(layer, (nn.Linear, nn.Conv2d)):
-        raise CompressionError(f"can only factorise Linear/Conv2d, got {type(layer).__name__}")
 
 
 def low_rank_factors(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,7 +48,7 @@ class LowRankLayer(FactorizedLayer):
 
 
 def build_low_rank(layer: nn.Module, rank: int) -> LowRankLayer:
-    _check(layer)
+    check_layer(layer, "svd")
     w = _fold(layer)
     a, b = low_rank_factors(w, rank)
     has_bias = layer.bias is not None
@@ -79,11 +75,11 @@ class TruncatedSVD(Compressor):
     knob_name = "rank"
 
     def knobs(self, layer: nn.Module) -> list[int]:
-        _check(layer)
+        check_layer(layer, "svd")
         return list(range(1, min(_fold(layer).shape) + 1))
 
     def layer_params(self, layer: nn.Module, rank: int) -> int:
-        _check(layer)
+        check_layer(layer, "svd")
         out, fan_in = _fold(layer).shape
         return rank * (out + fan_in) + (out if layer.bias is not None else 0)
 

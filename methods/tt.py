@@ -24,8 +24,9 @@ over the two spatial ones.
 Ranks. Bond k gets r_k = min(r, L_k, R_k), where L_k, R_k are the products of m_j n_j left and
 right of the bond: TT-SVD cannot use more. The largest useful r (max_k min(L_k, R_k)) is the
 top knob and is lossless; larger requests are clipped to it and the clip recorded.
-Initialisation: TT-SVD (tensorly's ``tensor_train_matrix``, pytorch backend) in float64 on the
-layer's device, cast back.
+Initialisation: TT-SVD (``tt_svd``: tensorly's ``tensor_train_matrix``, pytorch backend) in
+float64 on the layer's device, cast back. ``nnbcd-tt`` uses this format, size model, module and
+``tt_svd`` (its projection step), so the two differ in the training method only.
 
 Forward. Linear: the input is contracted core by core when that costs fewer flops than forming
 the dense matrix plus one dense product (checked per call, it depends on the batch); otherwise
@@ -44,9 +45,9 @@ from torch import nn
 
 from bench.compressor import Compressor, FactorizedLayer
 from bench.registry import register_method
-from methods._tensorize import (ConvSpec, as_float64, balanced_factors, bias_param, bias_params,
-                                check_layer, clip_knob, factorized_linear_forward, folded_shape, organ_pipe,
-                                to_param, with_torch_backend)
+from bench.layers import ConvSpec, bias_params, check_layer, folded_shape
+from methods._tensorize import (as_float64, balanced_factors, bias_param, clip_knob,
+                                factorized_linear_forward, organ_pipe, to_param, with_torch_backend)
 
 
 def default_cores(m: int, n: int) -> int:
@@ -79,6 +80,33 @@ def kernel_modes(layer: nn.Conv2d) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return (1, 1, 1, out), (cin, kh, kw, 1)
 
 
+def tt_svd(weight: torch.Tensor, out_modes, in_modes, ranks) -> list[torch.Tensor]:
+    """TT-SVD cores (r_{k-1}, m_k, n_k, r_k) of a weight of M*N elements (row-major (M, N), or
+    a conv kernel in its layout), in float64 on its device. One code path for ``tt``'s
+    initialisation and NN-BCD's projection, so both build the same format."""
+    from tensorly.decomposition import tensor_train_matrix
+
+    w = as_float64(weight).reshape(*out_modes, *in_modes)
+    tt = with_torch_backend(tensor_train_matrix, w, list(ranks))
+    got = [int(c.shape[0]) for c in tt.factors] + [1]
+    if got != list(ranks):  # the size model and TT-SVD must agree on every bond
+        raise RuntimeError(f"tt: TT-SVD returned ranks {got}, the size model expected {list(ranks)}")
+    return list(tt.factors)
+
+
+def tt_matrix(cores) -> torch.Tensor:
+    """The dense (M x N) matrix of TT-matrix cores (r_{k-1}, m_k, n_k, r_k)."""
+    first = cores[0]
+    a = first.reshape(first.shape[1], first.shape[2], first.shape[3])
+    rows, cols = a.shape[0], a.shape[1]
+    for core in cores[1:]:
+        _, m, n, r1 = core.shape
+        a = torch.einsum("abr,rmns->ambns", a, core)
+        rows, cols = rows * m, cols * n
+        a = a.reshape(rows, cols, r1)
+    return a.reshape(rows, cols)
+
+
 class TTLayer(FactorizedLayer):
     """A Linear/Conv2d whose folded weight is a TT-matrix with the given cores."""
 
@@ -101,15 +129,10 @@ class TTLayer(FactorizedLayer):
 
     def matrix(self) -> torch.Tensor:
         """The dense (M x N) matrix the cores represent."""
-        first = self.cores[0]
-        a = first.reshape(first.shape[1], first.shape[2], first.shape[3])
-        rows, cols = a.shape[0], a.shape[1]
-        for core in self.cores[1:]:
-            _, m, n, r1 = core.shape
-            a = torch.einsum("abr,rmns->ambns", a, core)
-            rows, cols = rows * m, cols * n
-            a = a.reshape(rows, cols, r1)
-        return a.reshape(rows, cols)
+        return tt_matrix(list(self.cores))
+
+    def ranks(self) -> list[int]:
+        return [int(c.shape[0]) for c in self.cores] + [1]
 
     def effective_weight(self) -> torch.Tensor:
         return self.matrix().reshape(self.weight_shape)
@@ -181,17 +204,10 @@ class TensorTrain(Compressor):
         return tt_params(bond_ranks(r, out_modes, in_modes), out_modes, in_modes) + bias_params(layer)
 
     def factorize(self, layer: nn.Module, knob: int) -> nn.Module:
-        from tensorly.decomposition import tensor_train_matrix
-
         out_modes, in_modes = self._modes(layer)
         r, clipped = clip_knob(knob, self.max_rank(layer), "tt")
         ranks = bond_ranks(r, out_modes, in_modes)
-        w = as_float64(layer.weight).reshape(*out_modes, *in_modes)
-        tt = with_torch_backend(tensor_train_matrix, w, list(ranks))
-        got = [int(c.shape[0]) for c in tt.factors] + [1]
-        if got != ranks:  # the size model and TT-SVD must agree on every bond
-            raise RuntimeError(f"tt: TT-SVD returned ranks {got}, the size model expected {ranks}")
-        cores = [to_param(c, layer.weight) for c in tt.factors]
+        cores = [to_param(c, layer.weight) for c in tt_svd(layer.weight, out_modes, in_modes, ranks)]
         layout = "kernel" if self._kernel_layout(layer) else "matrix"
         info = {"requested": int(knob), "rank": r, "clipped": clipped, "ranks": ranks,
                 "out_modes": list(out_modes), "in_modes": list(in_modes), "layout": layout}

@@ -1,1 +1,1 @@
-"""Figure code: accuracy-vs-parameters and fit-error plots (``python -m plots ...``)."""
+"""Figure and report-file code (``python -m plots ...``); imports ``bench``, never the reverse."""

@@ -1,4 +1,4 @@
-"""``python -m plots paper --results results --out results/figures``."""
+"""``python -m plots paper --results results --out results/figures [--suites a,b,c]``."""
 import argparse
 import sys
 from pathlib import Path
@@ -10,13 +10,22 @@ def main(argv=None) -> int:
     paper = sub.add_parser("paper", help="every paper figure and table from recorded results")
     paper.add_argument("--results", default="results", type=Path)
     paper.add_argument("--out", default="results/figures", type=Path)
+    paper.add_argument("--suites", default=None,
+                       help="comma-separated suite names (default: the suites whose YAML declares `paper:`)")
+    paper.add_argument("--suites-dir", default=None, type=Path, help="where the suite YAML files are (default bench/suites)")
     args = p.parse_args(argv)
     if not args.results.is_dir():
         print(f"error: no results folder {args.results}", file=sys.stderr)
         return 2
-    from plots.paper import build
+    from plots.paper import SUITES_DIR, build
 
-    for path, _ in build(args.results, args.out):
+    suites = [s for s in args.suites.split(",") if s] if args.suites else None
+    try:
+        made = build(args.results, args.out, suites, args.suites_dir or SUITES_DIR)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path, _ in made:
         print(f"wrote {path}")
     return 0
 

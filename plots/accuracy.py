@@ -1,43 +1,34 @@
-"""Accuracy vs achieved parameters and weight-space fit error vs parameters."""
+"""A suite's own figures: accuracy vs achieved parameters, weight-space fit error vs parameters."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import NullFormatter
 import pandas as pd
 
-from plots.style import ONE_COLUMN, TWO_COLUMN, method_style
-
-
-def _save(fig, stem: Path) -> list[Path]:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    fig.savefig(paths[0], dpi=200, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
-    plt.close(fig)
-    return paths
+from plots.style import ONE_COLUMN, TWO_COLUMN, clamp_percent, method_style, save_figure
 
 
 def plot_accuracy_vs_params(summary: pd.DataFrame, title: str, stem: Path) -> list[Path]:
-    """``summary``: one row per (label, budget) with params, acc_mean, acc_std, method."""
+    """``summary``: rows of ``accuracy_summary`` (params, acc_mean, acc_ci, label, method);
+    error bars are 95 % CIs over seeds."""
     fig, ax = plt.subplots(figsize=(ONE_COLUMN[0] * 1.4, ONE_COLUMN[1] * 1.4))
     dense = summary[summary.method == "dense"]
     for label, g in summary[summary.method != "dense"].groupby("label", sort=True):
         g = g.sort_values("params")
-        ax.errorbar(g.params, g.acc_mean, yerr=g.acc_std.fillna(0), label=label, capsize=2, lw=1.2, ms=4,
+        ax.errorbar(g.params, g.acc_mean, yerr=g.acc_ci.fillna(0), label=label, capsize=2, lw=1.2, ms=4,
                     **method_style(label, g.method.iloc[0]))
     if len(dense):
         ax.axhline(dense.acc_mean.iloc[0], color="black", ls="--", lw=1,
                    label=f"dense ({dense.acc_mean.iloc[0]:.2f}%)")
     ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("parameters of the compressed layers (achieved)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("test accuracy (%), 95 % CI")
+    clamp_percent(ax)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3, which="both", lw=0.5)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 def plot_fit_error(per_layer: pd.DataFrame, title: str, stem: Path) -> list[Path]:
@@ -54,17 +45,14 @@ def plot_fit_error(per_layer: pd.DataFrame, title: str, stem: Path) -> list[Path
                     **method_style(label, g.method.iloc[0]))
         ax.set_xscale("log")
         ax.set_yscale("log")
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{layer} ({int(sub.params_dense.iloc[0]):,} params)", fontsize=8)
-        ax.set_xlabel("parameters of the layer")
+        ax.set_xlabel("parameters")
         ax.grid(alpha=0.3, which="both", lw=0.5)
     for ax in axes.flat[len(layers):]:
         ax.set_visible(False)
     axes[0][0].set_ylabel("relative error ‖W−Ŵ‖/‖W‖")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7, loc="upper center", ncol=min(len(labels), 6),
-               bbox_to_anchor=(0.5, 1.02), frameon=False)
-    fig.suptitle(title, fontsize=9, y=1.08)
-    fig.tight_layout()
-    return _save(fig, stem)
+               bbox_to_anchor=(0.5, 1.02 + 0.05 * (-(-len(labels) // 6) - 1)), frameon=False)
+    fig.suptitle(title, fontsize=9, y=1.08 + 0.05 * (-(-len(labels) // 6) - 1))
+    return save_figure(fig, stem, tight=True)

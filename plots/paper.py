@@ -1,9 +1,10 @@
 """Paper figures and tables from recorded results, no training:
-``python -m plots paper --results results --out results/figures``.
+``python -m plots paper --results results --out results/figures [--suites a,b]``.
 
-Every suite directory under ``--results`` with a ``runs.jsonl`` feeds the accuracy, cost and
-headline views; ``fit_runs.jsonl`` files feed the fit-error figure; the suites named
-``adtn-depth`` and ``adtn-order`` feed the depth and order studies.
+Which suite feeds which figure is declared by the suite itself: ``paper: [accuracy, cost, ...]``
+in ``bench/suites/<name>.yaml`` (roles in ``PAPER_ROLES``), read as raw YAML so that the figure
+code needs nothing of the benchmark's suite machinery. By default only suites declaring
+``paper:`` are read, so a left-over results folder (a smoke run) stays out of the paper.
 """
 from __future__ import annotations
 
@@ -11,18 +12,46 @@ import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import NullFormatter
 import pandas as pd
 import yaml
 
-from bench.report import accuracy_summary, fit_summary, records_frame
-from plots.accuracy import _save, plot_fit_error
-from plots.style import ONE_COLUMN, TWO_COLUMN, method_style
+from bench.report import ACC_NOTE, accuracy_summary, ci_halfwidth, equal_budget, fit_summary, format_acc, records_frame
+from plots.accuracy import plot_fit_error
+from plots.equal_budget import write_equal_budget
+from plots.style import ONE_COLUMN, TWO_COLUMN, clamp_percent, method_style, save_figure
 from plots.tables import write_table
 
-DEPTH_SUITE, ORDER_SUITE = "adtn-depth", "adtn-order"
+PAPER_ROLES = ("accuracy", "fit", "cost", "headline", "depth", "order", "convergence", "equal-budget")
+SUITES_DIR = Path(__file__).resolve().parent.parent / "bench" / "suites"
+#: roles of a suite named on the command line whose YAML declares none
+DEFAULT_ROLES = frozenset({"accuracy", "fit", "cost", "headline"})
 DELTAS = (0.0, 0.5, 1.0, 2.0)
 REFERENCE = Path(__file__).with_name("reference_results.yaml")
+
+
+def suite_roles(name: str, suites_dir: Path = SUITES_DIR) -> frozenset[str] | None:
+    """The ``paper:`` roles a suite YAML declares (not inherited from ``base:``); None when the
+    file or the key is missing. Unknown roles are an error, not silently ignored."""
+    path = Path(suites_dir) / f"{name}.yaml"
+    if not path.is_file():
+        return None
+    roles = (yaml.safe_load(path.read_text()) or {}).get("paper")
+    if roles is None:
+        return None
+    roles = [roles] if isinstance(roles, str) else list(roles)
+    bad = sorted(set(roles) - set(PAPER_ROLES))
+    if bad:
+        raise ValueError(f"{path}: unknown paper role(s) {bad}; known: {', '.join(PAPER_ROLES)}")
+    return frozenset(roles)
+
+
+def paper_suites(suites: list[str] | None = None, suites_dir: Path = SUITES_DIR) -> dict[str, frozenset[str]]:
+    """Suite name -> roles: the named ``suites`` (default roles where undeclared), else every
+    suite of ``suites_dir`` that declares ``paper:``."""
+    if suites is not None:
+        return {n: suite_roles(n, suites_dir) or DEFAULT_ROLES for n in suites}
+    found = {p.stem: suite_roles(p.stem, suites_dir) for p in sorted(Path(suites_dir).glob("*.yaml"))}
+    return {n: r for n, r in found.items() if r is not None}
 
 
 def pareto_mask(params: pd.Series, acc: pd.Series) -> list[bool]:
@@ -42,7 +71,7 @@ def _method_lines(ax, summary: pd.DataFrame, x: str) -> None:
             continue
         style = method_style(label, g.method.iloc[0])
         front = pareto_mask(g[x], g.acc_mean)
-        ax.errorbar(g[x], g.acc_mean, yerr=g.acc_std.fillna(0), color=style["color"], lw=0.9, capsize=2,
+        ax.errorbar(g[x], g.acc_mean, yerr=g.acc_ci.fillna(0), color=style["color"], lw=0.9, capsize=2,
                     marker=style["marker"], ms=4, mfc="white", label=label)
         f = g[front]
         ax.plot(f[x], f.acc_mean, ls="none", marker=style["marker"], ms=5, color=style["color"], zorder=4)
@@ -55,14 +84,14 @@ def figure_accuracy(summary: pd.DataFrame, title: str, stem: Path, x: str = "par
     if len(dense):
         ax.axhline(dense.acc_mean.iloc[0], color="black", ls="--", lw=0.9, label=f"dense {dense.acc_mean.iloc[0]:.2f}%")
     ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("parameters of the compressed layers" if x == "params" else "FLOPs per image (forward)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("test accuracy (%), 95 % CI")
+    clamp_percent(ax)
     ax.set_title(title + ("" if x == "params" else " — cost"), fontsize=9)
     ax.grid(alpha=0.3, which="both", lw=0.5)
     ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False,
               title="filled: Pareto front", title_fontsize=6.5)
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 def _knob_of(budget: str) -> float:
@@ -75,21 +104,21 @@ def figure_depth(df: pd.DataFrame, stem: Path) -> list[Path]:
     ok["M"] = ok.budget.map(_knob_of)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=TWO_COLUMN)
     for (net, ds), g in ok.groupby(["network", "dataset"]):
-        s = g.groupby("M").agg(acc=("acc_after_finetune", "mean"), sd=("acc_after_finetune", "std"),
+        s = g.groupby("M").agg(acc=("acc_after_finetune", "mean"), ci=("acc_after_finetune", ci_halfwidth),
                                fit=("fit_rel_error", "mean"), dense=("acc_dense", "mean")).reset_index()
-        line = a1.errorbar(s.M, s.acc, yerr=s.sd.fillna(0), marker="o", ms=4, capsize=2, label=f"{net}/{ds}")
+        line = a1.errorbar(s.M, s.acc, yerr=s.ci.fillna(0), marker="o", ms=4, capsize=2, label=f"{net}/{ds}")
         a1.axhline(s.dense.iloc[0], ls="--", lw=0.8, color=line[0].get_color())
         a2.plot(s.M, s.fit, marker="o", ms=4, label=f"{net}/{ds}")
+    clamp_percent(a1)
     a1.set_xlabel("ADTN depth M")
-    a1.set_ylabel("test accuracy (%) (dashed: dense)")
+    a1.set_ylabel("test accuracy (%), 95 % CI\n(dashed: dense)")
     a2.set_xlabel("ADTN depth M")
     a2.set_ylabel("relative fit error ‖W−Ŵ‖/‖W‖")
     a2.set_yscale("log")
     for ax in (a1, a2):
         ax.grid(alpha=0.3, lw=0.5)
     a2.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    return _save(fig, stem)
+    return save_figure(fig, stem, tight=True)
 
 
 def figure_order(df: pd.DataFrame, stem: Path) -> list[Path]:
@@ -100,23 +129,56 @@ def figure_order(df: pd.DataFrame, stem: Path) -> list[Path]:
     for ax, ((net, ds), g) in zip(axes[0], groups):
         for label, h in g[g.method != "dense"].groupby("label"):
             h = h.sort_values("params")
-            ax.errorbar(h.params, h.acc_mean, yerr=h.acc_std.fillna(0), marker="o", ms=4, capsize=2, label=label)
+            ax.errorbar(h.params, h.acc_mean, yerr=h.acc_ci.fillna(0), ms=4, capsize=2, label=label,
+                        **method_style(label, h.method.iloc[0]))
         dense = g[g.method == "dense"]
         if len(dense):
             ax.axhline(dense.acc_mean.iloc[0], color="black", ls="--", lw=0.8)
         ax.set_xscale("log")
+        clamp_percent(ax)
         ax.set_title(f"{net}/{ds}", fontsize=8)
         ax.set_xlabel("parameters of the compressed layers")
         ax.grid(alpha=0.3, which="both", lw=0.5)
-    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][0].set_ylabel("test accuracy (%), 95 % CI")
     axes[0][-1].legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    return _save(fig, stem)
+    return save_figure(fig, stem, tight=True)
+
+
+def figure_convergence(df: pd.DataFrame, stem: Path) -> list[Path]:
+    """Test accuracy (mean ± 95 % CI over seeds) vs fine-tuning epochs, a line per method, a
+    panel per (network, dataset, budget); dense dashed."""
+    ok = df[df.status == "ok"].copy()
+    ok["epochs"] = ok.finetune.map(lambda f: f.get("epochs") if isinstance(f, dict) else None).astype(float)
+    dense = ok[ok.method == "dense"].groupby(["network", "dataset"]).acc_dense.mean()
+    ok = ok[ok.method != "dense"]
+    panels = list(ok.groupby(["network", "dataset", "budget"], sort=True))
+    cols = min(max(len(panels), 1), 3)
+    rows = max(-(-len(panels) // cols), 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(TWO_COLUMN[0], TWO_COLUMN[1] * rows), squeeze=False)
+    for ax, ((net, ds, budget), g) in zip(axes.flat, panels):
+        for label, h in g.groupby("label", sort=True):
+            s = h.groupby("epochs").acc_after_finetune.agg(["mean", ci_halfwidth]).reset_index()
+            ax.errorbar(s.epochs, s["mean"], yerr=s.ci_halfwidth.fillna(0), ms=4, capsize=2, lw=1.1, label=label,
+                        **method_style(label, h.method.iloc[0]))
+        if (net, ds) in dense.index:
+            ax.axhline(dense[(net, ds)], color="black", ls="--", lw=0.8)
+        clamp_percent(ax)
+        ax.set_title(f"{net}/{ds} {budget}", fontsize=8)
+        ax.set_xlabel("fine-tuning epochs")
+        ax.grid(alpha=0.3, lw=0.5)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    axes[0][0].set_ylabel("test accuracy (%), 95 % CI")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if labels:
+        fig.legend(handles, labels, fontsize=7, loc="upper center", ncol=min(len(labels), 6),
+                   bbox_to_anchor=(0.5, 1.1), frameon=False)
+    return save_figure(fig, stem, tight=True)
 
 
 def headline_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Most compressed point of each method within δ of the dense accuracy
-    (torchprune's "commensurate accuracy" view)."""
+    (torchprune's "commensurate accuracy" view); accuracy as mean ± 95 % CI."""
     rows = []
     for (net, ds), g in summary.groupby(["network", "dataset"], sort=False):
         dense = g[g.method == "dense"]
@@ -132,9 +194,8 @@ def headline_table(summary: pd.DataFrame) -> pd.DataFrame:
                     row.update({"params": "—", "ratio": "—", "accuracy": "—"})
                 else:
                     best = ok.sort_values("params").iloc[0]
-                    sd = best.acc_std
                     row.update({"params": int(round(best.params)), "ratio": f"{best.ratio:.1f}×",
-                                "accuracy": f"{best.acc_mean:.2f} ± {sd:.2f}" if sd == sd else f"{best.acc_mean:.2f}"})
+                                "accuracy": format_acc(best.acc_mean, best.acc_ci)})
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -160,48 +221,67 @@ def reported_vs_measured(records: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def build(results: Path, out: Path) -> list[tuple[Path, str]]:
-    """Write every figure and table; returns (path, caption) for the index."""
+def _accuracy_views(name: str, s: pd.DataFrame, roles: frozenset[str], out: Path) -> list[tuple[Path, str]]:
+    made = []
+    for (net, ds), g in s.groupby(["network", "dataset"], sort=False):
+        if "accuracy" in roles:
+            for p in figure_accuracy(g, f"{net} on {ds} ({name})", out / f"fig1_accuracy_{name}_{net}_{ds}"):
+                made.append((p, f"{name}: accuracy vs achieved parameters of the compressed layers, {net} on {ds}; "
+                                "error bars: 95 % CI over seeds, dashed: dense, filled markers: each method's Pareto front."))
+        if "cost" in roles and g.flops.notna().any():
+            for p in figure_accuracy(g, f"{net} on {ds} ({name})", out / f"fig5_cost_{name}_{net}_{ds}", x="flops"):
+                made.append((p, f"{name}: accuracy vs forward FLOPs per image, {net} on {ds}."))
+    return made
+
+
+def build(results: Path, out: Path, suites: list[str] | None = None,
+          suites_dir: Path = SUITES_DIR) -> list[tuple[Path, str]]:
+    """Write every figure and table of the suites (``paper_suites``) found under ``results``;
+    returns (path, caption) for the index."""
     out.mkdir(parents=True, exist_ok=True)
     made: list[tuple[Path, str]] = []
-    sweeps, fits = [], []
-    for suite_dir in sorted(p for p in results.iterdir() if p.is_dir()):
-        if (suite_dir / "runs.jsonl").exists():
-            sweeps.append((suite_dir.name, records_frame(suite_dir / "runs.jsonl")))
-        if (suite_dir / "fit_runs.jsonl").exists():
-            fits.append((suite_dir.name, records_frame(suite_dir / "fit_runs.jsonl")))
-    summaries, all_records = [], []
-    for name, df in sweeps:
-        if name == DEPTH_SUITE:
-            for p in figure_depth(df, out / "fig3_adtn_depth"):
-                made.append((p, "ADTN depth study: test accuracy and weight-space fit error vs depth M."))
+    summaries, measured = [], []
+    for name, roles in sorted(paper_suites(suites, suites_dir).items()):
+        runs, fits = results / name / "runs.jsonl", results / name / "fit_runs.jsonl"
+        if "fit" in roles and fits.exists():
+            f = fit_summary(records_frame(fits))
+            for (net, ds), g in (f.groupby(["network", "dataset"], sort=False) if len(f) else []):
+                for p in plot_fit_error(g, f"{net} on {ds}: weight-space fit", out / f"fig2_fit_{name}_{net}_{ds}"):
+                    made.append((p, f"{name}: relative weight-space error per layer vs its parameters (log-log), "
+                                    f"{net} on {ds}, no training."))
+        if not runs.exists():
             continue
-        if name == ORDER_SUITE:
-            for p in figure_order(df, out / "fig4_adtn_order"):
-                made.append((p, "Compression order: ADTN backward vs forward vs all-at-once, accuracy vs parameters."))
+        df = records_frame(runs)
+        if df.empty:
             continue
-        all_records.append(df)
+        if "depth" in roles:
+            for p in figure_depth(df, out / f"fig3_depth_{name}"):
+                made.append((p, f"{name}: ADTN depth study, test accuracy and weight-space fit error vs depth M."))
+        if "order" in roles:
+            for p in figure_order(df, out / f"fig4_order_{name}"):
+                made.append((p, f"{name}: compression order, ADTN backward vs forward vs all-at-once, accuracy vs parameters."))
+        if "convergence" in roles:
+            for p in figure_convergence(df, out / f"fig6_convergence_{name}"):
+                made.append((p, f"{name}: test accuracy vs fine-tuning epochs, {ACC_NOTE}."))
+        if "equal-budget" in roles:
+            eb = equal_budget(df)
+            for p in write_equal_budget(eb, out / f"table_equal_budget_{name}", f"{name}: accuracy at equal budgets"):
+                made.append((p, f"{name}: every method's accuracy interpolated at common parameter counts; "
+                                "bold best, † not significantly ahead of the second."))
         s = accuracy_summary(df)
         if s.empty:
             continue
-        summaries.append(s.assign(suite=name))
-        for (net, ds), g in s.groupby(["network", "dataset"], sort=False):
-            for p in figure_accuracy(g, f"{net} on {ds} ({name})", out / f"fig1_accuracy_{name}_{net}_{ds}"):
-                made.append((p, f"{name}: accuracy vs achieved parameters of the compressed layers, {net} on {ds}; "
-                                "error bars over seeds, dashed: dense, filled markers: each method's Pareto front."))
-            if g.flops.notna().any():
-                for p in figure_accuracy(g, f"{net} on {ds} ({name})", out / f"fig5_cost_{name}_{net}_{ds}", x="flops"):
-                    made.append((p, f"{name}: accuracy vs forward FLOPs per image, {net} on {ds}."))
-    for name, df in fits:
-        f = fit_summary(df)
-        for (net, ds), g in f.groupby(["network", "dataset"], sort=False):
-            for p in plot_fit_error(g, f"{net} on {ds}: weight-space fit", out / f"fig2_fit_{name}_{net}_{ds}"):
-                made.append((p, f"{name}: relative weight-space error per layer vs its parameters (log-log), {net} on {ds}, no training."))
+        made += _accuracy_views(name, s, roles, out)
+        if "headline" in roles:
+            summaries.append(s.assign(suite=name))
+        if roles & {"accuracy", "headline"}:
+            measured.append(df)
     if summaries:
         head = headline_table(pd.concat(summaries))
         for p in write_table(head, out / "table_headline", "Most compressed point within δ of dense accuracy"):
-            made.append((p, "Headline: each method's most compressed point whose mean accuracy is within δ of dense."))
-    records = pd.concat(all_records) if all_records else pd.DataFrame()
+            made.append((p, "Headline: each method's most compressed point whose mean accuracy is within δ of dense "
+                            f"({ACC_NOTE})."))
+    records = pd.concat(measured) if measured else pd.DataFrame()
     for p in write_table(reported_vs_measured(records), out / "table_reported_vs_measured",
                          "ADTN: reported (arXiv 2305.06058) vs measured"):
         made.append((p, "The ADTN paper's reported numbers beside ours (— where not measured)."))

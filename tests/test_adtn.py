@@ -1,4 +1,4 @@
-"""The ADTN generator (bench/adtn.py): contraction against an explicit construction, exact
+"""The ADTN generator (methods/adtn/generator.py): contraction against an explicit construction, exact
 parameter counts, gradients, checkpointing, scale folding, the rank-1 start and the pre-fit."""
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.adtn import ADTNGenerator, num_sites, param_count, prefit, sublayer_plan
+from methods.adtn.generator import ADTNGenerator, num_sites, param_count, prefit, sublayer_plan
 
 
 def explicit(gen: ADTNGenerator) -> torch.Tensor:
@@ -237,7 +237,7 @@ def test_prefit_zero_target_and_bad_shapes():
 def test_sgd_gain_is_the_top_eigenvalue_of_jtj():
     from torch.func import functional_call, jacrev
 
-    from bench.adtn import sgd_gain
+    from methods.adtn.generator import sgd_gain
 
     for depth, activation in [(1, "relu"), (3, "relu"), (2, "tanh")]:
         gen = make(2 ** 6 - 3, depth, activation=activation)
@@ -265,3 +265,85 @@ def test_grad_scale_scales_gradients_only():
         for a, p in zip(g1, gen.parameters()):
             assert torch.allclose(p.grad, 0.25 * a, atol=1e-14, rtol=1e-12)
     assert "grad_scale" in gen.state_dict() and "grad_scale" not in dict(gen.named_parameters())
+
+
+# --- pre-fit schedule and the masked loss ------------------------------------------------------
+def _count_adam_steps(monkeypatch):
+    """Record the lr of every Adam step the pre-fit takes."""
+    lrs = []
+    real = torch.optim.Adam.step
+
+    def step(self, *a, **kw):
+        lrs.append(self.param_groups[0]["lr"])
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    return lrs
+
+
+def test_cosine_schedule_runs_exactly_max_steps_adam_steps(monkeypatch):
+    torch.manual_seed(0)
+    w = torch.randn(20, 30).cumsum(1)
+    lrs = _count_adam_steps(monkeypatch)
+    gen = ADTNGenerator(w.numel(), 2)
+    fit = prefit(gen, w, max_steps=37, lr=0.02, schedule="cosine", polish=0)
+    assert fit["steps"] == fit["adam_steps"] == len(lrs) == 37 and fit["restarts"] == 0
+    assert lrs == pytest.approx([0.02 * 0.5 * (1 + math.cos(math.pi * t / 37)) for t in range(37)])
+    assert fit["rel_error"] <= fit["init_rel_error"] + 1e-6  # the best iterate is kept
+    assert math.isclose(float((gen().detach() - w.reshape(-1)).norm() / w.norm()), fit["rel_error"], rel_tol=1e-4)
+
+
+def test_plateau_schedule_is_still_reachable(monkeypatch):
+    """The old rule stops Adam at the 4th plateau, long before ``max_steps``; the cosine
+    schedule on the same target runs all of them."""
+    torch.manual_seed(0)
+    w = torch.randn(20, 30).cumsum(1)
+    steps = {}
+    for schedule in ("plateau", "cosine"):
+        lrs = _count_adam_steps(monkeypatch)
+        torch.manual_seed(0)
+        gen = ADTNGenerator(w.numel(), 2)
+        fit = prefit(gen, w, max_steps=300, lr=0.01, patience=5, min_delta=0.05, schedule=schedule)
+        steps[schedule] = (fit["steps"], fit["adam_steps"], len(lrs))
+        assert fit["rel_error"] <= fit["init_rel_error"] + 1e-6
+    assert steps["cosine"] == (300, 300, 300)
+    assert steps["plateau"][1] == steps["plateau"][2] < 60
+    with pytest.raises(ValueError):
+        prefit(ADTNGenerator(12, 2), torch.ones(12), schedule="linear")
+
+
+def test_masked_loss_ignores_the_padding():
+    """A generated tensor with a large padding region: its crop is fitted exactly (loss 0), the
+    loss has no gradient on the padding entries, and a pre-fit on the crop of an ADTN target
+    reaches it although the padding cannot be zero (an unmasked fit would pay for it)."""
+    from methods.adtn.layout import plan_layout
+
+    torch.manual_seed(3)
+    shape = (6, 5, 5)  # 150 entries, Q = 8: (6)(5)(5) needs 9 sites, so (6)(25) in (8)(32)
+    layout = plan_layout(shape, num_sites(150), 2)
+    assert layout.kind == "padded" and layout.padded == (8, 32)
+    source = ADTNGenerator(150, 1, init="orthogonal", dtype=torch.float64)
+    with torch.no_grad():
+        full = source.full()
+    w = layout.read(full)
+    mask = layout.mask()
+    assert float(full[~mask].norm()) > 0.3 * float(full.norm())  # the padding matters if not masked
+    gen = copy_gen(source)
+    fit = prefit(gen, w, max_steps=0, start="none", layout=layout)
+    assert fit["rel_error"] < 1e-12
+    unmasked = float((full - layout.embed(w)).norm() / w.norm())
+    assert unmasked > 0.5
+    state = gen.full().detach().requires_grad_()
+    ((layout.read(state) - 0.5 * w) ** 2).sum().backward()
+    assert float(state.grad[~mask].abs().max()) == 0.0 and float(state.grad[mask].abs().max()) > 0
+    torch.manual_seed(0)
+    fresh = ADTNGenerator(150, 1, dtype=torch.float64)
+    fit = prefit(fresh, w, max_steps=1000, lr=0.01, polish=300, layout=layout)
+    assert fit["rel_error"] < 1e-3, fit
+    assert torch.allclose(layout.read(fresh.full()).detach(), w, atol=1e-3 * float(w.abs().max()))
+
+
+def copy_gen(gen: ADTNGenerator) -> ADTNGenerator:
+    import copy
+
+    return copy.deepcopy(gen)

@@ -1,4 +1,4 @@
-"""The ``adtn`` method (methods/adtn.py): sizes, the layer wrapper (caching, conv semantics,
+"""The ``adtn`` method (methods/adtn/): sizes, the layer wrapper (caching, conv semantics,
 state_dict), allocation notes and the staged backward/forward/all fine-tuning."""
 import copy
 import io
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.adtn import param_count
+from methods.adtn.generator import param_count
 from bench.compressor import CompressionError, FinetuneContext, get_layer
 from bench.registry import get_method
 from methods.adtn import ADTNLayer, stage_epochs
@@ -39,9 +39,14 @@ def kron_weight(shape, seed):
     return w.reshape(shape)
 
 
-@pytest.mark.parametrize("layer", [nn.Linear(30, 20), nn.Linear(30, 20, bias=False), nn.Conv2d(3, 8, 3)])
-def test_layer_params_equal_module_and_formula(layer):
-    m = get_method("adtn", **FAST)
+LAYERS = [nn.Linear(30, 20), nn.Linear(30, 20, bias=False), nn.Conv2d(3, 8, 3), nn.Conv2d(6, 16, 5, bias=False),
+          nn.Linear(196, 8), nn.Linear(196, 8, bias=False)]
+
+
+@pytest.mark.parametrize("layout", ["padded", "rowmajor"])
+@pytest.mark.parametrize("layer", LAYERS, ids=lambda l: f"{type(l).__name__}{tuple(l.weight.shape)}-bias{l.bias is not None}")
+def test_layer_params_equal_module_and_formula(layer, layout):
+    m = get_method("adtn", layout=layout, **FAST)
     assert m.knob_name == "depth"
     assert m.knobs(layer) == list(range(1, 9))
     for depth in (1, 2, 3):
@@ -51,10 +56,20 @@ def test_layer_params_equal_module_and_formula(layer):
         assert m.layer_params(layer, depth) == m.module_params(built) == param_count(q, depth) + bias
         assert built.effective_weight().shape == layer.weight.shape
         assert built.tnbench_info["depth"] == depth and built.tnbench_info["sites"] == q
+        assert built.tnbench_info["layout_requested"] == layout
         assert 0 <= built.tnbench_info["prefit_rel_error"] <= 1.5
-        info = built.tnbench_info
-        assert info["grad_scale"] == pytest.approx(min(1.0, info["sgd_gain"] ** -0.5))
-        assert float(built.generator.grad_scale) == pytest.approx(info["grad_scale"])
+        info = built.tnbench_info  # default grad_scale: plain gradients, no gain measured
+        assert info["grad_scale"] == 1.0 and info["sgd_gain"] is None
+        assert float(built.generator.grad_scale) == 1.0
+
+
+def test_grad_scale_sqrt_uses_the_measured_gain():
+    layer = nn.Linear(196, 8)  # padded layout: the gain is measured on the real entries only
+    built = get_method("adtn", grad_scale="sqrt", **FAST).factorize(layer, 2)
+    info = built.tnbench_info
+    assert info["layout"] == "padded" and info["sgd_gain"] > 0
+    assert info["grad_scale"] == pytest.approx(min(1.0, info["sgd_gain"] ** -0.5))
+    assert float(built.generator.grad_scale) == pytest.approx(info["grad_scale"])
 
 
 def test_paper_424_through_the_method():
@@ -72,6 +87,12 @@ def test_options_are_checked():
         get_method("adtn", activation="swish")
     with pytest.raises(ValueError):
         get_method("adtn", grad_scale="fast")
+    with pytest.raises(ValueError):
+        get_method("adtn", layout="columnmajor")
+    with pytest.raises(ValueError):
+        get_method("adtn", prefit_schedule="linear")
+    with pytest.raises(ValueError):
+        get_method("adtn", input_hw=[28])
     layer = get_method("adtn", grad_scale=1, **FAST).factorize(nn.Linear(6, 5), 2)
     assert layer.tnbench_info["grad_scale"] == 1.0 and float(layer.generator.grad_scale) == 1.0
     with pytest.raises(CompressionError):
@@ -214,3 +235,78 @@ def test_all_order_trains_once():
     model, calls, extras, originals, moved = _staged_run("all", 3)
     assert calls == [({"fc1": True, "fc2": True}, 3)]
     assert extras["epochs_total"] == 3
+
+
+# --- weight layout ----------------------------------------------------------------------------
+def test_plan_layout_cases():
+    from methods.adtn.layout import image_axes, plan_layout
+
+    fc1 = plan_layout((256, 784), 18, 2, "padded", (256, *image_axes(784, "auto")))
+    assert (fc1.kind, fc1.blocks, fc1.padded) == ("padded", (256, 28, 28), (256, 32, 32))
+    no_split = plan_layout((256, 784), 18, 2, "padded")
+    assert (no_split.blocks, no_split.padded) == ((256, 784), (256, 1024))
+    assert image_axes(3072, [32, 32]) == (3, 32, 32) and image_axes(784, None) is None
+    assert image_axes(120, "auto") is None and image_axes(100, [28, 28]) is None
+    conv = plan_layout((16, 6, 5, 5), 12, 2)  # 4+3+3+3 = 13 sites > 12: kh x kw stay one block
+    assert (conv.blocks, conv.padded) == ((16, 6, 25), (16, 8, 32))
+    assert plan_layout((8, 4, 4, 4), 9, 2).blocks == (8, 4, 4, 4)
+    fallback = plan_layout((5, 5), 5, 2)  # 3+3 sites > Q = 5: only the single block keeps Q
+    assert (fallback.kind, fallback.blocks, fallback.padded) == ("rowmajor", (25,), (32,))
+    assert plan_layout((256, 784), 18, 2, "rowmajor").padded == (2 ** 18,)
+    assert plan_layout((8, 3), 3, 3).padded == (9, 3)  # d = 3: 8 -> 9 (2 sites) + 3 (1 site) = Q
+    assert plan_layout((10, 10), 5, 3).kind == "rowmajor"  # 10 -> 27 twice: 6 sites > Q = 5
+
+
+@pytest.mark.parametrize("make_layer,blocks,padded", [
+    (lambda: nn.Linear(196, 6), (6, 14, 14), (8, 16, 16)),  # 14 x 14 image fan-in
+    (lambda: nn.Conv2d(6, 16, 5), (16, 6, 25), (16, 8, 32)),
+])
+def test_layout_round_trip(make_layer, blocks, padded):
+    """The layer's weight is the generated tensor viewed as the padded block shape and cropped,
+    for a generic generated tensor and for a known (Kronecker) one set through the rank-1 start."""
+    torch.manual_seed(0)
+    layer = make_layer()
+    built = get_method("adtn", **FAST).factorize(layer, 1)
+    info = built.tnbench_info
+    assert info["layout"] == "padded" and tuple(info["layout_blocks"]) == blocks
+    assert tuple(info["layout_padded"]) == padded
+    gen = built.generator
+    crop = tuple(slice(0, b) for b in blocks)
+    with torch.no_grad():
+        full = gen.full()
+        assert torch.equal(built.effective_weight(), full.view(padded)[crop].reshape(layer.weight.shape))
+        q = gen.q
+        known = torch.ones(1)
+        for n in [4] * (q // 2) + [2] * (q % 2):
+            known = torch.kron(known, torch.rand(n) + 0.5)
+        gen.init_rank1_(known, noise=0.0)
+        assert torch.allclose(gen.full(), known, rtol=1e-4, atol=1e-6)
+        w = built.effective_weight()
+        assert torch.allclose(w, known.view(padded)[crop].reshape(layer.weight.shape), rtol=1e-4, atol=1e-6)
+    if isinstance(layer, nn.Linear):  # explicit: W[o, 14 i + j] = T[o, i, j] on the 16 x 16 grid
+        for o, i, j in [(0, 0, 0), (5, 13, 13), (3, 7, 2)]:
+            assert torch.allclose(w[o, 14 * i + j], known[o * 256 + 16 * i + j], rtol=1e-4)
+
+
+def test_padded_and_rowmajor_have_the_same_q_and_params():
+    for layer in (nn.Linear(784, 32), nn.Conv2d(16, 120, 5), nn.Linear(100, 12), nn.Linear(5, 5)):
+        built = {k: get_method("adtn", layout=k, **FAST).factorize(layer, 2) for k in ("padded", "rowmajor")}
+        assert built["padded"].generator.q == built["rowmajor"].generator.q
+        assert (get_method("adtn", layout="padded").layer_params(layer, 2)
+                == get_method("adtn", layout="rowmajor").layer_params(layer, 2)
+                == sum(p.numel() for p in built["padded"].parameters())
+                == sum(p.numel() for p in built["rowmajor"].parameters()))
+        assert built["rowmajor"].tnbench_info["layout"] == "rowmajor"
+    assert built["padded"].tnbench_info["layout"] == "rowmajor"  # Linear(5, 5): padding would raise Q
+    assert built["padded"].tnbench_info["layout_requested"] == "padded"
+
+
+def test_input_hw_option_splits_the_fan_in():
+    layer = nn.Linear(2 * 4 * 4, 4)  # 4 x 32 = 128, Q = 7; (4)(2)(4)(4): 2+1+2+2 = 7
+    assert get_method("adtn", **FAST).factorize(layer, 1).tnbench_info["layout_blocks"] == [4, 32]  # 32: no square
+    given = get_method("adtn", input_hw=[4, 4], **FAST).factorize(layer, 1).tnbench_info
+    assert given["layout_blocks"] == [4, 2, 4, 4] and given["layout"] == "padded"
+    # 4 x (3 x 6 x 6): every split of the fan-in needs 10 sites > Q = 9, so the fan-in stays whole
+    layer = nn.Linear(3 * 6 * 6, 4, bias=False)
+    given = get_method("adtn", input_hw=[6, 6], **FAST).factorize(layer, 1).tnbench_info
+    assert given["sites"] == 9 and given["layout_blocks"] == [4, 108] and given["layout_padded"] == [4, 128]

@@ -121,7 +121,9 @@ def test_budget_is_met_within_one_percent(name, ratio):
     dense = sum(dense_params(l) for l in layers.values())
     total = sum(m.layer_params(layers[n], k) for n, k in knobs.items())
     assert total <= dense / ratio
-    assert total >= 0.99 * dense / ratio
+    # picks stay on each layer's Pareto front, so the budget is not padded with options that
+    # are larger but no better (LeNet-5 at 8x spends 98% of it)
+    assert total >= 0.97 * dense / ratio
 
 
 def _max_error(layers, knobs):
@@ -193,3 +195,43 @@ def test_bad_requests_are_errors():
     with pytest.raises(TypeError):
         get_method("alds-svd", max_groups=4)
     assert alds_params(nn.Linear(10, 4), 2, 3) == 3 * (10 + 2 * 4) + 4
+
+
+def _on_front(m, layer, knob) -> bool:
+    """No option of the layer is both no larger and more accurate (strictly better in one)."""
+    opts = [o for by_k in m.options(layer).values() for o in by_k]
+    mine = next(o for o in opts if o.knob == knob)
+    return not any(o.params <= mine.params and o.err <= mine.err and (o.params, o.err) != (mine.params, mine.err)
+                   for o in opts)
+
+
+def test_packing_never_picks_a_dominated_option():
+    """Layer a is not binding; its option (25, 0.08) is beaten by (20, 0.05) on size and
+    error but fills the budget exactly, so maximising parameters over all options took it."""
+    import itertools
+
+    from methods.alds import _Option, _frontier, allocate_minmax
+
+    pool = {"a": [_Option(10, 0.1, "a1"), _Option(20, 0.05, "a2"), _Option(25, 0.08, "a3"), _Option(100, 0.0, "ad")],
+            "b": [_Option(10, 0.5, "b1"), _Option(30, 0.2, "b2"), _Option(100, 0.0, "bd")]}
+    budget = 55
+    fronts = {n: _frontier(p) for n, p in pool.items()}
+    got = allocate_minmax(fronts, budget)
+    cap = max(o.err for o in got.values())
+    old = max((c for c in itertools.product(*pool.values())
+               if sum(o.params for o in c) <= budget and max(o.err for o in c) <= cap),
+              key=lambda c: (sum(o.params for o in c), -sum(o.err for o in c)))
+    assert [o.knob for o in old] == ["a3", "b2"]  # the old rule's pick: a dominated a3
+    assert {n: o.knob for n, o in got.items()} == {"a": "a2", "b": "b2"}
+    assert all(got[n] in fronts[n] for n in pool)
+
+
+@pytest.mark.parametrize("search", ["exact", "alternate"])
+@pytest.mark.parametrize("ratio", [4, 32])
+def test_every_pick_is_on_its_layers_front(search, ratio):
+    torch.manual_seed(7)
+    layers = {"fc1": nn.Linear(784, 256), "fc2": nn.Linear(256, 10)}
+    layers.update(_lenet_layers())
+    m = get_method("alds", search=search)
+    knobs = m.allocate(layers, ratio)
+    assert all(_on_front(m, layers[n], k) for n, k in knobs.items()), knobs

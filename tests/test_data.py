@@ -86,3 +86,87 @@ def test_copy_without_gzip_layer_loads(tmp_path):
         (folder / stem).write_bytes(gzip.decompress((SHARED_DATA / "MNIST" / "raw" / f"{stem}.gz").read_bytes()))
     raw = idx._load("mnist", tmp_path, download=False)
     assert raw.x_test.shape == (10000, 1, 28, 28)
+
+
+# --- verify: damaged files are refused up front, naming the file and why ------------------------
+def _mnist_folder(tmp_path, first: bytes):
+    """MNIST/raw with ``first`` as the train images and small well-formed other files."""
+    folder = tmp_path / "MNIST" / "raw"
+    folder.mkdir(parents=True)
+    for i, stem in enumerate(idx.FILES):
+        (folder / f"{stem}.gz").write_bytes(first if i == 0 else gzip.compress(_idx_bytes(np.zeros(2))))
+    return folder / f"{idx.FILES[0]}.gz"
+
+
+@pytest.mark.parametrize("content, why", [
+    (gzip.compress(_idx_bytes(np.ones((6, 28, 28))))[:-12], "truncated or corrupt gzip"),
+    (b"\x1f\x8b" + b"not gzip at all", "truncated or corrupt gzip"),
+    (gzip.compress(b"\x00\x00\x0d\x03" + bytes(20)), "bad magic 0x00000d03"),
+    (gzip.compress(_idx_bytes(np.ones((6, 28, 28)))[:-5]), "wrong size: IDX payload has 4699 bytes"),
+    (gzip.compress(b"\x00\x00\x08\x03\x00"), "wrong size: 5 bytes, shorter than the header"),
+    (gzip.compress(_idx_bytes(np.ones((6, 28, 28)))), "checksum mismatch: decompressed MD5"),
+])
+def test_verify_names_the_damaged_file_and_why(tmp_path, content, why):
+    from bench.data.download import DataFileError
+
+    path = _mnist_folder(tmp_path, content)
+    for check in (lambda: idx.verify("mnist", tmp_path), lambda: idx.verify("mnist", tmp_path, download=True),
+                  lambda: idx._load("mnist", tmp_path, download=False)):
+        with pytest.raises(DataFileError) as e:
+            check()
+        assert str(e.value).startswith(f"{path}: ") and why in str(e.value) and "\n" not in str(e.value)
+
+
+def test_verify_of_missing_files_depends_on_download(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.gz.*downloading is disabled"):
+        idx.verify("mnist", tmp_path, download=False)
+    idx.verify("fashion-mnist", tmp_path, download=True)  # fetched (and checked) when loading
+
+
+def test_verify_cifar_names_a_garbage_or_truncated_file(tmp_path):
+    from bench.data import cifar
+    from bench.data.download import DataFileError
+
+    spec = cifar.SPECS["cifar10"]
+    folder = tmp_path / spec.folder
+    folder.mkdir()
+    for f in spec.files:
+        (folder / f).write_bytes(b"\x80\x02garbage")
+    with pytest.raises(DataFileError, match=r"data_batch_1: not a valid cifar10 batch file \(cannot unpickle"):
+        cifar.verify("cifar10", tmp_path, download=False)
+    with pytest.raises(FileNotFoundError, match="cifar-100-python.*downloading is disabled"):
+        cifar.verify("cifar100", tmp_path, download=False)
+
+
+def test_verify_cifar_checks_a_local_archive_it_would_extract(tmp_path):
+    from bench.data import cifar
+    from bench.data.download import DataFileError
+
+    archive = tmp_path / cifar.SPECS["cifar100"].archive
+    archive.write_bytes(gzip.compress(b"not a tar")[:10])
+    with pytest.raises(DataFileError, match=f"{archive}: checksum mismatch: MD5"):
+        cifar.verify("cifar100", tmp_path, download=True)
+    cifar.verify("cifar10", tmp_path, download=True)  # nothing there: downloaded when loading
+
+
+def test_truncated_archive_is_named_when_extracting(tmp_path):
+    from bench.data import cifar
+    from bench.data.download import DataFileError
+
+    import io
+    import tarfile
+
+    archive = tmp_path / "x.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("cifar-100-python/train")
+        payload = np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes()
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    archive.write_bytes(archive.read_bytes()[:8000])
+    with pytest.raises(DataFileError, match=f"{archive}: truncated or corrupt archive"):
+        cifar._safe_extract(archive, tmp_path / "out")
+
+
+@pytest.mark.skipif(not mnist_available(), reason="real MNIST not in the data directory")
+def test_verify_accepts_the_real_mnist():
+    idx.verify("mnist", SHARED_DATA, download=False)

@@ -9,8 +9,8 @@ from torch import nn
 from bench.compressor import CompressionError, FinetuneContext, dense_params, get_layer
 from bench.models import build_network
 from bench.registry import get_method
-from methods.nnbcd import (BCDProblem, balanced_factors, contract_cores, matrix_to_tensor,
-                           relu_prox, tensor_to_matrix, tt_core_params, tt_ranks, tt_svd)
+from methods.nnbcd import BCDProblem, relu_prox
+from methods.tt import TTLayer, bond_ranks, tt_matrix, tt_modes, tt_svd
 
 
 def _data(shape=(1, 4, 4), classes=3, n=300, seed=0):
@@ -45,36 +45,19 @@ def _assert_monotone(obj):
     assert obj[-1] < obj[0]
 
 
-def test_balanced_factors_and_tt_shapes():
-    assert balanced_factors(784, 3) == [7, 8, 14]
-    assert balanced_factors(256, 2) == [16, 16]
-    assert balanced_factors(10, 3) == [1, 2, 5]
-    for n, d in [(784, 3), (97, 2), (120, 4)]:
-        f = balanced_factors(n, d)
-        assert len(f) == d and torch.tensor(f).prod() == n
-    w = torch.randn(12, 30)
-    o, i = balanced_factors(12, 2), balanced_factors(30, 2)
-    assert torch.equal(tensor_to_matrix(matrix_to_tensor(w, o, i), o, i), w)
+def _tt_project(w, out_modes, in_modes, rank):
+    return tt_matrix(tt_svd(w, out_modes, in_modes, bond_ranks(rank, out_modes, in_modes))).reshape(w.shape)
 
 
 @pytest.mark.parametrize("rank", [1, 3, 7, 100])
-def test_tt_projection_has_the_stated_ranks(rank):
+def test_tt_projection_is_a_fixed_point_on_tt_format(rank):
     torch.manual_seed(1)
     w = torch.randn(24, 60, dtype=torch.float64)
-    o, i = balanced_factors(24, 3), balanced_factors(60, 3)
-    modes = [a * b for a, b in zip(o, i)]
-    cores = tt_svd(w, o, i, rank)
-    assert [c.shape[0] for c in cores] + [1] == tt_ranks(modes, rank)
-    assert [c.shape[1] for c in cores] == modes
-    assert sum(c.numel() for c in cores) == tt_core_params(modes, rank)
-    g = tensor_to_matrix(contract_cores(cores), o, i)
-    again = tensor_to_matrix(contract_cores(tt_svd(g, o, i, rank)), o, i)
-    assert torch.allclose(again, g, atol=1e-9)  # a TT-rank-r matrix is a fixed point
-    full = max(tt_ranks(modes, 10 ** 9))
-    if rank >= full:
-        assert torch.allclose(g, w, atol=1e-9)
-    else:
-        assert (g - w).norm() > 1e-3
+    om, im = tt_modes(24, 60, 3)
+    g = _tt_project(w, om, im, rank)
+    assert torch.allclose(_tt_project(g, om, im, rank), g, atol=1e-9)  # a TT-rank-r matrix is a fixed point
+    full = get_method("tt", cores=3).max_rank(nn.Linear(60, 24))
+    assert torch.allclose(g, w, atol=1e-9) if rank >= full else (g - w).norm() > 1e-3
 
 
 def test_relu_prox_is_the_exact_minimiser():
@@ -95,10 +78,10 @@ def test_bcd_objective_is_non_increasing_on_a_small_mlp():
     y = nn.functional.one_hot(torch.randint(0, 3, (n,)), 3).double()
     ws = [torch.randn(dims[l + 1], dims[l], dtype=torch.float64) * 0.5 for l in range(3)]
     bs = [torch.randn(dims[l + 1], dtype=torch.float64) * 0.1 for l in range(3)]
-    o, i = balanced_factors(16, 2), balanced_factors(12, 2)
+    o, i = tt_modes(16, 12, 2)
 
     def project(w):
-        return tensor_to_matrix(contract_cores(tt_svd(w, o, i, 2)), o, i)
+        return _tt_project(w, o, i, 2)
 
     def prune(w):
         keep = w.abs().flatten().sort(descending=True).values[40]
@@ -118,29 +101,90 @@ def test_bcd_objective_is_non_increasing_on_a_small_mlp():
 def test_nnbcd_tt_finetune_on_fc2():
     data = _data()
     net, m, layers, knobs, ctx = _run("nnbcd-tt", "fc2", ["fc1", "fc2"], 4, data,
-                                      iterations=6, subset=150, order=2)
+                                      iterations=6, patience=0, subset=150, cores=2)
     ex = ctx.extras
     _assert_monotone(ex["nnbcd_objective"])
     assert ex["nnbcd_subset"] == 150 and len(ex["nnbcd_val_acc"]) == 7
+    assert ex["nnbcd_stop"]["rule"] == "max_sweeps" and ex["nnbcd_sweeps"] == 6
     for n in ["fc1", "fc2"]:
         mod = get_layer(net, n)
+        assert isinstance(mod, TTLayer)
         assert m.module_params(mod) == m.layer_params(layers[n], knobs[n])
         w = mod.effective_weight().detach().double()
-        proj = tensor_to_matrix(contract_cores(tt_svd(w, mod.out_factors, mod.in_factors, mod.rank)),
-                                mod.out_factors, mod.in_factors)
-        assert torch.allclose(proj, w, atol=1e-5)  # the final weight is TT-rank r
-        assert [c.shape[2] for c in mod.cores][:-1] == tt_ranks(
-            [a * b for a, b in zip(mod.out_factors, mod.in_factors)], knobs[n])[1:-1]
+        proj = tt_matrix(tt_svd(w, mod.out_modes, mod.in_modes, mod.ranks()))
+        assert torch.allclose(proj, w, atol=1e-5)  # the final weight is of the module's TT ranks
+        assert mod.ranks() == bond_ranks(knobs[n], mod.out_modes, mod.in_modes)
     # the module computes with its effective weight
     x = data.x_val[:5]
     ref = nn.functional.linear(torch.relu(net.fc1(x.flatten(1))), net.fc2.effective_weight(), net.fc2.bias)
     assert torch.allclose(net(x), ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("layer", [nn.Linear(784, 256), nn.Linear(256, 10), nn.Linear(120, 84, bias=False)])
+def test_nnbcd_tt_shares_tt_format_knob_and_size_model(layer):
+    bcd, tt = get_method("nnbcd-tt"), get_method("tt")
+    assert bcd.knobs(layer) == tt.knobs(layer) and bcd.knob_name == tt.knob_name
+    for r in [1, 2, 5, tt.knobs(layer)[-1], 10 ** 6]:
+        assert bcd.layer_params(layer, r) == tt.layer_params(layer, r)
+        a, b = bcd.factorize(layer, r), tt.factorize(layer, r)
+        assert type(a) is type(b) is TTLayer
+        assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]
+        assert bcd.module_params(a) == bcd.layer_params(layer, r)
+    assert get_method("nnbcd-tt", cores=2).layer_params(layer, 3) == get_method("tt", cores=2).layer_params(layer, 3)
+
+
+def _plateau_run(**options):
+    data = _data(n=600)
+    return _run("nnbcd-prune", "fc2", ["fc1"], 8, data, subset=300, **options)[-1].extras
+
+
+def test_sweeps_stop_on_a_validation_plateau_and_keep_the_best():
+    ex = _plateau_run(max_sweeps=200, patience=3, min_delta=0.001)
+    val, stop = ex["nnbcd_val_acc"], ex["nnbcd_stop"]
+    n = ex["nnbcd_sweeps"]
+    assert stop["rule"] == "plateau" and stop["sweep"] == n < 200 and len(val) == n + 1
+    # the rule: no gain of >= min_delta over the level of the last such gain for `patience` sweeps
+    ref, since = val[0], 0
+    for it in range(1, n + 1):
+        if val[it] >= ref + 0.001 - 1e-12:
+            ref, since = val[it], it
+        assert (it - since >= 3) == (it == n)
+    assert ex["nnbcd_selected_sweep"] == val.index(max(val))  # best validation, not the last
+    assert ex["nnbcd_curve_sweeps"] == list(range(n + 1)) and len(ex["nnbcd_objective"]) == n + 1
+    assert ex["nnbcd_seconds_per_sweep"] > 0
+
+
+def test_fixed_sweeps_and_the_old_option_name():
+    ex = _plateau_run(iterations=4, patience=0, select="last")
+    assert ex["nnbcd_stop"]["rule"] == "max_sweeps" and ex["nnbcd_sweeps"] == 4
+    assert ex["nnbcd_selected_sweep"] == 4 and len(ex["nnbcd_val_acc"]) == 5
+    with pytest.raises(ValueError):
+        get_method("nnbcd-tt", iterations=4, max_sweeps=300)
+    with pytest.raises(ValueError):
+        get_method("nnbcd-tt", patience=-1)
+    with pytest.raises(TypeError):
+        get_method("nnbcd-tt", order=3)  # the old order-d TT format is gone: ``cores`` as in tt
+
+
+def test_without_a_validation_split_all_sweeps_run_and_the_last_is_kept():
+    data = _data(n=300)
+    data.x_val, data.y_val = data.x_val[:0], data.y_val[:0]
+    ex = _run("nnbcd-prune", "fc2", ["fc1"], 8, data, subset=100, max_sweeps=5, patience=2)[-1].extras
+    assert ex["nnbcd_stop"]["rule"] == "max_sweeps" and ex["nnbcd_selected_sweep"] == 5
+
+
+def test_long_curves_are_thinned():
+    from methods.nnbcd import _thin
+
+    assert _thin(5) == [0, 1, 2, 3, 4]
+    t = _thin(301)
+    assert len(t) == 101 and t[0] == 0 and t[-1] == 300 and t == sorted(set(t))
+
+
 def test_nnbcd_prune_finetune_keeps_exact_sparsity():
     data = _data()
     net, m, layers, knobs, ctx = _run("nnbcd-prune", "fc2", ["fc1", "fc2"], 8, data,
-                                      iterations=5, subset=200, select="last")
+                                      iterations=5, patience=0, subset=200, select="last")
     _assert_monotone(ctx.extras["nnbcd_objective"])
     dense = sum(dense_params(l) for l in layers.values())
     total = sum(m.layer_params(layers[n], k) for n, k in knobs.items())
@@ -149,7 +193,7 @@ def test_nnbcd_prune_finetune_keeps_exact_sparsity():
         mod = get_layer(net, n)
         assert int((mod.effective_weight() != 0).sum()) == k
         assert m.module_params(mod) == m.layer_params(layers[n], k)
-    assert ctx.extras["nnbcd_selected_iteration"] == 5
+    assert ctx.extras["nnbcd_selected_sweep"] == 5
 
 
 def test_lenet5_fc_head_is_supported_and_convs_are_skipped():
@@ -160,7 +204,7 @@ def test_lenet5_fc_head_is_supported_and_convs_are_skipped():
         assert "Conv2d" in m.skip_reason(net, ["conv2", "conv3", "fc1", "fc2"])
         assert m.skip_reason(build_network("fc2", (1, 4, 4), 3), ["fc1", "fc2"]) is None
     data = _data(shape=(1, 28, 28), classes=10, n=90)
-    _, _, _, _, ctx = _run("nnbcd-tt", "lenet5", ["fc1", "fc2"], 2, data, iterations=3, order=2)
+    _, _, _, _, ctx = _run("nnbcd-tt", "lenet5", ["fc1", "fc2"], 2, data, iterations=3, cores=2)
     assert ctx.extras["nnbcd_head"] == ["fc1", "fc2"]
     _assert_monotone(ctx.extras["nnbcd_objective"])
 
@@ -200,7 +244,7 @@ def test_layer_params_equal_module_params(method):
 def test_tt_full_rank_reproduces_the_layer():
     torch.manual_seed(4)
     layer = nn.Linear(30, 12)
-    m = get_method("nnbcd-tt", order=2)
+    m = get_method("nnbcd-tt", cores=2)
     new = m.factorize(layer, m.knobs(layer)[-1])
     x = torch.randn(4, 30)
     assert torch.allclose(new(x), layer(x), atol=1e-5)

@@ -3,8 +3,20 @@ import pandas as pd
 import pytest
 
 from bench.records import append_record
-from plots.paper import build, pareto_mask
+from plots.__main__ import main as plots_main
+from plots.paper import PAPER_ROLES, build, pareto_mask, paper_suites, suite_roles
 from tests.conftest import REPO
+
+ROLES = {"mnist": ["accuracy", "cost", "headline", "equal-budget"], "fit-mnist": ["fit"],
+         "adtn-depth": ["depth"], "adtn-order": ["order"], "ft-epochs": ["convergence"]}
+
+
+def _write_suites(root, roles=ROLES):
+    root.mkdir(parents=True, exist_ok=True)
+    for name, r in roles.items():
+        (root / f"{name}.yaml").write_text(f"description: test\npaper: {r}\n".replace("'", ""))
+    (root / "smoke.yaml").write_text("description: no paper key\n")
+    return root
 
 
 def _rec(**kw):
@@ -40,6 +52,14 @@ def _write_synthetic(root):
     for order, acc in (("backward", 95.0), ("forward", 94.0)):
         append_record(root / "adtn-order" / "runs.jsonl", _rec(key=order, method="adtn", label=f"adtn-{order}",
                       budget="x10", seed=0, acc_after_finetune=acc, params_compressed_layers=100, achieved_ratio=10))
+    for epochs in (1, 2, 4):
+        for seed in (0, 1):
+            append_record(root / "ft-epochs" / "runs.jsonl", _rec(
+                key=f"e{epochs}s{seed}", method="svd", label="svd", budget="x10", seed=seed, finetune={"epochs": epochs},
+                acc_after_finetune=80.0 + epochs + seed, params_compressed_layers=100, achieved_ratio=10))
+    # a left-over suite without `paper:` in its YAML: never read by default
+    append_record(root / "smoke" / "runs.jsonl", _rec(key="s0", method="svd", label="svd", budget="x2", seed=0,
+                  acc_after_finetune=12.34, params_compressed_layers=500, achieved_ratio=2.0))
 
 
 def test_pareto_mask():
@@ -48,19 +68,22 @@ def test_pareto_mask():
 
 def test_synthetic_records_give_every_figure_and_exact_numbers(tmp_path):
     _write_synthetic(tmp_path / "results")
-    made = build(tmp_path / "results", tmp_path / "fig")
+    made = build(tmp_path / "results", tmp_path / "fig", suites_dir=_write_suites(tmp_path / "suites"))
     names = {p.name for p, _ in made}
-    for stem in ("fig1_accuracy_mnist_fc2_mnist", "fig2_fit_fit-mnist_fc2_mnist", "fig3_adtn_depth",
-                 "fig4_adtn_order", "fig5_cost_mnist_fc2_mnist"):
+    for stem in ("fig1_accuracy_mnist_fc2_mnist", "fig2_fit_fit-mnist_fc2_mnist", "fig3_depth_adtn-depth",
+                 "fig4_order_adtn-order", "fig5_cost_mnist_fc2_mnist", "fig6_convergence_ft-epochs"):
         assert {stem + ".png", stem + ".pdf"} <= names
     for stem in ("table_headline", "table_reported_vs_measured"):
         assert {stem + ".md", stem + ".csv", stem + ".tex"} <= names
+    assert {"table_equal_budget_mnist.md", "table_equal_budget_mnist.csv"} <= names
+    assert not any("smoke" in n or "ft-epochs" in n and "fig6" not in n for n in names)
+    assert "12.34" not in (tmp_path / "fig" / "table_reported_vs_measured.md").read_text()
     for p, _ in made:
         assert p.exists() and p.stat().st_size > 0
     head = pd.read_csv(tmp_path / "fig" / "table_headline.csv")
     svd = head[head.method == "svd"].set_index("δ (%)")
     assert svd.loc[0.0, "params"] == "—"                     # nothing reaches 98.00
-    assert svd.loc[1.0, "accuracy"] == "97.50 ± 0.35"          # mean/std of 97.75, 97.25
+    assert svd.loc[1.0, "accuracy"] == "97.50 ± 3.18"          # 95 % CI of 97.75, 97.25: 12.706 * 0.3536 / sqrt 2
     assert svd.loc[1.0, "params"] == "500" and svd.loc[2.0, "params"] == "500"
     adtn = head[head.method == "adtn"].set_index("δ (%)")
     assert adtn.loc[2.0, "params"] == "424" and adtn.loc[1.0, "params"] == "—"
@@ -75,10 +98,53 @@ def test_synthetic_records_give_every_figure_and_exact_numbers(tmp_path):
 def test_committed_records_regenerate(tmp_path):
     from bench.report import accuracy_summary, records_frame
 
-    made = build(REPO / "results", tmp_path)
+    roles = {"mnist": ["accuracy", "cost", "headline", "equal-budget"], "fit-mnist": ["fit"],
+             "adtn-depth": ["depth"], "adtn-order": ["order"]}
+    made = build(REPO / "results", tmp_path / "fig", suites_dir=_write_suites(tmp_path / "suites", roles))
+    tmp_path = tmp_path / "fig"
     assert all(p.stat().st_size > 0 for p, _ in made)
     table = (tmp_path / "table_headline.md").read_text()
     summary = accuracy_summary(records_frame(REPO / "results" / "mnist" / "runs.jsonl"))
     dense = summary[summary.method == "dense"]
     for acc in dense.acc_mean:
         assert f"{acc:.2f}" in table
+
+
+def test_roles_come_from_the_suite_yaml(tmp_path):
+    suites = _write_suites(tmp_path)
+    assert suite_roles("mnist", suites) == {"accuracy", "cost", "headline", "equal-budget"}
+    assert suite_roles("smoke", suites) is None and suite_roles("nope", suites) is None
+    assert set(paper_suites(None, suites)) == set(ROLES)           # smoke declares no `paper:`
+    assert paper_suites(["smoke"], suites)["smoke"] >= {"accuracy"}  # named explicitly: default roles
+    (tmp_path / "bad.yaml").write_text("paper: [accuracy, colour]\n")
+    with pytest.raises(ValueError, match="colour"):
+        suite_roles("bad", tmp_path)
+    assert "convergence" in PAPER_ROLES and "equal-budget" in PAPER_ROLES
+
+
+def test_cli_reads_only_the_named_suites(tmp_path, capsys):
+    _write_synthetic(tmp_path / "results")
+    suites = _write_suites(tmp_path / "suites")
+    assert plots_main(["paper", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "fig"),
+                       "--suites", "adtn-order,smoke", "--suites-dir", str(suites)]) == 0
+    names = {p.name for p in (tmp_path / "fig").iterdir()}
+    assert "fig4_order_adtn-order.png" in names and "fig1_accuracy_smoke_fc2_mnist.png" in names
+    assert not any("mnist_fc2" in n and "smoke" not in n for n in names) and "fig3_depth_adtn-depth.png" not in names
+
+
+def test_convergence_figure_plots_ci_over_seeds(tmp_path, monkeypatch):
+    from plots import paper, style
+
+    import matplotlib.pyplot as plt
+
+    figs, close = [], plt.close
+    monkeypatch.setattr(style.plt, "close", figs.append)
+    _write_synthetic(tmp_path / "results")
+    from bench.report import records_frame
+
+    paper.figure_convergence(records_frame(tmp_path / "results" / "ft-epochs" / "runs.jsonl"), tmp_path / "c")
+    (ax,) = [a for a in figs[0].axes if a.get_visible()]
+    line = ax.get_lines()[0]
+    assert list(line.get_xdata()) == [1, 2, 4] and list(line.get_ydata()) == [81.5, 82.5, 84.5]
+    assert ax.get_title() == "fc2/mnist x10"
+    close(figs[0])

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from bench.registry import UnknownNameError, get_method, load_plugin, method_names
+from bench.registry import PluginError, UnknownNameError, get_method, load_plugin, method_names
 from tests.conftest import REPO
 
 PLUGIN = textwrap.dedent('''
@@ -41,7 +41,7 @@ def test_plugin_file_registers(tmp_path):
 
 
 def test_missing_plugin_file_is_clear():
-    with pytest.raises(FileNotFoundError, match="plugin file not found"):
+    with pytest.raises(PluginError, match="plugin file not found"):
         load_plugin("/no/such/plugin.py")
 
 

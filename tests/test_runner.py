@@ -255,3 +255,14 @@ def test_report_keeps_only_current_configurations(tmp_path, tiny_suite):
     assert _run("--suite", suite, "--out", tmp_path, "--set", "finetune.lr=0.02") == 0
     table = (tmp_path / suite.stem / "table.md").read_text()
     assert table.count("| svd |") == 1 and "Records: 2 ok" in table  # the lr=0.01 records are left out
+
+
+def test_lr_is_tuned_on_seed_0_and_reused_by_other_seeds(tmp_path, tiny_suite):
+    suite = tiny_suite(methods=["dense", "svd"], ratios=[2], seeds=[0, 1], lr_grid=[0.001, 0.05, 1.0e+6])
+    assert _run("--suite", suite, "--out", tmp_path) == 0
+    recs = {(r["method"], r["seed"]): r for r in read_records(tmp_path / suite.stem / "runs.jsonl")}
+    tuned, reused = recs[("svd", 0)]["lr_tuning"], recs[("svd", 1)]["lr_tuning"]
+    assert tuned["tuned_here"] and set(tuned["val_acc"]) == {"0.001", "0.05"} and tuned["diverged"] == [1e6]
+    assert tuned["pick"] == float(max(tuned["val_acc"], key=tuned["val_acc"].get))
+    assert not reused["tuned_here"] and reused["pick"] == tuned["pick"]
+    assert "lr_tuning" not in recs[("dense", 0)]  # nothing to tune

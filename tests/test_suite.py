@@ -42,3 +42,140 @@ def test_fit_only_keys_ignore_the_fine_tuning_recipe():
     assert plain == longer
     trained = {j.key for j in expand(load_suite("mnist"))}
     assert trained != {j.key for j in expand(load_suite("mnist", ["finetune.epochs=9"]))}
+
+
+# --- record keys stay stable ------------------------------------------------------------------
+def _job(suite, **match):
+    return next(j for j in expand(suite) if all(getattr(j, k) == v for k, v in match.items()))
+
+
+PRE_V2_MNIST = """
+datasets: [mnist]
+networks: {fc2: [fc1, fc2], lenet5: [conv2, conv3, fc1, fc2]}
+methods: [dense, svd]
+ratios: [2, 8]
+seeds: [0, 1]
+train: {epochs: 6, batch_size: 128, optimizer: sgd, lr: 0.05, momentum: 0.9, weight_decay: 5.0e-4, schedule: cosine}
+finetune: {epochs: 1, batch_size: 128, optimizer: sgd, lr: 0.01, momentum: 0.9, weight_decay: 5.0e-4, schedule: cosine}
+data: {val_fraction: 0.1}
+"""
+
+
+def test_key_of_a_known_mnist_job_is_unchanged(tmp_path):
+    """A pre-v2 mnist job (no lr_grid) keeps the key it was recorded under before lr_grid and
+    finetune_epochs existed: adding keys never re-keys old records."""
+    path = tmp_path / "mnist.yaml"
+    path.write_text(PRE_V2_MNIST)
+    job = _job(load_suite(str(path)), network="fc2", method="svd", target_ratio=8.0, seed=0)
+    assert job.key == "e659ea54e8088166"
+    assert "lr_grid" not in job.config()
+
+
+@pytest.mark.parametrize("name, records", [("mnist", "runs.jsonl"), ("fit-mnist", "fit_runs.jsonl"),
+                                           ("adtn-depth", "runs.jsonl"), ("adtn-order", "runs.jsonl")])
+def test_committed_records_cover_every_job_of_their_suite(name, records):
+    from pathlib import Path
+
+    from bench.records import read_records
+
+    path = Path(__file__).resolve().parent.parent / "results" / name / records
+    if not path.exists():
+        pytest.skip(f"{path} not committed")
+    suite = load_suite(name)
+    keys = {j.key for j in expand(suite, fit_only=bool(suite.get("fit_only")))}
+    assert keys <= {r["key"] for r in read_records(path)}
+
+
+# --- YAML numbers -----------------------------------------------------------------------------
+def test_exponent_floats_are_numbers_in_files_and_overrides(tmp_path):
+    suite = load_suite(_write(tmp_path, "base: mnist\nfinetune: {lr: 1e-3, weight_decay: 5.0e-4}\n"),
+                       ["train.lr=1e-2", "finetune.epochs=1e0"])
+    assert suite["finetune"]["lr"] == 0.001 and suite["finetune"]["weight_decay"] == 0.0005
+    assert suite["train"]["lr"] == 0.01 and suite["finetune"]["epochs"] == 1.0
+    assert load_suite("mnist", ["finetune.lr=1e6"])["finetune"]["lr"] == 1e6
+
+
+def test_yaml_special_floats_and_plain_strings():
+    from bench.suite import parse_yaml
+
+    assert parse_yaml("[1e6, +1E3, .5, .inf, -.inf]", "t") == [1e6, 1e3, 0.5, float("inf"), float("-inf")]
+    nan = parse_yaml(".nan", "t")
+    assert nan != nan
+    assert parse_yaml("[abc, 1e, e6, 3, 0x10]", "t") == ["abc", "1e", "e6", 3, 16]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("datasets: [digits\n", r"child.yaml: not valid YAML \(.* at line 2, column 1\)"),
+    ("- a list\n", "a suite is a YAML mapping, got list"),
+])
+def test_malformed_suite_file_is_one_line(tmp_path, text, message):
+    with pytest.raises(SuiteError, match=message) as e:
+        load_suite(_write(tmp_path, text))
+    assert "\n" not in str(e.value)
+
+
+# --- new keys -----------------------------------------------------------------------------------
+def test_finetune_epochs_expands_each_job_once_per_value():
+    plain = expand(load_suite("mnist", ["networks={fc2: [fc1]}"]))
+    swept = expand(load_suite("mnist", ["networks={fc2: [fc1]}", "finetune_epochs=[1, 3]"]))
+    assert len(swept) == 2 * len(plain)
+    assert sorted({j.finetune["epochs"] for j in swept}) == [1, 3]
+    assert len({j.key for j in swept}) == len(swept)
+    # finetune.epochs is 1 in mnist: those jobs are the plain suite's, with the same keys
+    assert {j.key for j in swept if j.finetune["epochs"] == 1} == {j.key for j in plain}
+
+
+def test_finetune_epochs_do_not_multiply_fit_only_jobs():
+    plain = expand(load_suite("fit-mnist"), fit_only=True)
+    swept = expand(load_suite("fit-mnist", ["finetune_epochs=[1, 3]"]), fit_only=True)
+    assert [j.key for j in swept] == [j.key for j in plain]
+
+
+def test_lr_grid_enters_the_key_and_tune_key_is_shared_by_seeds():
+    plain = _job(load_suite("mnist", ["lr_grid=null"]), network="fc2", method="svd", target_ratio=8.0, seed=0)
+    suite = load_suite("mnist", ["lr_grid=[0.003, 1e-2, 0.03]"])
+    job0 = _job(suite, network="fc2", method="svd", target_ratio=8.0, seed=0)
+    job1 = _job(suite, network="fc2", method="svd", target_ratio=8.0, seed=1)
+    assert job0.lr_grid == [0.003, 0.01, 0.03] and job0.config()["lr_grid"] == job0.lr_grid
+    assert job0.key != plain.key and job0.key != job1.key
+    assert job0.tune_key == job1.tune_key
+    other_lr = _job(load_suite("mnist", ["lr_grid=[0.003, 1e-2, 0.03]", "finetune.lr=0.1"]),
+                    network="fc2", method="svd", target_ratio=8.0, seed=0)
+    assert other_lr.tune_key == job0.tune_key and other_lr.key != job0.key
+    other_budget = _job(suite, network="fc2", method="svd", target_ratio=32.0, seed=0)
+    assert other_budget.tune_key != job0.tune_key
+
+
+def test_paper_roles_are_validated_and_do_not_change_jobs():
+    from bench.suite import PAPER_ROLES
+
+    keys = [j.key for j in expand(load_suite("mnist", ["paper=[accuracy, equal-budget]"]))]
+    assert keys == [j.key for j in expand(load_suite("mnist"))]
+    with pytest.raises(SuiteError, match="paper: bad value 'acc'; .*accuracy, fit"):
+        load_suite("mnist", ["paper=[acc]"])
+    assert "convergence" in PAPER_ROLES
+
+
+# --- checks that build networks ----------------------------------------------------------------
+def test_layer_check_builds_networks_without_drawing_random_numbers():
+    import torch
+
+    torch.manual_seed(0)
+    load_suite("cifar10")
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(3))
+
+
+def test_every_built_in_suite_validates():
+    from bench.suite import suite_names
+
+    for name in suite_names():
+        load_suite(name)
+
+
+def test_input_shape_of_known_datasets():
+    from bench.suite import _input_shape
+
+    assert _input_shape("mnist") == ((1, 28, 28), 10)
+    assert _input_shape("cifar100") == ((3, 32, 32), 100)

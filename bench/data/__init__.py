@@ -1,7 +1,8 @@
 """Datasets as whole in-memory tensors, with a validation split carved from training data.
 
-A loader registered with ``@register_dataset(name)`` returns a ``RawDataset`` (images as
-float32 in [0, 1], NCHW); ``load_splits`` normalises, splits and fingerprints it.
+A loader registered with ``@register_dataset(name, shape=..., classes=...)`` returns a
+``RawDataset`` (images as float32 in [0, 1], NCHW); ``load_splits`` normalises, splits and
+fingerprints it. A method's fine-tuning sees ``DataSplits.train_val()`` only: no test split.
 """
 from __future__ import annotations
 
@@ -16,13 +17,6 @@ import torch
 from bench.registry import DATASETS
 
 VAL_SPLIT_SEED = 20260501  # fixed: every job of a suite shares the same validation split
-
-#: (input shape, classes) of the known datasets, so a dry run needs no data on disk
-SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
-    "digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10),
-    "cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100),
-}
-
 
 @dataclass
 class RawDataset:
@@ -62,6 +56,29 @@ class DataSplits:
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return DataSplits(**moved)
 
+    def train_val(self) -> "TrainValSplits":
+        """The view a method's fine-tuning gets: the test set stays with the runner."""
+        return TrainValSplits(self.name, self.x_train, self.y_train, self.x_val, self.y_val, self.num_classes,
+                              self.fingerprint, self.augment)
+
+
+@dataclass
+class TrainValSplits:
+    """Training and validation splits only (``FinetuneContext.data``)."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    num_classes: int
+    fingerprint: str
+    augment: str | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])
+
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("TNBENCH_DATA", "data"))
@@ -88,8 +105,7 @@ def register_loaders() -> None:
 
 
 def load_raw(name: str, data_dir: Path | None = None, download: bool = True) -> RawDataset:
-    register_loaders()
-    loader: Callable[..., RawDataset] = DATASETS.get(name)
+    loader: Callable[..., RawDataset] = DATASETS.get(name).loader
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
     key = (name, str(data_dir.resolve()))
     if key not in _CACHE:
@@ -123,3 +139,17 @@ def load_splits(name: str, data_dir: Path | None = None, val_fraction: float = 0
         x_test=norm(raw.x_test), y_test=raw.y_test, num_classes=raw.num_classes,
         fingerprint=fingerprint(x_tr, y_tr, x_va, y_va, raw.x_test, raw.y_test),
         source=raw.source, augment=raw.augment, warnings=list(raw.warnings))
+
+
+def verify_dataset(name: str, data_dir: Path | None = None, download: bool = True) -> None:
+    """Check a dataset's files before any job runs, so a bad file is named once, up front
+    (checksum, magic, size), not in every job's record. Loaders that can check offer a
+    ``verify(name, data_dir, download)`` in their module; missing files that may be
+    downloaded pass (the download verifies its checksum)."""
+    import importlib
+
+    module = importlib.import_module(DATASETS.get(name).loader.__module__)
+    check = getattr(module, "verify", None)
+    if check is not None:
+        check(name, Path(data_dir) if data_dir is not None else default_data_dir(), download)
+

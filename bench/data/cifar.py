@@ -12,11 +12,13 @@ malicious file cannot run code.
 from __future__ import annotations
 
 import codecs
+import gzip
 import hashlib
 import io
 import pickle
 import sys
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from bench.data import RawDataset
-from bench.data.download import download, md5_of_file
+from bench.data.download import DataFileError, bad_file, download, md5_of_file
 from bench.registry import register_dataset
 
 IMAGE_BYTES = 3 * 32 * 32
@@ -116,8 +118,8 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 def parse_batch(raw: bytes, path: Path, spec: CifarSpec, expected_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """One pickled batch -> (uint8 images (n, 3, 32, 32), int64 labels (n,)), all checked."""
-    def bad(why: str) -> ValueError:
-        return ValueError(f"{path}: not a valid {spec.name} batch file ({why})")
+    def bad(why: str) -> DataFileError:
+        return bad_file(path, f"not a valid {spec.name} batch file ({why})")
 
     try:
         entry = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
@@ -157,33 +159,38 @@ def find_folder(spec: CifarSpec, data_dir: Path) -> Path | None:
 def _safe_extract(archive: Path, dest: Path) -> None:
     """Extract regular files and folders only, refusing any path that leaves ``dest``."""
     root = dest.resolve()
-    with tarfile.open(archive, "r:gz") as tar:
-        members = tar.getmembers()
-        for m in members:
-            target = (root / m.name).resolve()
-            if not (m.isfile() or m.isdir()):
-                raise ValueError(f"{archive}: refusing member {m.name!r} (not a regular file or folder)")
-            if Path(m.name).is_absolute() or (target != root and root not in target.parents):
-                raise ValueError(f"{archive}: refusing member {m.name!r} (path leaves {root})")
-        if hasattr(tarfile, "data_filter"):  # Python >= 3.12 (and patched 3.8+): belt and braces
-            tar.extractall(root, members=members, filter="data")
-        else:
-            tar.extractall(root, members=members)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = tar.getmembers()
+            for m in members:
+                target = (root / m.name).resolve()
+                if not (m.isfile() or m.isdir()):
+                    raise bad_file(archive, f"refusing member {m.name!r} (not a regular file or folder)")
+                if Path(m.name).is_absolute() or (target != root and root not in target.parents):
+                    raise bad_file(archive, f"refusing member {m.name!r} (path leaves {root})")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.12 (and patched 3.8+): belt and braces
+                tar.extractall(root, members=members, filter="data")
+            else:
+                tar.extractall(root, members=members)
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise bad_file(archive, f"truncated or corrupt archive ({type(e).__name__}: {e})") from None
+
+
+def check_archive(spec: CifarSpec, path: Path, shown: Path | None = None) -> None:
+    """The official archive or a DataFileError naming it (``shown``: the name a download
+    will have, rather than its temporary file)."""
+    got = md5_of_file(path)
+    if got != spec.archive_md5:
+        raise bad_file(shown or path, f"checksum mismatch: MD5 {got} is not the official {spec.archive_md5}")
 
 
 def _fetch(spec: CifarSpec, data_dir: Path) -> Path:
     """Download (if not already there) and verify the official archive, then extract it."""
     archive = data_dir / spec.archive
-
-    def check(p: Path) -> None:
-        got = md5_of_file(p)
-        if got != spec.archive_md5:
-            raise ValueError(f"MD5 {got} is not the official {spec.archive_md5}")
-
     if archive.is_file():
-        check(archive)
+        check_archive(spec, archive)
     else:
-        download([spec.url], archive, check)
+        download([spec.url], archive, lambda p: check_archive(spec, p, shown=archive))
     _safe_extract(archive, data_dir)
     folder = find_folder(spec, data_dir)
     if folder is None:
@@ -229,6 +236,24 @@ def load_folder(spec: CifarSpec, folder: Path) -> RawDataset:
                       source=str(folder), augment="crop-flip", warnings=notes)
 
 
+def verify(name: str, data_dir: Path, download: bool = False) -> None:
+    """Check a local copy before any job runs: official files pass on their MD5, others get the
+    format checks loading does (they load with a warning); a local archive is checked when it
+    would be extracted. Missing files are a FileNotFoundError unless ``download``."""
+    spec, data_dir = SPECS[name], Path(data_dir)
+    folder = find_folder(spec, data_dir)
+    if folder is not None:
+        for fname, md5 in spec.train + spec.test:
+            path = folder / fname
+            if md5_of_file(path) != md5:
+                parse_batch(path.read_bytes(), path, spec, spec.rows[fname])
+        return
+    if not download:
+        raise FileNotFoundError(_missing(spec, data_dir, "downloading is disabled"))
+    if (data_dir / spec.archive).is_file():
+        check_archive(spec, data_dir / spec.archive)
+
+
 def load_cifar(name: str, data_dir: Path, download: bool = True) -> RawDataset:
     spec = SPECS[name]
     data_dir = Path(data_dir)
@@ -243,11 +268,11 @@ def load_cifar(name: str, data_dir: Path, download: bool = True) -> RawDataset:
     return load_folder(spec, folder)
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", shape=(3, 32, 32), classes=10)
 def load_cifar10(data_dir: Path, download: bool = True) -> RawDataset:
     return load_cifar("cifar10", data_dir, download)
 
 
-@register_dataset("cifar100")
+@register_dataset("cifar100", shape=(3, 32, 32), classes=100)
 def load_cifar100(data_dir: Path, download: bool = True) -> RawDataset:
     return load_cifar("cifar100", data_dir, download)

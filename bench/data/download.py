@@ -10,6 +10,15 @@ from pathlib import Path
 TIMEOUT_S = 60
 
 
+class DataFileError(ValueError):
+    """A dataset file that is there but unusable (checksum mismatch, bad magic, wrong size,
+    truncated gzip, garbage pickle); the message is one line naming the file and why."""
+
+
+def bad_file(path: Path, why: str) -> DataFileError:
+    return DataFileError(f"{path}: {why}")
+
+
 def md5_of_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:

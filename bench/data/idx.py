@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from bench.data import RawDataset
-from bench.data.download import download
+from bench.data.download import bad_file, download
 from bench.registry import register_dataset
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -36,20 +37,54 @@ SPECS = {
 
 
 def read_bytes(path: Path) -> bytes:
+    """The file's content, gunzipped if it is gzip; a broken gzip is a DataFileError naming it."""
     data = path.read_bytes()
-    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    if data[:2] != b"\x1f\x8b":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise bad_file(path, f"truncated or corrupt gzip ({e})") from None
 
 
 def parse_idx(data: bytes) -> np.ndarray:
     """Parse an IDX file (magic 0x0000 08 nd, big-endian dims, uint8 payload)."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError("not an IDX file of unsigned bytes")
+        raise ValueError(f"bad magic 0x{data[:4].hex()}: not an IDX file of unsigned bytes (magic 0x000008nn)")
     nd = data[3]
+    if len(data) < 4 + 4 * nd:
+        raise ValueError(f"wrong size: {len(data)} bytes, shorter than the header of {nd} dimensions")
     dims = np.frombuffer(data, dtype=">u4", count=nd, offset=4).astype(int)
     payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * nd)
     if payload.size != int(np.prod(dims)):
-        raise ValueError(f"IDX payload has {payload.size} bytes, header says {tuple(dims)}")
+        raise ValueError(f"wrong size: IDX payload has {payload.size} bytes, header says {tuple(dims)}")
     return payload.reshape(tuple(dims))
+
+
+def check_file(path: Path, stem: str, md5: str) -> bytes:
+    """The decompressed content of the official ``stem``; anything else is a DataFileError
+    saying why (truncated gzip, bad magic, wrong size, checksum mismatch)."""
+    data = read_bytes(path)
+    got = hashlib.md5(data).hexdigest()
+    if got == md5:
+        return data
+    try:
+        parse_idx(data)
+    except ValueError as e:
+        raise bad_file(path, f"{e}; not the official {stem}") from None
+    raise bad_file(path, f"checksum mismatch: decompressed MD5 {got} is not the official {md5} for {stem}; "
+                         "the file is corrupt or not the official release")
+
+
+def verify(name: str, data_dir: Path, download: bool = False) -> None:
+    """Check every file of ``name`` before any job runs (the checks loading does). Missing
+    files are a FileNotFoundError unless ``download`` (then they are fetched when loading)."""
+    for stem, md5 in zip(FILES, SPECS[name]["md5"]):
+        path = _find(name, Path(data_dir), stem)
+        if path is not None:
+            check_file(path, stem, md5)
+        elif not download:
+            raise FileNotFoundError(_missing(name, Path(data_dir), "downloading is disabled"))
 
 
 def _find(name: str, data_dir: Path, stem: str) -> Path | None:
@@ -69,9 +104,8 @@ def _load_verified(name: str, data_dir: Path, download_ok: bool) -> list[bytes]:
         if path is None and download_ok:
             path = data_dir / spec["subdirs"][0] / f"{stem}.gz"
 
-            def check(p: Path, md5=md5) -> None:
-                if hashlib.md5(read_bytes(p)).hexdigest() != md5:
-                    raise ValueError("checksum mismatch")
+            def check(p: Path, stem=stem, md5=md5) -> None:
+                check_file(p, stem, md5)
 
             try:
                 download([m + f"{stem}.gz" for m in spec["mirrors"]], path, check)
@@ -79,12 +113,7 @@ def _load_verified(name: str, data_dir: Path, download_ok: bool) -> list[bytes]:
                 raise FileNotFoundError(_missing(name, data_dir, str(e))) from None
         if path is None:
             raise FileNotFoundError(_missing(name, data_dir, "downloading is disabled"))
-        data = read_bytes(path)
-        got = hashlib.md5(data).hexdigest()
-        if got != md5:
-            raise ValueError(f"{path}: decompressed MD5 {got} is not the official {md5} for {stem}; "
-                             "the file is corrupt or not the official release")
-        contents.append(data)
+        contents.append(check_file(path, stem, md5))
     return contents
 
 
@@ -107,11 +136,11 @@ def _load(name: str, data_dir: Path, download: bool) -> RawDataset:
                       num_classes=10, mean=spec["mean"], std=spec["std"], source=str(data_dir))
 
 
-@register_dataset("mnist")
+@register_dataset("mnist", shape=(1, 28, 28), classes=10)
 def load_mnist(data_dir: Path, download: bool = True) -> RawDataset:
     return _load("mnist", data_dir, download)
 
 
-@register_dataset("fashion-mnist")
+@register_dataset("fashion-mnist", shape=(1, 28, 28), classes=10)
 def load_fashion_mnist(data_dir: Path, download: bool = True) -> RawDataset:
     return _load("fashion-mnist", data_dir, download)

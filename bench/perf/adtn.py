@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from bench.adtn import ADTNGenerator
+from methods.adtn.generator import ADTNGenerator
 from bench.perf import sync
 from bench.train import resolve_device
 

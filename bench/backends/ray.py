@@ -18,14 +18,17 @@ a third of the Ray workers' time. Weight-dependent allocations (ALDS, pruning) r
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from bench.runner import (REPO, RunSettings, code_version, environment, failed_record, memo_key,
-                          plan_on_untrained, reused_record, run_job)
+from bench.backends.local import CLAIMED, device_info
+from bench.job import failed_record, memo_key, plan_on_untrained, reused_record, run_job
 from bench.suite import Job
+
+REPO = Path(__file__).resolve().parents[2]
 
 MAX_RETRIES = 2
 INSTALL_HINT = "--backend ray needs Ray: pip install 'ray[default]' (see README, 'Running on a cluster')"
@@ -43,14 +46,14 @@ def _task_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _load_data(job: Job, settings: RunSettings, device: torch.device):
+def _load_data(job: Job, settings, device: torch.device):
     from bench.data import load_splits
 
     return load_splits(job.dataset, settings.data_dir, job.data["val_fraction"], job.data["train_subset"],
                        settings.download).to(device)
 
 
-def _baseline_task(job: Job, settings: RunSettings, plugins: list[str]) -> tuple[dict, dict]:
+def _baseline_task(job: Job, settings, plugins: list[str]) -> tuple[dict, dict]:
     """Train (or load) the dense baseline of ``job``'s group; returns CPU weights and summary."""
     from bench.baseline import get_baseline
     from bench.registry import load_plugin
@@ -58,11 +61,12 @@ def _baseline_task(job: Job, settings: RunSettings, plugins: list[str]) -> tuple
     for p in plugins:
         load_plugin(p)
     data = _load_data(job, settings, _task_device())
-    model, meta = get_baseline(settings.out, job.baseline_config, data, progress=False)
+    model, meta = get_baseline(settings.baseline_root, job.baseline_config, data, progress=False)
     return {k: v.cpu() for k, v in model.state_dict().items()}, meta
 
 
-def _job_task(job: Job, baseline: tuple[dict, dict], settings: RunSettings, plugins: list[str]) -> dict[str, Any]:
+def _job_task(job: Job, baseline: tuple[dict, dict], settings, plugins: list[str],
+              lr_pick: float | None = None) -> dict[str, Any]:
     from bench.models import build_network
     from bench.registry import load_plugin
     from bench.train import prepare_model
@@ -76,25 +80,27 @@ def _job_task(job: Job, baseline: tuple[dict, dict], settings: RunSettings, plug
     model.load_state_dict(state)
     prepare_model(model, device)
     torch.manual_seed(job.seed)
-    rec = run_job(job, model, meta, data, progress=False)
-    rec.update(code_version=code_version(), env=environment(device), acc_dense_val=meta.get("acc_val"),
-               backend="ray")
+    rec = run_job(job, model, meta, data, progress=False, lr_pick=lr_pick)
+    rec.update(env=device_info(device), backend="ray")  # the driver stamps code version and versions
     return rec
 
 
-def planned_memo_key(job: Job, networks: dict) -> str | None:
+def planned_memo_key(job: Job, networks: dict, lr_pick: float | None = None) -> str | None:
     """``job``'s memo key when its allocation can be planned without trained weights, else None
     (then the job runs as its own task)."""
     try:
         knobs = plan_on_untrained(job, networks).knobs
     except Exception:  # noqa: BLE001 - the job then runs as a task, which records what went wrong
         return None
-    return None if knobs is None else memo_key(job, knobs)
+    return None if knobs is None else memo_key(job, knobs, lr_pick)
 
 
-def run_ray(groups: list[list[Job]], settings: RunSettings, address: str | None,
-            plugins: list[str] | None = None, max_retries: int = MAX_RETRIES) -> Iterator[dict[str, Any]]:
-    """Submit every job of ``groups``; yield records as tasks finish (in completion order)."""
+def run_ray(groups: list[list[Job]], settings, address: str | None,
+            plugins: list[str] | None = None, max_retries: int = MAX_RETRIES, claim=None,
+            lr_picks: dict[str, float] | None = None) -> Iterator[dict[str, Any]]:
+    """Submit every job of ``groups``; yield records as tasks finish (in completion order).
+    ``claim(job)`` (the driver's job claims) False: another sweep runs it, a ``CLAIMED`` marker
+    is yielded and nothing is submitted."""
     ray = _import_ray()
     plugins = [str(Path(p).resolve()) if p.endswith(".py") else p for p in plugins or []]
     if not ray.is_initialized():
@@ -105,23 +111,47 @@ def run_ray(groups: list[list[Job]], settings: RunSettings, address: str | None,
                  include_dashboard=False, log_to_driver=False)
     use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
-    settings = RunSettings(**{**settings.__dict__, "out": Path(settings.out).resolve(), "progress": False})
+    settings = settings.quiet(out=Path(settings.out).resolve(), checkpoints=settings.baseline_root.resolve())
+    picks = lr_picks or {}
     baseline_remote = ray.remote(max_retries=max_retries, **resources)(_baseline_task)
     job_remote = ray.remote(max_retries=max_retries, **resources)(_job_task)
+    claimed: list[str] = []  # the driver claims up front; a heartbeat keeps the claims while tasks run
+
+    def mine(job: Job) -> bool:
+        if claim is None or claim(job):
+            claimed.append(job.key)
+            return True
+        return False
+
+    beat = claim.claims.keep_alive(claimed) if claim is not None else contextlib.nullcontext()
+    with beat:
+        yield from _submit_and_wait(ray, groups, settings, plugins, max_retries, mine, picks,
+                                    baseline_remote, job_remote)
+
+
+def _submit_and_wait(ray, groups, settings, plugins, max_retries, mine, picks, baseline_remote,
+                     job_remote) -> Iterator[dict[str, Any]]:
     pending: dict[Any, tuple[Job, Any]] = {}
     followers: dict[str, list[Job]] = {}  # key of a submitted job -> jobs with its allocation
     untrained: dict = {}
     for group in groups:
-        base_ref = baseline_remote.remote(group[0], settings, plugins)
-        leader: dict[str, Job] = {}
+        ours = [j for j in group if mine(j)]
         for job in group:
-            mkey = planned_memo_key(job, untrained)
+            if job not in ours:
+                yield {"key": job.key, "status": CLAIMED}
+        if not ours:
+            continue
+        base_ref = baseline_remote.remote(ours[0], settings, plugins)
+        leader: dict[str, Job] = {}
+        for job in ours:
+            pick = picks.get(job.tune_key) if hasattr(job, "tune_key") else None
+            mkey = planned_memo_key(job, untrained, pick)
             if mkey is not None and mkey in leader:
                 followers[leader[mkey].key].append(job)
                 continue
             if mkey is not None:
                 leader[mkey], followers[job.key] = job, []
-            pending[job_remote.remote(job, base_ref, settings, plugins)] = (job, base_ref)
+            pending[job_remote.remote(job, base_ref, settings, plugins, pick)] = (job, base_ref)
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         job, base_ref = pending.pop(done[0])
@@ -135,4 +165,5 @@ def run_ray(groups: list[list[Job]], settings: RunSettings, address: str | None,
             if rec["status"] == "ok":
                 yield reused_record(follower, rec)
             else:  # nothing to reuse: the follower runs on its own
-                pending[job_remote.remote(follower, base_ref, settings, plugins)] = (follower, base_ref)
+                pick = picks.get(follower.tune_key) if hasattr(follower, "tune_key") else None
+                pending[job_remote.remote(follower, base_ref, settings, plugins, pick)] = (follower, base_ref)

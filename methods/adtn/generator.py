@@ -5,8 +5,9 @@ tensor with ``N <= d**Q`` entries from ``O(M * Q)`` parameters. Pure torch.
 Layout (the project's ADTN design note): Q sites of dimension d, start state v^{(x)Q} with
 v = e_0; M brick-wall layers, each first the gates on bonds (0,1), (2,3), ... then on
 (1,2), (3,4), ...; an activation between layers, none after the last. Site 0 is the most
-significant digit of the flat index, so the first N entries of the row-major flattening are
-the weight in the layer's native order.
+significant digit of the flat index. Which of the d^Q entries are the weight is the layer's
+layout (``methods.adtn.layout``: row-major = the first N; padded = a cropped block view);
+``forward`` returns the first N.
 
 Parameters:
 
@@ -34,23 +35,27 @@ Activation checkpointing per brick layer (``torch.utils.checkpoint``, non-reentr
 only M states alive for backward instead of one per pass. Without autograd the fused GEMMs
 write into two preallocated buffers in turn.
 
-Fitting: ``prefit`` (Adam on ||T - W||^2 / ||W||^2 until a plateau, then optional L-BFGS)
-starts from ``init_rank1_``: the weight's best Kronecker-rank-1 approximation over the site
-pairs, which the first layer represents exactly (signs carried by the last layer through the
-ReLUs). ``sgd_gain`` measures how much faster than a dense weight the generated weight moves
-under SGD; the buffer ``grad_scale`` can compensate.
+Fitting: ``prefit`` (Adam on ||T - W||^2 / ||W||^2 over the real entries of a layout, on a
+fixed cosine schedule or until a plateau, then optional L-BFGS) starts from ``init_rank1_``:
+the weight's best Kronecker-rank-1 approximation over the site pairs, which the first layer
+represents exactly (signs carried by the last layer through the ReLUs). ``sgd_gain`` measures
+how much faster than a dense weight the generated weight moves under SGD; the buffer
+``grad_scale`` can compensate. Which entries are the weight: ``methods.adtn.layout``.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
+
+if TYPE_CHECKING:
+    from methods.adtn.layout import Layout
 
 #: activations whose positive homogeneity (f(cx) = c f(x), c > 0) lets a scale be spread over all gates
 HOMOGENEOUS = ("relu", "leaky_relu", "identity")
@@ -237,7 +242,8 @@ class ADTNGenerator(nn.Module):
 
     @torch.no_grad()
     def init_rank1_(self, target: torch.Tensor, sweeps: int = 8, noise: float = 0.01) -> float:
-        """Start from the best Kronecker-rank-1 approximation of ``target`` (zero-padded to d^Q).
+        """Start from the best Kronecker-rank-1 approximation of ``target`` (zero-padded to d^Q;
+        a target of d^Q entries, e.g. ``Layout.embed`` of a weight, is used as it is).
 
         Modes: the Q//2 site pairs (the first layer's even gates), plus the last site when Q is
         odd (put in by the first layer's last odd gate, I (x) B with B e_0 = b). Found by
@@ -246,8 +252,12 @@ class ADTNGenerator(nn.Module):
         gates are identity + ``noise``. Exact through homogeneous activations only (else the
         plain identity init is used). Returns the rank-1 relative error of the padded target."""
         d, d2, q = self.d, self.d ** 2, self.q
-        full = torch.zeros(d ** q, dtype=torch.float64, device=target.device)
-        full[: self.numel] = target.detach().reshape(-1).double()
+        flat = target.detach().reshape(-1).double()
+        if flat.numel() == d ** q:  # already laid out in the d^Q tensor (padding zeros included)
+            full = flat.clone()
+        else:
+            full = torch.zeros(d ** q, dtype=torch.float64, device=target.device)
+            full[: self.numel] = flat
         dims = [d2] * (q // 2) + ([d] if q % 2 else [])
         factors = _hopm(full, dims, sweeps)
         lam = float(_contract_except(full, factors, 0) @ factors[0])
@@ -390,9 +400,9 @@ class ADTNGenerator(nn.Module):
                 f"activation={self.activation}, impl={self.impl}, fuse={self.fuse}")
 
 
-def sgd_gain(gen: ADTNGenerator, iters: int = 20, seed: int = 0) -> float:
+def sgd_gain(gen: ADTNGenerator, iters: int = 20, seed: int = 0, layout: "Layout | None" = None) -> float:
     """Largest eigenvalue of J^T J, J = d(generated weights)/d(gates) (power iteration on
-    double-backward products; ``grad_scale`` not applied).
+    double-backward products; ``grad_scale`` not applied; ``layout``: only the real entries).
 
     Under SGD a gate step -lr * J^T g moves the weight by -lr * J J^T g, where a dense weight
     moves by -lr * g: this is the worst-case factor by which the generated weight moves faster
@@ -402,7 +412,7 @@ def sgd_gain(gen: ADTNGenerator, iters: int = 20, seed: int = 0) -> float:
     gen.grad_scale.fill_(1.0)
     try:
         with torch.enable_grad():
-            out = gen(checkpoint=False)
+            out = gen(checkpoint=False) if layout is None else layout.read(gen.full(checkpoint=False)).reshape(-1)
             probe = torch.zeros_like(out, requires_grad=True)
             jt_probe = torch.autograd.grad(out, params, probe, create_graph=True)  # J^T v, linear in v
             g = torch.Generator(device="cpu").manual_seed(seed)
@@ -447,49 +457,77 @@ def _hopm(full: torch.Tensor, dims: list[int], sweeps: int) -> list[torch.Tensor
     return factors
 
 
+SCHEDULES = ("cosine", "plateau")
+
+
 def prefit(gen: ADTNGenerator, target: torch.Tensor, max_steps: int = 2000, lr: float = 1e-2,
            patience: int = 100, min_delta: float = 1e-4, lr_decay: float = 0.3, max_decays: int = 3,
-           start: str = "rank1", polish: int = 0, start_noise: float = 0.01) -> dict:
-    """Euclidean pre-training: Adam on ||T - W||^2 / ||W||^2 until the loss plateaus.
+           start: str = "rank1", polish: int = 0, start_noise: float = 0.01, schedule: str = "cosine",
+           layout: "Layout | None" = None) -> dict:
+    """Euclidean pre-training: Adam on ||T - W||^2 / ||W||^2, then an optional L-BFGS polish.
 
-    ``start``: 'rank1' (``init_rank1_`` with ``start_noise``), 'rescale' (fold ||W|| / ||T|| into the current
-    gates) or 'none' (use the gates as they are). A plateau is ``patience`` steps
-    without a relative improvement of ``min_delta``; it cuts the learning rate by ``lr_decay``,
-    and the ``max_decays``+1-th plateau (or ``max_steps``) stops. A divergence (loss doubled, or
-    an all-zero output: every ReLU dead, no gradient) restores the best gates
-    and cuts the learning rate the same way. The best gates are kept. ``polish`` > 0 then
-    runs up to that many L-BFGS iterations (strong Wolfe), kept only if they lower the error:
-    Adam's noise floor is around 1e-3, L-BFGS goes far below where the fit is reachable.
-    Returns {'rel_error', 'steps', 'polish_evals', 'seconds', 'init_rel_error'}."""
+    ``layout`` (``methods.adtn.layout.Layout``; None = row-major, the first N entries) says
+    which entries of the d^Q tensor are the weight; the loss sees those only (padding entries
+    are free). ``target`` is the weight (any shape with N entries).
+
+    ``schedule``:
+
+    * 'cosine' (default): exactly ``max_steps`` Adam steps, lr decayed as
+      0.5 (1 + cos(pi t / max_steps)). A fixed budget: the plateau rule below stopped Adam at
+      ~200 steps on FC-2 while the error kept falling with more steps.
+    * 'plateau': Adam until the loss plateaus: ``patience`` steps without a relative
+      improvement of ``min_delta`` cut the lr by ``lr_decay``; the ``max_decays``+1-th plateau
+      (or ``max_steps``) stops.
+
+    ``start``: 'rank1' (``init_rank1_`` with ``start_noise``, on the laid-out weight),
+    'rescale' (fold ||W|| / ||T|| into the current gates) or 'none' (the gates as they are).
+    A divergence (loss doubled, or an all-zero output: every ReLU dead, no gradient) restores
+    the best gates and cuts the lr by ``lr_decay`` (plateau: counts as a plateau; cosine: the
+    schedule goes on, scaled). The best iterate is kept. ``polish`` > 0 then runs up to that
+    many L-BFGS iterations (strong Wolfe), kept only if they lower the error: Adam's noise floor
+    is around 1e-3, L-BFGS goes far below where the fit is reachable.
+    Returns {'rel_error', 'steps' (schedule steps), 'adam_steps' (optimizer steps taken),
+    'restarts', 'polish_evals', 'seconds', 'init_rel_error'}."""
+    from methods.adtn.layout import rowmajor
+
     t0 = time.perf_counter()
+    if schedule not in SCHEDULES:
+        raise ValueError(f"prefit schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
     w = target.detach().reshape(-1).to(device=gen.first_even.device, dtype=gen.first_even.dtype)
     if w.numel() != gen.numel:
         raise ValueError(f"target has {w.numel()} entries, generator makes {gen.numel}")
+    if layout is None:
+        layout = rowmajor((gen.numel,), gen.q, gen.d)
+    if layout.numel != gen.numel or math.prod(layout.padded) != gen.d ** gen.q:
+        raise ValueError(f"layout {layout.describe()} does not fit a generator of {gen.numel} entries, Q = {gen.q}")
+    w = w.view(layout.shape)
     w_norm2 = w.pow(2).sum()
+    empty = {"steps": 0, "adam_steps": 0, "restarts": 0, "polish_evals": 0}
     if w_norm2 == 0:
         with torch.no_grad():
             for p in gen.parameters():
                 p.zero_()
-        return {"rel_error": 0.0, "steps": 0, "polish_evals": 0, "seconds": time.perf_counter() - t0,
-                "init_rel_error": 0.0}
+        return {"rel_error": 0.0, **empty, "seconds": time.perf_counter() - t0, "init_rel_error": 0.0}
     if start not in ("rank1", "rescale", "none"):
         raise ValueError(f"prefit start {start!r}; valid: rank1, rescale, none")
 
-    def objective() -> torch.Tensor:
-        """||T - W||^2 / ||W||^2 of the current gates."""
-        return (gen() - w).pow(2).sum() / w_norm2
+    def generated() -> torch.Tensor:
+        return layout.read(gen.full())
 
-    if start == "rank1" and math.isnan(gen.init_rank1_(w, noise=start_noise)):
+    def objective() -> torch.Tensor:
+        """||T - W||^2 / ||W||^2 over the real entries."""
+        return (generated() - w).pow(2).sum() / w_norm2
+
+    if start == "rank1" and math.isnan(gen.init_rank1_(layout.embed(w), noise=start_noise)):
         start = "rescale"  # no exact rank-1 start through this activation: identity gates, rescaled
     if start == "rescale":
         with torch.no_grad():
-            t_norm = gen().norm()
+            t_norm = generated().norm()
             if t_norm > 0 and torch.isfinite(t_norm):
                 gen.scale_(float(w_norm2.sqrt() / t_norm))
     with torch.no_grad():
         init_err = float(objective().sqrt())
     params = [p for p in gen.parameters() if p.numel()]
-    opt = torch.optim.Adam(params, lr=lr)
     best = float("inf")
     best_state = [p.detach().clone() for p in params]
 
@@ -498,38 +536,57 @@ def prefit(gen: ADTNGenerator, target: torch.Tensor, max_steps: int = 2000, lr: 
         for b, p in zip(best_state, params):
             p.copy_(b)
 
-    since, decays, step = 0, 0, 0
-    while step < max_steps:
-        out = gen()
+    def keep_if_best(value: float) -> None:
+        nonlocal best
+        if value < best:
+            best = value
+            for b, p in zip(best_state, params):
+                b.copy_(p.detach())
+
+    scale = 1.0  # lr multiplier, cut by divergences
+    opt = torch.optim.Adam(params, lr=lr)
+
+    def lr_at(t: int) -> float:
+        if schedule == "cosine":
+            return lr * scale * 0.5 * (1 + math.cos(math.pi * t / max(max_steps, 1)))
+        return lr * scale
+
+    since, decays, step, adam_steps, restarts = 0, 0, 0, 0, 0
+    while step < max_steps and params:
+        out = generated()
         loss = (out - w).pow(2).sum() / w_norm2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         value = float(loss.detach())
         dead = value >= 1.0 - 1e-6 and not bool(out.detach().any())
-        if not math.isfinite(value) or value > 2 * best or dead:
+        if not math.isfinite(value) or value > 2 * best + 1e-8 or dead:  # (+1e-8: noise at an exact fit is no divergence)
             # diverged, or worse than a zero output (a dead ReLU state): back to the best gates
-            if decays >= max_decays:
+            if schedule == "plateau" and decays >= max_decays:
                 break
             restore_best()
-            opt = torch.optim.Adam(params, lr=opt.param_groups[0]["lr"] * lr_decay)
-            decays, since, step = decays + 1, 0, step + 1
+            scale *= lr_decay
+            opt = torch.optim.Adam(params, lr=lr_at(step))
+            decays, since, step, restarts = decays + 1, 0, step + 1, restarts + 1
             continue
         if value < best * (1 - min_delta):
             since = 0
         else:
             since += 1
-        if value < best:
-            best = value
-            for b, p in zip(best_state, params):
-                b.copy_(p.detach())
+        keep_if_best(value)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
         opt.step()
-        step += 1
-        if since >= patience:
+        step, adam_steps = step + 1, adam_steps + 1
+        if schedule == "plateau" and since >= patience:
             if decays >= max_decays:
                 break
             decays, since = decays + 1, 0
-            for g in opt.param_groups:
-                g["lr"] *= lr_decay
+            scale *= lr_decay
+    if params:
+        with torch.no_grad():  # the iterate after the last step was never evaluated
+            last = float(objective())
+        if math.isfinite(last):
+            keep_if_best(last)
     restore_best()
     with torch.no_grad():
         final = float(objective().sqrt())
@@ -552,5 +609,5 @@ def prefit(gen: ADTNGenerator, target: torch.Tensor, max_steps: int = 2000, lr: 
             final = polished
         else:
             restore_best()
-    return {"rel_error": final, "steps": step, "polish_evals": evals[0], "seconds": time.perf_counter() - t0,
-            "init_rel_error": init_err}
+    return {"rel_error": final, "steps": step, "adam_steps": adam_steps, "restarts": restarts,
+            "polish_evals": evals[0], "seconds": time.perf_counter() - t0, "init_rel_error": init_err}

@@ -1,0 +1,149 @@
+"""Layer helpers for methods and plugins: which layers a method may take, their geometry, and
+how parameters are counted. One public module so every method checks and counts the same way.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import skip_init  # factor modules are overwritten: no random init, no RNG use
+
+COMPRESSIBLE = (nn.Linear, nn.Conv2d)
+
+
+class CompressionError(ValueError):
+    """A method cannot build what was asked (bad shape, knob out of range...)."""
+
+
+def check_layer(layer: nn.Module, method: str, kinds: tuple[type, ...] = COMPRESSIBLE,
+                grouped_ok: bool = False) -> None:
+    """Refuse, with a message naming ``method``, a layer it cannot compress: anything but
+    ``kinds``, and grouped convolutions unless ``grouped_ok``."""
+    if not isinstance(layer, kinds):
+        names = "/".join(k.__name__ for k in kinds)
+        raise CompressionError(f"{method} compresses {names} layers, got {type(layer).__name__}")
+    if isinstance(layer, nn.Conv2d) and layer.groups != 1 and not grouped_ok:
+        raise CompressionError(f"{method}: grouped convolutions (groups={layer.groups}) are not supported")
+
+
+def count_params(module: nn.Module) -> int:
+    """Every parameter element of a module (a dense layer: weight and bias)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+dense_params = count_params  # the name the contract uses for an original Linear/Conv2d
+
+
+def bias_params(layer: nn.Module) -> int:
+    return 0 if getattr(layer, "bias", None) is None else int(layer.bias.numel())
+
+
+def folded_shape(layer: nn.Module) -> tuple[int, int]:
+    """(out, fan_in) of the weight viewed as a matrix (conv: fan_in = in/groups * kh * kw)."""
+    w = layer.weight
+    return int(w.shape[0]), int(math.prod(w.shape[1:]))
+
+
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    """The dense weight a (possibly factorised) layer computes, shaped like the original's.
+
+    Factorised modules expose ``effective_weight()``; plain layers return their weight."""
+    if hasattr(module, "effective_weight"):
+        return module.effective_weight()
+    if isinstance(module, COMPRESSIBLE):
+        return module.weight
+    raise TypeError(f"{type(module).__name__} has no effective_weight(); factorised layers must define it")
+
+
+def get_layer(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        names = [n for n, m in model.named_modules() if isinstance(m, COMPRESSIBLE)]
+        raise CompressionError(f"network has no layer {name!r}; its Linear/Conv2d layers: {', '.join(names)}") from None
+
+
+def replace_layer(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+# --- convolutions ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConvSpec:
+    """What a factorised conv needs to reproduce the original's geometry."""
+
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: Any  # tuple[int, int] or 'same'/'valid', as nn.Conv2d takes it
+    dilation: tuple[int, int]
+    padding_mode: str
+    reversed_padding: tuple[int, ...]  # nn.Conv2d's _reversed_padding_repeated_twice
+    groups: int = 1  # the decompositions refuse grouped convs (check_layer); ADTN keeps them
+
+    @classmethod
+    def of(cls, layer: nn.Conv2d) -> "ConvSpec":
+        return cls(layer.in_channels, layer.out_channels, tuple(layer.kernel_size), tuple(layer.stride),
+                   layer.padding if isinstance(layer.padding, str) else tuple(layer.padding),
+                   tuple(layer.dilation), layer.padding_mode, tuple(layer._reversed_padding_repeated_twice),
+                   layer.groups)
+
+    def conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The original conv with a given kernel (same semantics as nn.Conv2d's forward)."""
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self.reversed_padding, mode=self.padding_mode)
+            return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        """Spatial size of the output for an (h, w) input."""
+        if self.padding == "same":
+            return h, w
+        pad = (0, 0) if self.padding == "valid" else self.padding
+        return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
+                     zip((h, w), pad, self.dilation, self.kernel_size, self.stride))
+
+    def _axis_geometry(self, axis: int) -> tuple[tuple[int, int], Any, tuple[int, int]]:
+        """(stride, padding, dilation) of a conv along one spatial axis only: that axis keeps the
+        original values, the other gets 1 / 0 / 1 ('same'/'valid' padding strings stay)."""
+        stride, dilation = [1, 1], [1, 1]
+        stride[axis], dilation[axis] = self.stride[axis], self.dilation[axis]
+        if isinstance(self.padding, str):
+            padding: Any = self.padding
+        else:
+            padding = [0, 0]
+            padding[axis] = self.padding[axis]
+            padding = tuple(padding)
+        return tuple(stride), padding, tuple(dilation)
+
+    def axis_conv(self, x: torch.Tensor, weight: torch.Tensor, axis: int) -> torch.Tensor:
+        """Convolve along one spatial axis (weight (cout, cin, kh, 1) or (cout, cin, 1, kw))
+        with that axis' stride/padding/dilation; the two in sequence give the original geometry,
+        also for non-zero padding modes (padding one axis commutes with convolving the other)."""
+        stride, padding, dilation = self._axis_geometry(axis)
+        if self.padding_mode != "zeros":
+            wl, wr, ht, hb = self.reversed_padding
+            x = F.pad(x, (0, 0, ht, hb) if axis == 0 else (wl, wr, 0, 0), mode=self.padding_mode)
+            padding = 0
+        return F.conv2d(x, weight, None, stride, padding, dilation)
+
+    def axis(self, axis: int, channels: int, **kw) -> nn.Conv2d:
+        """A depthwise conv along one spatial axis (0: kh x 1, 1: 1 x kw) carrying that axis'
+        stride/padding/dilation; two of them in sequence reproduce the original geometry."""
+        k = [1, 1]
+        k[axis] = self.kernel_size[axis]
+        stride, padding, dilation = self._axis_geometry(axis)
+        return skip_init(nn.Conv2d, channels, channels, tuple(k), stride=stride, padding=padding,
+                         dilation=dilation, groups=channels, bias=False, padding_mode=self.padding_mode, **kw)
+
+    def core(self, cin: int, cout: int, **kw) -> nn.Conv2d:
+        """A full kh x kw conv with the original geometry (Tucker-2 core)."""
+        return skip_init(nn.Conv2d, cin, cout, self.kernel_size, stride=self.stride, padding=self.padding,
+                         dilation=self.dilation, bias=False, padding_mode=self.padding_mode, **kw)

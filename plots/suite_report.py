@@ -1,0 +1,104 @@
+"""A suite's report files (table.md/csv, equal_budget.md/csv, fit_table.*, plots/) from its
+records; the numbers come from ``bench.report``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from bench.report import (ACC_NOTE, accuracy_summary, baseline_split, equal_budget, fit_summary, format_acc,
+                          markdown_table, records_frame, status_line)
+from plots.accuracy import plot_accuracy_vs_params, plot_fit_error
+from plots.equal_budget import write_equal_budget
+
+
+def baseline_note(left_out: pd.DataFrame) -> str:
+    """The table.md line saying which records were left out for an older dense baseline."""
+    if left_out.empty:
+        return ""
+    return (f"{len(left_out)} record(s) left out: made on an older dense baseline (their "
+            "`baseline_fingerprint` differs from that of the latest record of the same network, "
+            "dataset and seed; records without one count as one unknown baseline).\n")
+
+
+def label_epochs(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of one label fine-tuned for different epoch counts (a ``finetune_epochs`` suite) get
+    the count in their label, so a table row never averages over epoch counts."""
+    if df.empty or "finetune" not in df:
+        return df
+    epochs = df.finetune.map(lambda f: f.get("epochs") if isinstance(f, dict) else None)
+    if epochs.nunique() <= 1:
+        return df
+    df = df.copy()
+    df["label"] = [f"{lab} ({e:g} ep)" if e is not None else lab for lab, e in zip(df.label, epochs)]
+    return df
+
+
+def write_accuracy_reports(suite_dir: Path, keys: set[str] | None = None) -> list[Path]:
+    df, left_out = baseline_split(records_frame(suite_dir / "runs.jsonl", keys, all_baselines=True))
+    if df.empty:
+        return []
+    df = label_epochs(df)
+    s = accuracy_summary(df)
+    written = []
+    if not s.empty:
+        s.to_csv(suite_dir / "table.csv", index=False)
+        written.append(suite_dir / "table.csv")
+    parts = [f"# {suite_dir.name}: accuracy vs parameters\n", f"Records: {status_line(df)}.\n",
+             baseline_note(left_out),
+             f"Accuracy is test accuracy (%) after fine-tuning, {ACC_NOTE}; parameters are those of the "
+             "compressed layers (achieved, mean over seeds). A budget whose allocation equals a smaller "
+             "budget's is shown once, at the smallest, with the others under \"same as\".\n"]
+    for (net, ds), g in (s.groupby(["network", "dataset"], sort=False) if not s.empty else []):
+        view = pd.DataFrame({
+            "method": g.label, "budget": g.budget, "params": g.params.round().astype(int),
+            "ratio": g.ratio.map(lambda r: f"{r:.1f}x"),
+            "acc before ft": g.acc_before.map(lambda a: "" if a != a else f"{a:.2f}"),
+            "accuracy (95 % CI)": [format_acc(m, ci) for m, ci in zip(g.acc_mean, g.acc_ci)],
+            "fit error": g.fit.map(lambda f: "" if f != f else f"{f:.3g}"), "seeds": g.seeds,
+            "same as": g.folded})
+        parts.append(f"\n## {net} / {ds} (compressed layers: {int(g.params_dense.iloc[0]):,} parameters)\n\n"
+                     + markdown_table(view) + "\n")
+        written += plot_accuracy_vs_params(g, f"{net} on {ds}",
+                                           suite_dir / "plots" / f"accuracy_vs_params_{net}_{ds}")
+    eb = equal_budget(df)
+    if not eb.empty:
+        written += write_equal_budget(eb, suite_dir / "equal_budget", f"{suite_dir.name}: accuracy at equal budgets")
+        parts.append("\nEqual-budget comparison (interpolated at common parameter counts): "
+                     "[equal_budget.md](equal_budget.md).\n")
+    bad = df[df.status != "ok"]
+    if len(bad):
+        parts.append("\n## Jobs not ok\n\n" + markdown_table(
+            bad[["network", "dataset", "label", "budget", "seed", "status", "error"]].fillna("")) + "\n")
+    (suite_dir / "table.md").write_text("".join(parts))
+    return written + [suite_dir / "table.md"]
+
+
+def write_fit_reports(suite_dir: Path, keys: set[str] | None = None) -> list[Path]:
+    df, left_out = baseline_split(records_frame(suite_dir / "fit_runs.jsonl", keys, all_baselines=True))
+    if df.empty:
+        return []
+    f = fit_summary(df)
+    if f.empty:
+        return []
+    f.to_csv(suite_dir / "fit_table.csv", index=False)
+    parts = [f"# {suite_dir.name}: weight-space fit error\n", baseline_note(left_out),
+             "Relative error ‖W − Ŵ‖/‖W‖ of each compressed layer right after factorisation (no training), "
+             "mean over seeds.\n"]
+    written = [suite_dir / "fit_table.csv"]
+    for (net, ds), g in f.groupby(["network", "dataset"], sort=False):
+        view = pd.DataFrame({"layer": g.layer, "method": g.label, "budget": g.budget, "knob": g.knob,
+                             "params": g.params.round().astype(int),
+                             "ratio": (g.params_dense / g.params).map(lambda r: f"{r:.1f}x"),
+                             "fit error": g.fit_mean.map(lambda x: f"{x:.4g}")})
+        parts.append(f"\n## {net} / {ds}\n\n" + markdown_table(view) + "\n")
+        written += plot_fit_error(g, f"{net} on {ds}: weight-space fit",
+                                  suite_dir / "plots" / f"fit_error_vs_params_{net}_{ds}")
+    (suite_dir / "fit_table.md").write_text("".join(parts))
+    return written + [suite_dir / "fit_table.md"]
+
+
+def write_reports(suite_dir: Path, keys: set[str] | None = None) -> list[Path]:
+    """Rebuild every table and plot of a suite directory from its records (of ``keys`` only,
+    when given)."""
+    return write_accuracy_reports(suite_dir, keys) + write_fit_reports(suite_dir, keys)
