@@ -80,6 +80,17 @@ def _is_record(rec: Any) -> bool:
     return isinstance(rec, dict) and isinstance(rec.get("key"), str)
 
 
+def _read_locked(path: Path) -> bytes:
+    """The file's bytes under a shared lock: a sweep reading while another appends never sees a
+    half-written line (appends hold the exclusive lock for their whole write)."""
+    with open(path, "rb") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+        try:
+            return f.read()
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
     """All whole records of a file, in order. Any bad line (a torn tail, invalid UTF-8, broken
     JSON, JSON that is not an object with a string ``key``) is skipped with one warning naming
@@ -88,7 +99,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     out = []
-    for i, raw in enumerate(path.read_bytes().split(b"\n"), 1):
+    for i, raw in enumerate(_read_locked(path).split(b"\n"), 1):
         rec = _parse_line(raw)
         if isinstance(rec, str):
             warnings.warn(f"{path}:{i}: ignoring a bad record line: {rec}", stacklevel=2)

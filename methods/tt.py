@@ -16,7 +16,7 @@ Conv2d (default ``conv_layout="kernel"``, kernels larger than 1x1): the TT of th
 the order (in, kh, kw, out), the layout of tensorly-torch's TT convolution, written as a
 TT-matrix with out modes (1, 1, 1, out) and in modes (in, kh, kw, 1). On trained LeNet-5 convs
 it fits much better than the balanced matrix layout at equal parameters (conv3 at 4x: 0.54 vs
-0.69 relative weight error; ``python -m bench.peer_tltorch``), because the channel and spatial
+0.69 relative weight error; ``python -m bench.perf peer_tltorch``), because the channel and spatial
 modes keep their own cores. It also runs as four convolutions, 1x1 (in -> r1), kh x 1
 (r1 -> r2), 1 x kw (r2 -> r3), 1x1 (r3 -> out), with the original stride/padding/dilation split
 over the two spatial ones.

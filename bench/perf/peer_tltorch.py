@@ -3,7 +3,7 @@
 Not part of the benchmark and not a project dependency; run it from a scratch venv:
 
     python3 -m venv /tmp/tlt && /tmp/tlt/bin/pip install torch==2.13.0 tensorly==0.10.0 tensorly-torch packaging
-    PYTHONPATH=/work/main /tmp/tlt/bin/python -m bench.peer_tltorch [--ratios 4 16 64] [--json out.json]
+    PYTHONPATH=. /tmp/tlt/bin/python -m bench.perf peer_tltorch [--data-dir DIR] [--ratios 4 16 64] [--json out.json]
 
 For each layer (random ones, and FC-2 / LeNet-5 layers trained here for one epoch on MNIST),
 method and per-layer compression ratio, our replacement uses the knob the default allocator
@@ -39,7 +39,7 @@ def need_tltorch():
         import tltorch  # noqa: F401  (sets tensorly's global backend to pytorch; ours does not care)
         from tltorch.factorized_layers.factorized_convolution import tensor_to_kernel
     except ImportError:
-        sys.exit("bench.peer_tltorch needs tensorly-torch (and packaging): pip install tensorly-torch packaging "
+        sys.exit("bench.perf peer_tltorch needs tensorly-torch (and packaging): pip install tensorly-torch packaging "
                  "in a scratch venv; it is not a project dependency")
     return tltorch, tensor_to_kernel
 
@@ -140,7 +140,7 @@ def cases(data_dir: str, skip_trained: bool):
     from bench.data import load_splits
     from bench.models import build_network
 
-    data = load_splits("mnist", Path(data_dir), download=False)
+    data = load_splits("mnist", Path(data_dir) if data_dir else None, download=False)
     for net, names in (("fc2", ["fc1", "fc2"]), ("lenet5", ["conv2", "conv3", "fc1"])):
         torch.manual_seed(0)
         model = build_network(net, data.input_shape, data.num_classes)
@@ -220,7 +220,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default="/work/shared/data")
+    p.add_argument("--data-dir", default=None, help="MNIST folder (default: $TNBENCH_DATA or ./data)")
     p.add_argument("--ratios", type=float, nargs="+", default=[4, 16, 64])
     p.add_argument("--threads", type=int, default=1, help="torch threads (timings are per thread count)")
     p.add_argument("--skip-trained", action="store_true", help="random layers only (no MNIST needed)")
