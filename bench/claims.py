@@ -20,7 +20,8 @@ mtime is the live one, because touching never rewrites a file another process ma
 over), so an owner that heartbeats more often than ``stale_after_s`` keeps its claim. Pick ``stale_after_s`` well above the heartbeat interval plus the clock skew
 between machines (mtimes come from the file server's clock, ages from ours). A reused pid looks
 alive, so such a claim waits for the mtime rule. A file that cannot be read (a creator killed
-between create and write) is treated as live until it is mtime-stale.
+between create and write, a window of microseconds) is stale once it is ``UNWRITTEN_AFTER_S``
+old.
 """
 from __future__ import annotations
 
@@ -178,8 +179,14 @@ class Claims:
             return True
         if age > self.stale_after_s:
             return True
+        if not info and age > UNWRITTEN_AFTER_S:  # created, never written: its creator died in between
+            return True
         pid = info.get("pid")
         return info.get("host") == self._host() and isinstance(pid, int) and not _pid_alive(pid)
+
+
+#: an empty or unparsable claim older than this was left by a creator killed mid-write
+UNWRITTEN_AFTER_S = 10.0
 
 
 def _read(path: Path) -> dict[str, Any] | None:

@@ -50,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plugin", action="append", default=[], help="extra method module: import path or .py file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (they are off anyway when "
                                                               "stderr is not a terminal)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="start no job the cost model says would not finish in the time left; the rest is "
+                        "left for later (a re-run does it); needs a calibration")
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="cost-model calibration (default results/calibration/<cpu|cuda>.json for the device; "
+                        "made by python -m bench.perf calibrate)")
     return p.parse_args(argv)
 
 
@@ -65,18 +71,49 @@ def print_list() -> None:
     print("datasets: " + ", ".join(dataset_names()))
 
 
-def dry_run(jobs) -> None:
-    """Plan each job on an untrained network of the right shape (no data, no training)."""
+def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
+            baseline_root: Path = DEFAULT_OUT) -> None:
+    """Plan each job on an untrained network of the right shape (no data, no training) and,
+    with a calibration (``cost``), estimate each job's time and the suite's total."""
+    from bench.cost import baseline_cached, tuner_keys
     from bench.job import plan_on_untrained
     from bench.layers import dense_params
+    from bench.records import config_key
+    from bench.runner import planned_skip
 
     networks: dict = {}
+    tuners = tuner_keys(jobs)
+    paid: set[str] = set()
+    est: dict[tuple[str, str], list[float]] = {}
+    base_est: dict[str, list[float]] = {}
+    skipped: dict[tuple[str, str], int] = {}
     for j in jobs:
+        pre = planned_skip(j, cost)
+        timing = ""
+        if cost is not None:
+            bkey = config_key(j.baseline_config)
+            if bkey not in paid:
+                paid.add(bkey)
+                if not baseline_cached(baseline_root, j):
+                    base_est.setdefault(j.network, []).append(cost.baseline_s(j))
+            t = 0.0 if pre else cost.job_s(j, j.key in tuners)
+            est.setdefault((j.network, j.label), []).append(t)
+            if pre:
+                skipped[(j.network, j.label)] = skipped.get((j.network, j.label), 0) + 1
+            timing = f"  est {t:9.1f} s"
+        if pre is not None:
+            print(f"{j.key}  {j.network}/{j.dataset} {j.label:12s} {j.budget:>10s} seed {j.seed}{timing}  "
+                  f"skipped: {pre['error']}")
+            continue
         try:
             plan = plan_on_untrained(j, networks)
             dense = sum(dense_params(m) for m in plan.layers.values())
             if plan.skip_reason:
                 line = f"skipped: {plan.skip_reason}"
+                if cost is not None:  # recorded skipped in no time
+                    est[(j.network, j.label)][-1] = 0.0
+                    skipped[(j.network, j.label)] = skipped.get((j.network, j.label), 0) + 1
+                    timing = f"  est {0.0:9.1f} s"
             elif plan.knobs is None:
                 line = f"knobs chosen from the trained weights at run time (dense: {dense:,} params)"
             else:
@@ -84,8 +121,28 @@ def dry_run(jobs) -> None:
                 line = f"params {planned:>10,} of {dense:,} ({dense / planned:8.1f}x)  knobs {plan.knobs}"
         except Exception as e:  # noqa: BLE001 - show it, as the run would record it
             line = f"cannot plan: {type(e).__name__}: {e}"
-        print(f"{j.key}  {j.network}/{j.dataset} {j.label:12s} {j.budget:>10s} seed {j.seed}  {line}")
+        print(f"{j.key}  {j.network}/{j.dataset} {j.label:12s} {j.budget:>10s} seed {j.seed}{timing}  {line}")
     print(f"{len(jobs)} jobs")
+    if cost is None:
+        print(f"no time estimates: no calibration for {kind} ({cal_path} does not exist; "
+              f"python -m bench.perf calibrate --device {kind} makes it)")
+        return
+    cal = cost.cal
+    print(f"estimated time on {kind} ({cal.get('device_name')}, {cal.get('threads')} threads, calibration "
+          f"{cost.path}):")
+    print(f"  {'network':9s} {'method':14s} {'jobs':>5s} {'skipped':>8s} {'seconds':>12s}")
+    total = 0.0
+    for net in dict.fromkeys(j.network for j in jobs):
+        if net in base_est:
+            t = sum(base_est[net])
+            total += t
+            print(f"  {net:9s} {'(baselines)':14s} {len(base_est[net]):>5d} {'':>8s} {t:>12,.1f}")
+        for (n, label), ts in est.items():
+            if n == net:
+                total += sum(ts)
+                print(f"  {net:9s} {label:14s} {len(ts):>5d} {skipped.get((n, label), 0):>8d} {sum(ts):>12,.1f}")
+    print(f"  total: {total:,.0f} s = {total / 60:,.1f} min = {total / 3600:,.2f} h "
+          "(baselines already in the checkpoint cache cost nothing)")
 
 
 def add_plugin_methods(suite: dict, wanted: list[str] | None) -> None:
@@ -165,10 +222,18 @@ def prepare(args):
     fit_only = bool(suite.get("fit_only")) or args.fit_only
     jobs = expand(suite, wanted, _csv(args.networks), fit_only)
     devices = _csv(args.devices) or [args.device]
-    check_devices(devices)
-    if args.dry_run:
-        dry_run(jobs)
+    if args.time_budget is not None and not (args.time_budget > 0 and args.time_budget < float("inf")):
+        raise UsageError(f"--time-budget {args.time_budget:g}: expected a number of minutes > 0")
+    if args.dry_run:  # estimating a device's run needs no such device here: the syntax is checked
+        kind, cost, cal_path = cost_model(args, devices, jobs, check=False)
+        dry_run(jobs, cost, kind, cal_path, Path(args.out) if args.out else DEFAULT_OUT)
         return None
+    check_devices(devices)
+    kind, cost, cal_path = cost_model(args, devices, jobs)
+    if args.time_budget is not None and cost is None:
+        raise UsageError(f"--time-budget needs a calibration for {kind}: {cal_path} does not exist "
+                         f"(python -m bench.perf calibrate --device {kind}, or --calibration FILE)")
+    args.cost = cost
     from bench.runner import records_path
 
     out = resolve_out(args, args.suite)
@@ -180,24 +245,55 @@ def prepare(args):
     return suite, jobs, path, out, devices, fit_only
 
 
+def cost_model(args, devices: list[str], jobs, check: bool = True):
+    """(device kind, CostModel or None, calibration path) for the first device; a calibration
+    that lacks one of the jobs' networks is a usage error."""
+    from bench.cost import CostModel, default_path, device_kind, load_calibration
+
+    spec = devices[0]
+    if spec != "auto" and not spec.startswith(("cpu", "cuda")):
+        raise UsageError(f"unknown device {spec!r}; valid: cpu, cuda, cuda:N, auto")
+    kind = device_kind(spec)
+    path = Path(args.calibration) if args.calibration else default_path(kind)
+    if args.calibration and not path.is_file():
+        raise UsageError(f"--calibration {path}: no such file")
+    cal = load_calibration(path)
+    if cal is None:
+        return kind, None, path
+    missing = sorted({j.network for j in jobs} - set(cal["networks"]))
+    if missing:
+        raise UsageError(f"calibration {path} has no network {', '.join(missing)}; it has "
+                         f"{', '.join(sorted(cal['networks']))} (python -m bench.perf calibrate --networks ...)")
+    return kind, CostModel(cal), path
+
+
 def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_only: bool) -> int:
+    from bench.cost import Budget
     from bench.runner import RunSettings, run_jobs
 
     counts = None
+    cost = getattr(args, "cost", None)
     if not args.report_only:
         progress = not args.no_progress and sys.stderr.isatty() and not os.environ.get("CI")
         settings = RunSettings(out=out, data_dir=_data_dir(args), download=not args.no_download, progress=progress,
                                checkpoints=DEFAULT_OUT if out == CUSTOM_OUT else out)
+        budget = None
+        if args.time_budget is not None:
+            budget = Budget(args.time_budget * 60, cost, jobs, baseline_root=settings.baseline_root)
         try:
             counts = run_jobs(jobs, settings, devices, path, backend=args.backend, address=args.address,
-                              plugins=args.plugin, rerun=args.rerun)
+                              plugins=args.plugin, rerun=args.rerun, budget=budget, cost=cost,
+                              ordered=bool(suite.get("priority")))
         except RuntimeError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         left = counts.get("claimed_elsewhere", 0)
+        later = counts.get("left_for_later", 0)
         print(f"{suite['name']}: {counts['total']} jobs, {counts['already_done']} already done, "
               f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped"
-              + (f", {left} left to another sweep holding them" if left else ""))
+              + (f", {left} left to another sweep holding them" if left else "")
+              + (f", {later} left for later (time budget {args.time_budget:g} min; run again to do them)"
+                 if later else ""))
     from plots.suite_report import write_reports
 
     full = expand(suite, fit_only=fit_only)  # report on the whole suite, not only --methods

@@ -3,12 +3,19 @@
 environment once, here. A key's latest record is the one reports use.
 
 Guarantees: every job of the list ends the run recorded (ok, skipped or failed), already done,
-or left to another sweep that holds its claim; the counts printed add up to the job list.
+left to another sweep that holds its claim, or left for later by ``--time-budget`` (never
+recorded, so the next run does it); the counts printed add up to the job list.
+
+Before anything runs, jobs the suite rules out are recorded ``skipped`` (``planned_skip``): a
+budget the method cannot get near (``budget_tolerance``) and a factorisation the calibration
+says is longer than ``factorize_time_cap_s`` (such a record is reconsidered when the cap or
+the calibration changes).
 """
 from __future__ import annotations
 
 import platform
 import subprocess
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,9 +24,10 @@ from typing import Any, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from bench.backends.local import CLAIMED, run_groups, run_parallel
+from bench.backends.local import CLAIMED, LEFT, run_groups, run_parallel
 from bench.claims import Claims
-from bench.job import failed_record
+from bench.cost import tuner_keys
+from bench.job import failed_record, job_fields
 from bench.records import append_record, config_key, done_keys, latest_by_key, read_records
 from bench.suite import Job
 from bench.train import resolve_device
@@ -71,25 +79,84 @@ def records_path(out: Path, suite_name: str, fit_only: bool) -> Path:
     return Path(out) / suite_name / ("fit_runs.jsonl" if fit_only else "runs.jsonl")
 
 
-def _groups(jobs: list[Job]) -> list[list[Job]]:
-    """Jobs grouped by dense baseline, so each baseline is trained (or loaded) once."""
+def _groups(jobs: list[Job], ordered: bool = False) -> list[list[Job]]:
+    """Jobs grouped by dense baseline, so each baseline is trained (or loaded) once.
+    ``ordered`` (a suite with a ``priority``): the job order is kept, a group being a run of
+    consecutive jobs of one baseline (a baseline met again is loaded from its checkpoint)."""
+    if ordered:
+        runs: list[list[Job]] = []
+        for j in jobs:
+            if runs and config_key(runs[-1][0].baseline_config) == config_key(j.baseline_config):
+                runs[-1].append(j)
+            else:
+                runs.append([j])
+        return runs
     by_base: dict[str, list[Job]] = defaultdict(list)
     for j in jobs:
         by_base[config_key(j.baseline_config)].append(j)
     return list(by_base.values())
 
 
+def planned_skip(job: Job, cost=None) -> dict[str, Any] | None:
+    """The ``skipped`` record of a job ruled out before it runs, else None: its method's
+    smallest size is more than ``budget_tolerance`` over the budget (layer sizes only, on the
+    meta device), or the calibrated factorisation estimate exceeds ``factorize_time_cap_s``."""
+    if job.method == "dense":
+        return None
+    if job.budget_tolerance and job.target_ratio is not None:
+        from bench.layers import dense_params, get_layer
+        from bench.registry import get_method
+        from bench.suite import meta_network
+
+        method = get_method(job.method, **job.options)
+        model = meta_network(job.network, job.dataset)
+        layers = [get_layer(model, n) for n in job.layers]
+        try:
+            smallest = sum(method.layer_params(lay, method.knobs(lay)[0]) for lay in layers)
+        except Exception:  # noqa: BLE001 - the job itself then says what is wrong
+            smallest = None
+        target = sum(dense_params(lay) for lay in layers) / job.target_ratio
+        if smallest is not None and smallest > job.budget_tolerance * target:
+            return {**job_fields(job), "status": "skipped",
+                    "error": f"budget unreachable: the smallest {job.method} has {smallest:,} parameters, "
+                             f"{smallest / target:.2f}x the budget of {target:,.0f} (budget_tolerance "
+                             f"{job.budget_tolerance:g})"}
+    if job.factorize_time_cap_s and cost is not None:
+        est = cost.factorize_s(job)
+        if est is not None and est > job.factorize_time_cap_s:
+            return {**job_fields(job), "status": "skipped",
+                    "error": f"estimated factorisation time {est:,.0f} s exceeds factorize_time_cap_s "
+                             f"{job.factorize_time_cap_s:g} (calibration {cost.path})",
+                    "time_cap_s": job.factorize_time_cap_s, "estimate_factorize_s": est,
+                    "calibration": cost.cal.get("created")}
+    return None
+
+
+def _reconsidered(jobs: list[Job], path: Path, cost) -> set[str]:
+    """Keys whose latest record is a time-capped skip made under another cap or calibration:
+    not done, so they are planned again."""
+    latest = latest_by_key(read_records(path))
+    redo = set()
+    for j in jobs:
+        r = latest.get(j.key)
+        if r and r.get("status") == "skipped" and r.get("time_cap_s") is not None:
+            created = cost.cal.get("created") if cost is not None else None
+            if j.factorize_time_cap_s != r["time_cap_s"] or created != r.get("calibration"):
+                redo.add(j.key)
+    return redo
+
+
 class JobClaimer:
     """Claims a job for this sweep just before it runs (picklable, so workers use it too): False
     when another sweep holds it or has recorded it since this sweep started."""
 
-    def __init__(self, claims, path: Path, rerun: bool):
-        self.claims, self.path, self.rerun = claims, Path(path), rerun
+    def __init__(self, claims, path: Path, rerun: bool, redo: frozenset = frozenset()):
+        self.claims, self.path, self.rerun, self.redo = claims, Path(path), rerun, frozenset(redo)
 
     def __call__(self, job: Job) -> bool:
         if not self.claims.try_claim(job.key):
             return False
-        if not self.rerun and job.key in done_keys(self.path):  # finished by another sweep meanwhile
+        if not self.rerun and job.key not in self.redo and job.key in done_keys(self.path):  # done meanwhile
             self.claims.release(job.key)
             return False
         return True
@@ -108,11 +175,8 @@ def tuning_passes(todo: list[Job], jobs: list[Job]) -> list[list[Job]]:
     tuned = [j for j in todo if getattr(j, "lr_grid", None)]
     if not tuned:
         return [todo]
-    tuner = {}
-    for j in sorted(jobs, key=lambda j: j.seed):
-        if getattr(j, "lr_grid", None):
-            tuner.setdefault(j.tune_key, j.key)
-    first = [j for j in todo if not getattr(j, "lr_grid", None) or tuner[j.tune_key] == j.key]
+    tuners = tuner_keys(jobs)
+    first = [j for j in todo if not getattr(j, "lr_grid", None) or j.key in tuners]
     second = [j for j in todo if j not in first]
     return [p for p in (first, second) if p]
 
@@ -128,43 +192,78 @@ def lr_picks(path: Path) -> dict[str, float]:
 
 
 def _stream(groups, settings: RunSettings, devices: list[str], backend: str, address, plugins,
-            claimer, picks) -> Iterator[dict]:
+            claimer, picks, gate=None) -> Iterator[dict]:
     if backend == "ray":
         from bench.backends.ray import run_ray
 
-        return run_ray(groups, settings, address, plugins, claim=claimer, lr_picks=picks)
+        return run_ray(groups, settings, address, plugins, claim=claimer, lr_picks=picks, gate=gate)
     if len(devices) == 1:
-        return run_groups(groups, settings, resolve_device(devices[0]), claimer, picks)
-    return run_parallel(groups, settings, devices, claimer, picks, plugins)
+        return run_groups(groups, settings, resolve_device(devices[0]), claimer, picks, gate=gate)
+    return run_parallel(groups, settings, devices, claimer, picks, plugins, gate=gate)
 
 
 def run_jobs(jobs: list[Job], settings: RunSettings, devices: list[str], path: Path,
              backend: str = "local", address: str | None = None, plugins: list[str] | None = None,
-             rerun: bool = False, claims=None) -> dict[str, int]:
+             rerun: bool = False, claims=None, budget=None, cost=None, ordered: bool = False) -> dict[str, int]:
     """Run the jobs that have no ok/skipped record yet (all of them with ``rerun``); append each
     record as it finishes. Each job is claimed (bench.claims) just before it runs, so concurrent
     sweeps on one output, or machines sharing its filesystem, split the work; ``claims``
     overrides where the claims live (default: ``<records>.claims/`` beside the records).
 
-    ``backend``: "local" (this process, or one worker per device) or "ray" (bench/backends/ray.py)."""
+    ``backend``: "local" (this process, or one worker per device) or "ray" (bench/backends/ray.py).
+    ``budget`` (``bench.cost.Budget``): a job is started only if it is estimated to finish in
+    the time left, else it is left for later (counted, not recorded); so is a job whose lr
+    pick comes from a tuning job left for later. ``cost`` (``bench.cost.CostModel``): applies
+    ``factorize_time_cap_s``. ``ordered``: keep the job order (a suite's ``priority``)."""
     done = set() if rerun else done_keys(path)
+    redo = set() if rerun else _reconsidered(jobs, path, cost)
+    done -= redo
     todo = [j for j in jobs if j.key not in done]
     counts = {"total": len(jobs), "already_done": len(jobs) - len(todo), "ok": 0, "failed": 0, "skipped": 0,
-              CLAIMED: 0}
+              CLAIMED: 0, LEFT: 0}
     if not todo:
         return counts
+    if cost is None and any(j.factorize_time_cap_s for j in todo):
+        print("note: factorize_time_cap_s is not applied: no calibration for this device "
+              "(python -m bench.perf calibrate)", file=sys.stderr)
     version, env = code_version(), environment()
     if claims is None:
         claims = Claims(path.parent / f"{path.stem}.claims")
-    claimer = JobClaimer(claims, path, rerun)
+    claimer = JobClaimer(claims, path, rerun, redo)
     bar = tqdm(total=len(todo), desc="jobs", unit="job", disable=not settings.progress)
     by_key = {j.key: j for j in todo}
+    tuner_of = {}
+    for j in sorted(jobs, key=lambda j: j.seed):
+        tuner_of.setdefault(j.tune_key, j.key)
+    left: set[str] = set()
     try:
-        for part in tuning_passes(todo, jobs):
-            seen: set[str] = set()
-            for rec in _stream(_groups(part), settings, devices, backend, address, plugins, claimer,
-                               lr_picks(path)):
+        runnable = []
+        for job in todo:  # ruled out by the suite: recorded skipped without running
+            rec = planned_skip(job, cost)
+            if rec is None:
+                runnable.append(job)
+            elif claimer(job):
+                _finish(rec, by_key, path, version, env, counts, claims, bar)
+            else:
+                _finish({"key": job.key, "status": CLAIMED}, by_key, path, version, env, counts, claims, bar)
+        for part in tuning_passes(runnable, jobs) if runnable else []:
+            waiting = [j for j in part if getattr(j, "lr_grid", None) and tuner_of[j.tune_key] in left]
+            for job in waiting:  # its lr pick is made by a job left for later: it waits too
+                left.add(job.key)
+                _finish({"key": job.key, "status": LEFT}, by_key, path, version, env, counts, claims, bar)
+            part = [j for j in part if j.key not in left]
+            orphaned = _tuner_failed(part, tuner_of, path)
+            for job in orphaned:  # never tune on a seed that should reuse seed 0's pick
+                _finish(failed_record(job, "the lr pick of its tuning seed is missing: that job failed "
+                                           "(run again to retry both)"), by_key, path, version, env, counts,
+                        claims, bar)
+            part = [j for j in part if j not in orphaned]
+            seen: set[str] = set(j.key for j in waiting) | {j.key for j in orphaned}
+            for rec in _stream(_groups(part, ordered), settings, devices, backend, address, plugins, claimer,
+                               lr_picks(path), gate=budget) if part else []:
                 seen.add(rec["key"])
+                if rec["status"] == LEFT:
+                    left.add(rec["key"])
                 _finish(rec, by_key, path, version, env, counts, claims, bar)
             for job in part:  # a backend that lost a job must not make the counts lie
                 if job.key not in seen:
@@ -173,15 +272,26 @@ def run_jobs(jobs: list[Job], settings: RunSettings, devices: list[str], path: P
     finally:
         claims.release_all_mine()
         bar.close()
-    finished = counts["already_done"] + counts["ok"] + counts["failed"] + counts["skipped"] + counts[CLAIMED]
+    finished = (counts["already_done"] + counts["ok"] + counts["failed"] + counts["skipped"] + counts[CLAIMED]
+                + counts[LEFT])
     assert finished == counts["total"], f"job accounting is off: {counts}"
     return counts
 
 
+def _tuner_failed(part: list[Job], tuner_of: dict[str, str], path: Path) -> list[Job]:
+    """Jobs that reuse an lr pick whose tuning job's latest record is ``failed``."""
+    reusers = [j for j in part if getattr(j, "lr_grid", None) and tuner_of[j.tune_key] != j.key]
+    if not reusers:
+        return []
+    latest = latest_by_key(read_records(path))
+    return [j for j in reusers if latest.get(tuner_of[j.tune_key], {}).get("status") == "failed"]
+
+
 def _finish(rec: dict, by_key: dict[str, Job], path: Path, version: str, env: dict, counts: dict, claims,
             bar) -> None:
-    """Count one result; record it (stamped) unless another sweep holds the job."""
-    if rec["status"] != CLAIMED:
+    """Count one result; record it (stamped) unless another sweep holds the job or it is left
+    for later."""
+    if rec["status"] not in (CLAIMED, LEFT):
         job = by_key.get(rec["key"])
         if job is not None and hasattr(job, "tune_key"):
             rec["tune_key"] = job.tune_key
@@ -193,7 +303,7 @@ def _finish(rec: dict, by_key: dict[str, Job], path: Path, version: str, env: di
             tqdm.write(f"FAILED {rec['network']}/{rec['dataset']} {rec['label']} {rec['budget']} "
                        f"seed {rec['seed']}: {rec['error']}")
     counts[rec["status"]] = counts.get(rec["status"], 0) + 1
-    finished = counts["ok"] + counts["failed"] + counts["skipped"] + counts[CLAIMED]
+    finished = counts["ok"] + counts["failed"] + counts["skipped"] + counts[CLAIMED] + counts[LEFT]
     bar.set_postfix(ok=counts["ok"], failed=counts["failed"], skipped=counts["skipped"],
                     left=bar.total - finished)
     bar.update()

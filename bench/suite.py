@@ -10,6 +10,7 @@ Every bad value is refused by ``validate`` (called by ``load_suite``) with a one
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import numbers
 import re
@@ -40,7 +41,18 @@ SUITE_KEYS = {
     "paper": "figure roles this suite's results serve (see PAPER_ROLES); no effect on jobs",
     "finetune_epochs": "fine-tuning epochs to sweep: each job runs once per value (sets finetune.epochs)",
     "lr_grid": "fine-tuning learning rates a method's lr is picked from (Job.lr_grid)",
+    "priority": f"order of the job stages, a list among {', '.join(('baselines', 'headline', 'budgets', 'seeds'))}"
+                " (the order --time-budget spends its time in)",
+    "headline_ratio": "the paper's headline budget, one of ratios (the 'headline' priority stage)",
+    "budget_tolerance": "factor >= 1: a method whose smallest size is more than this over a budget is "
+                        "recorded skipped there (default: it runs at its smallest size)",
+    "factorize_time_cap_s": "seconds: a job whose calibrated factorisation estimate exceeds this is "
+                            "recorded skipped (needs a calibration, bench/cost.py)",
 }
+#: priority stages (``priority: [baselines, headline, budgets, seeds]``): the dense jobs, the
+#: headline budget of every method, the other budgets, and every job of the seeds after the
+#: first (the lowest seed, which is the one that tunes the lr)
+STAGES = ("baselines", "headline", "budgets", "seeds")
 #: keys a child suite overrides entry by entry (``finetune: {epochs: 5}`` keeps the base's lr);
 #: every other key it replaces whole (``networks: {fc2: [...]}`` drops the base's other networks)
 MERGED_KEYS = ("train", "finetune", "data")
@@ -158,7 +170,38 @@ def validate(suite: dict[str, Any]) -> None:
     _check_data(suite)
     if suite.get("fit_only") is not None and not isinstance(suite["fit_only"], bool):
         raise SuiteError(f"fit_only {suite['fit_only']!r}: expected true or false")
+    _check_priority(suite)
     _check_layers(suite)
+
+
+def _check_priority(suite: dict[str, Any]) -> None:
+    """priority, headline_ratio, budget_tolerance, factorize_time_cap_s."""
+    prio = suite.get("priority")
+    if prio is not None:
+        if not isinstance(prio, list) or not prio or not all(isinstance(p, str) for p in prio):
+            raise SuiteError(f"priority {prio!r}: expected a list of stages among {', '.join(STAGES)}, "
+                             "e.g. [baselines, headline, budgets, seeds]")
+        bad = next((p for p in prio if p not in STAGES), None)
+        if bad is not None:
+            raise SuiteError(f"priority: unknown stage {bad!r}; valid: {', '.join(STAGES)}")
+        dup = next((p for i, p in enumerate(prio) if p in prio[:i]), None)
+        if dup is not None:
+            raise SuiteError(f"priority: {dup!r} is listed twice in {prio!r}")
+        if "headline" in prio and suite.get("headline_ratio") is None:
+            raise SuiteError("priority lists 'headline' but the suite has no headline_ratio")
+    head = suite.get("headline_ratio")
+    if head is not None:
+        if not (_real(head) and head > 0):
+            raise SuiteError(f"headline_ratio {head!r}: expected a finite number > 0")
+        ratios = suite.get("ratios") or []
+        if not any(_real(r) and math.isclose(float(r), float(head), rel_tol=1e-9) for r in ratios):
+            raise SuiteError(f"headline_ratio {head!r} is not one of ratios {ratios!r}")
+    tol = suite.get("budget_tolerance")
+    if tol is not None and not (_real(tol) and tol >= 1):
+        raise SuiteError(f"budget_tolerance {tol!r}: expected a finite number >= 1 (e.g. 1.25)")
+    cap = suite.get("factorize_time_cap_s")
+    if cap is not None and not (_real(cap) and cap > 0):
+        raise SuiteError(f"factorize_time_cap_s {cap!r}: expected a finite number of seconds > 0")
 
 
 def _check_names(suite: dict[str, Any]) -> None:
@@ -288,6 +331,13 @@ def _check_layers(suite: dict[str, Any]) -> None:
                                      f"its layers: {', '.join(names)}")
 
 
+@functools.lru_cache(maxsize=16)
+def meta_network(net: str, dataset: str):
+    """``_untrained``, built once per (network, dataset): layer sizes for the cost model and
+    the pre-run skips (never run; its parameters hold no memory)."""
+    return _untrained(net, dataset)
+
+
 def _untrained(net: str, dataset: str):
     import torch
 
@@ -343,6 +393,11 @@ class Job:
     fit_only: bool = False
     #: fine-tuning learning rates the method's lr is picked from (the suite's ``lr_grid``)
     lr_grid: list[float] | None = None
+    #: not part of the key (how a job is scheduled or capped, not what it computes):
+    #: its priority stage (``STAGES``), the suite's budget_tolerance and factorize_time_cap_s
+    stage: str | None = field(default=None, compare=False)
+    budget_tolerance: float | None = field(default=None, compare=False)
+    factorize_time_cap_s: float | None = field(default=None, compare=False)
     key: str = field(default="", init=False)
 
     def config(self) -> dict[str, Any]:
@@ -405,8 +460,43 @@ def expand(suite: dict[str, Any], methods: list[str] | None = None, networks: li
                                 continue
                             jobs.append(Job(suite["name"], network, dataset, list(layers), e["method"], e["label"],
                                             copy.deepcopy(e["options"]), ratio, knob, int(seed), train,
-                                            ft, data_cfg, fit, lr_grid=lr_grid))
-    return jobs
+                                            ft, data_cfg, fit, lr_grid=lr_grid,
+                                            budget_tolerance=suite.get("budget_tolerance"),
+                                            factorize_time_cap_s=suite.get("factorize_time_cap_s")))
+    return prioritize(jobs, suite)
+
+
+def prioritize(jobs: list[Job], suite: dict[str, Any]) -> list[Job]:
+    """Jobs in the suite's ``priority`` order (stable: the expansion order within a stage);
+    unchanged without one. Stages not listed come after the listed ones. Within ``seeds``,
+    seed by seed, each in the order of the other stages. Sets ``Job.stage``."""
+    prio = suite.get("priority")
+    seeds = [int(s) for s in suite.get("seeds") or [0]]
+    first = min(seeds)
+    head = suite.get("headline_ratio")
+    for j in jobs:
+        if prio and "seeds" in prio and j.seed != first:
+            j.stage = "seeds"
+        elif j.method == "dense":
+            j.stage = "baselines"
+        elif head is not None and j.target_ratio is not None and math.isclose(j.target_ratio, float(head),
+                                                                               rel_tol=1e-9):
+            j.stage = "headline"
+        else:
+            j.stage = "budgets"
+    if not prio:
+        return jobs
+    order = list(prio) + [s for s in STAGES if s not in prio]
+    inner = [s for s in order if s != "seeds"]
+
+    def rank(j: Job) -> tuple:
+        if j.stage != "seeds":
+            return (order.index(j.stage), 0, 0)
+        own = ("baselines" if j.method == "dense" else "headline" if head is not None and j.target_ratio is not None
+               and math.isclose(j.target_ratio, float(head), rel_tol=1e-9) else "budgets")
+        return (order.index("seeds"), j.seed, inner.index(own))
+
+    return sorted(jobs, key=rank)
 
 
 def _budgets(suite: dict[str, Any], entry: dict[str, Any]) -> list[tuple[float | None, Any]]:

@@ -67,14 +67,14 @@ CASES = [
     (["--networks", "fc2"], "['fc2']", "it has: digitnet"),
 ]
 
-#: bad inputs the CLI (bench/cli.py) refuses: pending there
+#: bad inputs the CLI (bench/cli.py) refuses: devices, plugins, missing records, data files
 CLI_CASES = [
     pytest.param(["--devices", "cuda:0,cuda:1", "--methods", "dense"], "cuda:0", "cpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
     (["--plugin", "@plugin_syntax"], "@plugin_syntax", "SyntaxError"),
     (["--plugin", "@plugin_raises"], "@plugin_raises", "boom"),
     (["--report-only"], "tiny0", "no records"),
-    # damaged dataset files, with --no-download: bench.data.download.verify_files up front
+    # damaged dataset files, with --no-download: bench.data.verify_dataset up front
     (["--set", "datasets=[mnist]", "--set", "networks={fc2: [fc1]}", "--data-dir", "@mnist_truncated_gzip"],
      "train-images-idx3-ubyte.gz", "truncated or corrupt gzip"),
     (["--set", "datasets=[mnist]", "--set", "networks={fc2: [fc1]}", "--data-dir", "@mnist_bad_magic"],
@@ -154,7 +154,6 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, bad, valid, tiny_
     _check_refused(argv, bad, valid, tiny_suite, tmp_path, capsys)
 
 
-@pytest.mark.xfail(strict=False, reason="cli: pending")
 @pytest.mark.parametrize("argv, bad, valid", CLI_CASES,
                          ids=[" ".join((c.values if hasattr(c, "values") else c)[0]) for c in CLI_CASES])
 def test_bad_cli_input_is_one_line_exit_2_and_writes_nothing(argv, bad, valid, tiny_suite, tmp_path, capsys):

@@ -266,3 +266,24 @@ def test_lr_is_tuned_on_seed_0_and_reused_by_other_seeds(tmp_path, tiny_suite):
     assert tuned["pick"] == float(max(tuned["val_acc"], key=tuned["val_acc"].get))
     assert not reused["tuned_here"] and reused["pick"] == tuned["pick"]
     assert "lr_tuning" not in recs[("dense", 0)]  # nothing to tune
+
+
+FAIL_ON_SEED0_PLUGIN = textwrap.dedent('''
+    from bench.registry import register_method
+    from methods.svd import TruncatedSVD
+
+    @register_method("seed0-fails-svd")
+    class Seed0Fails(TruncatedSVD):
+        def finetune(self, model, ctx):  # seed 1 would say so too, if it were run
+            raise RuntimeError("tuning run fails")
+''')
+
+
+def test_seeds_never_tune_themselves_when_the_tuning_job_failed(tmp_path, tiny_suite):
+    plugin = tmp_path / "fails.py"
+    plugin.write_text(FAIL_ON_SEED0_PLUGIN)
+    suite = tiny_suite(methods=["seed0-fails-svd"], ratios=[2], seeds=[0, 1], lr_grid=[0.01, 0.05])
+    assert _run("--plugin", plugin, "--suite", suite, "--out", tmp_path) == 1
+    recs = {r["seed"]: r for r in read_records(tmp_path / suite.stem / "runs.jsonl")}
+    assert recs[0]["status"] == "failed" and "tuning run fails" in recs[0]["error"]
+    assert recs[1]["status"] == "failed" and "lr pick of its tuning seed is missing" in recs[1]["error"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import queue as queue_module
+import signal
+import time
 from typing import Any, Callable, Iterator
 
 import torch
@@ -19,6 +21,9 @@ from bench.train import resolve_device
 
 #: a job another sweep holds; yielded so the driver can count it, never recorded
 CLAIMED = "claimed_elsewhere"
+#: a job ``--time-budget`` did not start (estimated not to finish in the time left); counted,
+#: never recorded, so the next run does it
+LEFT = "left_for_later"
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
@@ -31,17 +36,22 @@ def device_info(device: torch.device) -> dict[str, Any]:
 
 def run_groups(groups: list[list[Job]], settings, device: torch.device,
                claim: Callable[[Job], bool] | None = None,
-               lr_picks: dict[str, float] | None = None) -> Iterator[dict]:
+               lr_picks: dict[str, float] | None = None,
+               gate: Callable[[Job], bool] | None = None) -> Iterator[dict]:
     """Yield one record per job, in order, on one device. ``claim(job)`` False means another
     sweep runs it (a ``CLAIMED`` marker is yielded); a group's baseline is loaded only once one
     of its jobs is claimed. ``lr_picks`` maps a job's tune key to the learning rate picked on
-    its tuning seed."""
+    its tuning seed. ``gate(job)`` (the time budget, ``bench.cost.Budget``) is asked just
+    before a job starts; False yields a ``LEFT`` marker."""
     data_cache: dict[str, DataSplits] = {}
     info = device_info(device)
     for group in groups:
         first, base = group[0], None
         memo: dict[str, dict] = {}
         for job in group:
+            if gate is not None and not gate(job):
+                yield {"key": job.key, "status": LEFT}
+                continue
             if claim is not None and not claim(job):
                 yield {"key": job.key, "status": CLAIMED}
                 continue
@@ -72,20 +82,37 @@ def _baseline(job: Job, settings, device: torch.device, cache: dict) -> tuple[An
 
 
 def _worker(wid: int, device_spec: str, groups, settings, out_queue, threads: int, claims, lr_picks,
-            plugins) -> None:
+            plugins, gate=None) -> None:
     from bench.registry import load_plugin
 
+    _die_with_parent()
     torch.set_num_threads(threads)
     claim = claims.claimer() if claims is not None else None
     try:
         for spec in plugins or []:  # a spawned worker starts from scratch: methods from plugins too
             load_plugin(spec)
-        for rec in run_groups(groups, settings.quiet(), resolve_device(device_spec), claim, lr_picks):
+        for rec in run_groups(groups, settings.quiet(), resolve_device(device_spec), claim, lr_picks, gate):
             out_queue.put(("rec", wid, rec))
     except BaseException as e:  # noqa: BLE001 - the driver fails this worker's remaining jobs with it
         out_queue.put(("error", wid, f"{type(e).__name__}: {e}"))
     finally:
         out_queue.put(("done", wid, None))
+
+
+def _die_with_parent() -> None:
+    """A worker whose driver is killed (SIGKILL, the OOM killer) must not run on: nobody would
+    receive its records, and its live claims would hold the jobs from a resume. Linux: ask the
+    kernel for SIGKILL when the parent dies; elsewhere the driver's daemon flag is all there is."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the driver died before the request took effect
+        os._exit(1)
 
 
 def deal(groups: list[list[Job]], n: int) -> list[list[list[Job]]]:
@@ -97,22 +124,25 @@ def deal(groups: list[list[Job]], n: int) -> list[list[list[Job]]]:
 
 
 def run_parallel(groups, settings, devices: list[str], claims=None, lr_picks=None, plugins=None,
-                 poll_s: float = 1.0) -> Iterator[dict]:
+                 poll_s: float = 1.0, gate=None) -> Iterator[dict]:
     """One worker process per device; records come back here. A worker that exits without
-    saying it is done has died: its jobs with no record yet are yielded as failed."""
+    saying it is done has died: its jobs with no record yet are yielded as failed. ``gate``:
+    each worker gets a copy of the time budget (remaining time is read from the shared
+    clock; each copy pays for the baselines of its own groups)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    out_queue = ctx.Queue()
     shares = deal(groups, len(devices))
     threads = max(1, (os.cpu_count() or 1) // len(devices)) if all(d.startswith("cpu") for d in devices) \
         else torch.get_num_threads()
     procs: dict[int, Any] = {}
-    pending: dict[int, dict[str, Job]] = {}
+    queues: dict[int, Any] = {}  # one per worker: a worker killed while it holds its queue's
+    pending: dict[int, dict[str, Job]] = {}  # lock then blocks only its own queue, not the others'
     for wid, (d, share) in enumerate(zip(devices, shares)):
         if share:
-            procs[wid] = ctx.Process(target=_worker, args=(wid, d, share, settings, out_queue, threads, claims,
-                                                           lr_picks, plugins), daemon=True)
+            queues[wid] = ctx.Queue()
+            procs[wid] = ctx.Process(target=_worker, args=(wid, d, share, settings, queues[wid], threads, claims,
+                                                           lr_picks, plugins, gate), daemon=True)
             pending[wid] = {j.key: j for g in share for j in g}
     for p in procs.values():
         p.start()
@@ -120,17 +150,23 @@ def run_parallel(groups, settings, devices: list[str], claims=None, lr_picks=Non
     errors: dict[int, str] = {}
     try:
         while running:
-            try:
-                kind, wid, rec = out_queue.get(timeout=poll_s)
-            except queue_module.Empty:
-                for wid in [w for w in running if not procs[w].is_alive()]:
-                    yield from _drain(out_queue, pending, running, errors, devices)
-                    if wid in running:  # no "done" came: the worker died
-                        running.discard(wid)
-                        errors[wid] = f"died (exit code {procs[wid].exitcode})"
-                        yield from _orphans(wid, pending, errors, devices)
+            got = False
+            for wid in list(running):
+                try:
+                    kind, _, rec = queues[wid].get_nowait()
+                except queue_module.Empty:
+                    continue
+                got = True
+                yield from _handle(kind, wid, rec, pending, running, errors, devices)
+            if got:
                 continue
-            yield from _handle(kind, wid, rec, pending, running, errors, devices)
+            for wid in [w for w in running if not procs[w].is_alive()]:
+                yield from _drain(queues[wid], pending, running, errors, devices)
+                if wid in running:  # no "done" came: the worker died
+                    running.discard(wid)
+                    errors[wid] = f"died (exit code {procs[wid].exitcode})"
+                    yield from _orphans(wid, pending, errors, devices)
+            time.sleep(min(poll_s, 0.05))
     finally:
         for p in procs.values():
             p.join(timeout=5)

@@ -24,8 +24,9 @@ from typing import Any, Iterator
 
 import torch
 
-from bench.backends.local import CLAIMED, device_info
+from bench.backends.local import CLAIMED, LEFT, device_info
 from bench.job import failed_record, memo_key, plan_on_untrained, reused_record, run_job
+from bench.records import config_key
 from bench.suite import Job
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,7 +98,7 @@ def planned_memo_key(job: Job, networks: dict, lr_pick: float | None = None) -> 
 
 def run_ray(groups: list[list[Job]], settings, address: str | None,
             plugins: list[str] | None = None, max_retries: int = MAX_RETRIES, claim=None,
-            lr_picks: dict[str, float] | None = None) -> Iterator[dict[str, Any]]:
+            lr_picks: dict[str, float] | None = None, gate=None) -> Iterator[dict[str, Any]]:
     """Submit every job of ``groups``; yield records as tasks finish (in completion order).
     ``claim(job)`` (the driver's job claims) False: another sweep runs it, a ``CLAIMED`` marker
     is yielded and nothing is submitted."""
@@ -125,8 +126,13 @@ def run_ray(groups: list[list[Job]], settings, address: str | None,
 
     beat = claim.claims.keep_alive(claimed) if claim is not None else contextlib.nullcontext()
     with beat:
-        yield from _submit_and_wait(ray, groups, settings, plugins, max_retries, mine, picks,
-                                    baseline_remote, job_remote)
+        if gate is None:
+            yield from _submit_and_wait(ray, groups, settings, plugins, max_retries, mine, picks,
+                                        baseline_remote, job_remote)
+        else:
+            slots = max(1, int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1)))
+            yield from _submit_gated(ray, groups, settings, plugins, max_retries, mine, picks, baseline_remote,
+                                     job_remote, gate, slots)
 
 
 def _submit_and_wait(ray, groups, settings, plugins, max_retries, mine, picks, baseline_remote,
@@ -155,11 +161,7 @@ def _submit_and_wait(ray, groups, settings, plugins, max_retries, mine, picks, b
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         job, base_ref = pending.pop(done[0])
-        try:
-            rec = ray.get(done[0])
-        except Exception as e:  # noqa: BLE001 - worker or node lost after all retries
-            rec = {**failed_record(job, f"ray task failed after {max_retries} retries: {type(e).__name__}: "
-                                        f"{str(e).splitlines()[0] if str(e) else ''}"), "backend": "ray"}
+        rec = _result(ray, done[0], job, max_retries)
         yield rec
         for follower in followers.pop(job.key, []):
             if rec["status"] == "ok":
@@ -167,3 +169,69 @@ def _submit_and_wait(ray, groups, settings, plugins, max_retries, mine, picks, b
             else:  # nothing to reuse: the follower runs on its own
                 pick = picks.get(follower.tune_key) if hasattr(follower, "tune_key") else None
                 pending[job_remote.remote(follower, base_ref, settings, plugins, pick)] = (follower, base_ref)
+
+
+def _result(ray, ref, job: Job, max_retries: int) -> dict[str, Any]:
+    """A finished task's record, or a failed record when its worker or node was lost for good."""
+    try:
+        return ray.get(ref)
+    except Exception as e:  # noqa: BLE001 - worker or node lost after all retries
+        return {**failed_record(job, f"ray task failed after {max_retries} retries: {type(e).__name__}: "
+                                     f"{str(e).splitlines()[0] if str(e) else ''}"), "backend": "ray"}
+
+
+def _submit_gated(ray, groups, settings, plugins, max_retries, mine, picks, baseline_remote, job_remote,
+                  gate, slots: int) -> Iterator[dict[str, Any]]:
+    """Submit jobs one slot at a time, each only if ``gate`` admits it when a slot frees; a
+    job with an allocation identical to a submitted one waits for its result (free)."""
+    queue = [job for group in groups for job in group]
+    base_refs: dict[str, Any] = {}
+    pending: dict[Any, tuple[Job, Any]] = {}
+    followers: dict[str, list[Job]] = {}
+    leader: dict[tuple, Job] = {}
+    untrained: dict = {}
+
+    def pick_of(job: Job):
+        return picks.get(job.tune_key) if hasattr(job, "tune_key") else None
+
+    def submit(job: Job) -> None:
+        bkey = config_key(job.baseline_config)
+        if bkey not in base_refs:
+            base_refs[bkey] = baseline_remote.remote(job, settings, plugins)
+        ref = job_remote.remote(job, base_refs[bkey], settings, plugins, pick_of(job))
+        pending[ref] = (job, base_refs[bkey])
+
+    i = 0
+    while i < len(queue) or pending:
+        while i < len(queue) and len(pending) < slots:
+            job = queue[i]
+            i += 1
+            mkey = planned_memo_key(job, untrained, pick_of(job))
+            lkey = (config_key(job.baseline_config), mkey)
+            if mkey is not None and lkey in leader:
+                followers[leader[lkey].key].append(job)
+                continue
+            if not gate(job):
+                yield {"key": job.key, "status": LEFT}
+                continue
+            if not mine(job):
+                yield {"key": job.key, "status": CLAIMED}
+                continue
+            if mkey is not None:
+                leader[lkey], followers[job.key] = job, []
+            submit(job)
+        if not pending:
+            continue
+        done, _ = ray.wait(list(pending), num_returns=1)
+        job, _ = pending.pop(done[0])
+        rec = _result(ray, done[0], job, max_retries)
+        yield rec
+        for follower in followers.pop(job.key, []):
+            if rec["status"] == "ok":
+                yield reused_record(follower, rec)
+            elif not gate(follower):
+                yield {"key": follower.key, "status": LEFT}
+            elif not mine(follower):
+                yield {"key": follower.key, "status": CLAIMED}
+            else:
+                submit(follower)

@@ -39,34 +39,39 @@ def _to_input(xb: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 class _Step:
-    """One SGD step of cross-entropy on a batch (the work both pipelines feed)."""
+    """One SGD step of cross-entropy on a batch (the work both pipelines feed). ``compiled``:
+    the forward goes through ``torch.compile`` (the parameters, and so the optimizer, are the
+    eager model's)."""
 
-    def __init__(self, model: nn.Module, device: torch.device):
+    def __init__(self, model: nn.Module, device: torch.device, compiled: bool = False):
         self.model, self.device = model, device
+        self.forward = torch.compile(model) if compiled else model
         self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         self.loss_fn = nn.CrossEntropyLoss()
 
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         with _autocast(self.device):
-            loss = self.loss_fn(self.model(_to_input(xb, self.device)), yb)
+            loss = self.loss_fn(self.forward(_to_input(xb, self.device)), yb)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         return loss.detach()
 
 
-def time_resident(step: _Step, x: torch.Tensor, y: torch.Tensor, batch: int, steps: int, warmup: int) -> float:
-    """Images/s with device-resident data, device permutation and device augmentation."""
+def time_resident(step: _Step, x: torch.Tensor, y: torch.Tensor, batch: int, steps: int, warmup: int,
+                  augment: str | None = "crop-flip") -> float:
+    """Images/s with device-resident data, device permutation and device augmentation
+    (``augment`` None: none, as for MNIST)."""
     device = x.device
     gen = torch.Generator(device=device).manual_seed(0)
-    augment = AUGMENTATIONS["crop-flip"]
+    aug = AUGMENTATIONS[augment] if augment else (lambda xb, g: xb)
     perm = torch.randperm(len(y), device=device, generator=gen)
     n_batches = len(y) // batch
 
     def run(k: int, offset: int) -> None:
         for s in range(k):
             idx = perm[((offset + s) % n_batches) * batch:][:batch]
-            step(augment(x[idx], gen), y[idx])
+            step(aug(x[idx], gen), y[idx])
 
     run(warmup, 0)
     sync(device)
@@ -146,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first; default 10 on CUDA, 1 on CPU")
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers; default 2 on CUDA, 0 on CPU")
     ap.add_argument("--skip-dataloader", action="store_true", help="time only the device-resident pipeline")
+    ap.add_argument("--compile", choices=("auto", "yes", "no"), default="auto",
+                    help="also time the resident pipeline with torch.compile (auto: on CUDA when available)")
     args = ap.parse_args(argv)
 
     device = resolve_device(args.device)
@@ -166,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {name}; torch {torch.__version__}; batch {batch}; {steps} timed steps after {warmup} warm-up")
     print(f"data: synthetic random images of CIFAR shape {SHAPE}, {NUM_CLASSES} classes, {n} in memory")
     print("train: SGD step" + (", bf16 autocast, channels_last" if cuda else ", fp32"))
-    header = f"{'network':<9} {'params':>11} {'train resident':>15} {'train loader':>13} {'eval':>11}   (images/s)"
+    compiled = compile_wanted(args.compile, device)
+    header = (f"{'network':<9} {'params':>11} {'train resident':>15} {'train loader':>13} {'eval':>11}"
+              + (f" {'compiled':>10}" if compiled else "") + "   (images/s)")
     print(header)
     for net in [s.strip() for s in args.networks.split(",") if s.strip()]:
         torch.manual_seed(0)
@@ -177,5 +186,19 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_dataloader:
             loader = time_dataloader(_Step(model, device), x_cpu, y_cpu, batch, steps, warmup, workers)
         ev = time_eval(model, x, batch if not cuda else max(batch, 1024), steps, warmup)
-        print(f"{net:<9} {params:>11,} {resident:>15,.0f} {loader:>13,.0f} {ev:>11,.0f}", flush=True)
+        line = f"{net:<9} {params:>11,} {resident:>15,.0f} {loader:>13,.0f} {ev:>11,.0f}"
+        if compiled:
+            try:  # the first compiled steps compile: the warm-up absorbs them
+                comp = time_resident(_Step(model, device, compiled=True), x, y, batch, steps, max(warmup, 3))
+                line += f" {comp:>10,.0f}"
+            except Exception as e:  # noqa: BLE001 - a compiler that fails here is a result, not a crash
+                line += f" compile failed: {type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"
+        print(line, flush=True)
     return 0
+
+
+def compile_wanted(choice: str, device: torch.device) -> bool:
+    """torch.compile is timed on CUDA when it exists (auto), or when asked (yes)."""
+    if choice == "no" or not hasattr(torch, "compile"):
+        return False
+    return choice == "yes" or device.type == "cuda"

@@ -1,0 +1,168 @@
+"""Calibrate the cost model (bench/cost.py) on this device: ``python -m bench.perf calibrate``.
+
+Why: ``--time-budget``, ``factorize_time_cap_s`` and ``--dry-run``'s estimates need to know
+how fast this device trains each network and factorises each layer size, before any job runs.
+
+Measures, briefly (a few batches per CIFAR network):
+
+* train and eval images/s of every network, dense, on synthetic data of its input shape
+  (the device-resident pipeline of ``bench.train``: bf16 autocast and channels_last on CUDA);
+* per-job overhead per network (copying the model, counting its FLOPs);
+* per method, allocation + compression time of square Linear layers of a few sizes at a 32x
+  budget (after one untimed warm-up), fitted as ``t = a * N**b`` in the number N of weights
+  over the three largest sizes (ADTN: seconds per pre-fit
+  step from the difference of 0 and a few steps, and its start, the rank-1 fit, apart).
+
+Writes a small JSON (default ``results/calibration/<cpu|cuda>.json``) and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench.cost import VERSION, default_path, device_kind, fit_power_law
+from bench.perf import sync
+from bench.perf.train import _Step, time_eval, time_resident
+from bench.train import prepare_model, resolve_device
+
+#: network -> dataset whose input shape it is calibrated on
+NETWORKS = {"digitnet": "digits", "fc2": "mnist", "lenet5": "mnist", "vgg16": "cifar10", "alexnet": "cifar10",
+            "zfnet": "cifar10"}
+CIFAR_NETS = ("vgg16", "alexnet", "zfnet")
+ADTN_STEPS = 3
+
+
+def measure_network(net: str, device: torch.device, batch: int, steps: int, warmup: int) -> dict:
+    from bench.metrics import forward_flops
+    from bench.models import build_network
+    from bench.registry import dataset_spec
+
+    spec = dataset_spec(NETWORKS[net])
+    torch.manual_seed(0)
+    model = prepare_model(build_network(net, spec.shape, spec.classes), device)
+    n = batch * (steps + warmup)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, *spec.shape, generator=g).to(device)
+    y = torch.randint(0, spec.classes, (n,), generator=g).to(device)
+    augment = "crop-flip" if net in CIFAR_NETS else None
+    train = time_resident(_Step(model, device), x, y, batch, steps, warmup, augment=augment)
+    ev = time_eval(model, x, batch, max(steps, 2), warmup)
+    t0 = time.perf_counter()
+    copy.deepcopy(model)
+    forward_flops(model, spec.shape, device)
+    sync(device)
+    overhead = 2 * (time.perf_counter() - t0)  # run_job copies and counts twice (compressed, dense)
+    return {"input": list(spec.shape), "batch": batch, "train_img_s": train, "eval_img_s": ev,
+            "job_overhead_s": overhead}
+
+
+def _layer(n: int, device: torch.device) -> nn.Linear:
+    torch.manual_seed(0)
+    layer = nn.Linear(n, n).to(device)
+    with torch.no_grad():
+        layer.weight.normal_(0, n ** -0.5)
+    return layer
+
+
+def _time_factorize(name: str, n: int, device: torch.device, options: dict) -> float:
+    from bench.registry import get_method
+
+    method = get_method(name, **options)
+    layer = _layer(n, device)
+    sync(device)
+    t0 = time.perf_counter()
+    knobs = method.allocate({"l": layer}, 32.0)
+    method.factorize(layer, knobs["l"])
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def measure_method(name: str, sizes: list[int], device: torch.device, max_seconds: float) -> dict | None:
+    """Allocation + compression time of an n x n Linear per n; stops growing n once one
+    measurement takes longer than ``max_seconds``. ADTN: its start (rank-1 fit, no steps) and
+    the time per pre-fit step (the difference to ``ADTN_STEPS`` steps), separately."""
+    per_step = name == "adtn"
+    points, starts = [], []
+    for n in [min(sizes) // 2] + sizes:  # the first, untimed, pays imports and first-call costs
+        if per_step:
+            t0 = _time_factorize(name, n, device, {"prefit_steps": 0, "prefit_polish": 0})
+            t = _time_factorize(name, n, device, {"prefit_steps": ADTN_STEPS, "prefit_polish": 0})
+            value = max(t - t0, 1e-7) / ADTN_STEPS
+        else:
+            t = value = _time_factorize(name, n, device, {})
+        if n < min(sizes):
+            continue
+        points.append((n * n, value))
+        if per_step:
+            starts.append((n * n, t0))
+        print(f"  {name:12s} {n:>5}x{n:<5} {t:9.3f} s" + (f"  (start {t0:.3f} s, {value:.4f} s/step)"
+                                                          if per_step else ""), flush=True)
+        if t > max_seconds:
+            break
+    a, b = fit_power_law(points[-3:])  # the largest sizes: closest to the layers it extrapolates to
+    law = {"a": a, "b": b, "points": [[int(p), round(s, 6)] for p, s in points], "budget": "x32"}
+    if per_step:
+        ia, ib = fit_power_law(starts[-3:])
+        law.update(per_step=True, steps_measured=ADTN_STEPS,
+                   start={"a": ia, "b": ib, "points": [[int(p), round(s, 6)] for p, s in starts]})
+    return law
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.perf calibrate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
+    ap.add_argument("--out", default=None, help="JSON file (default results/calibration/<cpu|cuda>.json)")
+    ap.add_argument("--networks", default=",".join(NETWORKS))
+    ap.add_argument("--methods", default=None, help="default: every registered method but dense")
+    ap.add_argument("--sizes", default=None, help="n of the n x n layers; default 128,256,512,1024 on the CPU, "
+                                                  "256,512,1024,2048 on CUDA")
+    ap.add_argument("--max-seconds", type=float, default=20.0,
+                    help="stop a method's larger sizes after one measurement this long")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    from bench.registry import method_names
+
+    kind = device_kind(str(device))
+    name = torch.cuda.get_device_name(device) if cuda else f"cpu ({platform.machine()})"
+    print(f"calibrating {kind}: {name}; torch {torch.__version__}; {torch.get_num_threads()} threads", flush=True)
+    cal = {"version": VERSION, "device": kind, "device_name": name, "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           "networks": {}, "factorize": {}, "job_overhead_s": {}}
+    print(f"{'network':9s} {'batch':>5s} {'train img/s':>12s} {'eval img/s':>11s} {'overhead s':>10s}")
+    for net in [s for s in args.networks.split(",") if s]:
+        big = net in CIFAR_NETS
+        batch = (512 if big else 256) if cuda else (32 if big else 128)
+        steps, warmup = (20, 5) if cuda else ((2, 1) if big else (10, 2))
+        r = measure_network(net, device, batch, steps, warmup)
+        cal["job_overhead_s"][net] = r.pop("job_overhead_s")
+        cal["networks"][net] = r
+        print(f"{net:9s} {batch:>5d} {r['train_img_s']:>12,.0f} {r['eval_img_s']:>11,.0f} "
+              f"{cal['job_overhead_s'][net]:>10.3f}", flush=True)
+    sizes = [int(s) for s in (args.sizes or ("256,512,1024,2048" if cuda else "128,256,512,1024")).split(",")]
+    methods = args.methods.split(",") if args.methods else [m for m in method_names() if m != "dense"]
+    print("factorisation (allocation + compress of an n x n Linear at x32; adtn: per pre-fit step)")
+    for m in methods:
+        cal["factorize"][m] = measure_method(m, sizes, device, args.max_seconds)
+    print(f"{'method':12s} {'a':>10s} {'b':>6s} {'t(2^21) s':>10s} {'t(2^24) s':>10s}")
+    for m, law in cal["factorize"].items():
+        f = (lambda n: law["a"] * n ** law["b"])
+        print(f"{m:12s} {law['a']:>10.3g} {law['b']:>6.2f} {f(2 ** 21):>10.3g} {f(2 ** 24):>10.3g}"
+              + ("  per step" if law.get("per_step") else ""))
+    out = Path(args.out) if args.out else default_path(kind)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(cal, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {out}")
+    return 0
