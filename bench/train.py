@@ -22,6 +22,10 @@ RECIPE_DEFAULTS: dict[str, Any] = {
     "epochs": 1, "batch_size": 128, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
     "nesterov": False, "weight_decay": 5e-4, "schedule": "cosine", "label_smoothing": 0.0,
 }
+#: keys a recipe may set but that are absent unless set, so adding one never re-keys old records
+#: ``compile``: run the training steps through ``torch.compile`` on CUDA (measured by
+#: ``python -m bench.perf train --compile``; never required, ignored on the CPU)
+RECIPE_OPTIONAL: dict[str, Any] = {"compile": False}
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant", "step")
 
@@ -38,6 +42,7 @@ RECIPE_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "weight_decay": (lambda v: _real(v) and v >= 0, "a finite number >= 0"),
     "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
     "label_smoothing": (lambda v: _real(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "compile": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 
@@ -57,11 +62,14 @@ def check_recipe(recipe: dict[str, Any], where: str = "recipe") -> dict[str, Any
     if not isinstance(recipe, dict):
         raise ValueError(f"{where} {recipe!r}: expected a mapping of recipe keys "
                          f"({', '.join(sorted(RECIPE_DEFAULTS))})")
-    bad = sorted(map(str, set(recipe) - set(RECIPE_DEFAULTS)))
+    valid = set(RECIPE_DEFAULTS) | set(RECIPE_OPTIONAL)
+    bad = sorted(map(str, set(recipe) - valid))
     if bad:
-        raise ValueError(f"unknown {where} key(s) {bad}; valid: {', '.join(sorted(RECIPE_DEFAULTS))}")
+        raise ValueError(f"unknown {where} key(s) {bad}; valid: {', '.join(sorted(valid))}")
     full = {**RECIPE_DEFAULTS, **recipe}
     for key, (ok, expected) in RECIPE_TYPES.items():
+        if key not in full:
+            continue
         try:
             good = bool(ok(full[key]))
         except TypeError:  # unhashable or incomparable values (a list, a mapping)
@@ -129,6 +137,14 @@ def _lr_factor(schedule: str, step: int, total: int) -> float:
     return 1.0
 
 
+def _compiled(model: nn.Module, device: torch.device) -> nn.Module:
+    """``torch.compile``d training forward on CUDA; the plain model elsewhere (evaluation and
+    state dicts always use the plain model, which shares its parameters)."""
+    if device.type != "cuda" or not hasattr(torch, "compile"):
+        return model
+    return torch.compile(model)
+
+
 def train(model: nn.Module, data: DataSplits, recipe: dict[str, Any], seed: int = 0,
           epochs: int | None = None, desc: str = "train", progress: bool = True) -> dict[str, Any]:
     """Train in place on ``data`` (already on the target device); keep the best-val epoch.
@@ -140,6 +156,7 @@ def train(model: nn.Module, data: DataSplits, recipe: dict[str, Any], seed: int 
     epochs = r["epochs"] if epochs is None else epochs
     device = data.x_train.device
     prepare_model(model, device)
+    step_model = _compiled(model, device) if r.get("compile") else model
     if epochs <= 0:
         return {"epochs": 0, "val_acc": evaluate(model, data.x_val, data.y_val), "time_s": 0.0}
     torch.manual_seed(seed)
@@ -169,7 +186,7 @@ def train(model: nn.Module, data: DataSplits, recipe: dict[str, Any], seed: int 
             if device.type == "cuda" and xb.dim() == 4:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with _autocast(device):
-                loss = loss_fn(model(xb), yb)
+                loss = loss_fn(step_model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -45,6 +45,7 @@ CASES = [
     (["--set", "train.epochs=true"], "train.epochs True", "number >= 0"),
     (["--set", "finetune.nesterov=1"], "finetune.nesterov 1", "true or false"),
     (["--set", "finetune.momentum=1.5"], "finetune.momentum 1.5", "[0, 1)"),
+    (["--set", "train.compile=1"], "train.compile 1", "true or false"),
     (["--set", "finetune.optimizer=rmsprop"], "'rmsprop'", "sgd, adam, adamw"),
     (["--set", "finetune.schedule=[cosine]"], "['cosine']", "cosine, constant, step"),
     (["--set", "recipes={digitnet: {finetune: {lr: -2}}}"], "recipes.digitnet.finetune.lr -2", "> 0"),

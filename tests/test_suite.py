@@ -185,3 +185,11 @@ def test_input_shape_of_known_datasets():
 
     assert _input_shape("mnist") == ((1, 28, 28), 10)
     assert _input_shape("cifar100") == ((3, 32, 32), 100)
+
+
+def test_optional_recipe_keys_stay_out_of_keys_until_set():
+    """``compile`` is absent from a recipe unless a suite sets it: old records keep their keys."""
+    plain = load_suite("smoke")
+    assert "compile" not in expand(plain)[0].train
+    compiled = expand(load_suite("smoke", ["train.compile=true"]))[0]
+    assert compiled.train["compile"] is True and compiled.key != expand(plain)[0].key

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
+from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
     from methods.adtn.layout import Layout
@@ -463,7 +464,7 @@ SCHEDULES = ("cosine", "plateau")
 def prefit(gen: ADTNGenerator, target: torch.Tensor, max_steps: int = 2000, lr: float = 1e-2,
            patience: int = 100, min_delta: float = 1e-4, lr_decay: float = 0.3, max_decays: int = 3,
            start: str = "rank1", polish: int = 0, start_noise: float = 0.01, schedule: str = "cosine",
-           layout: "Layout | None" = None) -> dict:
+           layout: "Layout | None" = None, progress: bool = True) -> dict:
     """Euclidean pre-training: Adam on ||T - W||^2 / ||W||^2, then an optional L-BFGS polish.
 
     ``layout`` (``methods.adtn.layout.Layout``; None = row-major, the first N entries) says
@@ -552,7 +553,13 @@ def prefit(gen: ADTNGenerator, target: torch.Tensor, max_steps: int = 2000, lr: 
         return lr * scale
 
     since, decays, step, adam_steps, restarts = 0, 0, 0, 0, 0
+    # a bar only on a terminal (tqdm's disable=None): piped logs and workers stay clean
+    bar = tqdm(total=max_steps, desc=f"ADTN pre-fit Q={gen.q} M={gen.depth}", unit="step", leave=False,
+               disable=None if progress else True)
     while step < max_steps and params:
+        if step % 25 == 0:  # a few updates: the loop itself is microseconds per step on small layers
+            bar.n = step
+            bar.set_postfix(rel_err=f"{math.sqrt(best):.4f}" if math.isfinite(best) else "-", refresh=True)
         out = generated()
         loss = (out - w).pow(2).sum() / w_norm2
         opt.zero_grad(set_to_none=True)
@@ -582,6 +589,7 @@ def prefit(gen: ADTNGenerator, target: torch.Tensor, max_steps: int = 2000, lr: 
                 break
             decays, since = decays + 1, 0
             scale *= lr_decay
+    bar.close()
     if params:
         with torch.no_grad():  # the iterate after the last step was never evaluated
             last = float(objective())
