@@ -61,7 +61,7 @@ def _summary(records):
     return {r["key"]: (r["method"], r["budget"], r["status"]) for r in read_records(records)}
 
 
-@pytest.mark.slow  # about 1-2 min on one CPU thread: VGG-16's 2^24-weight layer, ADTN at Q = 24
+# about 1-2 min on one CPU thread (VGG-16's 2^24-weight layer, ADTN at Q = 24): the issue's whole-path check, so CI runs it
 def test_headline_suite_stopped_by_the_budget_resumes_to_the_unstopped_records(tmp_path, cifar_dir, monkeypatch,
                                                                                capsys):
     cal = fast_calibration(tmp_path / "cal.json", ["vgg16"])
