@@ -95,13 +95,10 @@ def split_sizes(job) -> tuple[int, int, int]:
 
 
 def tuner_keys(jobs: Iterable) -> set[str]:
-    """Keys of the jobs that pick their lr from ``lr_grid``: per tune key, the lowest seed
-    (the rule of ``bench.runner.tuning_passes``)."""
-    tuner: dict[str, str] = {}
-    for j in sorted(jobs, key=lambda j: j.seed):
-        if getattr(j, "lr_grid", None):
-            tuner.setdefault(j.tune_key, j.key)
-    return set(tuner.values())
+    """Keys of the jobs that pick their lr from ``lr_grid`` (``bench.suite.tuning_jobs``)."""
+    from bench.suite import tuning_jobs
+
+    return set(tuning_jobs(jobs).values())
 
 
 def fit_power_law(points: list[tuple[float, float]]) -> tuple[float, float]:

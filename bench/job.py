@@ -32,7 +32,7 @@ def job_fields(job: Job) -> dict[str, Any]:
               "method": job.method, "label": job.label, "options": job.options, "target_ratio": job.target_ratio,
               "budget": job.budget, "seed": job.seed, "layers": job.layers, "fit_only": job.fit_only,
               "train": job.train, "finetune": job.finetune, "data": job.data}
-    if getattr(job, "lr_grid", None) is not None:
+    if job.lr_grid is not None:
         fields["lr_grid"] = job.lr_grid
     return fields
 
@@ -40,7 +40,7 @@ def job_fields(job: Job) -> dict[str, Any]:
 def memo_key(job: Job, knobs: dict[str, Any], lr_pick: float | None = None) -> str:
     """Jobs of one baseline with equal memo keys would train the same network the same way."""
     return config_key({"method": job.method, "options": job.options, "knobs": knobs, "finetune": job.finetune,
-                       "lr_grid": getattr(job, "lr_grid", None), "lr_pick": lr_pick, "fit_only": job.fit_only})
+                       "lr_grid": job.lr_grid, "lr_pick": lr_pick, "fit_only": job.fit_only})
 
 
 def failed_record(job: Job, error: str) -> dict[str, Any]:
@@ -116,7 +116,7 @@ def _tuned_finetune(method, model, job: Job, data: DataSplits, originals, knobs,
     """Fine-tune, picking the learning rate from ``job.lr_grid`` by validation accuracy when this
     job tunes (``lr_pick`` None), or with the pick made on the tuning seed. Returns the model,
     the context of the kept run and what the record says of the tuning (None: not tuned)."""
-    grid = getattr(job, "lr_grid", None)
+    grid = job.lr_grid
     if not grid or not method.uses_finetune_lr:
         return model, _finetune(method, model, job, data, originals, knobs, None, progress), None
     if lr_pick is not None:

@@ -29,7 +29,7 @@ from bench.claims import Claims
 from bench.cost import tuner_keys
 from bench.job import failed_record, job_fields
 from bench.records import append_record, config_key, done_keys, latest_by_key, read_records
-from bench.suite import Job
+from bench.suite import Job, tuning_jobs
 from bench.train import resolve_device
 
 REPO = Path(__file__).resolve().parent.parent
@@ -172,11 +172,10 @@ class JobClaimer:
 def tuning_passes(todo: list[Job], jobs: list[Job]) -> list[list[Job]]:
     """[jobs that pick their fine-tuning lr, jobs that reuse a pick]: of the jobs sharing a tune
     key (same config but the seed), the one of the lowest seed in the job list tunes."""
-    tuned = [j for j in todo if getattr(j, "lr_grid", None)]
-    if not tuned:
+    if not any(j.lr_grid for j in todo):
         return [todo]
     tuners = tuner_keys(jobs)
-    first = [j for j in todo if not getattr(j, "lr_grid", None) or j.key in tuners]
+    first = [j for j in todo if not j.lr_grid or j.key in tuners]
     second = [j for j in todo if j not in first]
     return [p for p in (first, second) if p]
 
@@ -232,9 +231,7 @@ def run_jobs(jobs: list[Job], settings: RunSettings, devices: list[str], path: P
     claimer = JobClaimer(claims, path, rerun, redo)
     bar = tqdm(total=len(todo), desc="jobs", unit="job", disable=not settings.progress)
     by_key = {j.key: j for j in todo}
-    tuner_of = {}
-    for j in sorted(jobs, key=lambda j: j.seed):
-        tuner_of.setdefault(j.tune_key, j.key)
+    tuner_of = tuning_jobs(jobs)
     left: set[str] = set()
     try:
         runnable = []
@@ -247,7 +244,7 @@ def run_jobs(jobs: list[Job], settings: RunSettings, devices: list[str], path: P
             else:
                 _finish({"key": job.key, "status": CLAIMED}, by_key, path, version, env, counts, claims, bar)
         for part in tuning_passes(runnable, jobs) if runnable else []:
-            waiting = [j for j in part if getattr(j, "lr_grid", None) and tuner_of[j.tune_key] in left]
+            waiting = [j for j in part if j.lr_grid and tuner_of[j.tune_key] in left]
             for job in waiting:  # its lr pick is made by a job left for later: it waits too
                 left.add(job.key)
                 _finish({"key": job.key, "status": LEFT}, by_key, path, version, env, counts, claims, bar)
@@ -280,7 +277,7 @@ def run_jobs(jobs: list[Job], settings: RunSettings, devices: list[str], path: P
 
 def _tuner_failed(part: list[Job], tuner_of: dict[str, str], path: Path) -> list[Job]:
     """Jobs that reuse an lr pick whose tuning job's latest record is ``failed``."""
-    reusers = [j for j in part if getattr(j, "lr_grid", None) and tuner_of[j.tune_key] != j.key]
+    reusers = [j for j in part if j.lr_grid and tuner_of[j.tune_key] != j.key]
     if not reusers:
         return []
     latest = latest_by_key(read_records(path))
@@ -293,7 +290,7 @@ def _finish(rec: dict, by_key: dict[str, Job], path: Path, version: str, env: di
     for later."""
     if rec["status"] not in (CLAIMED, LEFT):
         job = by_key.get(rec["key"])
-        if job is not None and hasattr(job, "tune_key"):
+        if job is not None:
             rec["tune_key"] = job.tune_key
         rec.update(code_version=version, env={**env, **(rec.get("env") or {})})
         append_record(path, rec)

@@ -527,3 +527,14 @@ def _select_networks(suite: dict[str, Any], networks: list[str] | None) -> dict[
     if unknown:
         raise SuiteError(f"--networks {unknown} not in suite {suite['name']}; it has: {', '.join(nets)}")
     return {n: nets[n] for n in networks}
+
+
+def tuning_jobs(jobs) -> dict[str, str]:
+    """Tune key -> key of the job that picks the lr for it: of the jobs with an ``lr_grid``
+    sharing a tune key (same config but the seed), the one of the lowest seed."""
+    tuner: dict[str, str] = {}
+    for j in sorted(jobs, key=lambda j: j.seed):
+        if j.lr_grid:
+            tuner.setdefault(j.tune_key, j.key)
+    return tuner
+

@@ -65,7 +65,7 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
                 continue
             model, meta, data = base
             torch.manual_seed(job.seed)
-            pick = (lr_picks or {}).get(job.tune_key) if hasattr(job, "tune_key") else None
+            pick = (lr_picks or {}).get(job.tune_key)
             with claim.holding(job) if claim is not None else contextlib.nullcontext():
                 rec = run_job(job, model, meta, data, settings.progress, memo, lr_pick=pick)
             rec["env"] = info

@@ -125,50 +125,13 @@ def run_ray(groups: list[list[Job]], settings, address: str | None,
         return False
 
     beat = claim.claims.keep_alive(claimed) if claim is not None else contextlib.nullcontext()
+    if gate is None:  # no time budget: every job is submitted at once and Ray queues them
+        gate, slots = (lambda job: True), max(1, sum(len(g) for g in groups))
+    else:  # a budget asks about each job when a slot frees
+        slots = max(1, int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1)))
     with beat:
-        if gate is None:
-            yield from _submit_and_wait(ray, groups, settings, plugins, max_retries, mine, picks,
-                                        baseline_remote, job_remote)
-        else:
-            slots = max(1, int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1)))
-            yield from _submit_gated(ray, groups, settings, plugins, max_retries, mine, picks, baseline_remote,
-                                     job_remote, gate, slots)
-
-
-def _submit_and_wait(ray, groups, settings, plugins, max_retries, mine, picks, baseline_remote,
-                     job_remote) -> Iterator[dict[str, Any]]:
-    pending: dict[Any, tuple[Job, Any]] = {}
-    followers: dict[str, list[Job]] = {}  # key of a submitted job -> jobs with its allocation
-    untrained: dict = {}
-    for group in groups:
-        ours = [j for j in group if mine(j)]
-        for job in group:
-            if job not in ours:
-                yield {"key": job.key, "status": CLAIMED}
-        if not ours:
-            continue
-        base_ref = baseline_remote.remote(ours[0], settings, plugins)
-        leader: dict[str, Job] = {}
-        for job in ours:
-            pick = picks.get(job.tune_key) if hasattr(job, "tune_key") else None
-            mkey = planned_memo_key(job, untrained, pick)
-            if mkey is not None and mkey in leader:
-                followers[leader[mkey].key].append(job)
-                continue
-            if mkey is not None:
-                leader[mkey], followers[job.key] = job, []
-            pending[job_remote.remote(job, base_ref, settings, plugins, pick)] = (job, base_ref)
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        job, base_ref = pending.pop(done[0])
-        rec = _result(ray, done[0], job, max_retries)
-        yield rec
-        for follower in followers.pop(job.key, []):
-            if rec["status"] == "ok":
-                yield reused_record(follower, rec)
-            else:  # nothing to reuse: the follower runs on its own
-                pick = picks.get(follower.tune_key) if hasattr(follower, "tune_key") else None
-                pending[job_remote.remote(follower, base_ref, settings, plugins, pick)] = (follower, base_ref)
+        yield from _submit(ray, groups, settings, plugins, max_retries, mine, picks, baseline_remote,
+                           job_remote, gate, slots)
 
 
 def _result(ray, ref, job: Job, max_retries: int) -> dict[str, Any]:
@@ -180,8 +143,8 @@ def _result(ray, ref, job: Job, max_retries: int) -> dict[str, Any]:
                                      f"{str(e).splitlines()[0] if str(e) else ''}"), "backend": "ray"}
 
 
-def _submit_gated(ray, groups, settings, plugins, max_retries, mine, picks, baseline_remote, job_remote,
-                  gate, slots: int) -> Iterator[dict[str, Any]]:
+def _submit(ray, groups, settings, plugins, max_retries, mine, picks, baseline_remote, job_remote,
+            gate, slots: int) -> Iterator[dict[str, Any]]:
     """Submit jobs one slot at a time, each only if ``gate`` admits it when a slot frees; a
     job with an allocation identical to a submitted one waits for its result (free)."""
     queue = [job for group in groups for job in group]
@@ -192,7 +155,7 @@ def _submit_gated(ray, groups, settings, plugins, max_retries, mine, picks, base
     untrained: dict = {}
 
     def pick_of(job: Job):
-        return picks.get(job.tune_key) if hasattr(job, "tune_key") else None
+        return picks.get(job.tune_key)
 
     def submit(job: Job) -> None:
         bkey = config_key(job.baseline_config)
@@ -208,8 +171,11 @@ def _submit_gated(ray, groups, settings, plugins, max_retries, mine, picks, base
             i += 1
             mkey = planned_memo_key(job, untrained, pick_of(job))
             lkey = (config_key(job.baseline_config), mkey)
-            if mkey is not None and lkey in leader:
-                followers[leader[lkey].key].append(job)
+            if mkey is not None and lkey in leader:  # claimed now, recorded from its leader's result
+                if mine(job):
+                    followers[leader[lkey].key].append(job)
+                else:
+                    yield {"key": job.key, "status": CLAIMED}
                 continue
             if not gate(job):
                 yield {"key": job.key, "status": LEFT}
