@@ -269,7 +269,7 @@ def cost_model(args, devices: list[str], jobs, check: bool = True):
 
 def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_only: bool) -> int:
     from bench.cost import Budget
-    from bench.runner import RunSettings, run_jobs
+    from bench.runner import RunSettings, adopt_reused, run_jobs
 
     counts = None
     cost = getattr(args, "cost", None)
@@ -280,6 +280,11 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
         budget = None
         if args.time_budget is not None:
             budget = Budget(args.time_budget * 60, cost, jobs, baseline_root=settings.baseline_root)
+        if suite.get("reuse") and not args.rerun:
+            copied = adopt_reused(jobs, path, out, suite["reuse"])
+            if copied:
+                print(f"{suite['name']}: took {copied} records of equal jobs from {', '.join(suite['reuse'])} "
+                      f"(reused_from)", file=sys.stderr)
         try:
             counts = run_jobs(jobs, settings, devices, path, backend=args.backend, address=args.address,
                               plugins=args.plugin, rerun=args.rerun, budget=budget, cost=cost,

@@ -34,6 +34,8 @@ def job_fields(job: Job) -> dict[str, Any]:
               "train": job.train, "finetune": job.finetune, "data": job.data}
     if job.lr_grid is not None:
         fields["lr_grid"] = job.lr_grid
+    if job.borrows_pick:
+        fields["tune_epochs"] = job.tune_epochs
     return fields
 
 

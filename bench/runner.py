@@ -190,6 +190,32 @@ def lr_picks(path: Path) -> dict[str, float]:
     return picks
 
 
+def adopt_reused(jobs: list[Job], path: Path, out: Path, suites: list[str]) -> int:
+    """Copy into ``path`` the ok/skipped records of ``out/<suite>/`` (for each of ``suites``)
+    whose key is that of a job here without a record yet: an equal key means the same network,
+    baseline, method, budget and recipe, so the measurement is the same. Each copy keeps the
+    measurement and its code version, takes this job's fields, and says ``reused_from``.
+    Returns how many were copied."""
+    done = done_keys(path)
+    wanted = {j.key: j for j in jobs if j.key not in done}
+    copied = 0
+    for name in suites:
+        source = records_path(out, name, False)
+        if not source.exists():
+            print(f"note: reuse: {source} does not exist; its jobs run here", file=sys.stderr)
+            continue
+        if not wanted:
+            continue
+        for key, rec in latest_by_key(read_records(source)).items():
+            job = wanted.get(key)
+            if job is None or rec.get("status") not in ("ok", "skipped"):
+                continue
+            append_record(path, {**rec, **job_fields(job), "tune_key": job.tune_key, "reused_from": name})
+            del wanted[key]
+            copied += 1
+    return copied
+
+
 def _stream(groups, settings: RunSettings, devices: list[str], backend: str, address, plugins,
             claimer, picks, gate=None) -> Iterator[dict]:
     if backend == "ray":

@@ -41,6 +41,10 @@ SUITE_KEYS = {
     "paper": "figure roles this suite's results serve (see PAPER_ROLES); no effect on jobs",
     "finetune_epochs": "fine-tuning epochs to sweep: each job runs once per value (sets finetune.epochs)",
     "lr_grid": "fine-tuning learning rates a method's lr is picked from (Job.lr_grid)",
+    "tune_epochs": "one of finetune_epochs: the epoch count whose lr pick (on the tuning seed) every epoch "
+                   "count uses (default: each epoch count picks its own)",
+    "reuse": "suites whose records in the same output a job with an equal key takes instead of running "
+             "(copied with reused_from)",
     "priority": f"order of the job stages, a list among {', '.join(('baselines', 'headline', 'budgets', 'seeds'))}"
                 " (the order --time-budget spends its time in)",
     "headline_ratio": "the paper's headline budget, one of ratios (the 'headline' priority stage)",
@@ -172,6 +176,22 @@ def validate(suite: dict[str, Any]) -> None:
         raise SuiteError(f"fit_only {suite['fit_only']!r}: expected true or false")
     _check_priority(suite)
     _check_layers(suite)
+    _check_reuse(suite)
+
+
+def _check_reuse(suite: dict[str, Any]) -> None:
+    """tune_epochs is one of finetune_epochs (and needs an lr_grid); reuse names other suites."""
+    te = suite.get("tune_epochs")
+    if te is not None and (not suite.get("finetune_epochs") or te not in suite["finetune_epochs"]
+                           or not suite.get("lr_grid")):
+        raise SuiteError(f"tune_epochs {te!r}: expected one of finetune_epochs "
+                         f"{suite.get('finetune_epochs')} in a suite with an lr_grid")
+    reuse = suite.get("reuse")
+    if reuse is None:
+        return
+    if (not isinstance(reuse, list) or not reuse
+            or any(not isinstance(r, str) or not re.fullmatch(r"[\w.-]+", r) or r == suite["name"] for r in reuse)):
+        raise SuiteError(f"reuse {reuse!r}: expected a list of other suites' names, e.g. [mnist]")
 
 
 def _check_priority(suite: dict[str, Any]) -> None:
@@ -398,6 +418,9 @@ class Job:
     stage: str | None = field(default=None, compare=False)
     budget_tolerance: float | None = field(default=None, compare=False)
     factorize_time_cap_s: float | None = field(default=None, compare=False)
+    #: the suite's ``tune_epochs``: a job of another epoch count takes the lr picked at this one
+    #: (in the key only when it differs from the job's own epoch count, whose result it then changes)
+    tune_epochs: float | None = None
     key: str = field(default="", init=False)
 
     def config(self) -> dict[str, Any]:
@@ -410,7 +433,15 @@ class Job:
                "finetune": None if self.fit_only else self.finetune, "data": self.data, "fit_only": self.fit_only}
         if self.lr_grid is not None:
             cfg["lr_grid"] = self.lr_grid
+        if self.borrows_pick:
+            cfg["tune_epochs"] = self.tune_epochs
         return cfg
+
+    @property
+    def borrows_pick(self) -> bool:
+        """Whether this job takes the lr picked at another epoch count (the suite's tune_epochs)."""
+        return (self.tune_epochs is not None and not self.fit_only
+                and self.finetune.get("epochs") != self.tune_epochs)
 
     def __post_init__(self) -> None:
         self.key = config_key(self.config())
@@ -421,8 +452,11 @@ class Job:
         method, budget) share it, so an lr picked from ``lr_grid`` can be shared by them."""
         cfg = self.config()
         del cfg["seed"]
+        cfg.pop("tune_epochs", None)
         if cfg["finetune"] is not None:
             cfg["finetune"] = {k: v for k, v in cfg["finetune"].items() if k != "lr"}
+            if self.borrows_pick:
+                cfg["finetune"]["epochs"] = self.tune_epochs
         return config_key(cfg)
 
     @property
@@ -462,7 +496,8 @@ def expand(suite: dict[str, Any], methods: list[str] | None = None, networks: li
                                             copy.deepcopy(e["options"]), ratio, knob, int(seed), train,
                                             ft, data_cfg, fit, lr_grid=lr_grid,
                                             budget_tolerance=suite.get("budget_tolerance"),
-                                            factorize_time_cap_s=suite.get("factorize_time_cap_s")))
+                                            factorize_time_cap_s=suite.get("factorize_time_cap_s"),
+                                            tune_epochs=suite.get("tune_epochs") if lr_grid else None))
     return prioritize(jobs, suite)
 
 
@@ -531,9 +566,10 @@ def _select_networks(suite: dict[str, Any], networks: list[str] | None) -> dict[
 
 def tuning_jobs(jobs) -> dict[str, str]:
     """Tune key -> key of the job that picks the lr for it: of the jobs with an ``lr_grid``
-    sharing a tune key (same config but the seed), the one of the lowest seed."""
+    sharing a tune key (same config but the seed), the one of the lowest seed (and, with a
+    suite's tune_epochs, the one at that epoch count)."""
     tuner: dict[str, str] = {}
-    for j in sorted(jobs, key=lambda j: j.seed):
+    for j in sorted(jobs, key=lambda j: (j.borrows_pick, j.seed)):
         if j.lr_grid:
             tuner.setdefault(j.tune_key, j.key)
     return tuner

@@ -63,6 +63,11 @@ CASES = [
     (["--set", "finetune_epochs=2"], "finetune_epochs 2", "list of finite numbers > 0"),
     (["--set", "lr_grid=[0.01, -0.1]"], "-0.1", "finite numbers > 0"),
     (["--set", "lr_grid=[.inf]"], "inf", "finite numbers > 0"),
+    (["--set", "tune_epochs=1"], "tune_epochs 1", "one of finetune_epochs"),
+    (["--set", "finetune_epochs=[1, 2]", "--set", "tune_epochs=3", "--set", "lr_grid=[0.01]"], "tune_epochs 3",
+     "one of finetune_epochs"),
+    (["--set", "reuse=mnist"], "reuse 'mnist'", "list of other suites' names"),
+    (["--set", "reuse=['../x']"], "reuse ['../x']", "list of other suites' names"),
     # names the suite does not have
     (["--methods", "nope"], "['nope']", "it has: dense, svd"),
     (["--networks", "fc2"], "['fc2']", "it has: digitnet"),

@@ -287,3 +287,30 @@ def test_seeds_never_tune_themselves_when_the_tuning_job_failed(tmp_path, tiny_s
     recs = {r["seed"]: r for r in read_records(tmp_path / suite.stem / "runs.jsonl")}
     assert recs[0]["status"] == "failed" and "tuning run fails" in recs[0]["error"]
     assert recs[1]["status"] == "failed" and "lr pick of its tuning seed is missing" in recs[1]["error"]
+
+
+def test_tune_epochs_shares_the_pick_and_reuse_takes_equal_jobs(tmp_path, tiny_suite, capsys):
+    """A suite sweeping epochs with tune_epochs: its jobs at that count are the plain suite's
+    (equal keys, so reuse copies their records instead of running them), and the other counts
+    take the pick made there instead of tuning."""
+    grid = [0.01, 0.05]
+    plain = tiny_suite(methods=["svd"], ratios=[2], seeds=[0, 1], lr_grid=grid)  # 0.5 epochs
+    assert _run("--suite", plain, "--out", tmp_path) == 0
+    sweep = tiny_suite(methods=["svd"], ratios=[2], seeds=[0, 1], lr_grid=grid, finetune_epochs=[0.5, 1],
+                       tune_epochs=0.5, reuse=[plain.stem])
+    capsys.readouterr()
+    assert _run("--suite", sweep, "--out", tmp_path) == 0
+    assert "took 2 records of equal jobs" in capsys.readouterr().err
+    recs = {(r["finetune"]["epochs"], r["seed"]): r for r in read_records(tmp_path / sweep.stem / "runs.jsonl")}
+    originals = {r["seed"]: r for r in read_records(tmp_path / plain.stem / "runs.jsonl")}
+    assert len(recs) == 4
+    for seed in (0, 1):  # copied, not re-run: the same measurement
+        assert recs[(0.5, seed)]["reused_from"] == plain.stem and recs[(0.5, seed)]["suite"] == sweep.stem
+        assert recs[(0.5, seed)]["acc_after_finetune"] == originals[seed]["acc_after_finetune"]
+    pick = originals[0]["lr_tuning"]["pick"]
+    for seed in (0, 1):  # the 1-epoch jobs ran, with the 0.5-epoch pick of seed 0
+        t = recs[(1, seed)]["lr_tuning"]
+        assert "reused_from" not in recs[(1, seed)] and not t["tuned_here"] and t["pick"] == pick
+        assert recs[(1, seed)]["tune_epochs"] == 0.5
+    assert _run("--suite", sweep, "--out", tmp_path) == 0  # nothing left: nothing copied twice
+    assert len(read_records(tmp_path / sweep.stem / "runs.jsonl")) == 4
