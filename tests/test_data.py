@@ -170,3 +170,22 @@ def test_truncated_archive_is_named_when_extracting(tmp_path):
 @pytest.mark.skipif(not mnist_available(), reason="real MNIST not in the data directory")
 def test_verify_accepts_the_real_mnist():
     idx.verify("mnist", SHARED_DATA, download=False)
+
+
+def test_missing_files_are_fetched_up_front_and_a_failed_download_fails_once(tmp_path, monkeypatch):
+    """With downloads allowed, verify_dataset fetches missing files before any job runs, so a
+    machine without internet gets one FileNotFoundError naming the files, not a failed record
+    per job."""
+    from bench.data import verify_dataset
+
+    calls = []
+
+    def offline(urls, path, check):
+        calls.append(urls)
+        raise RuntimeError(f"could not download {path.name}: no network")
+
+    monkeypatch.setitem(idx.SPECS["fashion-mnist"], "system_dirs", [])
+    monkeypatch.setattr(idx, "download", offline)
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.gz.*could not download"):
+        verify_dataset("fashion-mnist", tmp_path, download=True)
+    assert len(calls) == 1  # it stops at the first file that cannot be fetched

@@ -144,12 +144,14 @@ def load_splits(name: str, data_dir: Path | None = None, val_fraction: float = 0
 def verify_dataset(name: str, data_dir: Path | None = None, download: bool = True) -> None:
     """Check a dataset's files before any job runs, so a bad file is named once, up front
     (checksum, magic, size), not in every job's record. Loaders that can check offer a
-    ``verify(name, data_dir, download)`` in their module; missing files that may be
-    downloaded pass (the download verifies its checksum)."""
+    ``verify(name, data_dir, download) -> bool`` (whether the files are all here) in their
+    module. Missing files that may be downloaded are fetched now, once (the download checks
+    their checksums): a machine without internet fails here, not in every job."""
     import importlib
 
-    module = importlib.import_module(DATASETS.get(name).loader.__module__)
-    check = getattr(module, "verify", None)
-    if check is not None:
-        check(name, Path(data_dir) if data_dir is not None else default_data_dir(), download)
+    loader = DATASETS.get(name).loader
+    check = getattr(importlib.import_module(loader.__module__), "verify", None)
+    folder = Path(data_dir) if data_dir is not None else default_data_dir()
+    if check is not None and not check(name, folder, download):
+        loader(folder, download)
 

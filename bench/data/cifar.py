@@ -236,10 +236,11 @@ def load_folder(spec: CifarSpec, folder: Path) -> RawDataset:
                       source=str(folder), augment="crop-flip", warnings=notes)
 
 
-def verify(name: str, data_dir: Path, download: bool = False) -> None:
+def verify(name: str, data_dir: Path, download: bool = False) -> bool:
     """Check a local copy before any job runs: official files pass on their MD5, others get the
     format checks loading does (they load with a warning); a local archive is checked when it
-    would be extracted. Missing files are a FileNotFoundError unless ``download``."""
+    would be extracted. Missing files are a FileNotFoundError unless ``download``; returns
+    whether the batch files are here (False: loading would extract or download them)."""
     spec, data_dir = SPECS[name], Path(data_dir)
     folder = find_folder(spec, data_dir)
     if folder is not None:
@@ -247,11 +248,12 @@ def verify(name: str, data_dir: Path, download: bool = False) -> None:
             path = folder / fname
             if md5_of_file(path) != md5:
                 parse_batch(path.read_bytes(), path, spec, spec.rows[fname])
-        return
+        return True
     if not download:
         raise FileNotFoundError(_missing(spec, data_dir, "downloading is disabled"))
     if (data_dir / spec.archive).is_file():
         check_archive(spec, data_dir / spec.archive)
+    return False
 
 
 def load_cifar(name: str, data_dir: Path, download: bool = True) -> RawDataset:

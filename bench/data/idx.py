@@ -76,15 +76,20 @@ def check_file(path: Path, stem: str, md5: str) -> bytes:
                          "the file is corrupt or not the official release")
 
 
-def verify(name: str, data_dir: Path, download: bool = False) -> None:
+def verify(name: str, data_dir: Path, download: bool = False) -> bool:
     """Check every file of ``name`` before any job runs (the checks loading does). Missing
-    files are a FileNotFoundError unless ``download`` (then they are fetched when loading)."""
+    files are a FileNotFoundError unless ``download``; returns whether every file is here
+    (False: loading would download some)."""
+    present = True
     for stem, md5 in zip(FILES, SPECS[name]["md5"]):
         path = _find(name, Path(data_dir), stem)
         if path is not None:
             check_file(path, stem, md5)
         elif not download:
             raise FileNotFoundError(_missing(name, Path(data_dir), "downloading is disabled"))
+        else:
+            present = False
+    return present
 
 
 def _find(name: str, data_dir: Path, stem: str) -> Path | None:
