@@ -245,6 +245,35 @@ def equal_budget(df: pd.DataFrame, counts=None, points: int = 8, alpha: float = 
     return pd.DataFrame(out).drop(columns="_values")
 
 
+def convergence_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (network, dataset, budget) and method: accuracy after each fine-tuning epoch count
+    and the method's rank there (1 = best mean), then a row "Kendall tau vs E epochs" per
+    other count: the agreement of its ranking with the longest run's (1 = same order)."""
+    ok = _ok_with_acc(df)
+    ok = ok[ok.method != "dense"].copy()
+    if ok.empty:
+        return pd.DataFrame()
+    ok["epochs"] = ok.finetune.map(lambda f: f.get("epochs") if isinstance(f, dict) else None).astype(float)
+    rows = []
+    for (net, ds, budget), g in ok.groupby(["network", "dataset", "budget"], sort=False):
+        means = g.groupby(["label", "epochs"]).acc_after_finetune.agg(["mean", ci_halfwidth]).reset_index()
+        wide = means.pivot(index="label", columns="epochs", values="mean")
+        ranks = wide.rank(ascending=False, method="min")
+        cell = {(r.label, r.epochs): f"{format_acc(r['mean'], r.ci_halfwidth)} ({int(ranks.loc[r.label, r.epochs])})"
+                for _, r in means.iterrows()}
+        epochs = sorted(wide.columns)
+        for label in wide.index:
+            rows.append({"network": net, "dataset": ds, "budget": budget, "method": label,
+                         **{f"{e:g} ep (rank)": cell.get((label, e), "—") for e in epochs}})
+        last = epochs[-1]
+        both = wide.dropna()
+        tau = {f"{e:g} ep (rank)": (f"{stats.kendalltau(both[e], both[last]).statistic:.2f}"
+                                    if len(both) > 1 else "—") for e in epochs}
+        rows.append({"network": net, "dataset": ds, "budget": budget,
+                     "method": f"Kendall tau vs {last:g} epochs", **tau})
+    return pd.DataFrame(rows)
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     cols = list(frame.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]

@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import yaml
 
-from bench.report import ACC_NOTE, accuracy_summary, ci_halfwidth, equal_budget, fit_summary, format_acc, records_frame
+from bench.report import (ACC_NOTE, accuracy_summary, ci_halfwidth, convergence_table, equal_budget, fit_summary,
+                          format_acc, records_frame)
 from plots.accuracy import plot_fit_error
 from plots.equal_budget import write_equal_budget
 from plots.style import ONE_COLUMN, TWO_COLUMN, clamp_percent, method_style, save_figure
@@ -149,7 +150,7 @@ def figure_convergence(df: pd.DataFrame, stem: Path) -> list[Path]:
     panel per (network, dataset, budget); dense dashed."""
     ok = df[df.status == "ok"].copy()
     ok["epochs"] = ok.finetune.map(lambda f: f.get("epochs") if isinstance(f, dict) else None).astype(float)
-    dense = ok[ok.method == "dense"].groupby(["network", "dataset"]).acc_dense.mean()
+    dense = ok.groupby(["network", "dataset"]).acc_dense.mean()  # every record carries its baseline's
     ok = ok[ok.method != "dense"]
     panels = list(ok.groupby(["network", "dataset", "budget"], sort=True))
     cols = min(max(len(panels), 1), 3)
@@ -263,6 +264,10 @@ def build(results: Path, out: Path, suites: list[str] | None = None,
         if "convergence" in roles:
             for p in figure_convergence(df, out / f"fig6_convergence_{name}"):
                 made.append((p, f"{name}: test accuracy vs fine-tuning epochs, {ACC_NOTE}."))
+            for p in write_table(convergence_table(df), out / f"table_convergence_{name}",
+                                 f"{name}: accuracy (rank) after each fine-tuning epoch count"):
+                made.append((p, f"{name}: each method's accuracy ({ACC_NOTE}) and rank per epoch count; Kendall "
+                                "tau of each count's ranking against the longest run's."))
         if "equal-budget" in roles:
             eb = equal_budget(df)
             for p in write_equal_budget(eb, out / f"table_equal_budget_{name}", f"{name}: accuracy at equal budgets"):

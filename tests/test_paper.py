@@ -73,10 +73,10 @@ def test_synthetic_records_give_every_figure_and_exact_numbers(tmp_path):
     for stem in ("fig1_accuracy_mnist_fc2_mnist", "fig2_fit_fit-mnist_fc2_mnist", "fig3_depth_adtn-depth",
                  "fig4_order_adtn-order", "fig5_cost_mnist_fc2_mnist", "fig6_convergence_ft-epochs"):
         assert {stem + ".png", stem + ".pdf"} <= names
-    for stem in ("table_headline", "table_reported_vs_measured"):
+    for stem in ("table_headline", "table_reported_vs_measured", "table_convergence_ft-epochs"):
         assert {stem + ".md", stem + ".csv", stem + ".tex"} <= names
     assert {"table_equal_budget_mnist.md", "table_equal_budget_mnist.csv"} <= names
-    assert not any("smoke" in n or "ft-epochs" in n and "fig6" not in n for n in names)
+    assert not any("smoke" in n or "ft-epochs" in n and not n.startswith(("fig6", "table_convergence")) for n in names)
     assert "12.34" not in (tmp_path / "fig" / "table_reported_vs_measured.md").read_text()
     for p, _ in made:
         assert p.exists() and p.stat().st_size > 0
@@ -148,3 +148,20 @@ def test_convergence_figure_plots_ci_over_seeds(tmp_path, monkeypatch):
     assert list(line.get_xdata()) == [1, 2, 4] and list(line.get_ydata()) == [81.5, 82.5, 84.5]
     assert ax.get_title() == "fc2/mnist x10"
     close(figs[0])
+
+
+def test_convergence_table_ranks_methods_per_epoch_count_and_says_when_the_order_changed():
+    from bench.report import convergence_table
+
+    rows = []
+    # svd leads after 1 epoch, tt after 4: tau between the 1- and 4-epoch rankings is -1
+    for label, accs in (("svd", {1: 90.0, 4: 91.0}), ("tt", {1: 85.0, 4: 95.0}), ("cp", {1: 80.0, 4: 82.0})):
+        for e, acc in accs.items():
+            for seed in (0, 1):
+                rows.append(_rec(key=f"{label}{e}{seed}", method=label, label=label, budget="x8", seed=seed,
+                                 finetune={"epochs": e}, acc_after_finetune=acc + seed, params_compressed_layers=100))
+    t = convergence_table(pd.DataFrame(rows)).set_index("method")
+    assert t.loc["svd", "1 ep (rank)"].endswith("(1)") and t.loc["svd", "4 ep (rank)"].endswith("(2)")
+    assert t.loc["tt", "4 ep (rank)"].startswith("95.50 ±") and t.loc["tt", "4 ep (rank)"].endswith("(1)")
+    tau = t.loc["Kendall tau vs 4 epochs"]
+    assert tau["4 ep (rank)"] == "1.00" and tau["1 ep (rank)"] == "0.33"
