@@ -200,13 +200,10 @@ def adopt_reused(jobs: list[Job], path: Path, out: Path, suites: list[str]) -> i
     wanted = {j.key: j for j in jobs if j.key not in done}
     copied = 0
     for name in suites:
-        source = records_path(out, name, False)
-        if not source.exists():
-            print(f"note: reuse: {source} does not exist; its jobs run here", file=sys.stderr)
-            continue
-        if not wanted:
-            continue
-        for key, rec in latest_by_key(read_records(source)).items():
+        sources = [p for p in (records_path(out, name, False), records_path(out, name, True)) if p.exists()]
+        if not sources:
+            print(f"note: reuse: no records of suite {name} under {out}; its jobs run here", file=sys.stderr)
+        for key, rec in latest_by_key(r for p in sources for r in read_records(p)).items():
             job = wanted.get(key)
             if job is None or rec.get("status") not in ("ok", "skipped"):
                 continue
