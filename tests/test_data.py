@@ -1,5 +1,6 @@
 """Dataset loading: IDX parsing, checksum of decompressed content, clear errors, splits."""
 import gzip
+from pathlib import Path
 import hashlib
 
 import numpy as np
@@ -189,3 +190,18 @@ def test_missing_files_are_fetched_up_front_and_a_failed_download_fails_once(tmp
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte.gz.*could not download"):
         verify_dataset("fashion-mnist", tmp_path, download=True)
     assert len(calls) == 1  # it stops at the first file that cannot be fetched
+
+
+FASHION_SYSTEM = Path(idx.SPECS["fashion-mnist"]["system_dirs"][0])
+
+
+@pytest.mark.skipif(not (FASHION_SYSTEM / "t10k-labels-idx1-ubyte.gz").exists(),
+                    reason="Fashion-MNIST Debian package (dataset-fashion-mnist) not installed")
+def test_real_fashion_mnist_from_the_debian_package_passes_its_checksums(tmp_path):
+    """The package's files are the official ones (MD5-checked on load): 6,000 train and 1,000
+    test images a class, found without a data directory."""
+    idx.verify("fashion-mnist", tmp_path, download=False)
+    d = load_splits("fashion-mnist", tmp_path, val_fraction=0.1, download=False)
+    assert d.x_train.shape == (54000, 1, 28, 28) and d.x_test.shape == (10000, 1, 28, 28)
+    assert torch.bincount(torch.cat([d.y_train, d.y_val])).tolist() == [6000] * 10
+    assert torch.bincount(d.y_test).tolist() == [1000] * 10
