@@ -53,7 +53,7 @@ def baseline_split(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return df[~drop], df[drop]
 
 
-def _budget_order(b: str) -> float:
+def budget_order(b: str) -> float:
     try:
         return float(b[1:]) if b.startswith("x") else 1e12 + float(b.split("=", 1)[1])
     except ValueError:
@@ -108,7 +108,7 @@ def fold_budgets(ok: pd.DataFrame) -> pd.DataFrame:
     for _, g in ok.groupby(["network", "dataset", "label"], sort=False):
         sig = {b: tuple(sorted(zip(h.seed, h._alloc))) for b, h in g.groupby("budget")}
         seen: dict[tuple, str] = {}
-        for b in sorted(sig, key=_budget_order):
+        for b in sorted(sig, key=budget_order):
             if sig[b] in seen:
                 keep[g.index[g.budget == b]] = False
                 first = g.index[g.budget == seen[sig[b]]]
@@ -139,7 +139,7 @@ def accuracy_summary(df: pd.DataFrame) -> pd.DataFrame:
                 params=("params_compressed_layers", "mean"), params_dense=("params_dense_layers", "first"),
                 ratio=("achieved_ratio", "mean"), fit=("fit_rel_error", "mean"), seeds=("seed", "nunique"),
                 flops=("flops", "mean"), folded=("folded", "first")).reset_index()
-    out["order"] = out.budget.map(_budget_order)
+    out["order"] = out.budget.map(budget_order)
     return out.sort_values(["network", "dataset", "method", "label", "order"]).drop(columns="order")
 
 

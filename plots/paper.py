@@ -15,8 +15,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import yaml
 
-from bench.report import (ACC_NOTE, accuracy_summary, ci_halfwidth, convergence_table, equal_budget, fit_summary,
-                          format_acc, records_frame)
+from bench.report import (ACC_NOTE, accuracy_summary, budget_order, ci_halfwidth, convergence_table, equal_budget,
+                          fit_summary, format_acc, records_frame)
 from plots.accuracy import plot_fit_error
 from plots.equal_budget import write_equal_budget
 from plots.style import ONE_COLUMN, TWO_COLUMN, clamp_percent, method_style, save_figure
@@ -152,7 +152,7 @@ def figure_convergence(df: pd.DataFrame, stem: Path) -> list[Path]:
     ok["epochs"] = ok.finetune.map(lambda f: f.get("epochs") if isinstance(f, dict) else None).astype(float)
     dense = ok.groupby(["network", "dataset"]).acc_dense.mean()  # every record carries its baseline's
     ok = ok[ok.method != "dense"]
-    panels = list(ok.groupby(["network", "dataset", "budget"], sort=True))
+    panels = sorted(ok.groupby(["network", "dataset", "budget"]), key=lambda p: (*p[0][:2], budget_order(p[0][2])))
     cols = min(max(len(panels), 1), 3)
     rows = max(-(-len(panels) // cols), 1)
     fig, axes = plt.subplots(rows, cols, figsize=(TWO_COLUMN[0], TWO_COLUMN[1] * rows), squeeze=False)
