@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from bench.registry import METHODS, PluginError, UnknownNameError, dataset_names, load_plugin, method_names, network_names
-from bench.suite import SUITES_DIR, SuiteError, expand, load_suite, method_entry, suite_names
+from bench.suite import SUITES_DIR, SuiteError, expand, load_suite, method_entry, suite_names, tuner_keys
 
 DEFAULT_OUT = Path("results")
 #: where a subset or override of a committed suite writes unless --out says otherwise, so it
@@ -75,7 +75,9 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
             baseline_root: Path = DEFAULT_OUT) -> None:
     """Plan each job on an untrained network of the right shape (no data, no training) and,
     with a calibration (``cost``), estimate each job's time and the suite's total."""
-    from bench.cost import baseline_cached, tuner_keys
+    from collections import Counter
+
+    from bench.cost import baseline_cached
     from bench.job import plan_on_untrained
     from bench.layers import dense_params
     from bench.records import config_key
@@ -86,7 +88,7 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
     paid: set[str] = set()
     est: dict[tuple[str, str], list[float]] = {}
     base_est: dict[str, list[float]] = {}
-    skipped: dict[tuple[str, str], int] = {}
+    skipped: Counter = Counter()
     for j in jobs:
         pre = planned_skip(j, cost)
         timing = ""
@@ -99,7 +101,7 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
             t = 0.0 if pre else cost.job_s(j, j.key in tuners)
             est.setdefault((j.network, j.label), []).append(t)
             if pre:
-                skipped[(j.network, j.label)] = skipped.get((j.network, j.label), 0) + 1
+                skipped[(j.network, j.label)] += 1
             timing = f"  est {t:9.1f} s"
         if pre is not None:
             print(f"{j.key}  {j.network}/{j.dataset} {j.label:12s} {j.budget:>10s} seed {j.seed}{timing}  "
@@ -112,7 +114,7 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
                 line = f"skipped: {plan.skip_reason}"
                 if cost is not None:  # recorded skipped in no time
                     est[(j.network, j.label)][-1] = 0.0
-                    skipped[(j.network, j.label)] = skipped.get((j.network, j.label), 0) + 1
+                    skipped[(j.network, j.label)] += 1
                     timing = f"  est {0.0:9.1f} s"
             elif plan.knobs is None:
                 line = f"knobs chosen from the trained weights at run time (dense: {dense:,} params)"
@@ -140,7 +142,7 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
         for (n, label), ts in est.items():
             if n == net:
                 total += sum(ts)
-                print(f"  {net:9s} {label:14s} {len(ts):>5d} {skipped.get((n, label), 0):>8d} {sum(ts):>12,.1f}")
+                print(f"  {net:9s} {label:14s} {len(ts):>5d} {skipped[(n, label)]:>8d} {sum(ts):>12,.1f}")
     print(f"  total: {total:,.0f} s = {total / 60:,.1f} min = {total / 3600:,.2f} h "
           "(baselines already in the checkpoint cache cost nothing)")
 

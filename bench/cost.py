@@ -25,7 +25,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION_DIR = REPO / "results" / "calibration"
@@ -92,13 +92,6 @@ def split_sizes(job) -> tuple[int, int, int]:
     if job.data.get("train_subset"):
         n_train = min(n_train, int(job.data["train_subset"]))
     return n_train, n_val, n_test
-
-
-def tuner_keys(jobs: Iterable) -> set[str]:
-    """Keys of the jobs that pick their lr from ``lr_grid`` (``bench.suite.tuning_jobs``)."""
-    from bench.suite import tuning_jobs
-
-    return set(tuning_jobs(jobs).values())
 
 
 def fit_power_law(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -211,6 +204,7 @@ class CostModel:
         """(total seconds, seconds per job key) of a job list: each baseline once (none for
         baseline keys in ``cached``), the tuning seed's lr trials."""
         from bench.records import config_key
+        from bench.suite import tuner_keys
 
         tuners = tuner_keys(jobs)
         seen = set(cached)
@@ -237,6 +231,8 @@ class Budget:
     Picklable, so worker processes carry a copy (each tracks its own baselines)."""
 
     def __init__(self, seconds: float, model: CostModel, jobs: list, baseline_root: Path | None = None):
+        from bench.suite import tuner_keys
+
         self.seconds, self.model = float(seconds), model
         self.start = CLOCK()
         self.tuners = tuner_keys(jobs)

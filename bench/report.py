@@ -245,6 +245,11 @@ def equal_budget(df: pd.DataFrame, counts=None, points: int = 8, alpha: float = 
     return pd.DataFrame(out).drop(columns="_values")
 
 
+def finetune_epochs(df: pd.DataFrame) -> pd.Series:
+    """Each record's fine-tuning epoch count (NaN where it has no recipe)."""
+    return df.finetune.map(lambda f: f.get("epochs") if isinstance(f, dict) else None).astype(float)
+
+
 def convergence_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per (network, dataset, budget) and method: accuracy after each fine-tuning epoch count
     and the method's rank there (1 = best mean), then a row "Kendall tau vs E epochs" per
@@ -253,7 +258,7 @@ def convergence_table(df: pd.DataFrame) -> pd.DataFrame:
     ok = ok[ok.method != "dense"].copy()
     if ok.empty:
         return pd.DataFrame()
-    ok["epochs"] = ok.finetune.map(lambda f: f.get("epochs") if isinstance(f, dict) else None).astype(float)
+    ok["epochs"] = finetune_epochs(ok)
     rows = []
     for (net, ds, budget), g in ok.groupby(["network", "dataset", "budget"], sort=False):
         means = g.groupby(["label", "epochs"]).acc_after_finetune.agg(["mean", ci_halfwidth]).reset_index()

@@ -26,10 +26,9 @@ from tqdm.auto import tqdm
 
 from bench.backends.local import CLAIMED, LEFT, run_groups, run_parallel
 from bench.claims import Claims
-from bench.cost import tuner_keys
 from bench.job import failed_record, job_fields
 from bench.records import append_record, config_key, done_keys, latest_by_key, read_records
-from bench.suite import Job, tuning_jobs
+from bench.suite import Job, tuner_keys, tuning_jobs
 from bench.train import resolve_device
 
 REPO = Path(__file__).resolve().parent.parent

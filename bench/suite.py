@@ -506,19 +506,20 @@ def prioritize(jobs: list[Job], suite: dict[str, Any]) -> list[Job]:
     unchanged without one. Stages not listed come after the listed ones. Within ``seeds``,
     seed by seed, each in the order of the other stages. Sets ``Job.stage``."""
     prio = suite.get("priority")
-    seeds = [int(s) for s in suite.get("seeds") or [0]]
-    first = min(seeds)
+    first = min(int(s) for s in suite.get("seeds") or [0])
     head = suite.get("headline_ratio")
+
+    def own_stage(j: Job) -> str:
+        if j.method == "dense":
+            return "baselines"
+        if head is not None and j.target_ratio is not None and math.isclose(j.target_ratio, float(head),
+                                                                            rel_tol=1e-9):
+            return "headline"
+        return "budgets"
+
+    own = {id(j): own_stage(j) for j in jobs}
     for j in jobs:
-        if prio and "seeds" in prio and j.seed != first:
-            j.stage = "seeds"
-        elif j.method == "dense":
-            j.stage = "baselines"
-        elif head is not None and j.target_ratio is not None and math.isclose(j.target_ratio, float(head),
-                                                                               rel_tol=1e-9):
-            j.stage = "headline"
-        else:
-            j.stage = "budgets"
+        j.stage = "seeds" if prio and "seeds" in prio and j.seed != first else own[id(j)]
     if not prio:
         return jobs
     order = list(prio) + [s for s in STAGES if s not in prio]
@@ -527,9 +528,7 @@ def prioritize(jobs: list[Job], suite: dict[str, Any]) -> list[Job]:
     def rank(j: Job) -> tuple:
         if j.stage != "seeds":
             return (order.index(j.stage), 0, 0)
-        own = ("baselines" if j.method == "dense" else "headline" if head is not None and j.target_ratio is not None
-               and math.isclose(j.target_ratio, float(head), rel_tol=1e-9) else "budgets")
-        return (order.index("seeds"), j.seed, inner.index(own))
+        return (order.index("seeds"), j.seed, inner.index(own[id(j)]))
 
     return sorted(jobs, key=rank)
 
@@ -573,4 +572,9 @@ def tuning_jobs(jobs) -> dict[str, str]:
         if j.lr_grid:
             tuner.setdefault(j.tune_key, j.key)
     return tuner
+
+
+def tuner_keys(jobs) -> set[str]:
+    """Keys of the jobs that pick their lr from ``lr_grid`` (``tuning_jobs``)."""
+    return set(tuning_jobs(jobs).values())
 

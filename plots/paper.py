@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 
 from bench.report import (ACC_NOTE, accuracy_summary, budget_order, ci_halfwidth, convergence_table, equal_budget,
-                          fit_summary, format_acc, records_frame)
+                          finetune_epochs, fit_summary, format_acc, records_frame)
 from plots.accuracy import plot_fit_error
 from plots.equal_budget import write_equal_budget
 from plots.style import ONE_COLUMN, TWO_COLUMN, clamp_percent, method_style, save_figure
@@ -149,7 +149,7 @@ def figure_convergence(df: pd.DataFrame, stem: Path) -> list[Path]:
     """Test accuracy (mean ± 95 % CI over seeds) vs fine-tuning epochs, a line per method, a
     panel per (network, dataset, budget); dense dashed."""
     ok = df[df.status == "ok"].copy()
-    ok["epochs"] = ok.finetune.map(lambda f: f.get("epochs") if isinstance(f, dict) else None).astype(float)
+    ok["epochs"] = finetune_epochs(ok)
     dense = ok.groupby(["network", "dataset"]).acc_dense.mean()  # every record carries its baseline's
     ok = ok[ok.method != "dense"]
     panels = sorted(ok.groupby(["network", "dataset", "budget"]), key=lambda p: (*p[0][:2], budget_order(p[0][2])))

@@ -7,7 +7,8 @@ import pytest
 
 import bench.cost
 from bench.cli import main
-from bench.cost import Budget, CostModel, fit_power_law, split_sizes, tuner_keys
+from bench.cost import Budget, CostModel, fit_power_law, split_sizes
+from bench.suite import tuner_keys
 from bench.records import read_records
 from bench.runner import planned_skip
 from bench.suite import SuiteError, expand, load_suite
