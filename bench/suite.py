@@ -34,7 +34,7 @@ SUITE_KEYS = {
     "seeds": "seeds; each gets its own dense baseline",
     "train": "recipe of the dense baseline",
     "finetune": "recipe of the fine-tuning after compression",
-    "recipes": "per-network {train: ..., finetune: ...} overriding the suite's",
+    "recipes": "per-network {train: ..., finetune: ..., finetune_epochs: [...]} overriding the suite's",
     "data": "val_fraction, train_subset",
     "fit_only": "measure weight-space fit only (no fine-tuning)",
     "base": "another suite whose keys this one inherits and overrides (train/finetune/data key by key)",
@@ -182,10 +182,11 @@ def validate(suite: dict[str, Any]) -> None:
 def _check_reuse(suite: dict[str, Any]) -> None:
     """tune_epochs is one of finetune_epochs (and needs an lr_grid); reuse names other suites."""
     te = suite.get("tune_epochs")
-    if te is not None and (not suite.get("finetune_epochs") or te not in suite["finetune_epochs"]
-                           or not suite.get("lr_grid")):
-        raise SuiteError(f"tune_epochs {te!r}: expected one of finetune_epochs "
-                         f"{suite.get('finetune_epochs')} in a suite with an lr_grid")
+    for net in suite["networks"]:
+        sweep = network_epochs(suite, net)
+        if te is not None and (not sweep or te not in sweep or not suite.get("lr_grid")):
+            raise SuiteError(f"tune_epochs {te!r}: expected one of finetune_epochs {sweep} "
+                             f"(network {net}) in a suite with an lr_grid")
     reuse = suite.get("reuse")
     if reuse is None:
         return
@@ -272,20 +273,20 @@ LIST_KEYS = {
 }
 
 
-def _check_lists(suite: dict[str, Any]) -> None:
+def _check_lists(suite: dict[str, Any], where: str = "") -> None:
     """Each list key, when given, is a non-empty list of valid, distinct values."""
     for key, (ok, what, example) in LIST_KEYS.items():
         values = suite.get(key)
         if values is None:
             continue
         if not isinstance(values, list) or not values:
-            raise SuiteError(f"{key} {values!r}: expected a non-empty list of {what}, e.g. {example}")
+            raise SuiteError(f"{where}{key} {values!r}: expected a non-empty list of {what}, e.g. {example}")
         for v in values:
             if not ok(v):
-                raise SuiteError(f"{key}: bad value {v!r}; expected a list of {what}, e.g. {example}")
+                raise SuiteError(f"{where}{key}: bad value {v!r}; expected a list of {what}, e.g. {example}")
         dup = next((v for i, v in enumerate(values) if v in values[:i]), None)
         if dup is not None:
-            raise SuiteError(f"{key}: {dup!r} is listed twice in {values!r}")
+            raise SuiteError(f"{where}{key}: {dup!r} is listed twice in {values!r}")
 
 
 def _check_recipes(suite: dict[str, Any]) -> None:
@@ -296,8 +297,10 @@ def _check_recipes(suite: dict[str, Any]) -> None:
     for net, rec in recipes.items():
         if not isinstance(net, str) or net not in NETWORKS:
             raise SuiteError(f"recipes: unknown network {net!r}; known: {', '.join(network_names())}")
-        if rec is not None and (not isinstance(rec, dict) or set(rec) - {"train", "finetune"}):
-            raise SuiteError(f"recipes.{net} {rec!r}: expected a mapping with keys train, finetune")
+        if rec is not None and (not isinstance(rec, dict) or set(rec) - {"train", "finetune", "finetune_epochs"}):
+            raise SuiteError(f"recipes.{net} {rec!r}: expected a mapping with keys train, finetune, finetune_epochs")
+        if rec and "finetune_epochs" in rec:
+            _check_lists({"finetune_epochs": rec["finetune_epochs"]}, f"recipes.{net}.")
     try:
         for part in ("train", "finetune"):
             base = {} if suite.get(part) is None else suite[part]
@@ -477,13 +480,13 @@ def expand(suite: dict[str, Any], methods: list[str] | None = None, networks: li
     entries = _select_methods(suite, methods)
     nets = _select_networks(suite, networks)
     # a fit-only job never fine-tunes: one job, not one per fine-tuning setting
-    epochs_list = [None] if fit or not suite.get("finetune_epochs") else suite["finetune_epochs"]
     lr_grid = [float(x) for x in suite["lr_grid"]] if suite.get("lr_grid") and not fit else None
     jobs = []
     for network, layers in nets.items():
         rec = (suite.get("recipes") or {}).get(network) or {}
         train = check_recipe({**(suite.get("train") or {}), **(rec.get("train") or {})})
         finetune = check_recipe({**(suite.get("finetune") or {}), **(rec.get("finetune") or {})})
+        epochs_list = [None] if fit or not network_epochs(suite, network) else network_epochs(suite, network)
         for dataset in suite["datasets"]:
             for seed in suite.get("seeds") or [0]:
                 for epochs in epochs_list:
@@ -499,6 +502,13 @@ def expand(suite: dict[str, Any], methods: list[str] | None = None, networks: li
                                             factorize_time_cap_s=suite.get("factorize_time_cap_s"),
                                             tune_epochs=suite.get("tune_epochs") if lr_grid else None))
     return prioritize(jobs, suite)
+
+
+def network_epochs(suite: dict[str, Any], network: str) -> list[float] | None:
+    """The fine-tuning epoch counts a network's jobs sweep: its recipe's ``finetune_epochs``
+    (a network whose ranking settles sooner needs fewer), else the suite's."""
+    rec = (suite.get("recipes") or {}).get(network) or {}
+    return rec.get("finetune_epochs", suite.get("finetune_epochs"))
 
 
 def prioritize(jobs: list[Job], suite: dict[str, Any]) -> list[Job]:

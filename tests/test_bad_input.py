@@ -66,6 +66,10 @@ CASES = [
     (["--set", "tune_epochs=1"], "tune_epochs 1", "one of finetune_epochs"),
     (["--set", "finetune_epochs=[1, 2]", "--set", "tune_epochs=3", "--set", "lr_grid=[0.01]"], "tune_epochs 3",
      "one of finetune_epochs"),
+    (["--set", "recipes={digitnet: {finetune_epochs: [0]}}"], "recipes.digitnet.finetune_epochs: bad value 0",
+     "finite numbers > 0"),
+    (["--set", "finetune_epochs=[1, 2]", "--set", "tune_epochs=2", "--set", "lr_grid=[0.01]",
+      "--set", "recipes={digitnet: {finetune_epochs: [1]}}"], "tune_epochs 2", "(network digitnet)"),
     (["--set", "reuse=mnist"], "reuse 'mnist'", "list of other suites' names"),
     (["--set", "reuse=['../x']"], "reuse ['../x']", "list of other suites' names"),
     # names the suite does not have

@@ -1,4 +1,5 @@
 """Suite files: `base:` inheritance and the expansion into jobs."""
+import collections
 import pytest
 
 from bench.suite import SuiteError, expand, load_suite, suite_names
@@ -38,10 +39,10 @@ def test_fit_mnist_inherits_the_mnist_methods_and_baselines():
 
 def test_fit_only_keys_ignore_the_fine_tuning_recipe():
     plain = {j.key for j in expand(load_suite("fit-mnist"), fit_only=True)}
-    longer = {j.key for j in expand(load_suite("fit-mnist", ["finetune.epochs=9"]), fit_only=True)}
+    longer = {j.key for j in expand(load_suite("fit-mnist", ["finetune.batch_size=64"]), fit_only=True)}
     assert plain == longer
     trained = {j.key for j in expand(load_suite("mnist"))}
-    assert trained != {j.key for j in expand(load_suite("mnist", ["finetune.epochs=9"]))}
+    assert trained != {j.key for j in expand(load_suite("mnist", ["finetune.batch_size=64"]))}
 
 
 # --- record keys stay stable ------------------------------------------------------------------
@@ -122,13 +123,23 @@ def test_malformed_suite_file_is_one_line(tmp_path, text, message):
 
 # --- new keys -----------------------------------------------------------------------------------
 def test_finetune_epochs_expands_each_job_once_per_value():
-    plain = expand(load_suite("mnist", ["networks={fc2: [fc1]}"]))
-    swept = expand(load_suite("mnist", ["networks={fc2: [fc1]}", "finetune_epochs=[1, 3]"]))
+    one = ["networks={fc2: [fc1]}", "tune_epochs=null"]
+    plain = expand(load_suite("mnist", one + ["finetune_epochs=null"]))
+    swept = expand(load_suite("mnist", one + ["finetune_epochs=[1, 3]"]))
     assert len(swept) == 2 * len(plain)
     assert sorted({j.finetune["epochs"] for j in swept}) == [1, 3]
     assert len({j.key for j in swept}) == len(swept)
     # finetune.epochs is 1 in mnist: those jobs are the plain suite's, with the same keys
     assert {j.key for j in swept if j.finetune["epochs"] == 1} == {j.key for j in plain}
+
+
+def test_a_recipe_sets_its_networks_own_epoch_sweep():
+    # mnist: FC-2 sweeps [1, 3] (its ranking settles at 3), LeNet-5 only 1 (settled at 1)
+    jobs = expand(load_suite("mnist"))
+    epochs = {n: sorted({j.finetune["epochs"] for j in jobs if j.network == n}) for n in ("fc2", "lenet5")}
+    assert epochs == {"fc2": [1, 3], "lenet5": [1]}
+    per_net = collections.Counter((j.network, j.finetune["epochs"]) for j in jobs)
+    assert per_net[("fc2", 1)] == per_net[("fc2", 3)] == per_net[("lenet5", 1)]
 
 
 def test_finetune_epochs_do_not_multiply_fit_only_jobs():
@@ -138,14 +149,15 @@ def test_finetune_epochs_do_not_multiply_fit_only_jobs():
 
 
 def test_lr_grid_enters_the_key_and_tune_key_is_shared_by_seeds():
-    plain = _job(load_suite("mnist", ["lr_grid=null"]), network="fc2", method="svd", target_ratio=8.0, seed=0)
-    suite = load_suite("mnist", ["lr_grid=[0.003, 1e-2, 0.03]"])
+    one = ["finetune_epochs=null", "tune_epochs=null"]
+    plain = _job(load_suite("mnist", one + ["lr_grid=null"]), network="fc2", method="svd", target_ratio=8.0, seed=0)
+    suite = load_suite("mnist", one + ["lr_grid=[0.003, 1e-2, 0.03]"])
     job0 = _job(suite, network="fc2", method="svd", target_ratio=8.0, seed=0)
     job1 = _job(suite, network="fc2", method="svd", target_ratio=8.0, seed=1)
     assert job0.lr_grid == [0.003, 0.01, 0.03] and job0.config()["lr_grid"] == job0.lr_grid
     assert job0.key != plain.key and job0.key != job1.key
     assert job0.tune_key == job1.tune_key
-    other_lr = _job(load_suite("mnist", ["lr_grid=[0.003, 1e-2, 0.03]", "finetune.lr=0.1"]),
+    other_lr = _job(load_suite("mnist", one + ["lr_grid=[0.003, 1e-2, 0.03]", "finetune.lr=0.1"]),
                     network="fc2", method="svd", target_ratio=8.0, seed=0)
     assert other_lr.tune_key == job0.tune_key and other_lr.key != job0.key
     other_budget = _job(suite, network="fc2", method="svd", target_ratio=32.0, seed=0)
