@@ -250,6 +250,17 @@ def finetune_epochs(df: pd.DataFrame) -> pd.Series:
     return df.finetune.map(lambda f: f.get("epochs") if isinstance(f, dict) else None).astype(float)
 
 
+def longest_finetune(df: pd.DataFrame) -> pd.DataFrame:
+    """The records at each (network, dataset)'s longest fine-tuning epoch count, plus those
+    without a recipe: a suite that sweeps ``finetune_epochs`` reports its tables at the
+    protocol's count (the longest); the shorter runs are convergence evidence."""
+    if df.empty or "finetune" not in df:
+        return df
+    epochs = finetune_epochs(df)
+    longest = epochs.groupby([df.network, df.dataset]).transform("max")
+    return df[epochs.isna() | (epochs == longest)]
+
+
 def convergence_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per (network, dataset, budget) and method: accuracy after each fine-tuning epoch count
     and the method's rank there (1 = best mean), then a row "Kendall tau vs E epochs" per

@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 
 from bench.report import (ACC_NOTE, accuracy_summary, budget_order, ci_halfwidth, convergence_table, equal_budget,
-                          finetune_epochs, fit_summary, format_acc, records_frame)
+                          finetune_epochs, fit_summary, format_acc, longest_finetune, records_frame)
 from plots.accuracy import plot_fit_error
 from plots.equal_budget import write_equal_budget
 from plots.style import ONE_COLUMN, TWO_COLUMN, clamp_percent, method_style, save_figure
@@ -268,6 +268,7 @@ def build(results: Path, out: Path, suites: list[str] | None = None,
                                  f"{name}: accuracy (rank) after each fine-tuning epoch count"):
                 made.append((p, f"{name}: each method's accuracy ({ACC_NOTE}) and rank per epoch count; Kendall "
                                 "tau of each count's ranking against the longest run's."))
+        df = longest_finetune(df)  # the tables and accuracy figures: each network's protocol epochs
         if "equal-budget" in roles:
             eb = equal_budget(df)
             for p in write_equal_budget(eb, out / f"table_equal_budget_{name}", f"{name}: accuracy at equal budgets"):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.report import (ACC_NOTE, accuracy_summary, baseline_split, equal_budget, fit_summary, format_acc,
-                          markdown_table, records_frame, status_line)
+                          longest_finetune, markdown_table, records_frame, status_line)
 from plots.accuracy import plot_accuracy_vs_params, plot_fit_error
 from plots.equal_budget import write_equal_budget
 
@@ -61,7 +61,7 @@ def write_accuracy_reports(suite_dir: Path, keys: set[str] | None = None) -> lis
                      + markdown_table(view) + "\n")
         written += plot_accuracy_vs_params(g, f"{net} on {ds}",
                                            suite_dir / "plots" / f"accuracy_vs_params_{net}_{ds}")
-    eb = equal_budget(df)
+    eb = equal_budget(longest_finetune(df))
     if not eb.empty:
         written += write_equal_budget(eb, suite_dir / "equal_budget", f"{suite_dir.name}: accuracy at equal budgets")
         parts.append("\nEqual-budget comparison (interpolated at common parameter counts): "

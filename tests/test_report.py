@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from bench.records import append_record
-from bench.report import (accuracy_summary, baseline_split, ci_halfwidth, equal_budget, format_acc, records_frame,
-                          welch_p)
+from bench.report import (accuracy_summary, baseline_split, ci_halfwidth, equal_budget, format_acc, longest_finetune,
+                          records_frame, welch_p)
 from plots import style
 from plots.equal_budget import equal_budget_view
 from plots.suite_report import write_reports
@@ -185,3 +185,11 @@ def test_bench_report_is_data_only():
     code = "import sys, bench.report; print(sorted(m for m in sys.modules if m.split('.')[0] in ('plots', 'matplotlib')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_longest_finetune_keeps_each_networks_protocol_epochs():
+    rows = [_rec("a", finetune={"epochs": 1}), _rec("b", finetune={"epochs": 3}),
+            _rec("c", network="lenet5", finetune={"epochs": 1}), _rec("d", network="lenet5", finetune=None)]
+    kept = longest_finetune(pd.DataFrame(rows))
+    assert list(kept.key) == ["b", "c", "d"]  # FC-2 at 3 epochs, LeNet-5 at its only count, a fit record
+    assert longest_finetune(pd.DataFrame(rows[:1])).key.tolist() == ["a"]
