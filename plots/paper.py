@@ -255,11 +255,13 @@ def build(results: Path, out: Path, suites: list[str] | None = None,
         df = records_frame(runs)
         if df.empty:
             continue
+        # every figure and table but the convergence study's: each network at its protocol epochs
+        protocol = longest_finetune(df)
         if "depth" in roles:
-            for p in figure_depth(df, out / f"fig3_depth_{name}"):
+            for p in figure_depth(protocol, out / f"fig3_depth_{name}"):
                 made.append((p, f"{name}: ADTN depth study, test accuracy and weight-space fit error vs depth M."))
         if "order" in roles:
-            for p in figure_order(df, out / f"fig4_order_{name}"):
+            for p in figure_order(protocol, out / f"fig4_order_{name}"):
                 made.append((p, f"{name}: compression order, ADTN backward vs forward vs all-at-once, accuracy vs parameters."))
         if "convergence" in roles:
             for p in figure_convergence(df, out / f"fig6_convergence_{name}"):
@@ -268,20 +270,19 @@ def build(results: Path, out: Path, suites: list[str] | None = None,
                                  f"{name}: accuracy (rank) after each fine-tuning epoch count"):
                 made.append((p, f"{name}: each method's accuracy ({ACC_NOTE}) and rank per epoch count; Kendall "
                                 "tau of each count's ranking against the longest run's."))
-        df = longest_finetune(df)  # the tables and accuracy figures: each network's protocol epochs
         if "equal-budget" in roles:
-            eb = equal_budget(df)
+            eb = equal_budget(protocol)
             for p in write_equal_budget(eb, out / f"table_equal_budget_{name}", f"{name}: accuracy at equal budgets"):
                 made.append((p, f"{name}: every method's accuracy interpolated at common parameter counts; "
                                 "bold best, † not significantly ahead of the second."))
-        s = accuracy_summary(df)
+        s = accuracy_summary(protocol)
         if s.empty:
             continue
         made += _accuracy_views(name, s, roles, out)
         if "headline" in roles:
             summaries.append(s.assign(suite=name))
         if roles & {"accuracy", "headline"}:
-            measured.append(df)
+            measured.append(protocol)
     if summaries:
         head = headline_table(pd.concat(summaries))
         for p in write_table(head, out / "table_headline", "Most compressed point within δ of dense accuracy"):
