@@ -168,12 +168,11 @@ class JobClaimer:
         return self.claims.keep_alive([job.key])
 
 
-def tuning_passes(todo: list[Job], jobs: list[Job]) -> list[list[Job]]:
-    """[jobs that pick their fine-tuning lr, jobs that reuse a pick]: of the jobs sharing a tune
-    key (same config but the seed), the one of the lowest seed in the job list tunes."""
+def tuning_passes(todo: list[Job], tuners: set[str]) -> list[list[Job]]:
+    """[jobs that pick their fine-tuning lr, jobs that reuse a pick]: ``tuners`` are the keys
+    of the tuning jobs of the whole job list (``bench.suite.tuner_keys``)."""
     if not any(j.lr_grid for j in todo):
         return [todo]
-    tuners = tuner_keys(jobs)
     first = [j for j in todo if not j.lr_grid or j.key in tuners]
     second = [j for j in todo if j not in first]
     return [p for p in (first, second) if p]
@@ -265,7 +264,7 @@ def run_jobs(jobs: list[Job], settings: RunSettings, devices: list[str], path: P
                 _finish(rec, by_key, path, version, env, counts, claims, bar)
             else:
                 _finish({"key": job.key, "status": CLAIMED}, by_key, path, version, env, counts, claims, bar)
-        for part in tuning_passes(runnable, jobs) if runnable else []:
+        for part in tuning_passes(runnable, set(tuner_of.values())) if runnable else []:
             waiting = [j for j in part if j.lr_grid and tuner_of[j.tune_key] in left]
             for job in waiting:  # its lr pick is made by a job left for later: it waits too
                 left.add(job.key)

@@ -182,9 +182,9 @@ def validate(suite: dict[str, Any]) -> None:
 def _check_reuse(suite: dict[str, Any]) -> None:
     """tune_epochs is one of finetune_epochs (and needs an lr_grid); reuse names other suites."""
     te = suite.get("tune_epochs")
-    for net in suite["networks"]:
+    for net in suite["networks"] if te is not None else []:
         sweep = network_epochs(suite, net)
-        if te is not None and (not sweep or te not in sweep or not suite.get("lr_grid")):
+        if not sweep or te not in sweep or not suite.get("lr_grid"):
             raise SuiteError(f"tune_epochs {te!r}: expected one of finetune_epochs {sweep} "
                              f"(network {net}) in a suite with an lr_grid")
     reuse = suite.get("reuse")
@@ -486,7 +486,7 @@ def expand(suite: dict[str, Any], methods: list[str] | None = None, networks: li
         rec = (suite.get("recipes") or {}).get(network) or {}
         train = check_recipe({**(suite.get("train") or {}), **(rec.get("train") or {})})
         finetune = check_recipe({**(suite.get("finetune") or {}), **(rec.get("finetune") or {})})
-        epochs_list = [None] if fit or not network_epochs(suite, network) else network_epochs(suite, network)
+        epochs_list = (None if fit else network_epochs(suite, network)) or [None]
         for dataset in suite["datasets"]:
             for seed in suite.get("seeds") or [0]:
                 for epochs in epochs_list:

@@ -2,12 +2,13 @@
 records; the numbers come from ``bench.report``."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 
-from bench.report import (ACC_NOTE, accuracy_summary, baseline_split, equal_budget, fit_summary, format_acc,
-                          longest_finetune, markdown_table, records_frame, status_line)
+from bench.report import (ACC_NOTE, accuracy_summary, baseline_split, equal_budget, finetune_epochs, fit_summary,
+                          format_acc, longest_finetune, markdown_table, records_frame, status_line)
 from plots.accuracy import plot_accuracy_vs_params, plot_fit_error
 from plots.equal_budget import write_equal_budget
 
@@ -26,11 +27,11 @@ def label_epochs(df: pd.DataFrame) -> pd.DataFrame:
     the count in their label, so a table row never averages over epoch counts."""
     if df.empty or "finetune" not in df:
         return df
-    epochs = df.finetune.map(lambda f: f.get("epochs") if isinstance(f, dict) else None)
+    epochs = finetune_epochs(df)
     if epochs.nunique() <= 1:
         return df
     df = df.copy()
-    df["label"] = [f"{lab} ({e:g} ep)" if e is not None else lab for lab, e in zip(df.label, epochs)]
+    df["label"] = [lab if math.isnan(e) else f"{lab} ({e:g} ep)" for lab, e in zip(df.label, epochs)]
     return df
 
 
