@@ -175,6 +175,7 @@ def _train_baseline(path: Path, config: dict[str, Any], data: DataSplits, progre
                     desc=f"dense {config['network']}/{config['dataset']} s{config['seed']}", progress=progress)
     meta = {"config": config, "acc_test": evaluate(model, data.x_test, data.y_test),
             "acc_val": summary["val_acc"], "time_train_s": time.perf_counter() - t0,
+            "precision": summary["precision"], "threads": torch.get_num_threads(),
             "data_fingerprint": data.fingerprint}
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return model, save_checkpoint(path, state, meta)

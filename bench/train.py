@@ -1,8 +1,9 @@
 """Training and evaluation on whole in-memory datasets.
 
-Batches are sliced from a permutation drawn on the data's device, augmentation (if the dataset
-names one) runs there in batch, and CUDA runs use bf16 autocast and channels_last. The same
-code runs on the CPU. Model selection: the epoch with the best validation accuracy is kept.
+Batches are sliced from a permutation drawn on the data's device and augmentation (if the dataset
+names one) runs there in batch. The recipe's ``precision`` chooses bf16 autocast + channels_last
+or fp32 (``bench.precision``; absent: bf16 on CUDA, fp32 on the CPU). The same code runs on
+every device. Model selection: the epoch with the best validation accuracy is kept.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from bench import precision as prec
 from bench.data import DataSplits
+from bench.precision import PRECISIONS
 
 RECIPE_DEFAULTS: dict[str, Any] = {
     "epochs": 1, "batch_size": 128, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
@@ -24,8 +27,10 @@ RECIPE_DEFAULTS: dict[str, Any] = {
 }
 #: keys a recipe may set but that are absent unless set, so adding one never re-keys old records
 #: ``compile``: run the training steps through ``torch.compile`` on CUDA (measured by
-#: ``python -m bench.perf train --compile``; never required, ignored on the CPU)
-RECIPE_OPTIONAL: dict[str, Any] = {"compile": False}
+#: ``python -m bench.perf train --compile``; never required, ignored on the CPU);
+#: ``precision``: auto | bf16 | fp32 (``bench.precision``; absent = bf16 on CUDA, fp32 on the CPU);
+#: ``warmup_epochs``: linear lr warm-up from 0 over this many epochs, then ``schedule`` over the rest
+RECIPE_OPTIONAL: dict[str, Any] = {"compile": False, "precision": None, "warmup_epochs": 0}
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant", "step")
 
@@ -43,6 +48,8 @@ RECIPE_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
     "label_smoothing": (lambda v: _real(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "compile": (lambda v: isinstance(v, bool), "true or false"),
+    "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    "warmup_epochs": (lambda v: _real(v) and v >= 0, "a finite number >= 0"),
 }
 
 
@@ -88,33 +95,30 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
-def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+def prepare_model(model: nn.Module, device: torch.device, precision: str | None = None) -> nn.Module:
+    """Move ``model`` to ``device`` in the memory format its (recipe) precision runs in."""
     model.to(device)
-    if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+    if prec.channels_last(model, prec.resolve(precision, device)):
         model.to(memory_format=torch.channels_last)
     return model
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> float:
-    """Top-1 accuracy in percent."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048,
+             precision: str | None = None) -> float:
+    """Top-1 accuracy in percent, in ``precision`` (a recipe value; None: bf16 on CUDA, fp32
+    on the CPU, so reported test accuracies on the CPU are fp32 whatever trained them)."""
     if len(y) == 0:
         return float("nan")
     was_training = model.training
     model.eval()
     device = x.device
+    run_as = prec.resolve(precision, device)
+    layout = prec.channels_last(model, run_as) or device.type == "cuda"
     correct = 0
-    with _autocast(device):
+    with prec.autocast(device, run_as):
         for i in range(0, len(y), batch_size):
-            xb = x[i:i + batch_size]
-            if device.type == "cuda" and xb.dim() == 4:
-                xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = prec.to_layout(x[i:i + batch_size], layout)
             correct += (model(xb).argmax(1) == y[i:i + batch_size]).sum().item()
     model.train(was_training)
     return 100.0 * correct / len(y)
@@ -129,7 +133,12 @@ def _optimizer(model: nn.Module, r: dict[str, Any]) -> torch.optim.Optimizer:
     return cls(params, lr=r["lr"], weight_decay=r["weight_decay"])
 
 
-def _lr_factor(schedule: str, step: int, total: int) -> float:
+def _lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
+    """The lr multiplier at ``step`` of ``total``: linear warm-up over the first ``warmup``
+    steps, then ``schedule`` over the rest."""
+    if step < warmup:
+        return (step + 1) / warmup
+    step, total = step - warmup, total - warmup
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
     if schedule == "step":  # x0.1 at 50% and 75%
@@ -155,10 +164,13 @@ def train(model: nn.Module, data: DataSplits, recipe: dict[str, Any], seed: int 
     r = check_recipe(recipe)
     epochs = r["epochs"] if epochs is None else epochs
     device = data.x_train.device
-    prepare_model(model, device)
+    run_as = prec.resolve(r.get("precision"), device)
+    prepare_model(model, device, r.get("precision"))
+    layout = prec.channels_last(model, run_as) or device.type == "cuda"
     step_model = _compiled(model, device) if r.get("compile") else model
     if epochs <= 0:
-        return {"epochs": 0, "val_acc": evaluate(model, data.x_val, data.y_val), "time_s": 0.0}
+        return {"epochs": 0, "val_acc": evaluate(model, data.x_val, data.y_val, precision=r.get("precision")),
+                "time_s": 0.0, "precision": run_as}
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     augment = None
@@ -169,7 +181,8 @@ def train(model: nn.Module, data: DataSplits, recipe: dict[str, Any], seed: int 
     n, bs = len(data.y_train), int(r["batch_size"])
     steps_per_epoch = max(1, n // bs)
     total = max(1, round(epochs * steps_per_epoch))  # fractional epochs: a share of the steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(r["schedule"], s, total))
+    warmup = min(total - 1, round(r.get("warmup_epochs", 0) * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(r["schedule"], s, total, warmup))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=r["label_smoothing"])
     best_acc, best_state, t0 = -1.0, None, time.perf_counter()
     bar = tqdm(range(math.ceil(total / steps_per_epoch)), desc=desc, leave=False, disable=not progress, unit="ep")
@@ -183,10 +196,8 @@ def train(model: nn.Module, data: DataSplits, recipe: dict[str, Any], seed: int 
             xb, yb = data.x_train[idx], data.y_train[idx]
             if augment is not None:
                 xb = augment(xb, gen)
-            if device.type == "cuda" and xb.dim() == 4:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with _autocast(device):
-                loss = loss_fn(step_model(xb), yb)
+            with prec.autocast(device, run_as):
+                loss = loss_fn(step_model(prec.to_layout(xb, layout)), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -195,10 +206,10 @@ def train(model: nn.Module, data: DataSplits, recipe: dict[str, Any], seed: int 
         mean_loss = (running / steps).item()
         if not math.isfinite(mean_loss):
             raise FloatingPointError(f"{desc}: loss is {mean_loss} in epoch {epoch + 1}")
-        val_acc = evaluate(model, data.x_val, data.y_val)
+        val_acc = evaluate(model, data.x_val, data.y_val, precision=r.get("precision"))
         if len(data.y_val) == 0 or val_acc > best_acc:
             best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
         bar.set_postfix(loss=f"{mean_loss:.3f}", val=f"{val_acc:.2f}")
     if best_state is not None:
         model.load_state_dict(best_state)
-    return {"epochs": epochs, "val_acc": best_acc, "time_s": time.perf_counter() - t0}
+    return {"epochs": epochs, "val_acc": best_acc, "time_s": time.perf_counter() - t0, "precision": run_as}
