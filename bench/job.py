@@ -8,6 +8,7 @@ wrong size.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 import traceback
@@ -16,14 +17,17 @@ from typing import Any
 
 import torch
 
+from bench.bias_calibration import calibrate, calibration_images
 from bench.compressor import BudgetUnreachable, ContractError, FinetuneContext
 from bench.data import DataSplits
 from bench.layers import count_params, dense_params, get_layer
 from bench.metrics import fit_errors, forward_flops
+from bench.prefix import Cut, build_cache, cut, first_layer
 from bench.records import config_key
 from bench.registry import dataset_spec, get_method
 from bench.suite import Job
 from bench.train import evaluate, train
+from bench.tuning import apply_pick, tuned
 
 
 def job_fields(job: Job) -> dict[str, Any]:
@@ -98,11 +102,11 @@ def check_sizes(method, originals: dict[str, torch.nn.Module], model: torch.nn.M
                 f"said {planned:,} (does the module keep a reference to the dense layer?)")
 
 
-def _finetune(method, model, job: Job, data: DataSplits, originals, knobs, lr: float | None,
-              progress: bool) -> FinetuneContext:
-    """Run the method's fine-tuning on ``model`` in place with the suite's recipe (``lr``
-    replacing its learning rate when tuning); the method sees train/validation data only."""
-    recipe = job.finetune if lr is None else {**job.finetune, "lr": lr}
+def _finetune(method, model, job: Job, data, originals, knobs, pick, progress: bool) -> FinetuneContext:
+    """Run the method's fine-tuning on ``model`` in place with the suite's recipe (``pick``, an
+    lr or an optimizer and lr, replacing the recipe's when tuning); the method sees train and
+    validation data only."""
+    recipe = apply_pick(job.finetune, pick)
     view = data.train_val()
     ctx = FinetuneContext(
         train=lambda m, epochs=None: train(m, view, recipe, seed=job.seed, epochs=epochs,
@@ -113,49 +117,91 @@ def _finetune(method, model, job: Job, data: DataSplits, originals, knobs, lr: f
     return ctx
 
 
-def _tuned_finetune(method, model, job: Job, data: DataSplits, originals, knobs, lr_pick: float | None,
-                    progress: bool) -> tuple[torch.nn.Module, FinetuneContext, dict | None]:
-    """Fine-tune, picking the learning rate from ``job.lr_grid`` by validation accuracy when this
-    job tunes (``lr_pick`` None), or with the pick made on the tuning seed. Returns the model,
-    the context of the kept run and what the record says of the tuning (None: not tuned)."""
-    grid = job.lr_grid
-    if not grid or not method.uses_finetune_lr:
-        return model, _finetune(method, model, job, data, originals, knobs, None, progress), None
-    if lr_pick is not None:
-        ctx = _finetune(method, model, job, data, originals, knobs, lr_pick, progress)
-        return model, ctx, {"grid": list(grid), "pick": lr_pick, "tuned_here": False}
-    best = None
-    val_acc: dict[str, float] = {}
-    diverged: list[float] = []
-    for lr in grid:
-        trial = copy.deepcopy(model)
-        try:
-            ctx = _finetune(method, trial, job, data, originals, knobs, float(lr), progress)
-        except FloatingPointError:  # this lr diverges: a grid value that loses, not a failed job
-            diverged.append(float(lr))
-            continue
-        acc = evaluate(trial, data.x_val, data.y_val)
-        val_acc[repr(float(lr))] = acc
-        if best is None or acc > best[0]:  # ties: the first (smallest) lr of the grid
-            best = (acc, float(lr), trial, ctx)
-    if best is None:
-        raise FloatingPointError(f"fine-tuning diverged at every lr of the grid {list(grid)}")
-    _, lr, trial, ctx = best
-    if diverged:
-        return trial, ctx, {"grid": list(grid), "pick": lr, "val_acc": val_acc, "diverged": diverged,
-                            "tuned_here": True}
-    return trial, ctx, {"grid": list(grid), "pick": lr, "val_acc": val_acc, "tuned_here": True}
+def _tuned_finetune(method, model, job: Job, data, originals, knobs, lr_pick, progress: bool):
+    """Fine-tune, picking the optimizer and lr (``bench.tuning``) on the validation split when
+    this job tunes (``lr_pick`` None), or with the pick made on the tuning seed. Returns the
+    model, the context of the kept run and the record's ``lr_tuning`` (None: not tuned)."""
+    grid = job.lr_grid if method.uses_finetune_lr else None
+    return tuned(lambda m, pick: _finetune(method, m, job, data, originals, knobs, pick, progress),
+                 lambda m: evaluate(m, data.x_val, data.y_val), model, grid, job.optimizer_grid,
+                 job.lr_extend or 0, lr_pick)
+
+
+def _scoped(job: Job, base_model, data: DataSplits, caches: dict | None) -> tuple[Any, str | None, float]:
+    """(data the job trains and evaluates on, layer the network is cut before or None, seconds
+    spent building a frozen-prefix cache). ``caches`` holds one cache per (baseline, cut)."""
+    ft = job.finetune or {}
+    if job.fit_only or ft.get("scope", "all") == "all":
+        return data, None, 0.0
+    first = first_layer(base_model, job.layers, data.x_val[:1])
+    views = int(ft.get("cache_views", 4))
+    key = (base_model_key(base_model), first, views, ft.get("precision"))
+    if caches is not None and key in caches:
+        return caches[key].splits, first, 0.0
+    t0 = time.perf_counter()
+    cache = build_cache(base_model, first, data, seed=job.seed, views=views, precision=ft.get("precision"))
+    if caches is not None:
+        caches.clear()  # one baseline's cache at a time: they can be large
+        caches[key] = cache
+    return cache.splits, first, time.perf_counter() - t0
+
+
+def base_model_key(model) -> int:
+    """Identity of the baseline object a group's jobs share (its cache lives as long as it)."""
+    return id(model)
+
+
+def _calibrate(model, base_model, job: Job, data, cut_at: str | None) -> dict[str, Any]:
+    """Bias calibration (``bench.bias_calibration``) on the job's training inputs, with the
+    dense baseline cut the same way as the job's model."""
+    x = calibration_images(data.x_train, job.seed)
+    with cut(base_model, cut_at) if cut_at else contextlib.nullcontext():
+        return calibrate(model, base_model, list(job.layers), x)
+
+
+def _measure_and_finetune(rec, method, model, base_model, job: Job, data: DataSplits, originals, knobs, lr_pick,
+                          progress: bool, prefix_caches: dict | None):
+    """Accuracy after compression, bias calibration (when the recipe asks), tuned fine-tuning
+    and accuracy after it, on the whole network or after its frozen prefix; fills ``rec`` and
+    returns the fine-tuned model (whole)."""
+    run_data, cut_at, cache_s = _scoped(job, base_model, data, prefix_caches)
+    if cut_at:
+        rec.update(finetune_cut_before=cut_at, time_prefix_cache_s=cache_s)
+    swap = Cut(model, cut_at) if cut_at else None
+    try:
+        rec["acc_before_finetune"] = evaluate(model, run_data.x_test, run_data.y_test)
+        if job.finetune.get("calibrate_bias"):
+            rec["acc_before_calibration"] = rec["acc_before_finetune"]
+            rec["acc_val_before_calibration"] = evaluate(model, run_data.x_val, run_data.y_val)
+            rec["bias_calibration"] = _calibrate(model, base_model, job, run_data, cut_at)
+            rec["acc_before_finetune"] = evaluate(model, run_data.x_test, run_data.y_test)
+            rec["acc_val_after_calibration"] = evaluate(model, run_data.x_val, run_data.y_val)
+        t0 = time.perf_counter()
+        model, ctx, tuning = _tuned_finetune(method, model, job, run_data, originals, knobs, lr_pick, progress)
+        rec["time_finetune_s"] = time.perf_counter() - t0
+        check_sizes(method, originals, model, knobs, "after fine-tuning")
+        rec["acc_after_finetune"] = evaluate(model, run_data.x_test, run_data.y_test)
+        rec["acc_val_after_finetune"] = evaluate(model, run_data.x_val, run_data.y_val)
+        rec["extras"] = ctx.extras
+        if tuning is not None:
+            rec["lr_tuning"] = tuning
+    finally:
+        if swap is not None:
+            swap.restore(model)
+    return model
 
 
 def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSplits,
-            progress: bool = True, memo: dict | None = None, lr_pick: float | None = None) -> dict[str, Any]:
+            progress: bool = True, memo: dict | None = None, lr_pick=None,
+            prefix_caches: dict | None = None) -> dict[str, Any]:
     """One job's record. Never raises for a method's failure: the record says ``failed``.
 
     ``memo`` maps (method, options, knobs, recipe) to an earlier record of the same baseline: a
     budget whose allocation equals an earlier one (a ratio beyond what a method can reach)
     reuses its measurements instead of training the same network again, and says so
     (``same_as``). ``lr_pick``: the fine-tuning learning rate picked on the tuning seed (jobs
-    with an ``lr_grid``); None makes this job tune."""
+    with an ``lr_grid``); None makes this job tune. ``prefix_caches``: where the jobs of one
+    baseline keep its frozen-prefix cache (``finetune.scope: after_frozen_prefix``)."""
     device = data.x_train.device
     rec: dict[str, Any] = {
         **job_fields(job), "data_fingerprint": data.fingerprint, "data_source": data.source, "data_warnings": data.warnings,
@@ -189,16 +235,8 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
         fit, fit_per_layer = fit_errors(originals, {n: get_layer(model, n) for n in job.layers})
         rec.update(fit_rel_error=fit, knobs=knobs, params_counted_as=method.params_counted_as)
         if not job.fit_only:
-            rec["acc_before_finetune"] = evaluate(model, data.x_test, data.y_test)
-            t0 = time.perf_counter()
-            model, ctx, tuning = _tuned_finetune(method, model, job, data, originals, knobs, lr_pick, progress)
-            rec["time_finetune_s"] = time.perf_counter() - t0
-            check_sizes(method, originals, model, knobs, "after fine-tuning")
-            rec["acc_after_finetune"] = evaluate(model, data.x_test, data.y_test)
-            rec["acc_val_after_finetune"] = evaluate(model, data.x_val, data.y_val)
-            rec["extras"] = ctx.extras
-            if tuning is not None:
-                rec["lr_tuning"] = tuning
+            model = _measure_and_finetune(rec, method, model, base_model, job, data, originals, knobs, lr_pick,
+                                          progress, prefix_caches)
         final = {n: get_layer(model, n) for n in job.layers}
         per_layer = {}
         for n in job.layers:

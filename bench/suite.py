@@ -22,7 +22,7 @@ import yaml
 
 from bench.records import config_key
 from bench.registry import DATASETS, METHODS, NETWORKS, dataset_names, method_names, network_names
-from bench.train import check_recipe
+from bench.train import OPTIMIZERS, check_recipe
 
 SUITES_DIR = Path(__file__).parent / "suites"
 SUITE_KEYS = {
@@ -41,6 +41,10 @@ SUITE_KEYS = {
     "paper": "figure roles this suite's results serve (see PAPER_ROLES); no effect on jobs",
     "finetune_epochs": "fine-tuning epochs to sweep: each job runs once per value (sets finetune.epochs)",
     "lr_grid": "fine-tuning learning rates a method's lr is picked from (Job.lr_grid)",
+    "optimizer_grid": f"fine-tuning optimizers picked from with lr_grid, each over every lr (among "
+                      f"{', '.join(OPTIMIZERS)}; bench/tuning.py)",
+    "lr_extend": "integer >= 0: times an optimizer's best lr at an edge of lr_grid tries the next value out "
+                 "(x3 or /3; bench/tuning.py)",
     "tune_epochs": "one of finetune_epochs: the epoch count whose lr pick (on the tuning seed) every epoch "
                    "count uses (default: each epoch count picks its own)",
     "reuse": "suites whose records in the same output a job with an equal key takes instead of running "
@@ -187,6 +191,12 @@ def _check_reuse(suite: dict[str, Any]) -> None:
         if not sweep or te not in sweep or not suite.get("lr_grid"):
             raise SuiteError(f"tune_epochs {te!r}: expected one of finetune_epochs {sweep} "
                              f"(network {net}) in a suite with an lr_grid")
+    for key in ("optimizer_grid", "lr_extend"):
+        if suite.get(key) is not None and not suite.get("lr_grid"):
+            raise SuiteError(f"{key} {suite[key]!r}: needs an lr_grid to extend or cross with")
+    ext = suite.get("lr_extend")
+    if ext is not None and (isinstance(ext, bool) or not isinstance(ext, int) or not 0 <= ext <= 5):
+        raise SuiteError(f"lr_extend {ext!r}: expected an integer in 0..5")
     reuse = suite.get("reuse")
     if reuse is None:
         return
@@ -268,6 +278,8 @@ LIST_KEYS = {
     "ratios": (lambda v: _real(v) and v > 0, "finite numbers > 0", "[2, 8, 32]"),
     "finetune_epochs": (lambda v: _real(v) and v > 0, "finite numbers > 0", "[1, 3]"),
     "lr_grid": (lambda v: _real(v) and v > 0, "finite numbers > 0", "[0.003, 0.01, 0.03]"),
+    "optimizer_grid": (lambda v: isinstance(v, str) and v in OPTIMIZERS, f"optimizers among {', '.join(OPTIMIZERS)}",
+                       "[sgd, adam]"),
     "paper": (lambda v: isinstance(v, str) and v in PAPER_ROLES, f"figure roles among {', '.join(PAPER_ROLES)}",
               "[accuracy, fit]"),
 }
@@ -352,6 +364,18 @@ def _check_layers(suite: dict[str, Any]) -> None:
                 if name not in names:
                     raise SuiteError(f"networks.{net}: {net} (on {dataset}) has no Linear/Conv2d layer {name!r}; "
                                      f"its layers: {', '.join(names)}")
+            if not suite.get("fit_only") and _finetune_recipe(suite, net).get("scope") == "after_frozen_prefix":
+                from bench.prefix import PrefixError, check_cuttable
+                try:
+                    check_cuttable(model, layers, _input_shape(dataset)[0])
+                except PrefixError as e:
+                    raise SuiteError(f"networks.{net} (on {dataset}): {e}") from None
+
+
+def _finetune_recipe(suite: dict[str, Any], net: str) -> dict[str, Any]:
+    """The fine-tuning recipe keys a network's jobs get (the suite's, then its recipe's)."""
+    rec = (suite.get("recipes") or {}).get(net) or {}
+    return {**(suite.get("finetune") or {}), **(rec.get("finetune") or {})}
 
 
 @functools.lru_cache(maxsize=16)
@@ -414,8 +438,12 @@ class Job:
     finetune: dict[str, Any]
     data: dict[str, Any]
     fit_only: bool = False
-    #: fine-tuning learning rates the method's lr is picked from (the suite's ``lr_grid``)
+    #: fine-tuning learning rates the method's lr is picked from (the suite's ``lr_grid``), the
+    #: optimizers crossed with them (``optimizer_grid``) and the edge extensions (``lr_extend``);
+    #: the last two are in the key only when set
     lr_grid: list[float] | None = None
+    optimizer_grid: list[str] | None = None
+    lr_extend: int | None = None
     #: not part of the key (how a job is scheduled or capped, not what it computes):
     #: its priority stage (``STAGES``), the suite's budget_tolerance and factorize_time_cap_s
     stage: str | None = field(default=None, compare=False)
@@ -436,6 +464,10 @@ class Job:
                "finetune": None if self.fit_only else self.finetune, "data": self.data, "fit_only": self.fit_only}
         if self.lr_grid is not None:
             cfg["lr_grid"] = self.lr_grid
+        if self.optimizer_grid is not None:
+            cfg["optimizer_grid"] = self.optimizer_grid
+        if self.lr_extend is not None:
+            cfg["lr_extend"] = self.lr_extend
         if self.borrows_pick:
             cfg["tune_epochs"] = self.tune_epochs
         return cfg
@@ -457,7 +489,8 @@ class Job:
         del cfg["seed"]
         cfg.pop("tune_epochs", None)
         if cfg["finetune"] is not None:
-            cfg["finetune"] = {k: v for k, v in cfg["finetune"].items() if k != "lr"}
+            picked = ("lr", "optimizer") if self.optimizer_grid else ("lr",)
+            cfg["finetune"] = {k: v for k, v in cfg["finetune"].items() if k not in picked}
             if self.borrows_pick:
                 cfg["finetune"]["epochs"] = self.tune_epochs
         return config_key(cfg)
@@ -481,6 +514,8 @@ def expand(suite: dict[str, Any], methods: list[str] | None = None, networks: li
     nets = _select_networks(suite, networks)
     # a fit-only job never fine-tunes: one job, not one per fine-tuning setting
     lr_grid = [float(x) for x in suite["lr_grid"]] if suite.get("lr_grid") and not fit else None
+    optimizer_grid = list(suite["optimizer_grid"]) if lr_grid and suite.get("optimizer_grid") else None
+    lr_extend = int(suite["lr_extend"]) if lr_grid and suite.get("lr_extend") is not None else None
     jobs = []
     for network, layers in nets.items():
         rec = (suite.get("recipes") or {}).get(network) or {}
@@ -497,7 +532,8 @@ def expand(suite: dict[str, Any], methods: list[str] | None = None, networks: li
                                 continue
                             jobs.append(Job(suite["name"], network, dataset, list(layers), e["method"], e["label"],
                                             copy.deepcopy(e["options"]), ratio, knob, int(seed), train,
-                                            ft, data_cfg, fit, lr_grid=lr_grid,
+                                            ft, data_cfg, fit, lr_grid=lr_grid, optimizer_grid=optimizer_grid,
+                                            lr_extend=lr_extend,
                                             budget_tolerance=suite.get("budget_tolerance"),
                                             factorize_time_cap_s=suite.get("factorize_time_cap_s"),
                                             tune_epochs=suite.get("tune_epochs") if lr_grid else None))

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from bench import precision as prec
 from bench.data import DataSplits
 from bench.precision import PRECISIONS
+from bench.prefix import pick_views
 
 RECIPE_DEFAULTS: dict[str, Any] = {
     "epochs": 1, "batch_size": 128, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
@@ -29,8 +30,13 @@ RECIPE_DEFAULTS: dict[str, Any] = {
 #: ``compile``: run the training steps through ``torch.compile`` on CUDA (measured by
 #: ``python -m bench.perf train --compile``; never required, ignored on the CPU);
 #: ``precision``: auto | bf16 | fp32 (``bench.precision``; absent = bf16 on CUDA, fp32 on the CPU);
-#: ``warmup_epochs``: linear lr warm-up from 0 over this many epochs, then ``schedule`` over the rest
-RECIPE_OPTIONAL: dict[str, Any] = {"compile": False, "precision": None, "warmup_epochs": 0}
+#: ``warmup_epochs``: linear lr warm-up from 0 over this many epochs, then ``schedule`` over the rest;
+#: fine-tuning recipes only (read by ``bench.job``): ``scope`` all | after_frozen_prefix
+#: (``bench.prefix``), ``cache_views`` (training views cached there), ``calibrate_bias``
+#: (``bench.bias_calibration``, before fine-tuning)
+RECIPE_OPTIONAL: dict[str, Any] = {"compile": False, "precision": None, "warmup_epochs": 0, "scope": "all",
+                                   "cache_views": 4, "calibrate_bias": False}
+SCOPES = ("all", "after_frozen_prefix")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "constant", "step")
 
@@ -50,6 +56,9 @@ RECIPE_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "compile": (lambda v: isinstance(v, bool), "true or false"),
     "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "warmup_epochs": (lambda v: _real(v) and v >= 0, "a finite number >= 0"),
+    "scope": (lambda v: v in SCOPES, f"one of {', '.join(SCOPES)}"),
+    "cache_views": (lambda v: _integer(v) and 1 <= v <= 64, "an integer in 1..64"),
+    "calibrate_bias": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 
@@ -177,6 +186,7 @@ def train(model: nn.Module, data: DataSplits, recipe: dict[str, Any], seed: int 
     if data.augment:
         from bench.augment import AUGMENTATIONS
         augment = AUGMENTATIONS[data.augment]
+    views = getattr(data, "x_train_views", None)
     opt = _optimizer(model, r)
     n, bs = len(data.y_train), int(r["batch_size"])
     steps_per_epoch = max(1, n // bs)
@@ -194,7 +204,9 @@ def train(model: nn.Module, data: DataSplits, recipe: dict[str, Any], seed: int 
         for s in range(steps):
             idx = perm[s * bs:(s + 1) * bs]
             xb, yb = data.x_train[idx], data.y_train[idx]
-            if augment is not None:
+            if views is not None:
+                xb = pick_views(views, idx, gen)
+            elif augment is not None:
                 xb = augment(xb, gen)
             with prec.autocast(device, run_as):
                 loss = loss_fn(step_model(prec.to_layout(xb, layout)), yb)

@@ -160,6 +160,11 @@ class GroupedLowRankLayer(FactorizedLayer):
         self.tnbench_info = {"groups": k, "rank": j, "rel_error": max(dropped) * scale,
                              "rel_error_rss": math.sqrt(sum(d * d for d in dropped)) * scale}
 
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The output bias (held by the 1x1 mix): what bias calibration shifts."""
+        return self.second.bias
+
     def _first_matrix(self) -> torch.Tensor:
         """(k*j, in/k*kh*kw): row block g is group g's right factor."""
         w = self.first if self.is_linear else self.first.weight

@@ -154,6 +154,11 @@ class CPConv(FactorizedLayer):
         self.first, self.vertical, self.horizontal, self.last = first, vertical, horizontal, last
         self.tnbench_info = info
 
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The output bias (held by the last factor): what bias calibration shifts."""
+        return self.last.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.last(self.horizontal(self.vertical(self.first(x))))
 

@@ -38,6 +38,11 @@ class LowRankLayer(FactorizedLayer):
         self.out_shape = tuple(out_shape)
         self.tnbench_info = {}
 
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The output bias (held by the last factor): what bias calibration shifts."""
+        return self.second.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.second(self.first(x))
 

@@ -65,6 +65,11 @@ class TuckerConv(FactorizedLayer):
         self.first, self.core, self.last = first, core, last
         self.tnbench_info = info
 
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The output bias (held by the last 1x1): what bias calibration shifts."""
+        return self.last.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.last(self.core(self.first(x)))
 

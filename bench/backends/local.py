@@ -48,6 +48,7 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
     for group in groups:
         first, base = group[0], None
         memo: dict[str, dict] = {}
+        prefix_caches: dict = {}  # the group's frozen-prefix cache (bench.prefix), built by its first job
         for job in group:
             if gate is not None and not gate(job):
                 yield {"key": job.key, "status": LEFT}
@@ -67,7 +68,8 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
             torch.manual_seed(job.seed)
             pick = (lr_picks or {}).get(job.tune_key)
             with claim.holding(job) if claim is not None else contextlib.nullcontext():
-                rec = run_job(job, model, meta, data, settings.progress, memo, lr_pick=pick)
+                rec = run_job(job, model, meta, data, settings.progress, memo, lr_pick=pick,
+                              prefix_caches=prefix_caches)
             rec["env"] = info
             yield rec
 

@@ -47,6 +47,9 @@ class DataSplits:
     source: str
     augment: str | None = None
     warnings: list[str] = field(default_factory=list)
+    #: (views, n, ...) precomputed versions of the training inputs, view 0 = ``x_train``; each
+    #: drawn sample takes one at random (frozen-prefix caches, ``bench.prefix``), or None
+    x_train_views: torch.Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -59,7 +62,7 @@ class DataSplits:
     def train_val(self) -> "TrainValSplits":
         """The view a method's fine-tuning gets: the test set stays with the runner."""
         return TrainValSplits(self.name, self.x_train, self.y_train, self.x_val, self.y_val, self.num_classes,
-                              self.fingerprint, self.augment)
+                              self.fingerprint, self.augment, self.x_train_views)
 
 
 @dataclass
@@ -74,6 +77,7 @@ class TrainValSplits:
     num_classes: int
     fingerprint: str
     augment: str | None = None
+    x_train_views: torch.Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -1,0 +1,128 @@
+"""Picking a method's fine-tuning optimizer and learning rate on the validation split.
+
+The same rule for every gradient method (protocol v3):
+
+* the grid is every optimizer of the suite's ``optimizer_grid`` (absent: the recipe's own)
+  times every lr of ``lr_grid``;
+* when an optimizer's best lr is at an edge of the values tried, the next value out (x3 above,
+  /3 below) is tried too, up to ``lr_extend`` times, stopping when the pick becomes interior
+  or the new value diverges or is worse: the grid is never what limits a method;
+* the pick is the best validation accuracy (ties: the first optimizer listed, then the smaller
+  lr); a value whose loss diverges loses, it does not fail the job.
+
+Every value tried is in the record (``lr_tuning``). A pick is a float (the lr) when the suite
+has no ``optimizer_grid`` — the records made before it keep their form — else
+``{"optimizer": ..., "lr": ...}``.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+EXTEND_FACTOR = 3.0
+
+
+def apply_pick(recipe: dict[str, Any], pick: float | dict | None) -> dict[str, Any]:
+    """The fine-tuning recipe with a pick (an lr, or an optimizer and lr) in place."""
+    if pick is None:
+        return recipe
+    if isinstance(pick, dict):
+        return {**recipe, **pick}
+    return {**recipe, "lr": float(pick)}
+
+
+def _label(optimizer: str | None, lr: float) -> str:
+    return repr(lr) if optimizer is None else f"{optimizer}@{lr!r}"
+
+
+def search(run: Callable[[dict | float], tuple[float, Any]], lrs: list[float], optimizers: list[str] | None,
+           extend: int = 0) -> tuple[Any, dict[str, Any]]:
+    """Run the grid. ``run(pick)`` fine-tunes a fresh copy and returns (validation accuracy,
+    whatever the caller keeps), raising FloatingPointError when the loss diverges. Returns the
+    best run's kept value and the tuning record."""
+    val_acc: dict[str, float] = {}
+    diverged: list[str] = []
+    extended: list[str] = []
+    best: tuple[float, Any, Any] | None = None
+    edge_picks: list[str] = []
+    for opt in (optimizers or [None]):
+        tried: dict[float, float | None] = {}
+
+        def attempt(lr: float, opt=opt, tried=tried) -> None:
+            nonlocal best
+            pick = float(lr) if opt is None else {"optimizer": opt, "lr": float(lr)}
+            try:
+                acc, kept = run(pick)
+            except FloatingPointError:
+                tried[lr] = None
+                diverged.append(_label(opt, lr))
+                return
+            tried[lr] = acc
+            val_acc[_label(opt, lr)] = acc
+            if best is None or acc > best[0]:
+                best = (acc, pick, kept)
+
+        for lr in lrs:
+            attempt(float(lr))
+        for _ in range(max(0, int(extend))):
+            ok = {lr: a for lr, a in tried.items() if a is not None}
+            if not ok:
+                break
+            top = max(ok.values())
+            pick_lr = min(lr for lr, a in ok.items() if a == top)
+            if pick_lr == max(tried) and len(tried) > 1 or len(tried) == 1:
+                nxt = pick_lr * EXTEND_FACTOR
+            elif pick_lr == min(tried):
+                nxt = pick_lr / EXTEND_FACTOR
+            else:
+                break  # interior: the grid does not bind
+            nxt = float(f"{nxt:.6g}")
+            extended.append(_label(opt, nxt))
+            attempt(nxt)
+            if tried[nxt] is None or tried[nxt] <= top:
+                break  # the next value out diverges or is worse: the pick stands
+        ok = {lr: a for lr, a in tried.items() if a is not None}
+        if ok:
+            top = max(ok.values())
+            pick_lr = min(lr for lr, a in ok.items() if a == top)
+            if len(tried) > 1 and pick_lr in (min(tried), max(tried)):  # the extensions ran out
+                edge_picks.append(_label(opt, pick_lr))
+    if best is None:
+        raise FloatingPointError(f"fine-tuning diverged at every value of the grid "
+                                 f"{[_label(o, lr) for o in (optimizers or [None]) for lr in lrs]}")
+    acc, pick, kept = best
+    rec: dict[str, Any] = {"grid": [float(x) for x in lrs], "pick": pick, "val_acc": val_acc, "tuned_here": True}
+    if optimizers:
+        rec["optimizers"] = list(optimizers)
+    if diverged:
+        rec["diverged"] = diverged
+    if extend:
+        rec["extend"] = int(extend)
+        rec["extended"] = extended
+    # an edge pick after the extensions: a value out of reach might have won
+    rec["pick_at_edge"] = _label(pick.get("optimizer") if isinstance(pick, dict) else None,
+                                 pick["lr"] if isinstance(pick, dict) else pick) in edge_picks
+    return kept, rec
+
+
+def tuned(finetune: Callable[[Any, float | dict | None], Any], evaluate_val: Callable[[Any], float], model,
+          lrs: list[float] | None, optimizers: list[str] | None, extend: int, pick: Any) -> tuple[Any, Any, dict | None]:
+    """Fine-tune ``model`` with the pick made on the tuning seed (``pick`` given), or search the
+    grid on copies and keep the best. ``finetune(model, pick)`` returns the method's context.
+    Returns (model, context, tuning record or None when there is no grid)."""
+    if not lrs:
+        return model, finetune(model, None), None
+    if pick is not None:
+        ctx = finetune(model, pick)
+        rec = {"grid": [float(x) for x in lrs], "pick": pick, "tuned_here": False}
+        if optimizers:
+            rec["optimizers"] = list(optimizers)
+        return model, ctx, rec
+
+    def run(p):
+        trial = copy.deepcopy(model)
+        ctx = finetune(trial, p)
+        return evaluate_val(trial), (trial, ctx)
+
+    (trial, ctx), rec = search(run, lrs, optimizers, extend)
+    return trial, ctx, rec
