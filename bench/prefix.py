@@ -107,13 +107,14 @@ def cut(model: nn.Module, layer_name: str) -> Iterator[nn.Module]:
 @torch.no_grad()
 def layer_inputs(model: nn.Module, layer_name: str, x: torch.Tensor, batch_size: int = 1024,
                  precision: str | None = None, augment=None) -> torch.Tensor:
-    """The input ``layer_name`` receives for each image of ``x`` (eval mode), in fp32; batches
+    """The input ``layer_name`` receives for each image of ``x`` (eval mode; bf16 stored as fp32); batches
     through ``augment(xb)`` first when given."""
     layer = model.get_submodule(layer_name)
     captured: list[torch.Tensor] = []
 
     def grab(module, inputs):
-        captured.append(inputs[0].detach().float().contiguous())
+        t = inputs[0].detach()
+        captured.append((t.float() if t.dtype in (torch.bfloat16, torch.float16) else t).contiguous())
         raise _Stop
 
     hook = layer.register_forward_pre_hook(grab)

@@ -111,9 +111,19 @@ def test_perf_train_runs_and_reports(capsys):
     from bench.perf.train import main
 
     assert main(["--device", "cpu", "--networks", "zfnet", "--batch-size", "4", "--steps", "1",
-                 "--warmup", "0"]) == 0
+                 "--warmup", "0", "--precisions", "none"]) == 0
     out = capsys.readouterr().out
     assert "synthetic" in out
     row = [line for line in out.splitlines() if line.startswith("zfnet")][0].split()
     assert int(row[1].replace(",", "")) == expected_params("zfnet", 10)
     assert all(float(v.replace(",", "")) > 0 for v in row[2:5])
+
+
+def test_perf_train_compares_the_bare_loop_and_the_projects_loop_per_precision(capsys):
+    from bench.perf.train import main
+
+    assert main(["--device", "cpu", "--networks", "zfnet", "--batch-size", "4", "--steps", "1",
+                 "--warmup", "1", "--precisions", "fp32,bf16"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("zfnet")]
+    assert [r[1] for r in rows] == ["fp32", "bf16"]
+    assert all(float(r[2].replace(",", "")) > 0 and float(r[3].replace(",", "")) > 0 for r in rows)

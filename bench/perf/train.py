@@ -1,7 +1,9 @@
 """Training and evaluation throughput of the CIFAR networks: ``python -m bench.perf train``.
 
 Compares two input pipelines on the current device, each feeding the same SGD training step
-(bf16 autocast and channels_last on CUDA, as ``bench.train`` does):
+(bf16 autocast and channels_last on CUDA, as ``bench.train`` does). ``--precisions fp32,bf16``
+instead times, per precision, the bare step loop against the project's own ``bench.train.train``
+on the same synthetic data (their ratio is what the project's loop costs):
 
 * ``resident``: the dataset lives on the device, batches are sliced from a device-side
   permutation and augmented there in batch (``bench.augment``) — what ``bench.train`` does;
@@ -24,17 +26,23 @@ from torch import nn
 from bench.augment import AUGMENTATIONS, CROP_PADDING
 from bench.models import build_network
 from bench.perf import sync
-from bench.train import prepare_model, resolve_device
+from bench import precision as prec
+from bench.data import DataSplits
+from bench.train import prepare_model, resolve_device, train
 
 SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
 
 
-def _autocast(device: torch.device):
+def _autocast(device: torch.device, precision: str | None = None):
+    if precision is not None:
+        return prec.autocast(device, prec.resolve(precision, device))
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def _to_input(xb: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _to_input(xb: torch.Tensor, device: torch.device, precision: str | None = None) -> torch.Tensor:
+    if precision is not None:
+        return prec.to_layout(xb, prec.resolve(precision, device) == "bf16")
     return xb.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else xb
 
 
@@ -43,15 +51,16 @@ class _Step:
     the forward goes through ``torch.compile`` (the parameters, and so the optimizer, are the
     eager model's)."""
 
-    def __init__(self, model: nn.Module, device: torch.device, compiled: bool = False):
-        self.model, self.device = model, device
+    def __init__(self, model: nn.Module, device: torch.device, compiled: bool = False,
+                 precision: str | None = None):
+        self.model, self.device, self.precision = model, device, precision
         self.forward = torch.compile(model) if compiled else model
         self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         self.loss_fn = nn.CrossEntropyLoss()
 
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        with _autocast(self.device):
-            loss = self.loss_fn(self.forward(_to_input(xb, self.device)), yb)
+        with _autocast(self.device, self.precision):
+            loss = self.loss_fn(self.forward(_to_input(xb, self.device, self.precision)), yb)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -142,6 +151,44 @@ def time_eval(model: nn.Module, x: torch.Tensor, batch: int, steps: int, warmup:
     return batch * steps / (time.perf_counter() - t0)
 
 
+def time_project_loop(net: str, x: torch.Tensor, y: torch.Tensor, batch: int, steps: int, warmup: int,
+                      precision: str) -> float:
+    """Images/s of ``bench.train.train`` (crop-flip, the SGD recipe, no validation split):
+    the warm-up steps run first as their own call, then ``steps`` steps are timed."""
+    data = DataSplits("synthetic", x, y, x[:0], y[:0], x[:0], y[:0], NUM_CLASSES, "-", "-", augment="crop-flip")
+    torch.manual_seed(0)
+    model = build_network(net, SHAPE, NUM_CLASSES)
+    per_epoch = len(y) // batch
+    recipe = {"batch_size": batch, "lr": 0.01, "momentum": 0.9, "nesterov": True, "precision": precision}
+    train(model, data, {**recipe, "epochs": warmup / per_epoch}, progress=False)
+    sync(x.device)
+    t0 = time.perf_counter()
+    train(model, data, {**recipe, "epochs": steps / per_epoch}, progress=False)
+    sync(x.device)
+    return batch * steps / (time.perf_counter() - t0)
+
+
+def compare_precisions(args, device: torch.device, precisions: list[str]) -> int:
+    """Per network and precision: the bare step loop vs the project's training loop."""
+    batch, steps, warmup = args.batch_size or 128, args.steps or 6, args.warmup if args.warmup is not None else 2
+    n = batch * (steps + warmup)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, *SHAPE, generator=g).to(device)
+    y = torch.randint(0, NUM_CLASSES, (n,), generator=g).to(device)
+    print(f"device: {device}; {torch.get_num_threads()} threads; torch {torch.__version__}; batch {batch}; "
+          f"{steps} timed steps after {warmup}; native bf16 on this CPU: {prec.cpu_has_native_bf16()}")
+    print(f"{'network':<9} {'precision':<10} {'bare img/s':>11} {'project img/s':>14} {'ratio':>7}")
+    for net in [s.strip() for s in args.networks.split(",") if s.strip()]:
+        for p in precisions:
+            run_as = prec.resolve(p, device)
+            torch.manual_seed(0)
+            model = prepare_model(build_network(net, SHAPE, NUM_CLASSES), device, p)
+            bare = time_resident(_Step(model, device, precision=p), x, y, batch, steps, warmup)
+            loop = time_project_loop(net, x, y, batch, steps, warmup, p)
+            print(f"{net:<9} {run_as:<10} {bare:>11,.0f} {loop:>14,.0f} {loop / bare:>7.2f}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.perf train", description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -153,9 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-dataloader", action="store_true", help="time only the device-resident pipeline")
     ap.add_argument("--compile", choices=("auto", "yes", "no"), default="auto",
                     help="also time the resident pipeline with torch.compile (auto: on CUDA when available)")
+    ap.add_argument("--precisions", default=None,
+                    help="e.g. fp32,bf16 (the default on a CPU): time the bare loop vs the project's loop per "
+                         "precision instead of the pipelines; 'none' for the pipelines")
     args = ap.parse_args(argv)
 
     device = resolve_device(args.device)
+    if args.precisions is None and device.type == "cpu":
+        args.precisions = "fp32,bf16"  # on a CPU the question is what bf16 buys
+    if args.precisions and args.precisions != "none":
+        return compare_precisions(args, device, [p.strip() for p in args.precisions.split(",") if p.strip()])
     cuda = device.type == "cuda"
     batch = args.batch_size or (256 if cuda else 32)
     steps = args.steps or (50 if cuda else 3)
