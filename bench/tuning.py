@@ -41,7 +41,7 @@ def search(run: Callable[[dict | float], tuple[float, Any]], lrs: list[float], o
     whatever the caller keeps), raising FloatingPointError when the loss diverges. Returns the
     best run's kept value and the tuning record."""
     val_acc: dict[str, float] = {}
-    diverged: list[str] = []
+    diverged: list = []
     extended: list[str] = []
     best: tuple[float, Any, Any] | None = None
     edge_picks: list[str] = []
@@ -55,7 +55,7 @@ def search(run: Callable[[dict | float], tuple[float, Any]], lrs: list[float], o
                 acc, kept = run(pick)
             except FloatingPointError:
                 tried[lr] = None
-                diverged.append(_label(opt, lr))
+                diverged.append(float(lr) if opt is None else _label(opt, lr))  # v2 records: floats
                 return
             tried[lr] = acc
             val_acc[_label(opt, lr)] = acc

@@ -173,7 +173,7 @@ def test_extensions_are_bounded_and_a_diverged_value_stops_them():
     assert seen == [0.01, 0.03, 0.09, 0.27] and rec["pick"] == 0.27 and rec["pick_at_edge"]
     run, seen = _fake_run(lambda lr: None if lr > 0.05 else 100 * lr)
     _, rec = search(run, [0.01, 0.03], None, extend=2)
-    assert seen == [0.01, 0.03, 0.09] and rec["pick"] == 0.03 and rec["diverged"] == ["0.09"]
+    assert seen == [0.01, 0.03, 0.09] and rec["pick"] == 0.03 and rec["diverged"] == [0.09]
     assert not rec["pick_at_edge"]
 
 
