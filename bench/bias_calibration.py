@@ -110,7 +110,7 @@ def calibrate(model: nn.Module, dense: nn.Module, layer_names: list[str], x: tor
             info[name] = {"channels": int(d.shape[0]), "shifted": moved, "dead_dense": dead(d), "dead_before": dead(c),
                           "mean_abs_shift": float(delta.abs().mean())}
             bias.add_(delta.to(bias.dtype).view_as(bias))
-            info[name]["dead_after"] = dead(_channel_values(_outputs(model, [name], x)[name]))
+            info[name]["dead_after"] = dead(c + delta[:, None])  # the bias adds to every output
         return info
     finally:
         model.train(was[0])

@@ -129,26 +129,21 @@ def _tuned_finetune(method, model, job: Job, data, originals, knobs, lr_pick, pr
 
 def _scoped(job: Job, base_model, data: DataSplits, caches: dict | None) -> tuple[Any, str | None, float]:
     """(data the job trains and evaluates on, layer the network is cut before or None, seconds
-    spent building a frozen-prefix cache). ``caches`` holds one cache per (baseline, cut)."""
+    spent building a frozen-prefix cache). ``caches`` holds the cache of the group's baseline."""
     ft = job.finetune or {}
     if job.fit_only or ft.get("scope", "all") == "all":
         return data, None, 0.0
-    first = first_layer(base_model, job.layers, data.x_val[:1])
     views = int(ft.get("cache_views", 4))
-    key = (base_model_key(base_model), first, views, ft.get("precision"))
+    key = (tuple(job.layers), views, ft.get("precision"))  # the group fixes the baseline
     if caches is not None and key in caches:
-        return caches[key].splits, first, 0.0
+        return caches[key].splits, caches[key].layer, 0.0
     t0 = time.perf_counter()
+    first = first_layer(base_model, job.layers, data.x_val[:1])
     cache = build_cache(base_model, first, data, seed=job.seed, views=views, precision=ft.get("precision"))
     if caches is not None:
-        caches.clear()  # one baseline's cache at a time: they can be large
+        caches.clear()  # one cache at a time: they can be large
         caches[key] = cache
     return cache.splits, first, time.perf_counter() - t0
-
-
-def base_model_key(model) -> int:
-    """Identity of the baseline object a group's jobs share (its cache lives as long as it)."""
-    return id(model)
 
 
 def _calibrate(model, base_model, job: Job, data, cut_at: str | None) -> dict[str, Any]:

@@ -55,5 +55,11 @@ def channels_last(model: nn.Module, precision: str) -> bool:
     return precision == "bf16" and any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
+def input_layout(model: nn.Module, precision: str, device: torch.device) -> bool:
+    """Whether batches go channels_last: bf16 conv networks, and every CUDA run (as before the
+    ``precision`` key existed)."""
+    return channels_last(model, precision) or device.type == "cuda"
+
+
 def to_layout(x: torch.Tensor, use_channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if use_channels_last and x.dim() == 4 else x

@@ -11,8 +11,9 @@ How the cut is made: the modules on the path to the first compressed layer are s
 ones that run before it (replaced by ``nn.Identity`` while the cache is used) and the rest. The
 cache holds that layer's *input*, recorded by a forward pre-hook, so whatever the network's
 ``forward`` does between modules (a flatten) is captured as well. This needs a forward that
-calls its children in the order they are registered; :func:`cut` checks it on real inputs and
-refuses a network for which the cut model does not reproduce the full one.
+calls its children in the order they are registered: ``check_cuttable`` checks the shapes on
+an untrained network when the suite is validated, ``check_cut`` the values on the trained
+baseline, and a network whose cut model does not reproduce the whole one is refused.
 
 Augmentation: a frozen prefix cannot see a new random crop every epoch. The cache holds
 ``views`` versions of each training image: view 0 plain, views 1.. drawn by the dataset's own

@@ -520,7 +520,7 @@ def expand(suite: dict[str, Any], methods: list[str] | None = None, networks: li
     for network, layers in nets.items():
         rec = (suite.get("recipes") or {}).get(network) or {}
         train = check_recipe({**(suite.get("train") or {}), **(rec.get("train") or {})})
-        finetune = check_recipe({**(suite.get("finetune") or {}), **(rec.get("finetune") or {})})
+        finetune = check_recipe(_finetune_recipe(suite, network))
         epochs_list = (None if fit else network_epochs(suite, network)) or [None]
         for dataset in suite["datasets"]:
             for seed in suite.get("seeds") or [0]:

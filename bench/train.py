@@ -123,7 +123,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     model.eval()
     device = x.device
     run_as = prec.resolve(precision, device)
-    layout = prec.channels_last(model, run_as) or device.type == "cuda"
+    layout = prec.input_layout(model, run_as, device)
     correct = 0
     with prec.autocast(device, run_as):
         for i in range(0, len(y), batch_size):
@@ -175,7 +175,7 @@ def train(model: nn.Module, data: DataSplits, recipe: dict[str, Any], seed: int 
     device = data.x_train.device
     run_as = prec.resolve(r.get("precision"), device)
     prepare_model(model, device, r.get("precision"))
-    layout = prec.channels_last(model, run_as) or device.type == "cuda"
+    layout = prec.input_layout(model, run_as, device)
     step_model = _compiled(model, device) if r.get("compile") else model
     if epochs <= 0:
         return {"epochs": 0, "val_acc": evaluate(model, data.x_val, data.y_val, precision=r.get("precision")),

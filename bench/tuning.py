@@ -31,6 +31,15 @@ def apply_pick(recipe: dict[str, Any], pick: float | dict | None) -> dict[str, A
     return {**recipe, "lr": float(pick)}
 
 
+def _best(tried: dict[float, float | None]) -> tuple[float, float] | None:
+    """(lr, accuracy) of the best value that did not diverge (ties: the smaller lr), or None."""
+    ok = {lr: a for lr, a in tried.items() if a is not None}
+    if not ok:
+        return None
+    top = max(ok.values())
+    return min(lr for lr, a in ok.items() if a == top), top
+
+
 def _label(optimizer: str | None, lr: float) -> str:
     return repr(lr) if optimizer is None else f"{optimizer}@{lr!r}"
 
@@ -65,11 +74,9 @@ def search(run: Callable[[dict | float], tuple[float, Any]], lrs: list[float], o
         for lr in lrs:
             attempt(float(lr))
         for _ in range(max(0, int(extend))):
-            ok = {lr: a for lr, a in tried.items() if a is not None}
-            if not ok:
+            if _best(tried) is None:
                 break
-            top = max(ok.values())
-            pick_lr = min(lr for lr, a in ok.items() if a == top)
+            pick_lr, top = _best(tried)
             if pick_lr == max(tried) and len(tried) > 1 or len(tried) == 1:
                 nxt = pick_lr * EXTEND_FACTOR
             elif pick_lr == min(tried):
@@ -81,12 +88,9 @@ def search(run: Callable[[dict | float], tuple[float, Any]], lrs: list[float], o
             attempt(nxt)
             if tried[nxt] is None or tried[nxt] <= top:
                 break  # the next value out diverges or is worse: the pick stands
-        ok = {lr: a for lr, a in tried.items() if a is not None}
-        if ok:
-            top = max(ok.values())
-            pick_lr = min(lr for lr, a in ok.items() if a == top)
-            if len(tried) > 1 and pick_lr in (min(tried), max(tried)):  # the extensions ran out
-                edge_picks.append(_label(opt, pick_lr))
+        final = _best(tried)
+        if final is not None and len(tried) > 1 and final[0] in (min(tried), max(tried)):
+            edge_picks.append(_label(opt, final[0]))  # the extensions ran out at an edge
     if best is None:
         raise FloatingPointError(f"fine-tuning diverged at every value of the grid "
                                  f"{[_label(o, lr) for o in (optimizers or [None]) for lr in lrs]}")
