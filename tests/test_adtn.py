@@ -212,7 +212,7 @@ def test_prefit_recovers_an_adtn_target():
 def test_prefit_improves_and_keeps_the_best():
     torch.manual_seed(0)
     w = torch.randn(20, 30).cumsum(1)  # smooth-ish rows: some structure to find
-    for start in ("rank1", "rescale"):
+    for start in ("rank1", "lsq"):
         gen = ADTNGenerator(w.numel(), 3)
         fit = prefit(gen, w, max_steps=200, lr=0.01, patience=20, start=start)
         assert fit["rel_error"] <= fit["init_rel_error"] + 1e-6
@@ -220,6 +220,28 @@ def test_prefit_improves_and_keeps_the_best():
         assert 0 < fit["steps"] <= 200
         got = float((gen().detach() - w.reshape(-1)).norm() / w.norm())
         assert math.isclose(got, fit["rel_error"], rel_tol=1e-4)
+
+
+def test_lsq_start_is_the_best_multiple_of_the_generated_tensor():
+    """The 'lsq' start folds <T, W> / ||T||^2 into the gates: its error is sqrt(1 - cos^2(T, W)),
+    below 1 for any output, and no other multiple of T starts lower."""
+    torch.manual_seed(3)
+    w = torch.randn(16, 24, dtype=torch.float64)
+    for init in ("orthogonal", "identity"):
+        torch.manual_seed(4)
+        gen = ADTNGenerator(w.numel(), 2, init=init, dtype=torch.float64)
+        with torch.no_grad():
+            t = gen().clone()
+        cos2 = float((t @ w.reshape(-1)) ** 2 / (t.pow(2).sum() * w.pow(2).sum()))
+        fit = prefit(gen, w, max_steps=0, start="lsq")
+        assert math.isclose(fit["init_rel_error"], math.sqrt(1 - cos2), rel_tol=1e-9)
+        assert fit["init_rel_error"] < 1.0
+        for c in (0.5, 2.0, -1.0):  # other multiples of the LS-scaled output are worse
+            alpha = float(t @ w.reshape(-1) / t.pow(2).sum())
+            other = float((c * alpha * t - w.reshape(-1)).norm() / w.norm())
+            assert other > fit["init_rel_error"]
+    with pytest.raises(ValueError, match="valid: rank1, lsq, none"):
+        prefit(ADTNGenerator(12, 2), torch.ones(12), start="rescale")
 
 
 def test_prefit_zero_target_and_bad_shapes():

@@ -36,9 +36,10 @@ only M states alive for backward instead of one per pass. Without autograd the f
 write into two preallocated buffers in turn.
 
 Fitting: ``prefit`` (Adam on ||T - W||^2 / ||W||^2 over the real entries of a layout, on a
-fixed cosine schedule or until a plateau, then optional L-BFGS) starts from ``init_rank1_``:
-the weight's best Kronecker-rank-1 approximation over the site pairs, which the first layer
-represents exactly (signs carried by the last layer through the ReLUs). ``sgd_gain`` measures
+fixed cosine schedule or until a plateau, then optional L-BFGS) starts from the current gates
+times the least-squares factor (``start='lsq'``) or from ``init_rank1_``: the weight's best
+Kronecker-rank-1 approximation over the site pairs, which the first layer represents exactly
+(signs carried by the last layer through the ReLUs). ``sgd_gain`` measures
 how much faster than a dense weight the generated weight moves under SGD; the buffer
 ``grad_scale`` can compensate. Which entries are the weight: ``methods.adtn.layout``.
 """
@@ -459,6 +460,7 @@ def _hopm(full: torch.Tensor, dims: list[int], sweeps: int) -> list[torch.Tensor
 
 
 SCHEDULES = ("cosine", "plateau")
+PREFIT_STARTS = ("rank1", "lsq", "none")
 
 
 def prefit(gen: ADTNGenerator, target: torch.Tensor, max_steps: int = 2000, lr: float = 1e-2,
@@ -481,7 +483,10 @@ def prefit(gen: ADTNGenerator, target: torch.Tensor, max_steps: int = 2000, lr: 
       (or ``max_steps``) stops.
 
     ``start``: 'rank1' (``init_rank1_`` with ``start_noise``, on the laid-out weight),
-    'rescale' (fold ||W|| / ||T|| into the current gates) or 'none' (the gates as they are).
+    'lsq' (fold the least-squares factor <T, W> / ||T||^2 into the current gates: the best
+    multiple of the generator's output, loss 1 - cos^2(T, W) <= 1; an earlier start matched
+    the norms instead, which for an output unrelated to W is loss ~2, and Adam collapsed the
+    output to zero from there on FC-2) or 'none' (the gates as they are).
     A divergence (loss doubled, or an all-zero output: every ReLU dead, no gradient) restores
     the best gates and cuts the lr by ``lr_decay`` (plateau: counts as a plateau; cosine: the
     schedule goes on, scaled). The best iterate is kept. ``polish`` > 0 then runs up to that
@@ -509,8 +514,8 @@ def prefit(gen: ADTNGenerator, target: torch.Tensor, max_steps: int = 2000, lr: 
             for p in gen.parameters():
                 p.zero_()
         return {"rel_error": 0.0, **empty, "seconds": time.perf_counter() - t0, "init_rel_error": 0.0}
-    if start not in ("rank1", "rescale", "none"):
-        raise ValueError(f"prefit start {start!r}; valid: rank1, rescale, none")
+    if start not in PREFIT_STARTS:
+        raise ValueError(f"prefit start {start!r}; valid: {', '.join(PREFIT_STARTS)}")
 
     def generated() -> torch.Tensor:
         return layout.read(gen.full())
@@ -520,12 +525,14 @@ def prefit(gen: ADTNGenerator, target: torch.Tensor, max_steps: int = 2000, lr: 
         return (generated() - w).pow(2).sum() / w_norm2
 
     if start == "rank1" and math.isnan(gen.init_rank1_(layout.embed(w), noise=start_noise)):
-        start = "rescale"  # no exact rank-1 start through this activation: identity gates, rescaled
-    if start == "rescale":
+        start = "lsq"  # no exact rank-1 start through this activation: identity gates, scaled
+    if start == "lsq":
         with torch.no_grad():
-            t_norm = generated().norm()
-            if t_norm > 0 and torch.isfinite(t_norm):
-                gen.scale_(float(w_norm2.sqrt() / t_norm))
+            t = generated()
+            t_norm2 = t.pow(2).sum()
+            factor = (t * w).sum() / t_norm2
+            if t_norm2 > 0 and torch.isfinite(factor) and factor != 0:
+                gen.scale_(float(factor))
     with torch.no_grad():
         init_err = float(objective().sqrt())
     params = [p for p in gen.parameters() if p.numel()]

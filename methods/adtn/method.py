@@ -6,8 +6,8 @@ M*(Q-1) gates, Q = ceil(log_d N). The bias stays dense and is counted.
 
 Two stages, as the paper summarises them: ``factorize`` pre-fits the generator to the layer's
 dense weight (Adam on ||T - W||^2 / ||W||^2 over the real entries of the weight layout, a fixed
-cosine schedule of ``prefit_steps`` steps from the weight's best Kronecker-rank-1 fit, then an
-optional L-BFGS polish), then ``finetune`` trains the network on the task, the gates'
+cosine schedule of ``prefit_steps`` steps from random orthogonal gates times the least-squares
+factor <T, W> / ||T||^2, then an optional L-BFGS polish), then ``finetune`` trains the network on the task, the gates'
 gradients scaled by ``grad_scale`` (see ``ADTN``). Defaults and their measurement:
 docs/ADTN_PROTOCOL.md. ``order``:
 
@@ -59,8 +59,10 @@ class ADTN(Compressor):
     plateau: the old rule, stop after the 4th plateau), prefit_steps (Adam steps; a cap under
     plateau), prefit_lr, prefit_patience (plateau only: steps without 0.01% improvement before
     the lr is cut x0.3), prefit_polish (max L-BFGS iterations after Adam, 0 = none),
-    init (rank1: start from the best Kronecker-rank-1 fit of the weight, signs in the last
-    layer; identity / orthogonal: generic gates rescaled to the weight's norm), init_noise
+    init (orthogonal, the default since protocol v3: random orthogonal gates times the
+    least-squares factor <T, W> / ||T||^2; identity: identity gates + noise, the same factor;
+    rank1, the old default: the best Kronecker-rank-1 fit of the weight, signs in the last
+    layer; docs/ADTN_PROTOCOL.md "Pre-fit start" has the measurements), init_noise
     (Gaussian noise on the identity gates; default 0.01 for rank1, 0.05 for identity),
     fuse (gates per fused GEMM), checkpoint (None = auto from Q = 20), grad_scale (below).
 
@@ -88,7 +90,7 @@ class ADTN(Compressor):
 
     def __init__(self, max_depth: int = 8, local_dim: int = 2, activation: str = "relu",
                  negative_slope: float = 0.01, order: str = "backward", prefit_steps: int = 1000,
-                 prefit_lr: float = 0.01, prefit_patience: int = 50, prefit_polish: int = 100, init: str = "rank1",
+                 prefit_lr: float = 0.01, prefit_patience: int = 50, prefit_polish: int = 100, init: str = "orthogonal",
                  init_noise: float | None = None, fuse: int = 2, checkpoint: bool | None = None,
                  grad_scale: float | str = 1.0, layout: str = "padded", input_hw: Any = "auto",
                  prefit_schedule: str = "cosine"):
@@ -155,7 +157,7 @@ class ADTN(Compressor):
                             fuse=self.fuse, checkpoint=self.checkpoint, device=w.device, dtype=dtype)
         layout = self.weight_layout(layer)
         fit = prefit(gen, w, max_steps=self.prefit_steps, lr=self.prefit_lr, patience=self.prefit_patience,
-                     start="rank1" if self.init == "rank1" else "rescale", polish=self.prefit_polish,
+                     start="rank1" if self.init == "rank1" else "lsq", polish=self.prefit_polish,
                      start_noise=self.init_noise, schedule=self.prefit_schedule, layout=layout)
         gain = None
         if isinstance(self.grad_scale, str):
@@ -171,6 +173,7 @@ class ADTN(Compressor):
         new.train(layer.training)
         new.tnbench_info = {"depth": int(depth), "sites": gen.q, "local_dim": gen.d, "padding": gen.d ** gen.q - gen.numel,
                             "prefit_rel_error": fit["rel_error"], "prefit_init_rel_error": fit["init_rel_error"],
+                            "prefit_start": self.init,
                             "layout": layout.kind, "layout_requested": self.layout,
                             "layout_blocks": list(layout.blocks), "layout_padded": list(layout.padded),
                             "prefit_schedule": self.prefit_schedule, "prefit_steps": fit["steps"],
