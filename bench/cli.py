@@ -74,55 +74,56 @@ def print_list() -> None:
 def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
             baseline_root: Path = DEFAULT_OUT) -> None:
     """Plan each job on an untrained network of the right shape (no data, no training) and,
-    with a calibration (``cost``), estimate each job's time and the suite's total."""
+    with a calibration (``cost``), estimate each job's time per stage (``bench.cost.STAGES``),
+    each baseline and frozen-prefix cache once, and the suite's total; where the suite has
+    records, set the estimate of the recorded jobs beside their measured times."""
     from collections import Counter
 
-    from bench.cost import baseline_cached
+    from bench.cost import STAGES, baseline_cached, cache_group, compare_records
     from bench.job import plan_on_untrained
     from bench.layers import dense_params
-    from bench.records import config_key
-    from bench.runner import planned_skip
+    from bench.records import config_key, latest_by_key, read_records
+    from bench.runner import planned_skip, records_path
+
+    def plan_line(j, pre) -> tuple[str, bool]:
+        """What the job would do, and whether it is recorded skipped (in no time)."""
+        if pre is not None:
+            return f"skipped: {pre['error']}", True
+        try:
+            plan = plan_on_untrained(j, networks)
+        except Exception as e:  # noqa: BLE001 - show it, as the run would record it
+            return f"cannot plan: {type(e).__name__}: {e}", False
+        dense = sum(dense_params(m) for m in plan.layers.values())
+        if plan.skip_reason:
+            return f"skipped: {plan.skip_reason}", True
+        if plan.knobs is None:
+            return f"knobs chosen from the trained weights at run time (dense: {dense:,} params)", False
+        planned = sum(plan.method.layer_params(plan.layers[n], k) for n, k in plan.knobs.items())
+        return f"params {planned:>10,} of {dense:,} ({dense / planned:8.1f}x)  knobs {plan.knobs}", False
 
     networks: dict = {}
     tuners = tuner_keys(jobs)
     paid: set[str] = set()
-    est: dict[tuple[str, str], list[float]] = {}
-    base_est: dict[str, list[float]] = {}
+    caches: set = set()
+    est: dict[tuple[str, str], list[dict[str, float]]] = {}
+    group_est: dict[tuple[str, str], list[float]] = {}  # (network, baselines | prefix caches)
     skipped: Counter = Counter()
     for j in jobs:
-        pre = planned_skip(j, cost)
+        line, skip = plan_line(j, planned_skip(j, cost))
         timing = ""
         if cost is not None:
-            bkey = config_key(j.baseline_config)
+            bkey, ckey = config_key(j.baseline_config), cache_group(j)
             if bkey not in paid:
                 paid.add(bkey)
                 if not baseline_cached(baseline_root, j):
-                    base_est.setdefault(j.network, []).append(cost.baseline_s(j))
-            t = 0.0 if pre else cost.job_s(j, j.key in tuners)
-            est.setdefault((j.network, j.label), []).append(t)
-            if pre:
-                skipped[(j.network, j.label)] += 1
-            timing = f"  est {t:9.1f} s"
-        if pre is not None:
-            print(f"{j.key}  {j.network}/{j.dataset} {j.label:12s} {j.budget:>10s} seed {j.seed}{timing}  "
-                  f"skipped: {pre['error']}")
-            continue
-        try:
-            plan = plan_on_untrained(j, networks)
-            dense = sum(dense_params(m) for m in plan.layers.values())
-            if plan.skip_reason:
-                line = f"skipped: {plan.skip_reason}"
-                if cost is not None:  # recorded skipped in no time
-                    est[(j.network, j.label)][-1] = 0.0
-                    skipped[(j.network, j.label)] += 1
-                    timing = f"  est {0.0:9.1f} s"
-            elif plan.knobs is None:
-                line = f"knobs chosen from the trained weights at run time (dense: {dense:,} params)"
-            else:
-                planned = sum(plan.method.layer_params(plan.layers[n], k) for n, k in plan.knobs.items())
-                line = f"params {planned:>10,} of {dense:,} ({dense / planned:8.1f}x)  knobs {plan.knobs}"
-        except Exception as e:  # noqa: BLE001 - show it, as the run would record it
-            line = f"cannot plan: {type(e).__name__}: {e}"
+                    group_est.setdefault((j.network, "(baselines)"), []).append(cost.baseline_s(j))
+            if not skip and ckey is not None and ckey not in caches:  # built by the group's first job that runs
+                caches.add(ckey)
+                group_est.setdefault((j.network, "(prefix caches)"), []).append(cost.cache_s(j))
+            st = dict.fromkeys(STAGES, 0.0) if skip else cost.stages(j, j.key in tuners)
+            est.setdefault((j.network, j.label), []).append(st)
+            skipped[(j.network, j.label)] += skip
+            timing = f"  est {sum(st.values()):9.1f} s"
         print(f"{j.key}  {j.network}/{j.dataset} {j.label:12s} {j.budget:>10s} seed {j.seed}{timing}  {line}")
     print(f"{len(jobs)} jobs")
     if cost is None:
@@ -131,20 +132,36 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
         return
     cal = cost.cal
     print(f"estimated time on {kind} ({cal.get('device_name')}, {cal.get('threads')} threads, calibration "
-          f"{cost.path}):")
-    print(f"  {'network':9s} {'method':14s} {'jobs':>5s} {'skipped':>8s} {'seconds':>12s}")
-    total = 0.0
+          f"{cost.path}{'' if any('precisions' in n for n in cal['networks'].values()) else '; no per-precision speeds'}):")
+    shown = ("factorize", "finetune", "eval")
+    print(f"  {'network':9s} {'method':15s} {'jobs':>5s} {'skipped':>8s} "
+          + " ".join(f"{s:>11s}" for s in shown) + f" {'seconds':>12s}")
+    by_stage = dict.fromkeys(STAGES, 0.0)
     for net in dict.fromkeys(j.network for j in jobs):
-        if net in base_est:
-            t = sum(base_est[net])
-            total += t
-            print(f"  {net:9s} {'(baselines)':14s} {len(base_est[net]):>5d} {'':>8s} {t:>12,.1f}")
-        for (n, label), ts in est.items():
+        for (n, label), ts in group_est.items():
             if n == net:
-                total += sum(ts)
-                print(f"  {net:9s} {label:14s} {len(ts):>5d} {skipped[(n, label)]:>8d} {sum(ts):>12,.1f}")
+                by_stage["baseline" if label == "(baselines)" else "cache"] += sum(ts)
+                print(f"  {net:9s} {label:15s} {len(ts):>5d} {'':>8s} " + " ".join(f"{'':>11s}" for _ in shown)
+                      + f" {sum(ts):>12,.1f}")
+        for (n, label), sts in est.items():
+            if n == net:
+                sums = {s: sum(st[s] for st in sts) for s in STAGES}
+                for s in STAGES:
+                    by_stage[s] += sums[s]
+                print(f"  {net:9s} {label:15s} {len(sts):>5d} {skipped[(n, label)]:>8d} "
+                      + " ".join(f"{sums[s]:>11,.1f}" for s in shown) + f" {sum(sums.values()):>12,.1f}")
+    total = sum(by_stage.values())
+    print("  by stage: " + ", ".join(f"{s} {by_stage[s]:,.0f} s" for s in STAGES))
     print(f"  total: {total:,.0f} s = {total / 60:,.1f} min = {total / 3600:,.2f} h "
           "(baselines already in the checkpoint cache cost nothing)")
+    print("  records time the stages as: baseline = time_train_s (checkpoint .json), cache = time_prefix_cache_s, "
+          "factorize = time_compress_s, finetune = time_finetune_s, eval = the rest of time_total_s")
+    path = records_path(baseline_root, jobs[0].suite, jobs[0].fit_only) if jobs else None
+    if path is not None and path.is_file():
+        n, e, m = compare_records(cost, jobs, latest_by_key(read_records(path)), baseline_root)
+        if n:
+            print(f"  {n} recorded jobs ({path}), estimated / measured s: "
+                  + ", ".join(f"{s} {e[s]:,.0f} / {m[s]:,.0f}" for s in STAGES))
 
 
 def add_plugin_methods(suite: dict, wanted: list[str] | None) -> None:

@@ -5,19 +5,34 @@ can finish (``--time-budget``), skip factorisations that would eat the window
 (``factorize_time_cap_s``) and say up front what a suite costs (``--dry-run``).
 
 A calibration (``python -m bench.perf calibrate``, ``bench/perf/calibrate.py``) is a small
-JSON file: train and eval images/s of each network (dense, at one batch size) and, per
-method, a power law ``t = a * N**b`` of the factorisation time (allocation + compress) in the
-number N of a layer's weights (ADTN: seconds per pre-fit step, times its steps). The model:
+JSON file: train and eval images/s of each network (dense, at one batch size), per precision
+(``networks.<net>.precisions.<bf16|fp32>``; the top-level figures are the device's default
+precision, all that calibrations made before precisions carry), what ``precision: auto``
+resolved to there (``auto_precision``), the seconds of a near-empty training step
+(``step_floor_s``) and, per method, a power law ``t = a * N**b`` of the factorisation time
+(allocation + compress) in the number N of a layer's weights (ADTN: seconds per pre-fit step,
+in the generator's size 2**Q, and its start apart). The model, stage by stage (``stages``,
+named as the records time them):
 
-    job = baseline (once per group, unless its checkpoint is cached)
-        + factorisation (sum over the job's layers)
-        + fine-tuning epochs x train images / train img/s  x (len(lr_grid) on the tuning
-          seed of a method that tunes its lr, else 1)   [+ ADTN's weight generation per step]
-        + evaluations (test before/after, val after each epoch and after each lr trial)
+    baseline  (once per baseline, unless its checkpoint is cached; checkpoint's time_train_s)
+      = train steps in the train recipe's precision + a val pass per epoch + the test pass
+    cache     (once per baseline group with finetune.scope after_frozen_prefix; time_prefix_cache_s)
+      = prefix forwards: cache_views x train images in the fine-tuning precision + val + test
+    factorize (time_compress_s) = sum over the job's layers of the method's law
+    finetune  (time_finetune_s) = trials x (train steps + a val pass per epoch
+                                  [+ ADTN: weight generation per step, re-fits of staged layers])
+                                  + a val pass per trial when it tunes
+    eval      (time_total_s minus the others) = test/val passes before and after fine-tuning,
+                                  bias calibration, the per-job overhead
+
+After a frozen prefix every training step and evaluation runs only the suffix: its share of a
+forward pass's FLOPs (matmuls and convolutions, counted on a meta-device network), a training
+step never cheaper than ``step_floor_s``.
 
 Approximations (said where they are used): a compressed network trains at the dense
 network's speed (ADTN adds its generation time per step), the factorisation time ignores the
-knob (measured near 32x), NN-BCD's gradient-free fine-tuning is costed as SGD epochs.
+knob (measured near 32x; ADTN's grows with its depth), NN-BCD's gradient-free fine-tuning is
+costed as SGD epochs, ``lr_extend``'s extra trials are not counted (``trials``).
 """
 from __future__ import annotations
 
@@ -29,14 +44,20 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION_DIR = REPO / "results" / "calibration"
+#: still 1: everything added since (precisions, auto_precision, step_floor_s) is optional
 VERSION = 1
 #: the budget's clock (seconds); a module attribute so a test can inject a deterministic one
 CLOCK = time.time
+#: the stages of a job's time (``CostModel.stages``), in the order they run
+STAGES = ("baseline", "cache", "factorize", "finetune", "eval")
 
-#: (train, test) images of the full datasets whose loaders do not say (CIFAR reads its spec)
+#: (train, test) images of the full datasets whose loaders do not say (CIFAR reads its spec);
+#: the dataset registry knows shapes and classes only
 DATASET_SIZES = {"mnist": (60000, 10000), "fashion-mnist": (60000, 10000), "digits": (1438, 359)}
 #: ADTN: an L-BFGS polish iteration costs up to 1.25 objective evaluations (torch's max_eval)
 POLISH_EVALS_PER_ITER = 1.25
+#: seconds of a training step whatever its FLOPs, for calibrations made before step_floor_s
+DEFAULT_STEP_FLOOR_S = 1e-3
 
 
 def device_kind(device: str) -> str:
@@ -84,6 +105,13 @@ def dataset_sizes(name: str) -> tuple[int, int]:
     return train, test
 
 
+def augments(name: str) -> bool:
+    """Whether the dataset's loader names an augmentation (CIFAR's crop-flip), without reading it."""
+    from bench.data import cifar
+
+    return name in cifar.SPECS
+
+
 def split_sizes(job) -> tuple[int, int, int]:
     """(train, val, test) images of a job's data config, as ``bench.data.load_splits`` cuts them."""
     n, n_test = dataset_sizes(job.dataset)
@@ -92,6 +120,37 @@ def split_sizes(job) -> tuple[int, int, int]:
     if job.data.get("train_subset"):
         n_train = min(n_train, int(job.data["train_subset"]))
     return n_train, n_val, n_test
+
+
+def train_steps(epochs: float, n: int, batch_size: int) -> tuple[int, int]:
+    """(optimizer steps, validation passes) of ``bench.train.train``: fractional epochs are a
+    share of an epoch's steps; no epochs is one validation pass and no step."""
+    per_epoch = max(1, n // int(batch_size))
+    if epochs <= 0:
+        return 0, 1
+    steps = max(1, round(epochs * per_epoch))
+    return steps, math.ceil(steps / per_epoch)
+
+
+def scoped(job) -> bool:
+    """Whether the job fine-tunes after a frozen prefix (and so needs its group's cache)."""
+    return not job.fit_only and (job.finetune or {}).get("scope", "all") == "after_frozen_prefix"
+
+
+def cache_group(job) -> tuple | None:
+    """What makes jobs share a frozen-prefix cache (``bench.job._scoped``: their baseline, the
+    layers, the views, the precision), or None when the job needs none."""
+    if not scoped(job):
+        return None
+    from bench.records import config_key
+
+    ft = job.finetune
+    return (config_key(job.baseline_config), tuple(job.layers), int(ft.get("cache_views", 4)), ft.get("precision"))
+
+
+def law(fit: dict[str, Any], n: float) -> float:
+    """A calibrated power law at ``n``."""
+    return fit["a"] * n ** fit["b"]
 
 
 def fit_power_law(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -119,8 +178,9 @@ class CostModel:
         self.cal = calibration
         self.path = calibration.get("path", "?")
         self._layers: dict[tuple, dict[str, int]] = {}
+        self._cuts: dict[tuple, tuple[str, float]] = {}
 
-    # --- pieces ------------------------------------------------------------------------------
+    # --- speeds ------------------------------------------------------------------------------
     def _net(self, network: str) -> dict[str, Any]:
         net = self.cal["networks"].get(network)
         if net is None:
@@ -128,12 +188,46 @@ class CostModel:
                            f"(it has {', '.join(sorted(self.cal['networks']))})")
         return net
 
-    def train_s(self, network: str, images: float) -> float:
-        return images / self._net(network)["train_img_s"]
+    def precision(self, recipe_precision: str | None) -> str:
+        """``bf16`` or ``fp32``: what a recipe's ``precision`` runs as on the calibrated device
+        (``bench.precision.resolve``; ``auto`` as the calibration recorded it, since a CPU's
+        bf16 support is the calibrated machine's, not this one's)."""
+        import torch
 
-    def eval_s(self, network: str, images: float) -> float:
-        return images / self._net(network)["eval_img_s"]
+        from bench import precision as prec
 
+        if recipe_precision == "auto" and self.cal.get("auto_precision"):
+            return self.cal["auto_precision"]
+        return prec.resolve(recipe_precision, torch.device(self.cal.get("device", "cpu")))
+
+    def speed(self, network: str, what: str, recipe_precision: str | None = None) -> float:
+        """Images/s of ``what`` (train | eval) in the precision the recipe value resolves to:
+        that precision's figure, else the top-level one (an older calibration, or a precision
+        it did not measure)."""
+        net = self._net(network)
+        measured = (net.get("precisions") or {}).get(self.precision(recipe_precision)) or {}
+        return measured.get(f"{what}_img_s") or net[f"{what}_img_s"]
+
+    def train_s(self, network: str, images: float, precision: str | None = None) -> float:
+        return images / self.speed(network, "train", precision)
+
+    def eval_s(self, network: str, images: float, precision: str | None = None, share: float = 1.0) -> float:
+        """Forward passes of ``images``; ``share``: the part of the network that runs."""
+        return share * images / self.speed(network, "eval", precision)
+
+    def step_floor_s(self) -> float:
+        return float(self.cal.get("step_floor_s", DEFAULT_STEP_FLOOR_S))
+
+    def _train_run_s(self, job, recipe: dict[str, Any], epochs: float, share: float) -> float:
+        """One ``bench.train.train`` run: its steps (each at least the step floor) and its
+        validation pass per epoch, on the ``share`` of the network after the cut."""
+        n_train, n_val, _ = split_sizes(job)
+        bs = int(recipe["batch_size"])
+        steps, passes = train_steps(epochs, n_train, bs)
+        step = max(share * self.train_s(job.network, min(bs, n_train), recipe.get("precision")), self.step_floor_s())
+        return steps * step + self.eval_s(job.network, passes * n_val, recipe.get("precision"), share)
+
+    # --- the network ---------------------------------------------------------------------------
     def layer_sizes(self, job) -> dict[str, int]:
         """Weights of each target layer, from a network built on the meta device (no memory)."""
         key = (job.network, job.dataset, tuple(job.layers))
@@ -145,75 +239,278 @@ class CostModel:
             self._layers[key] = {n: get_layer(model, n).weight.numel() for n in job.layers}
         return self._layers[key]
 
+    def cut(self, job) -> tuple[str, float]:
+        """(first compressed layer, share of a forward pass's FLOPs from it on), on the meta
+        network: what a step after the frozen prefix costs relative to a whole one."""
+        key = (job.network, job.dataset, tuple(job.layers))
+        if key not in self._cuts:
+            import torch
+
+            from bench.metrics import forward_flops
+            from bench.prefix import cut, first_layer
+            from bench.registry import dataset_spec
+            from bench.suite import meta_network
+
+            model, meta = meta_network(job.network, job.dataset), torch.device("meta")
+            shape = tuple(dataset_spec(job.dataset).shape)
+            first = first_layer(model, job.layers, torch.zeros(1, *shape, device=meta))
+            held: list = []
+            hook = model.get_submodule(first).register_forward_pre_hook(lambda m, i: held.append(i[0].shape[1:]))
+            try:
+                whole = forward_flops(model, shape, meta)
+            finally:
+                hook.remove()
+            with cut(model, first):
+                part = forward_flops(model, tuple(held[0]), meta)
+            self._cuts[key] = (first, part / whole if whole and part is not None else 1.0)
+        return self._cuts[key]
+
+    def suffix_share(self, job) -> float:
+        """The part of the network a job trains and evaluates: 1.0 unless it is scoped."""
+        return self.cut(job)[1] if scoped(job) else 1.0
+
+    # --- stages ------------------------------------------------------------------------------
+    def baseline_s(self, job) -> float:
+        """Training the dense baseline (steps and a val pass per epoch in the train recipe's
+        precision), then its test pass (default precision)."""
+        _, _, n_test = split_sizes(job)
+        return self._train_run_s(job, job.train, float(job.train["epochs"]), 1.0) + self.eval_s(job.network, n_test)
+
+    def cache_s(self, job) -> float:
+        """Building a scoped job's frozen-prefix cache (``bench.prefix.build_cache``): the
+        prefix on every training view in the fine-tuning precision (one view where the
+        dataset does not augment), on val and test in the default one. 0 for other jobs."""
+        if not scoped(job):
+            return 0.0
+        n_train, n_val, n_test = split_sizes(job)
+        views = int(job.finetune.get("cache_views", 4)) if augments(job.dataset) else 1
+        prefix = 1.0 - self.cut(job)[1]
+        return (self.eval_s(job.network, views * n_train, job.finetune.get("precision"), prefix)
+                + self.eval_s(job.network, n_val + n_test, None, prefix))
+
     def factorize_s(self, job) -> float | None:
         """Estimated allocation + compression time of the job's layers; None when the
         calibration has no entry for the method (then nothing is capped)."""
         if job.method == "dense":
             return 0.0
-        law = (self.cal.get("factorize") or {}).get(job.method)
-        if law is None:
+        fit = (self.cal.get("factorize") or {}).get(job.method)
+        if fit is None:
             return None
-        sizes = self.layer_sizes(job).values()
-        total = sum(law["a"] * n ** law["b"] for n in sizes)
-        if law.get("per_step"):
-            start = law.get("start") or {"a": 0.0, "b": 1.0}
-            total = total * self._adtn_steps(job) + sum(start["a"] * n ** start["b"] for n in sizes)
-        return total
+        if fit.get("per_step"):
+            return sum(self._prefit_s(job, fit, n) for n in job.layers)
+        return sum(law(fit, n) for n in self.layer_sizes(job).values())
 
-    @staticmethod
-    def _adtn_steps(job) -> float:
+    def trials(self, job, tuning: bool) -> int:
+        """Fine-tuning runs of a job (``bench.tuning``): on the tuning seed of a method that
+        tunes its lr, every optimizer of ``optimizer_grid`` (absent: the recipe's one) times
+        every lr of ``lr_grid``; else 1. ``lr_extend`` E adds up to E runs per optimizer whose
+        pick is at an edge: not counted, so the bound is optimizers x (len(lr_grid) + E)."""
         from bench.registry import get_method
 
-        m = get_method(job.method, **job.options)
-        return m.prefit_steps + POLISH_EVALS_PER_ITER * m.prefit_polish
-
-    def baseline_s(self, job) -> float:
-        """Training the dense baseline: epochs of the train split, a val evaluation per
-        epoch, the test evaluation."""
-        n_train, n_val, n_test = split_sizes(job)
-        epochs = float(job.train["epochs"])
-        return (self.train_s(job.network, epochs * n_train)
-                + self.eval_s(job.network, math.ceil(epochs) * n_val + n_val + n_test))
+        if not (tuning and job.lr_grid and get_method(job.method, **job.options).uses_finetune_lr):
+            return 1
+        return len(job.optimizer_grid or [None]) * len(job.lr_grid)
 
     def finetune_s(self, job, tuning: bool) -> float:
-        """Fine-tuning (all lr trials on the tuning seed) and its evaluations."""
-        from bench.registry import get_method
+        """Fine-tuning (every trial on the tuning seed, and the val pass that judges each)."""
+        if job.method == "dense" or job.fit_only:
+            return 0.0  # dense: reported as trained; fit-only: never fine-tuned
+        share = self.suffix_share(job)
+        trials = self.trials(job, tuning)
+        per_trial = sum(self._train_run_s(job, job.finetune, epochs, share) + self._generation_s(job, epochs, gen)
+                        for epochs, gen in self._runs(job)) + self._refit_s(job)
+        judged = self.eval_s(job.network, split_sizes(job)[1], None, share) if trials > 1 else 0.0
+        return trials * (per_trial + judged)
+
+    def evals_s(self, job) -> float:
+        """What a job does outside its stages (``bench.job.run_job``): test before and after
+        fine-tuning and val after it, in the default precision on the suffix; bias
+        calibration's extra passes (fp32); the per-job overhead (copies, FLOP counts)."""
+        overhead = float(self.cal.get("job_overhead_s", {}).get(job.network, 0.0))
+        if job.fit_only:
+            return overhead
+        from bench.bias_calibration import CALIBRATION_IMAGES
 
         n_train, n_val, n_test = split_sizes(job)
-        evals = 2 * n_test + n_val  # accuracy before and after (test), after (val)
-        if job.method == "dense" or job.fit_only:
-            return self.eval_s(job.network, n_test if job.fit_only else evals)
-        method = get_method(job.method, **job.options)
-        trials = len(job.lr_grid) if tuning and job.lr_grid and method.uses_finetune_lr else 1
-        epochs = float(job.finetune["epochs"])
-        per_trial = self.train_s(job.network, epochs * n_train) + self.eval_s(
-            job.network, (math.ceil(epochs) + (trials > 1)) * n_val)
-        law = (self.cal.get("factorize") or {}).get(job.method)
-        if law is not None and law.get("per_step"):  # ADTN generates its weights every step
-            steps = epochs * max(1, n_train // int(job.finetune["batch_size"]))
-            per_trial += steps * sum(law["a"] * n ** law["b"] for n in self.layer_sizes(job).values())
-        return trials * per_trial + self.eval_s(job.network, evals)
+        share = self.suffix_share(job)
+        t = self.eval_s(job.network, 2 * n_test + n_val, None, share)
+        if job.finetune.get("calibrate_bias"):  # test and val again; dense once, each layer once
+            t += self.eval_s(job.network, n_test + 2 * n_val, None, share)
+            t += self.eval_s(job.network, (1 + len(job.layers)) * min(CALIBRATION_IMAGES, n_train), "fp32", share)
+        return t + overhead
 
-    def job_s(self, job, tuning: bool, with_baseline: bool = False) -> float:
-        """Whole job; ``with_baseline`` adds training its dense baseline."""
-        t = (self.factorize_s(job) or 0.0) + self.finetune_s(job, tuning)
-        t += float(self.cal.get("job_overhead_s", {}).get(job.network, 0.0))
-        return t + (self.baseline_s(job) if with_baseline else 0.0)
+    def stages(self, job, tuning: bool, with_baseline: bool = False, with_cache: bool = False) -> dict[str, float]:
+        """Seconds per stage (``STAGES``); ``with_baseline`` / ``with_cache``: this job pays for
+        its group's baseline / frozen-prefix cache. Compare with a record: ``record_stages``."""
+        return {"baseline": self.baseline_s(job) if with_baseline else 0.0,
+                "cache": self.cache_s(job) if with_cache else 0.0,
+                "factorize": self.factorize_s(job) or 0.0,
+                "finetune": self.finetune_s(job, tuning),
+                "eval": self.evals_s(job)}
+
+    def job_s(self, job, tuning: bool, with_baseline: bool = False, with_cache: bool = False) -> float:
+        """Whole job: the sum of its ``stages``."""
+        return sum(self.stages(job, tuning, with_baseline, with_cache).values())
 
     def suite_s(self, jobs: list, cached: set[str] = frozenset()) -> tuple[float, dict[str, float]]:
         """(total seconds, seconds per job key) of a job list: each baseline once (none for
-        baseline keys in ``cached``), the tuning seed's lr trials."""
+        baseline keys in ``cached``), each frozen-prefix cache once per baseline group (never
+        kept between runs), the tuning seed's trials."""
         from bench.records import config_key
         from bench.suite import tuner_keys
 
         tuners = tuner_keys(jobs)
-        seen = set(cached)
+        seen, caches = set(cached), set()
         per_job = {}
         for j in jobs:
-            bkey = config_key(j.baseline_config)
-            per_job[j.key] = self.job_s(j, j.key in tuners, with_baseline=bkey not in seen)
+            bkey, ckey = config_key(j.baseline_config), cache_group(j)
+            per_job[j.key] = self.job_s(j, j.key in tuners, with_baseline=bkey not in seen,
+                                        with_cache=ckey is not None and ckey not in caches)
             seen.add(bkey)
+            caches.add(ckey)
         return sum(per_job.values()), per_job
+
+    # --- ADTN --------------------------------------------------------------------------------
+    def _method(self, job):
+        from bench.registry import get_method
+
+        return get_method(job.method, **job.options)
+
+    def _per_step(self, job) -> dict[str, Any] | None:
+        """The method's per-step law (ADTN), or None."""
+        fit = (self.cal.get("factorize") or {}).get(job.method)
+        return fit if fit and fit.get("per_step") else None
+
+    def adtn_sizes(self, job) -> dict[str, int]:
+        """Entries d**Q of each layer's generator (Q = ceil(log_d N)): what a pre-fit step
+        and a weight generation work on, and what the calibration's square layers measure."""
+        from bench.layers import get_layer
+        from bench.suite import meta_network
+
+        m, model = self._method(job), meta_network(job.network, job.dataset)
+        return {n: m.local_dim ** m.sites(get_layer(model, n)) for n in job.layers}
+
+    def _adtn_steps(self, job) -> float:
+        """Generator evaluations of one layer's pre-fit: ``prefit_steps`` Adam steps (a cap
+        under the plateau schedule) and up to 1.25 per L-BFGS polish iteration."""
+        m = self._method(job)
+        return m.prefit_steps + POLISH_EVALS_PER_ITER * m.prefit_polish
+
+    def adtn_depths(self, job) -> dict[str, int]:
+        """Each layer's depth M: the job's fixed knob, or the method's size-based allocation
+        (ADTN's needs no trained weights, so the meta network's layers do)."""
+        from bench.layers import get_layer
+        from bench.suite import meta_network
+
+        if job.knob is not None:
+            return {n: int(job.knob) for n in job.layers}
+        model = meta_network(job.network, job.dataset)
+        layers = {n: get_layer(model, n) for n in job.layers}
+        return {n: int(k) for n, k in self._method(job).allocate(layers, job.target_ratio).items()}
+
+    def step_s(self, job, fit: dict[str, Any], name: str) -> float:
+        """One generation (forward + backward) of layer ``name``'s weight: the law at the
+        generator's size, times the passes over the state at the layer's depth over the passes
+        at the depth the calibration measured (``fit['depth']``; absent in old files: 1x).
+        Measured: the work per step is one pass per fused sublayer group, so depth 8 costs
+        about 8x depth 1 at the same Q."""
+        size = self.adtn_sizes(job)[name]
+        factor = 1.0
+        if fit.get("depth"):
+            q = int(round(math.log(size, self._method(job).local_dim)))
+            factor = adtn_passes(q, self.adtn_depths(job)[name]) / adtn_passes(q, int(fit["depth"]))
+        return law(fit, size) * factor
+
+    def _prefit_s(self, job, fit: dict[str, Any], name: str) -> float:
+        start = fit.get("start") or {"a": 0.0, "b": 1.0}
+        return law(start, self.adtn_sizes(job)[name]) + self._adtn_steps(job) * self.step_s(job, fit, name)
+
+    def _staged(self, job) -> list[str] | None:
+        """ADTN's layers in the order its stages replace them, or None when it replaces all at
+        once (``order: all``, one layer) or is no staged method."""
+        m = self._method(job)
+        order = getattr(m, "order", "all")
+        if self._per_step(job) is None or order == "all" or len(job.layers) <= 1:
+            return None
+        from bench.suite import meta_network
+
+        position = {n: i for i, (n, _) in enumerate(meta_network(job.network, job.dataset).named_modules())}
+        names = sorted(job.layers, key=lambda n: position.get(n, len(position)))
+        return names[::-1] if order == "backward" else names
+
+    def _runs(self, job) -> list[tuple[float, list[str]]]:
+        """(epochs, generated layers) of each training run of one trial: one run of the recipe,
+        or ADTN's stages (the epochs split evenly, stage k generating the first k + 1 layers)."""
+        epochs = float(job.finetune["epochs"])
+        seq = self._staged(job)
+        if seq is None:
+            return [(epochs, list(job.layers) if self._per_step(job) else [])]
+        return [(epochs / len(seq), seq[:k + 1]) for k in range(len(seq))]
+
+    def _generation_s(self, job, epochs: float, layers: list[str]) -> float:
+        """ADTN generates each of ``layers``' weights every training step."""
+        fit = self._per_step(job)
+        if fit is None or not layers:
+            return 0.0
+        steps, _ = train_steps(epochs, split_sizes(job)[0], int(job.finetune["batch_size"]))
+        return steps * sum(self.step_s(job, fit, n) for n in layers)
+
+    def _refit_s(self, job) -> float:
+        """ADTN's staged orders pre-fit every layer after the first again, in each trial."""
+        seq = self._staged(job)
+        if seq is None:
+            return 0.0
+        fit = self._per_step(job)
+        return sum(self._prefit_s(job, fit, n) for n in seq[1:])
+
+
+def adtn_passes(q: int, depth: int, local_dim: int = 2) -> int:
+    """Passes over the d^Q state of one ADTN generation (``ADTNGenerator.passes``), from a
+    generator on the meta device (no memory)."""
+    from methods.adtn.generator import ADTNGenerator
+
+    return ADTNGenerator(local_dim ** q, depth, local_dim, device="meta").passes()
+
+
+def record_stages(record: dict[str, Any], baseline_meta: dict[str, Any] | None = None) -> dict[str, float]:
+    """A record's measured seconds per stage, to set beside ``CostModel.stages``: cache, factorize
+    and finetune as timed, eval the rest of ``time_total_s``; baseline from the checkpoint's
+    summary (``baseline_meta``) when given."""
+    cache = float(record.get("time_prefix_cache_s") or 0.0)
+    fact = float(record.get("time_compress_s") or 0.0)
+    fine = float(record.get("time_finetune_s") or 0.0)
+    total = float(record.get("time_total_s") or 0.0)
+    return {"baseline": float((baseline_meta or {}).get("time_train_s") or 0.0), "cache": cache,
+            "factorize": fact, "finetune": fine, "eval": max(0.0, total - cache - fact - fine)}
+
+
+def compare_records(model: CostModel, jobs: list, records: dict[str, dict], baseline_root: Path
+                    ) -> tuple[int, dict[str, float], dict[str, float]]:
+    """(jobs compared, estimated and measured seconds per stage) over the jobs with an ok
+    record measured by themselves (not ``same_as`` or ``reused_from``), each estimated as it
+    ran: tuned when its record tuned, the cache when it built one; baselines whose checkpoint
+    summary is under ``baseline_root`` once each."""
+    from bench.baseline import checkpoint_path
+    from bench.records import config_key
+
+    est, got = dict.fromkeys(STAGES, 0.0), dict.fromkeys(STAGES, 0.0)
+    n, bases = 0, set()
+    for j in jobs:
+        rec = records.get(j.key)
+        if not rec or rec.get("status") != "ok" or rec.get("same_as") or rec.get("reused_from"):
+            continue
+        n += 1
+        tuned = bool((rec.get("lr_tuning") or {}).get("tuned_here"))
+        for stage, t in model.stages(j, tuned, with_cache=(rec.get("time_prefix_cache_s") or 0) > 0).items():
+            est[stage] += t
+        for stage, t in record_stages(rec).items():
+            got[stage] += t
+        meta = checkpoint_path(baseline_root, j.baseline_config).with_suffix(".json")
+        if config_key(j.baseline_config) not in bases and meta.is_file():
+            bases.add(config_key(j.baseline_config))
+            est["baseline"] += model.baseline_s(j)
+            got["baseline"] += record_stages({}, json.loads(meta.read_text()))["baseline"]
+    return n, est, got
 
 
 def baseline_cached(root: Path, job) -> bool:
@@ -227,8 +524,9 @@ def baseline_cached(root: Path, job) -> bool:
 class Budget:
     """``--time-budget``: admits a job only if the cost model says it finishes in the time
     left. Remaining time is measured on ``CLOCK`` from construction; a job whose dense
-    baseline is neither cached nor trained yet in this run pays for it (once per baseline).
-    Picklable, so worker processes carry a copy (each tracks its own baselines)."""
+    baseline is neither cached nor trained yet in this run pays for it, and a scoped job whose
+    group's frozen-prefix cache is not built yet in this run pays for that (once each).
+    Picklable, so worker processes carry a copy (each tracks its own baselines and caches)."""
 
     def __init__(self, seconds: float, model: CostModel, jobs: list, baseline_root: Path | None = None):
         from bench.suite import tuner_keys
@@ -238,6 +536,7 @@ class Budget:
         self.tuners = tuner_keys(jobs)
         self.baseline_root = Path(baseline_root) if baseline_root is not None else None
         self.paid: set[str] = set()
+        self.caches: set[tuple] = set()
 
     def remaining(self) -> float:
         return self.seconds - (CLOCK() - self.start)
@@ -245,16 +544,19 @@ class Budget:
     def estimate(self, job) -> float:
         from bench.records import config_key
 
-        bkey = config_key(job.baseline_config)
+        bkey, ckey = config_key(job.baseline_config), cache_group(job)
         unpaid = bkey not in self.paid and not (self.baseline_root is not None
                                                 and baseline_cached(self.baseline_root, job))
-        return self.model.job_s(job, job.key in self.tuners, with_baseline=unpaid)
+        return self.model.job_s(job, job.key in self.tuners, with_baseline=unpaid,
+                                with_cache=ckey is not None and ckey not in self.caches)
 
     def __call__(self, job) -> bool:
-        """True: start ``job`` now (its baseline is then paid for)."""
+        """True: start ``job`` now (its baseline and cache are then paid for)."""
         from bench.records import config_key
 
         if self.estimate(job) > self.remaining():
             return False
         self.paid.add(config_key(job.baseline_config))
+        if cache_group(job) is not None:
+            self.caches.add(cache_group(job))
         return True

@@ -14,16 +14,25 @@ from bench.runner import planned_skip
 from bench.suite import SuiteError, expand, load_suite
 
 
-def calibration(train=1000.0, evals=10000.0, factorize=None, networks=("digitnet",), **extra):
-    """A calibration dict with round numbers, so estimates are exact."""
+def calibration(train=1000.0, evals=10000.0, factorize=None, networks=("digitnet",), precisions=None, **extra):
+    """A calibration dict with round numbers, so estimates are exact (no step floor unless
+    ``step_floor_s`` is given; ``precisions``: per-precision speeds of every network)."""
+    nets = {n: {"train_img_s": train, "eval_img_s": evals, "batch": 64} for n in networks}
+    for net in nets.values():
+        if precisions is not None:
+            net["precisions"] = precisions
     return {"version": 1, "device": "cpu", "device_name": "test", "threads": 1, "created": "t0",
-            "networks": {n: {"train_img_s": train, "eval_img_s": evals, "batch": 64} for n in networks},
-            "factorize": factorize or {}, "job_overhead_s": {}, **extra}
+            "networks": nets, "factorize": factorize or {}, "job_overhead_s": {}, "step_floor_s": 0.0, **extra}
 
 
 def write_cal(path, **kw):
     path.write_text(json.dumps(calibration(**kw)))
     return path
+
+
+#: bf16 four times as fast as fp32, which equals the top-level (default precision) figures
+BF16 = {"bf16": {"train_img_s": 4000.0, "eval_img_s": 40000.0}, "fp32": {"train_img_s": 1000.0, "eval_img_s": 10000.0}}
+N_TRAIN, N_VAL, N_TEST = 1294, 144, 359  # digits: 1,438 train images, 10 % val; 359 test
 
 
 def test_power_law_fit_recovers_exponent():
@@ -32,27 +41,134 @@ def test_power_law_fit_recovers_exponent():
     assert fit_power_law([(100, 1.0), (1000, 0.5)])[1] == 0  # a time falling with size is noise
 
 
-def test_job_cost_formula_counts_the_lr_grid_on_the_tuning_seed_only(tiny_suite):
-    suite = load_suite(str(tiny_suite(seeds=[0, 1], ratios=[8], lr_grid=[0.001, 0.01, 0.1])))
+def test_steps_follow_bench_train():
+    assert bench.cost.train_steps(0.5, 1294, 64) == (10, 1)   # 20 steps an epoch, half of them
+    assert bench.cost.train_steps(2, 1294, 64) == (40, 2)
+    assert bench.cost.train_steps(0, 1294, 64) == (0, 1)      # no epochs: one val pass
+    assert bench.cost.train_steps(1, 50, 64) == (1, 1)        # fewer images than a batch: one step
+
+
+def test_job_cost_formula_counts_optimizers_times_lrs_on_the_tuning_seed_only(tiny_suite):
+    suite = load_suite(str(tiny_suite(seeds=[0, 1], ratios=[8], lr_grid=[0.001, 0.01, 0.1],
+                                      optimizer_grid=["sgd", "adam"], lr_extend=2)))
     jobs = expand(suite)
     model = CostModel(calibration(factorize={"svd": {"a": 1e-3, "b": 1.0}}))
     svd = {j.seed: j for j in jobs if j.method == "svd"}
-    assert tuner_keys(jobs) == {svd[0].key, next(j.key for j in jobs if j.method == "dense" and j.seed == 0)}
-    n_train, n_val, n_test = split_sizes(svd[0])
-    assert (n_train, n_val, n_test) == (1294, 144, 359)  # 1,438 digits train images, 10 % val
+    dense = next(j for j in jobs if j.method == "dense" and j.seed == 0)
+    assert tuner_keys(jobs) == {svd[0].key, dense.key}
+    assert split_sizes(svd[0]) == (N_TRAIN, N_VAL, N_TEST)
+    assert model.trials(svd[0], tuning=True) == 6      # 2 optimizers x 3 lrs; lr_extend not counted
+    assert model.trials(svd[1], tuning=False) == 1
+    assert model.trials(dense, tuning=True) == 1       # dense tunes nothing
     fact = 1e-3 * (32 * 16 * 9 + 128 * 64)  # conv2 (32x16x3x3) and fc1 (64->128) weights
-    assert model.factorize_s(svd[0]) == pytest.approx(fact)
-    ep = svd[0].finetune["epochs"]
-    one = n_train * ep / 1000 + math.ceil(ep) * n_val / 10000
-    evals = (2 * n_test + n_val) / 10000
-    assert model.job_s(svd[1], tuning=False) == pytest.approx(fact + one + evals)
-    assert model.job_s(svd[0], tuning=True) == pytest.approx(fact + 3 * (one + n_val / 10000) + evals)
-    dense = next(j for j in jobs if j.method == "dense")
-    base = n_train * dense.train["epochs"] / 1000 + (math.ceil(dense.train["epochs"]) * n_val + n_val + n_test) / 1e4
-    assert model.baseline_s(dense) == pytest.approx(base)
+    assert model.factorize_s(svd[0]) == pytest.approx(12.8)
+    one = 10 * 64 / 1000 + 1 * N_VAL / 10000  # finetune 0.5 epoch: 10 steps of 64, one val pass
+    evals = (2 * N_TEST + N_VAL) / 10000      # test before and after, val after
+    assert one == pytest.approx(0.6544) and evals == pytest.approx(0.0862)
+    assert model.stages(svd[1], tuning=False) == pytest.approx(
+        {"baseline": 0.0, "cache": 0.0, "factorize": fact, "finetune": one, "eval": evals})
+    assert model.job_s(svd[0], tuning=True) == pytest.approx(fact + 6 * (one + N_VAL / 10000) + evals)
+    assert model.job_s(svd[0], tuning=True) == pytest.approx(12.8 + 4.0128 + 0.0862)
+    base = 40 * 64 / 1000 + (2 * N_VAL + N_TEST) / 10000  # 2 epochs: 40 steps, 2 val passes, the test
+    assert model.baseline_s(dense) == pytest.approx(2.6247)
     assert model.job_s(dense, True, with_baseline=True) == pytest.approx(base + evals)
     total, per_job = model.suite_s(jobs)
-    assert total == pytest.approx(sum(per_job.values())) and len(per_job) == len(jobs)
+    assert len(per_job) == len(jobs) == 4
+    assert total == pytest.approx(2 * base + 2 * evals + 2 * fact + 6 * (one + N_VAL / 10000) + one + 2 * evals)
+
+
+def test_recipe_precision_picks_the_calibrated_speed(tiny_suite):
+    """bf16 runs at the bf16 figures, fp32 at the fp32 ones, ``auto`` as the calibration
+    resolved it; evaluations outside training run in the default precision (fp32 on a CPU);
+    a calibration without precisions uses its one figure for all."""
+    def svd_job(precision):
+        suite = tiny_suite(ratios=[8], finetune={"epochs": 0.5, "batch_size": 64, "lr": 0.01, "precision": precision},
+                           train={"epochs": 2, "batch_size": 64, "lr": 0.05, "precision": precision})
+        return next(j for j in expand(load_suite(str(suite))) if j.method == "svd")
+
+    new = CostModel(calibration(precisions=BF16, auto_precision="bf16"))
+    old = CostModel(calibration())
+    bf16, fp32, auto = svd_job("bf16"), svd_job("fp32"), svd_job("auto")
+    assert new.speed("digitnet", "train", "bf16") == 4000 and new.speed("digitnet", "eval", "fp32") == 10000
+    assert new.precision("auto") == "bf16" and new.precision(None) == "fp32"
+    assert new.finetune_s(bf16, False) == pytest.approx(10 * 64 / 4000 + N_VAL / 40000)  # 0.1636
+    assert new.finetune_s(bf16, False) == pytest.approx(0.1636)
+    assert new.finetune_s(fp32, False) == pytest.approx(0.6544)
+    assert new.finetune_s(auto, False) == pytest.approx(0.1636)
+    assert new.baseline_s(bf16) == pytest.approx(40 * 64 / 4000 + 2 * N_VAL / 40000 + N_TEST / 10000)  # 0.6831
+    assert new.evals_s(bf16) == pytest.approx((2 * N_TEST + N_VAL) / 10000)  # default precision: fp32
+    assert old.finetune_s(bf16, False) == pytest.approx(0.6544)  # no precisions: the top-level figure
+    import torch
+    from bench.precision import resolve
+    # a calibration that did not record what auto was: this machine's CPU decides
+    assert CostModel(calibration(precisions=BF16)).precision("auto") == resolve("auto", torch.device("cpu"))
+
+
+#: FC-2 on MNIST cut before fc2: its FLOPs (2 x 256 x 10) of the whole (+ 2 x 784 x 256)
+FC2_SHARE = 5120 / 406528
+
+
+def fc2_jobs(tiny_suite, scope, seeds=(0,)):
+    suite = tiny_suite(datasets=["mnist"], networks={"fc2": ["fc2"]}, ratios=[8], seeds=list(seeds),
+                       finetune={"epochs": 1, "batch_size": 64, "lr": 0.01, "scope": scope})
+    return expand(load_suite(str(suite)))
+
+
+def test_frozen_prefix_costs_the_suffix_and_its_cache_once_per_baseline(tiny_suite):
+    model = CostModel(calibration(networks=("fc2",), factorize={"svd": {"a": 0.0, "b": 1.0}}, step_floor_s=1e-3))
+    whole = {j.method: j for j in fc2_jobs(tiny_suite, "all")}
+    jobs = fc2_jobs(tiny_suite, "after_frozen_prefix", seeds=(0, 1))
+    cut = {(j.method, j.seed): j for j in jobs}
+    assert model.cut(cut[("svd", 0)]) == ("fc2", pytest.approx(FC2_SHARE))
+    # MNIST: 54,000 train, 6,000 val, 10,000 test; 1 epoch = 843 steps of 64
+    assert model.finetune_s(whole["svd"], False) == pytest.approx(843 * 64 / 1000 + 6000 / 10000)  # 54.552
+    # after the cut a step's FLOPs would take 0.8 ms: the 1 ms floor holds
+    assert model.finetune_s(cut[("svd", 0)], False) == pytest.approx(843 * 1e-3 + FC2_SHARE * 6000 / 10000)
+    assert model.finetune_s(cut[("svd", 0)], False) == pytest.approx(0.85056, abs=1e-5)
+    assert model.evals_s(cut[("svd", 0)]) == pytest.approx(FC2_SHARE * 26000 / 10000)
+    cache = (1 - FC2_SHARE) * (54000 + 6000 + 10000) / 10000  # MNIST does not augment: one view
+    assert model.cache_s(cut[("svd", 0)]) == pytest.approx(cache) and model.cache_s(whole["svd"]) == 0
+    assert model.stages(cut[("svd", 0)], False)["cache"] == 0.0  # the group pays it, not each job
+    total, per_job = model.suite_s(jobs)
+    base = model.baseline_s(cut[("dense", 0)])
+    assert base == pytest.approx(1686 * 64 / 1000 + (2 * 6000 + 10000) / 10000)  # 2 epochs: 1,686 steps
+    dense, svd = FC2_SHARE * 26000 / 10000, 843 * 1e-3 + FC2_SHARE * 32000 / 10000
+    for seed in (0, 1):  # each seed's baseline group: its baseline and its cache, on its first job
+        assert per_job[cut[("dense", seed)].key] == pytest.approx(base + cache + dense)
+        assert per_job[cut[("svd", seed)].key] == pytest.approx(svd)
+    assert total == pytest.approx(2 * (base + cache + dense + svd))
+    assert total == pytest.approx(2 * (110.104 + 6.91184 + 0.03275 + 0.88330), abs=1e-4)
+
+
+def test_cifar_cache_takes_every_view_in_the_finetuning_precision():
+    jobs = expand(load_suite("cifar10-headline", ["seeds=[0]"]))
+    model = CostModel(calibration(networks=("vgg16",), precisions=BF16, auto_precision="bf16"))
+    share = 2 * (512 * 4096 + 4096 * 4096 + 4096 * 10) / 664223744  # the classifier of VGG-16
+    assert model.cut(jobs[0]) == ("classifier.0", pytest.approx(share))
+    # 4 views x 45,000 training images at the bf16 (auto) eval speed, val + test at fp32's
+    assert model.cache_s(jobs[0]) == pytest.approx((1 - share) * (4 * 45000 / 40000 + 15000 / 10000))
+    assert model.cache_s(jobs[0]) == pytest.approx(5.6583, abs=1e-4)
+
+
+def test_adtn_costs_its_polish_its_generation_and_its_staged_refits(tiny_suite):
+    suite = tiny_suite(ratios=[8], methods=[{"method": "adtn", "options": {"prefit_steps": 10, "prefit_polish": 4}}])
+    job = expand(load_suite(str(suite)))[0]
+    fit = {"a": 1e-6, "b": 1.0, "per_step": True, "start": {"a": 1e-5, "b": 1.0}}
+    model = CostModel(calibration(factorize={"adtn": fit}))
+    assert model._adtn_steps(job) == 15.0              # 10 Adam steps + 1.25 x 4 L-BFGS iterations
+    assert model.adtn_sizes(job) == {"conv2": 8192, "fc1": 8192}  # Q = 13 for 4,608 and 8,192 weights
+    prefit = 8192 * 1e-5 + 15 * 8192 * 1e-6            # start + 15 steps: 0.2048 s a layer
+    assert model.factorize_s(job) == pytest.approx(2 * prefit) == pytest.approx(0.4096)
+    # order backward: fc1 alone for 0.25 epoch (5 steps), then fc1 and conv2 (5 steps); conv2
+    # is pre-fitted again before its stage
+    train = 2 * (5 * 64 / 1000 + N_VAL / 10000)
+    generation = 5 * 8192e-6 + 5 * 2 * 8192e-6
+    assert model.finetune_s(job, False) == pytest.approx(train + generation + prefit)
+    assert model.finetune_s(job, False) == pytest.approx(0.6688 + 0.12288 + 0.2048)
+    flat = CostModel(calibration(factorize={"adtn": fit}))
+    job_all = expand(load_suite(str(tiny_suite(ratios=[8], methods=[
+        {"method": "adtn", "options": {"prefit_steps": 10, "prefit_polish": 4, "order": "all"}}]))))[0]
+    assert flat.finetune_s(job_all, False) == pytest.approx(10 * 64 / 1000 + N_VAL / 10000 + 10 * 2 * 8192e-6)
 
 
 def test_budget_admits_by_time_left_and_pays_each_baseline_once(tiny_suite, monkeypatch, tmp_path):
@@ -73,6 +189,31 @@ def test_budget_admits_by_time_left_and_pays_each_baseline_once(tiny_suite, monk
     fresh = Budget(1.0, model, jobs, baseline_root=tmp_path)
     monkeypatch.setattr(bench.cost, "baseline_cached", lambda root, job: True)
     assert fresh.estimate(dense) == pytest.approx(model.job_s(dense, True))  # cached: free
+
+
+def test_budget_pays_the_prefix_cache_once_even_with_the_baseline_cached(tiny_suite, monkeypatch, tmp_path):
+    monkeypatch.setattr(bench.cost, "CLOCK", lambda: 0.0)
+    monkeypatch.setattr(bench.cost, "baseline_cached", lambda root, job: True)
+    model = CostModel(calibration(networks=("fc2",), factorize={"svd": {"a": 0.0, "b": 1.0}}, step_floor_s=1e-3))
+    dense, svd = fc2_jobs(tiny_suite, "after_frozen_prefix")
+    cache = (1 - FC2_SHARE) * 7.0
+    budget = Budget(1000.0, model, [dense, svd], baseline_root=tmp_path)
+    assert budget.estimate(svd) == pytest.approx(cache + 843 * 1e-3 + FC2_SHARE * 3.2)
+    assert budget(dense)  # builds the cache (no baseline to train: it is cached)
+    assert budget.estimate(svd) == pytest.approx(843 * 1e-3 + FC2_SHARE * 3.2)
+
+
+def test_record_stages_split_time_total_and_compare_with_estimates(tiny_suite, tmp_path):
+    rec = {"time_prefix_cache_s": 2.0, "time_compress_s": 1.0, "time_finetune_s": 5.0, "time_total_s": 9.5}
+    assert bench.cost.record_stages(rec, {"time_train_s": 30.0}) == {
+        "baseline": 30.0, "cache": 2.0, "factorize": 1.0, "finetune": 5.0, "eval": 1.5}
+    model = CostModel(calibration(networks=("fc2",), factorize={"svd": {"a": 0.0, "b": 1.0}}, step_floor_s=1e-3))
+    dense, svd = fc2_jobs(tiny_suite, "after_frozen_prefix")
+    records = {dense.key: {**rec, "status": "ok"}, svd.key: {"status": "ok", "same_as": dense.key}}
+    n, est, got = bench.cost.compare_records(model, [dense, svd], records, tmp_path)
+    assert n == 1 and got == {"baseline": 0.0, "cache": 2.0, "factorize": 1.0, "finetune": 5.0, "eval": 1.5}
+    assert est == pytest.approx({"baseline": 0.0, "cache": (1 - FC2_SHARE) * 7.0, "factorize": 0.0,
+                                 "finetune": 0.0, "eval": FC2_SHARE * 2.6})
 
 
 def test_priority_orders_stages_and_keeps_tuning_seed_first():
@@ -141,9 +282,13 @@ def test_calibrate_writes_a_small_json(tmp_path, capsys):
 
     out = tmp_path / "cal.json"
     assert calibrate(["--device", "cpu", "--networks", "digitnet", "--methods", "svd,adtn", "--sizes", "16,32",
-                      "--out", str(out)]) == 0
+                      "--precisions", "bf16", "--out", str(out)]) == 0
     cal = bench.cost.load_calibration(out)
-    assert cal["device"] == "cpu" and cal["networks"]["digitnet"]["train_img_s"] > 0
+    net = cal["networks"]["digitnet"]
+    assert cal["device"] == "cpu" and net["train_img_s"] > 0
+    assert set(net["precisions"]) == {"fp32", "bf16"}  # the default precision is always timed
+    assert net["train_img_s"] == net["precisions"]["fp32"]["train_img_s"] and net["precisions"]["bf16"]["eval_img_s"] > 0
+    assert cal["default_precision"] == "fp32" and cal["auto_precision"] in ("bf16", "fp32") and cal["step_floor_s"] > 0
     assert set(cal["factorize"]) == {"svd", "adtn"} and cal["factorize"]["adtn"]["per_step"]
     assert [p[0] for p in cal["factorize"]["svd"]["points"]] == [256, 1024]
     assert "wrote" in capsys.readouterr().out
@@ -154,7 +299,7 @@ def test_dry_run_estimates_with_a_calibration_and_says_when_there_is_none(tmp_pa
     suite = str(tiny_suite(ratios=[8]))
     assert main(["--suite", suite, "--dry-run", "--calibration", str(write_cal(tmp_path / "c.json"))]) == 0
     out = capsys.readouterr().out
-    assert "est " in out and "(baselines)" in out and "total:" in out
+    assert "est " in out and "(baselines)" in out and "total:" in out and "by stage: baseline" in out
     assert main(["--suite", suite, "--dry-run", "--device", "cuda", "--calibration", str(tmp_path / "no.json")]) == 2
     assert "--calibration" in capsys.readouterr().err
     monkeypatch.setattr(bench.cost, "CALIBRATION_DIR", tmp_path / "none")

@@ -165,3 +165,26 @@ def test_convergence_table_ranks_methods_per_epoch_count_and_says_when_the_order
     assert t.loc["tt", "4 ep (rank)"].startswith("95.50 ±") and t.loc["tt", "4 ep (rank)"].endswith("(1)")
     tau = t.loc["Kendall tau vs 4 epochs"]
     assert tau["4 ep (rank)"] == "1.00" and tau["1 ep (rank)"] == "0.33"
+
+
+def test_reported_vs_measured_takes_each_rows_suite_and_budget():
+    """The v2/v3 row reads cifar10-headline at its headline ratio only: ADTN's size and mean ± CI,
+    every other method at that budget beside it; the v1 row (cifar10-conv, no records) stays missing."""
+    from plots.paper import reported_vs_measured
+
+    def rec(method, seed, acc, params, budget="x2191.57", suite="cifar10-headline"):
+        return {"status": "ok", "suite": suite, "network": "vgg16", "dataset": "cifar10", "method": method,
+                "label": method, "budget": budget, "seed": seed, "acc_after_finetune": acc, "acc_dense": 88.0,
+                "params_compressed_layers": params}
+
+    df = pd.DataFrame([rec("adtn", 0, 80.0, 8616), rec("adtn", 1, 82.0, 8616), rec("tt", 0, 85.0, 8472),
+                       rec("adtn", 0, 99.0, 30000, budget="x32"),            # another budget: not read
+                       rec("adtn", 0, 99.0, 2148, suite="cifar10-conv", budget="x1")])  # other budget label
+    table = reported_vs_measured(df).set_index("suite")
+    head = table.loc["cifar10-headline"]
+    assert head["measured params"] == 8616
+    assert head["measured acc"] == "81.00 ± 12.71 (n=2)"  # t(0.975, 1) * sd 1.414 / sqrt 2
+    assert head["measured dense acc"] == "88.00"
+    assert head["other methods at this budget"] == "tt 85.00 (8,472 p, n=1)"
+    conv = table.loc["cifar10-conv"]
+    assert conv["measured acc"] == "—" and conv["reported acc"] == "81.14 → 84.36"
