@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from bench.records import RecordWriteError
 from bench.registry import METHODS, PluginError, UnknownNameError, dataset_names, load_plugin, method_names, network_names
 from bench.suite import SUITES_DIR, SuiteError, expand, load_suite, method_entry, suite_names, tuner_keys
 
@@ -308,7 +309,7 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
             counts = run_jobs(jobs, settings, devices, path, backend=args.backend, address=args.address,
                               plugins=args.plugin, rerun=args.rerun, budget=budget, cost=cost,
                               ordered=bool(suite.get("priority")))
-        except RuntimeError as e:
+        except (RuntimeError, RecordWriteError) as e:  # RecordWriteError: a record did not land (disk full, ...)
             print(f"error: {e}", file=sys.stderr)
             return 2
         left = counts.get("claimed_elsewhere", 0)

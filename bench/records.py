@@ -1,16 +1,22 @@
 """Job records: one JSON object per line in ``runs.jsonl``, keyed by a hash of the job config.
 
-Appends are a single ``write`` of one whole line under an exclusive lock; a torn last line
-from a killed process is cut off before the next append, so the file only holds whole lines.
+Appends write one whole line under an exclusive lock, check that every byte went out and
+fsync; a failed append (disk full, EIO, a file that is not a regular file) truncates the file
+back to what it was and raises ``RecordWriteError`` naming the file and the cause, so the sweep
+stops instead of reporting a record it did not keep. A torn last line from a killed process is
+cut off before the next append, and only that: a line ends at LF, CRLF or a lone CR (an editor's
+or another OS's convention), so no line-ending convention is read as one torn line and cut away.
 Reading never fails on a bad line (invalid UTF-8, broken JSON, JSON that is not a record): a
 results file damaged by a disk, an editor or a foreign tool must not stop a resume or a report.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -21,36 +27,78 @@ def config_key(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+class RecordWriteError(OSError):
+    """An append that did not land whole; the message is one line naming the file and cause."""
+
+
 def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append one record as one line; on any failure the file is left as it was and
+    ``RecordWriteError`` is raised."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(record, sort_keys=True, default=_jsonable) + "\n").encode()
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise RecordWriteError(f"cannot write records to {path}: {_cause(e)}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RecordWriteError(f"cannot write records to {path}: not a regular file")
         fcntl.flock(fd, fcntl.LOCK_EX)
-        _mend_tail(fd)
-        os.lseek(fd, 0, os.SEEK_END)
-        os.write(fd, line)
-        os.fsync(fd)
+        size = os.fstat(fd).st_size
+        try:
+            prefix = _mend_tail(fd)  # may cut a torn tail: that is garbage, not a record
+            size = os.fstat(fd).st_size
+            _write_all(fd, prefix + line)
+            os.fsync(fd)
+        except OSError as e:
+            _restore_size(fd, size)
+            raise RecordWriteError(f"cannot write records to {path}: {_cause(e)} "
+                                   f"(the file is left as it was)") from None
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        os.close(fd)  # closing releases the lock
 
 
-def _mend_tail(fd: int) -> None:
-    """Make the file end in a newline (caller holds the lock). Bytes, never text: a file with
-    invalid UTF-8 must still be mended. A torn tail left by a killed writer is cut off; a tail
-    that is a whole record (only its newline missing) is kept, since ``read_records`` counts it."""
+def _cause(e: OSError) -> str:
+    return os.strerror(e.errno) if e.errno else (str(e) or type(e).__name__)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte at the end of the file: a short write (a nearly full disk) goes on from
+    where it stopped; no progress at all is an error (ENOSPC)."""
+    os.lseek(fd, 0, os.SEEK_END)
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
+
+
+def _restore_size(fd: int, size: int) -> None:
+    """Cut a failed append's partial bytes off again (best effort: the disk may be gone)."""
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    except OSError:
+        pass
+
+
+def _mend_tail(fd: int) -> bytes:
+    """Bytes to write before the next line so the file ends at a line boundary (caller holds the
+    lock). Bytes, never text: a file with invalid UTF-8 must still be mended. A line ends at LF
+    or CR. A torn tail left by a killed writer (bytes after the last line end that are not a
+    whole record) is cut off; a tail that is a whole record (only its line end missing) is kept,
+    since ``read_records`` counts it, and gets a newline."""
     size = os.fstat(fd).st_size
-    if not size or os.pread(fd, 1, size - 1) == b"\n":
-        return
+    if not size or os.pread(fd, 1, size - 1) in (b"\n", b"\r"):
+        return b""
     data = os.pread(fd, size, 0)
-    start = data.rfind(b"\n") + 1
+    start = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
     if isinstance(_parse_line(data[start:]), dict):
-        os.lseek(fd, 0, os.SEEK_END)
-        os.write(fd, b"\n")
-    else:
-        os.ftruncate(fd, start)
+        return b"\n"
+    os.ftruncate(fd, start)
+    return b""
 
 
 def _jsonable(x: Any) -> Any:
@@ -99,7 +147,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     out = []
-    for i, raw in enumerate(_read_locked(path).split(b"\n"), 1):
+    for i, raw in enumerate(_read_locked(path).splitlines(), 1):  # LF, CRLF and lone CR
         rec = _parse_line(raw)
         if isinstance(rec, str):
             warnings.warn(f"{path}:{i}: ignoring a bad record line: {rec}", stacklevel=2)

@@ -168,3 +168,25 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, bad, valid, tiny_
                          ids=[" ".join((c.values if hasattr(c, "values") else c)[0]) for c in CLI_CASES])
 def test_bad_cli_input_is_one_line_exit_2_and_writes_nothing(argv, bad, valid, tiny_suite, tmp_path, capsys):
     _check_refused(argv, bad, valid, tiny_suite, tmp_path, capsys)
+
+
+def test_a_record_that_cannot_be_written_stops_the_sweep_in_one_line(tiny_suite, tmp_path, capsys, monkeypatch):
+    """A full disk at the first append: exit 2, one line naming the records file and the cause,
+    and no record reported as kept (the sweep used to print "1 ok" and exit 0)."""
+    import errno
+    import os
+
+    import bench.records
+
+    suite = tiny_suite(methods=["dense"], seeds=[0])
+
+    def full(fd, data):  # the records' writer only: claims and checkpoints still land
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(bench.records, "_write_all", full)
+    code = main(["--suite", str(suite), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error")]
+    assert code == 2
+    assert len(err) == 1 and "runs.jsonl" in err[0] and "No space left on device" in err[0], err
+    records = tmp_path / "out" / suite.stem / "runs.jsonl"
+    assert not records.exists() or records.read_bytes() == b""

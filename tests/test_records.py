@@ -77,3 +77,75 @@ def test_append_round_trip_and_key_stability(tmp_path):
     append_record(path, {"key": config_key({"b": 1, "a": (1, 2)}), "status": "ok", "x": 1.5})
     [rec] = read_records(path)
     assert rec["key"] == config_key({"a": [1, 2], "b": 1}) and len(rec["key"]) == 16
+
+
+# --- appends that cannot lose or half-write a record (issue 23) ------------------------------
+def test_every_line_ending_convention_is_read_and_never_cut_away(tmp_path):
+    """LF, CRLF and lone-CR files hold the same records; an append keeps them all (a CR-only
+    file used to read as one torn line, and the next append truncated every record away)."""
+    for sep in (b"\n", b"\r\n", b"\r"):
+        path = tmp_path / f"runs{len(sep)}{sep[-1]}.jsonl"
+        path.write_bytes(sep.join([b'{"key": "a", "status": "ok"}', b'{"key": "b", "status": "ok"}']) + sep)
+        assert [r["key"] for r in read_records(path)] == ["a", "b"]
+        append_record(path, {"key": "c", "status": "ok"})
+        assert [r["key"] for r in read_records(path)] == ["a", "b", "c"]
+
+
+def test_torn_tail_after_cr_lines_is_the_only_thing_cut(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    path.write_bytes(b'{"key": "a"}\r{"key": "b"}\r{"key": "c", "sta')
+    append_record(path, {"key": "d"})
+    assert path.read_bytes() == b'{"key": "a"}\r{"key": "b"}\r{"key": "d"}\n'
+
+
+def test_a_short_then_failed_write_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    """A nearly full disk: the first write lands one byte, the next raises ENOSPC. The append
+    raises one line naming the file and the cause, and the file keeps exactly its records."""
+    import errno
+    import os
+
+    from bench.records import RecordWriteError
+
+    path = tmp_path / "runs.jsonl"
+    append_record(path, {"key": "a", "status": "ok"})
+    before = path.read_bytes()
+    real_write, calls = os.write, []
+
+    def full_disk(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[:1]))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(RecordWriteError) as err:
+        append_record(path, {"key": "b", "status": "ok"})
+    monkeypatch.setattr(os, "write", real_write)
+    message = str(err.value)
+    assert str(path) in message and "No space left on device" in message and "\n" not in message
+    assert len(calls) == 2 and path.read_bytes() == before
+    assert [r["key"] for r in read_records(path)] == ["a"]
+
+
+def test_a_short_write_that_goes_on_lands_the_whole_line(tmp_path, monkeypatch):
+    import os
+
+    path = tmp_path / "runs.jsonl"
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data[:3])))  # 3 bytes a call
+    append_record(path, {"key": "a", "status": "ok"})
+    monkeypatch.setattr(os, "write", real_write)
+    assert read_records(path) == [{"key": "a", "status": "ok"}]
+
+
+def test_records_path_that_is_no_regular_file_is_refused_in_one_line(tmp_path):
+    from bench.records import RecordWriteError
+
+    folder = tmp_path / "runs.jsonl"
+    folder.mkdir()
+    with pytest.raises(RecordWriteError, match="runs.jsonl: Is a directory"):
+        append_record(folder, {"key": "a"})
+    link = tmp_path / "null.jsonl"
+    link.symlink_to("/dev/null")
+    with pytest.raises(RecordWriteError, match="null.jsonl: not a regular file"):
+        append_record(link, {"key": "a"})
