@@ -6,22 +6,41 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.report import ACC_NOTE, format_acc, markdown_table
+from bench.report import SEED_RULE, format_cell, markdown_table
+
+WITHHELD = "—*"
 
 NOTE = (f"Accuracy (%) at common parameter counts of the compressed layers, each seed's curve "
         f"interpolated log-linearly in parameters between its measured points (never extrapolated: "
-        f"blank outside a method's measured range), then {ACC_NOTE}. **Bold**: the best method at "
+        f"blank outside a method's measured range), then {SEED_RULE}. **Bold**: the best method at "
         "that count; †: not significantly ahead of the second (Welch t-test, p ≥ 0.05, or under two "
-        "seeds).")
+        f"seeds). {WITHHELD}: no value, because a neighbouring measured point of the interpolation failed "
+        "on some seed, collapsed to chance or is bimodal, and a line through it would give a value no run "
+        "reached (the CSV's `flag` names the point); at a measured point itself its measurement is shown, marked "
+        "as the accuracy table marks it. Seeds: the ok seeds behind each method's value at that count, "
+        "then in parentheses the methods with another number.")
 
 
 def _cell(r) -> str:
+    if r.flag:
+        return WITHHELD
     if not r.seeds:
         return ""
-    text = format_acc(r.acc_mean, r.acc_ci)
+    text = format_cell(r.acc_mean, r.acc_ci, r.seeds, r.seeds_run, r.seeds_collapsed)
     if r.best:
         text = f"**{text}**" + (" †" if r.not_significant else "")
     return text
+
+
+def _seeds(at_count: pd.DataFrame) -> str:
+    """The ok seeds per method at one count: the usual number, then the methods that differ,
+    e.g. "3 (adtn 2)"."""
+    present = at_count[at_count.seeds > 0]
+    if present.empty:
+        return ""
+    usual = present.seeds.value_counts().sort_index(ascending=False).idxmax()
+    others = [f"{r.label} {r.seeds}" for r in present.itertuples() if r.seeds != usual]
+    return f"{usual}" + (f" ({', '.join(others)})" if others else "")
 
 
 def equal_budget_view(long: pd.DataFrame) -> pd.DataFrame:
@@ -29,6 +48,7 @@ def equal_budget_view(long: pd.DataFrame) -> pd.DataFrame:
     cells = long.assign(cell=[_cell(r) for r in long.itertuples()])
     wide = cells.pivot(index="params", columns="label", values="cell").fillna("")
     wide.columns.name = None
+    wide.insert(0, "seeds", [_seeds(long[long.params == p]) for p in wide.index])
     wide.index = [f"{int(round(p)):,}" for p in wide.index]
     return wide.rename_axis("params").reset_index()
 

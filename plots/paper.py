@@ -15,8 +15,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import yaml
 
-from bench.report import (ACC_NOTE, accuracy_summary, budget_order, ci_halfwidth, convergence_table, equal_budget,
-                          finetune_epochs, fit_summary, format_acc, longest_finetune, records_frame)
+from bench.report import (ACC_NOTE, MIN_CI_SEEDS, accuracy_summary, budget_order, ci_halfwidth, convergence_table,
+                          equal_budget, finetune_epochs, fit_summary, format_acc, longest_finetune, records_frame)
 from plots.accuracy import plot_fit_error
 from plots.equal_budget import write_equal_budget
 from plots.style import ONE_COLUMN, TWO_COLUMN, clamp_percent, method_style, save_figure
@@ -196,7 +196,7 @@ def headline_table(summary: pd.DataFrame) -> pd.DataFrame:
                 else:
                     best = ok.sort_values("params").iloc[0]
                     row.update({"params": int(round(best.params)), "ratio": f"{best.ratio:.1f}×",
-                                "accuracy": format_acc(best.acc_mean, best.acc_ci)})
+                                "accuracy": best.accuracy})  # by the tables' seed rule (bench.report)
                 rows.append(row)
     return pd.DataFrame(rows)
 
@@ -220,18 +220,20 @@ def reported_vs_measured(records: pd.DataFrame) -> pd.DataFrame:
         budget = f"x{r['budget_ratio']:g}" if "budget_ratio" in r else None
         at = mine[mine.budget == budget] if len(mine) and budget else mine
         adtn = at[at.method == r["method"]] if len(at) else at
+        def acc_text(acc: pd.Series) -> str:  # mean ± CI from 3 seeds on (the tables' seed rule)
+            ci = ci_halfwidth(acc) if len(acc) >= MIN_CI_SEEDS else float("nan")
+            return f"{format_acc(acc.mean(), ci)} (n={len(acc)})"
+
         if len(adtn):
-            acc = adtn.acc_after_finetune
             measured.update({"measured params": int(adtn.params_compressed_layers.iloc[0]),
                              "measured dense acc": f"{mine.acc_dense.mean():.2f}",
-                             "measured acc": f"{format_acc(acc.mean(), ci_halfwidth(acc))} (n={len(acc)})"})
+                             "measured acc": acc_text(adtn.acc_after_finetune)})
         others = at[~at.method.isin([r["method"], "dense"])] if len(at) else at
         if len(others):
             parts = []
             for label, g in sorted(others.groupby("label"), key=lambda kv: -kv[1].acc_after_finetune.mean()):
-                acc = g.acc_after_finetune
-                parts.append(f"{label} {format_acc(acc.mean(), ci_halfwidth(acc))} "
-                             f"({int(g.params_compressed_layers.iloc[0]):,} p, n={len(acc)})")
+                text = acc_text(g.acc_after_finetune).replace(" (n=", f" ({int(g.params_compressed_layers.iloc[0]):,} p, n=")
+                parts.append(f"{label} {text}")
             measured["other methods at this budget"] = "; ".join(parts)
         rows.append({"setting": f"{r['network']}/{r['dataset']} {r['version']}", "layers": r["layers"],
                      "reported params": r["params_method"],

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.report import (ACC_NOTE, accuracy_summary, baseline_split, equal_budget, finetune_epochs, fit_summary,
-                          format_acc, longest_finetune, markdown_table, records_frame, status_line)
+from bench.report import (TABLE_NOTE, accuracy_summary, accuracy_table, baseline_split, equal_budget,
+                          finetune_epochs, fit_summary, longest_finetune, markdown_table, records_frame, status_line)
 from plots.accuracy import plot_accuracy_vs_params, plot_fit_error
 from plots.equal_budget import write_equal_budget
 
@@ -47,17 +47,10 @@ def write_accuracy_reports(suite_dir: Path, keys: set[str] | None = None) -> lis
         written.append(suite_dir / "table.csv")
     parts = [f"# {suite_dir.name}: accuracy vs parameters\n", f"Records: {status_line(df)}.\n",
              baseline_note(left_out),
-             f"Accuracy is test accuracy (%) after fine-tuning, {ACC_NOTE}; parameters are those of the "
-             "compressed layers (achieved, mean over seeds). A budget whose allocation equals a smaller "
+             f"{TABLE_NOTE} A budget whose allocation equals a smaller "
              "budget's is shown once, at the smallest, with the others under \"same as\".\n"]
     for (net, ds), g in (s.groupby(["network", "dataset"], sort=False) if not s.empty else []):
-        view = pd.DataFrame({
-            "method": g.label, "budget": g.budget, "params": g.params.round().astype(int),
-            "ratio": g.ratio.map(lambda r: f"{r:.1f}x"),
-            "acc before ft": g.acc_before.map(lambda a: "" if a != a else f"{a:.2f}"),
-            "accuracy (95 % CI)": [format_acc(m, ci) for m, ci in zip(g.acc_mean, g.acc_ci)],
-            "fit error": g.fit.map(lambda f: "" if f != f else f"{f:.3g}"), "seeds": g.seeds,
-            "same as": g.folded})
+        view = accuracy_table(g)
         parts.append(f"\n## {net} / {ds} (compressed layers: {int(g.params_dense.iloc[0]):,} parameters)\n\n"
                      + markdown_table(view) + "\n")
         written += plot_accuracy_vs_params(g, f"{net} on {ds}",

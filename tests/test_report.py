@@ -1,5 +1,6 @@
-"""bench.report statistics (CI, folding, equal-budget interpolation, baseline fingerprints) and
-the reproducibility/readability of the figures in plots/."""
+"""bench.report statistics (CI, folding, equal-budget interpolation, baseline fingerprints, the
+rule for failed, collapsed and bimodal seeds, achieved size and storage) and the
+reproducibility/readability of the figures in plots/."""
 import math
 
 import matplotlib.pyplot as plt
@@ -8,8 +9,8 @@ import pandas as pd
 import pytest
 
 from bench.records import append_record
-from bench.report import (accuracy_summary, baseline_split, ci_halfwidth, equal_budget, format_acc, longest_finetune,
-                          records_frame, welch_p)
+from bench.report import (accuracy_summary, baseline_split, ci_halfwidth, equal_budget, format_acc, format_cell,
+                          longest_finetune, records_frame, welch_p)
 from plots import style
 from plots.equal_budget import equal_budget_view
 from plots.suite_report import write_reports
@@ -193,3 +194,129 @@ def test_longest_finetune_keeps_each_networks_protocol_epochs():
     kept = longest_finetune(pd.DataFrame(rows))
     assert list(kept.key) == ["b", "c", "d"]  # FC-2 at 3 epochs, LeNet-5 at its only count, a fit record
     assert longest_finetune(pd.DataFrame(rows[:1])).key.tolist() == ["a"]
+
+
+# ---- one rule for failures and spread; equal budgets in fact (issue 21, items 6 and 7) ------
+
+def _failed(key, method="svd", budget="x2", seed=0, **kw):
+    """A record as ``failed_record`` writes it: the job's fields, no measurement."""
+    return {"key": key, "status": "failed", "network": "fc2", "dataset": "mnist", "suite": "s", "options": {},
+            "method": method, "label": method, "budget": budget, "seed": seed, "error": "boom", **kw}
+
+
+def _seeds(label, budget, params, accs, dataset="mnist", **kw):
+    """One record per seed of a (label, budget) cell, seed i scoring accs[i]."""
+    return [_rec(f"{label}-{budget}-{i}", label, budget, i, a, params, dataset=dataset, **kw)
+            for i, a in enumerate(accs)]
+
+
+def test_failed_seeds_are_counted_and_withhold_the_ci():
+    recs = (_seeds("svd", "x2", 500, [93.0, 93.2]) + [_failed("svd-x2-2", seed=2)]
+            + _seeds("svd", "x8", 125, [80.0, 81.0, float("nan")])            # ok but no accuracy: failed
+            + _seeds("tt", "x2", 500, [97.0, 98.0, 99.0])
+            + [{**_failed("tt-x2-3", "tt", seed=3), "status": "skipped"}]      # never ran: not counted
+            + _seeds("cp", "x2", 500, [97.0]))
+    s = accuracy_summary(pd.DataFrame(recs)).set_index(["label", "budget"])
+    assert s.loc[("svd", "x2"), ["seeds_ok", "seeds_run"]].tolist() == [2, 3]
+    assert s.loc[("svd", "x2"), "accuracy"] == "2/3 ok: 93.10"                 # mean of the ok ones, no CI
+    assert s.loc[("svd", "x8"), "accuracy"] == "2/3 ok: 80.50" and s.loc[("svd", "x8"), "seeds_run"] == 3
+    assert s.loc[("tt", "x2"), "accuracy"] == "98.00 ± 2.48" and s.loc[("tt", "x2"), "seeds_run"] == 3
+    assert s.loc[("cp", "x2"), "accuracy"] == "1/1 ok: 97.00"                  # under 3 seeds: no CI either
+    assert not s.loc[("svd", "x2"), "ci_shown"] and s.loc[("tt", "x2"), "ci_shown"]
+    # every seed failed: nothing measured, no row (the records stay among the jobs not ok)
+    assert ("svd", "x64") not in s.index
+    assert format_cell(float("nan"), float("nan"), 0, 3) == "0/3 ok"
+
+
+def test_a_cell_with_collapsed_and_recovered_seeds_is_bimodal():
+    from bench.report import chance_accuracy
+
+    # LeNet-5/MNIST tt x32 as recorded: one seed predicts the digit 1 (11.35 % of the test set)
+    recs = (_seeds("tt", "x32", 1926, [11.35, 93.30, 94.74], network="lenet5")
+            + _seeds("cp", "x32", 1958, [10.0, 10.2, 9.9], network="lenet5")
+            + _seeds("svd", "x32", 2150, [11.6, 60.0, 62.0], network="lenet5")
+            + _seeds("tucker", "x32", 1900, [1.2, 40.0, 41.0], network="lenet5", dataset="cifar100"))
+    s = accuracy_summary(pd.DataFrame(recs)).set_index("label")
+    assert s.loc["tt", "accuracy"] == "66.46 ‡ bimodal: 1/3 at chance"        # not 66.46 ± 105.7
+    assert s.loc["tt", "bimodal"] and s.loc["tt", "seeds_collapsed"] == 1 and not s.loc["tt", "ci_shown"]
+    assert s.loc["tt", "acc_ci"] == pytest.approx(ci_halfwidth([11.35, 93.30, 94.74]))  # the statistic stays
+    assert s.loc["cp", "accuracy"] == "10.03 ± 0.38 ‡ at chance" and not s.loc["cp", "bimodal"]
+    assert s.loc["svd", "accuracy"] == "44.53 ± 70.89" and s.loc["svd", "seeds_collapsed"] == 0  # 1.6 from chance
+    assert s.loc["tucker", "accuracy"] == "27.40 ‡ bimodal: 1/3 at chance"    # CIFAR-100: chance is 1 %
+    assert chance_accuracy("cifar100") == 1.0 and chance_accuracy("digits") == 10.0
+    assert math.isnan(chance_accuracy("no-such-dataset"))
+    assert (format_cell(50.0, 1.0, 2, 3, collapsed=1) == "2/3 ok: 50.00 ‡ bimodal: 1/2 at chance")
+
+
+def test_equal_budget_withholds_interpolations_next_to_collapsed_or_failed_points():
+    from plots.equal_budget import NOTE, WITHHELD
+
+    recs = (_seeds("a", "x10", 100, [10.0, 10.5, 9.8]) + _seeds("a", "x1", 1000, [89.0, 90.0, 91.0])
+            + _seeds("a", "x0.1", 10000, [94.0, 95.0, 96.0])
+            + _seeds("b", "x10", 100, [10.3, 60.0, 62.0]) + _seeds("b", "x1", 1000, [80.0, 81.0, 82.0])
+            + _seeds("c", "x10", 100, [50.0, 51.0, 52.0]) + _seeds("c", "x1", 1000, [70.0, 71.0])
+            + [_failed("c-x1-2", "c", "x1", 2)] + [_rec("c-x0.1-2", "c", "x0.1", 2, 95.0, 10000)])
+    counts = [100, 316.22776601683796, 3162.2776601683795]
+    eb = equal_budget(pd.DataFrame(recs), counts=counts).set_index(["label", "params"])
+    mid = counts[1]
+    assert eb.loc[("a", mid), "flag"] == "x10: at chance" and np.isnan(eb.loc[("a", mid), "acc_mean"])
+    assert eb.loc[("b", mid), "flag"] == "x10: bimodal (1/3 at chance)"
+    assert eb.loc[("c", mid), "flag"] == "x1: 1/3 failed"      # seed 2's line would bridge its failure
+    assert eb.loc[("a", mid), "seeds"] == 3 and not eb.loc[("a", mid), "best"]
+    # between two fit points: interpolated as before; at a measured point: its own measurement
+    assert eb.loc[("a", counts[2]), "flag"] == "" and eb.loc[("a", counts[2]), "acc_mean"] == pytest.approx(92.5)
+    assert eb.loc[("a", 100), "flag"] == "" and eb.loc[("a", 100), "seeds_collapsed"] == 3
+    view = equal_budget_view(eb.reset_index()).set_index("params")
+    assert view.loc["316", ["a", "b", "c"]].tolist() == [WITHHELD] * 3 and view.loc["316", "seeds"] == "3"
+    assert view.loc["100", "a"] == "10.10 ± 0.90 ‡ at chance"
+    assert view.loc["100", "b"] == "44.10 ‡ bimodal: 1/3 at chance"
+    assert view.loc["100", "c"] == "**51.00 ± 2.48**"        # a bimodal point is not ranked against it
+    assert view.loc["3,162", "a"] == "**92.50 ± 2.48**" and view.loc["3,162", "seeds"] == "3"
+    assert "—*" in NOTE and "collapsed" in NOTE and "failed" in NOTE
+
+
+def test_seeds_column_names_the_methods_with_another_count():
+    recs = (_seeds("a", "x10", 100, [60.0, 61.0, 62.0]) + _seeds("a", "x1", 1000, [90.0, 91.0, 92.0])
+            + _seeds("b", "x10", 100, [50.0, 51.0]) + _seeds("b", "x1", 1000, [80.0, 81.0]))
+    view = equal_budget_view(equal_budget(pd.DataFrame(recs), counts=[316.22776601683796]))
+    assert view.loc[0, "seeds"] == "3 (b 2)" and view.loc[0, "b"] == "2/2 ok: 65.50"
+
+
+def test_achieved_size_is_shown_and_marked_when_off_target():
+    from bench.report import accuracy_table
+
+    recs = (_seeds("a", "x2", 556, [90.0, 91.0, 92.0])       # 1000/556 = 1.799: 10.07 % under 2
+            + _seeds("b", "x2", 555, [90.0, 91.0, 92.0])     # 1.802: 9.9 % under
+            + _seeds("c", "x4", 250, [90.0, 91.0, 92.0], target_ratio=4.0)
+            + _seeds("d", "knob=3", 400, [90.0, 91.0, 92.0], target_ratio=None))
+    s = accuracy_summary(pd.DataFrame(recs))
+    t = accuracy_table(s).set_index("method")
+    assert t.loc["a", "ratio"] == "1.8x †size" and t.loc["b", "ratio"] == "1.8x" and t.loc["c", "ratio"] == "4.0x"
+    assert t.loc["d", "ratio"] == "2.5x"                                   # no target ratio: nothing to miss
+    assert t.loc["a", "params"] == 556 and t.loc["a", "seeds (ok/run)"] == "3/3"
+    assert s.set_index("label").loc["a", "size_off"] and not s.set_index("label").loc["b", "size_off"]
+
+
+def test_pruning_storage_counts_values_plus_the_cheaper_index():
+    from bench.report import accuracy_table, fit_summary, layer_storage, record_storage
+
+    # 100 non-zeros of 1000 weights: bitmask 1000 bits = 31.25 values, CSR 100 -> 100 + 31.25
+    assert layer_storage({"params": 100, "params_dense": 1000, "total": 1000}) == 131.25
+    # biases (10) are values, never indexed
+    assert layer_storage({"params": 110, "params_dense": 1010, "total": 1000}) == 141.25
+    # 10 non-zeros: CSR (10 x 32 bits = 10 values) beats the 1000-bit mask
+    assert layer_storage({"params": 10, "params_dense": 1000, "total": 1000}) == 20.0
+    info = {"fc1": {"params": 100, "params_dense": 1000, "total": 1000, "knob": 100, "fit_rel_error": 0.4}}
+    prune = _rec("p", "prune", "x10", 0, 90.0, 100, layer_info=info, params_counted_as="non-zero weights")
+    assert record_storage(prune) == 131.25
+    assert record_storage({**prune, "layer_info": {}}) == 131.25            # no per-layer info: one layer
+    assert record_storage({**prune, "method": "nnbcd-prune", "params_counted_as": None}) == 131.25
+    svd = _rec("s", "svd", "x10", 0, 90.0, 100, layer_info={"fc1": {**info["fc1"], "knob": 1}})
+    assert record_storage(svd) == 100.0
+    s = accuracy_summary(pd.DataFrame([prune, svd])).set_index("label")
+    assert s.loc["prune", "storage"] == 131.25 and s.loc["svd", "storage"] == 100.0
+    t = accuracy_table(s.reset_index()).set_index("method")
+    assert t.loc["prune", "storage (values + index)"] == 131 and t.loc["prune", "params"] == 100
+    f = fit_summary(pd.DataFrame([prune, svd, _failed("s1", "svd", "x10", 1)])).set_index("label")
+    assert f.loc["prune", "storage"] == 131.25 and f.loc["svd", "storage"] == 100.0
+    assert f.loc["svd", ["seeds", "seeds_run"]].tolist() == [1, 2]
