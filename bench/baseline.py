@@ -107,6 +107,9 @@ def _load_weights(path: Path, meta: dict) -> dict[str, torch.Tensor]:
         raise BadCheckpoint(f"torch.load failed ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict):
         raise BadCheckpoint("weights file holds no state dict")
+    bad = [k for k, t in state.items() if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:  # a matching sha only says the file is the one written: NaN weights are no baseline
+        raise BadCheckpoint(f"non-finite weights in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
     return state
 
 

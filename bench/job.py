@@ -102,6 +102,17 @@ def check_sizes(method, originals: dict[str, torch.nn.Module], model: torch.nn.M
                 f"said {planned:,} (does the module keep a reference to the dense layer?)")
 
 
+def check_finite(model: torch.nn.Module, layers, when: str) -> None:
+    """Every parameter and buffer of the compressed layers is finite, or ContractError naming
+    the first bad one: a plugin's NaN weights must not be recorded ok (with no fine-tuning, or
+    ``--fit-only``, nothing else would notice)."""
+    for name in layers:
+        layer = get_layer(model, name)
+        for pname, t in [*layer.named_parameters(), *layer.named_buffers()]:
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise ContractError(f"layer {name}: non-finite values in {pname} {when}")
+
+
 def _finetune(method, model, job: Job, data, originals, knobs, pick, progress: bool) -> FinetuneContext:
     """Run the method's fine-tuning on ``model`` in place with the suite's recipe (``pick``, an
     lr or an optimizer and lr, replacing the recipe's when tuning); the method sees train and
@@ -175,6 +186,7 @@ def _measure_and_finetune(rec, method, model, base_model, job: Job, data: DataSp
         model, ctx, tuning = _tuned_finetune(method, model, job, run_data, originals, knobs, lr_pick, progress)
         rec["time_finetune_s"] = time.perf_counter() - t0
         check_sizes(method, originals, model, knobs, "after fine-tuning")
+        check_finite(model, job.layers, "after fine-tuning")
         rec["acc_after_finetune"] = evaluate(model, run_data.x_test, run_data.y_test)
         rec["acc_val_after_finetune"] = evaluate(model, run_data.x_val, run_data.y_val)
         rec["extras"] = ctx.extras
@@ -227,6 +239,7 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
         info = method.compress(model, knobs)
         rec["time_compress_s"] = time.perf_counter() - t0
         check_sizes(method, originals, model, knobs, "after compress")
+        check_finite(model, job.layers, "after compress")
         fit, fit_per_layer = fit_errors(originals, {n: get_layer(model, n) for n in job.layers})
         rec.update(fit_rel_error=fit, knobs=knobs, params_counted_as=method.params_counted_as)
         if not job.fit_only:

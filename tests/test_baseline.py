@@ -100,10 +100,24 @@ def _garbage_pt_with_matching_hash(root):
     meta_path.write_text(json.dumps(meta))
 
 
+def _nan_weights_with_matching_hash(root):
+    """A loadable state dict of NaN weights whose hash the summary vouches for."""
+    p = _pt(root)
+    state = torch.load(p, weights_only=True)
+    first = next(k for k, t in state.items() if t.is_floating_point())
+    state[first] = torch.full_like(state[first], float("nan"))
+    torch.save(state, p)
+    meta_path = p.with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    meta["weights_sha256"] = baseline.file_sha256(p)
+    meta_path.write_text(json.dumps(meta))
+
+
 @pytest.mark.parametrize("damage, reason", [
     (_truncate_pt, "sha256"), (_empty_pt, "empty"), (_flip_pt, "sha256"), (_delete_pt, "missing"),
     (_truncate_json, "unreadable summary"), (_not_a_summary_json, "not a baseline summary"),
     (_delete_json, "without a summary"), (_garbage_pt_with_matching_hash, "torch.load failed"),
+    (_nan_weights_with_matching_hash, "non-finite weights in"),
 ])
 def test_damaged_checkpoint_warns_and_retrains(root, data, clean, trains, damage, reason):
     damage(root)

@@ -314,3 +314,20 @@ def test_tune_epochs_shares_the_pick_and_reuse_takes_equal_jobs(tmp_path, tiny_s
         assert recs[(1, seed)]["tune_epochs"] == 0.5
     assert _run("--suite", sweep, "--out", tmp_path) == 0  # nothing left: nothing copied twice
     assert len(read_records(tmp_path / sweep.stem / "runs.jsonl")) == 4
+
+
+def test_non_finite_weights_of_a_compressed_layer_fail_naming_the_layer():
+    """A plugin's NaN weights must not pass as ok (with 0 fine-tuning epochs or --fit-only
+    nothing else would look): check_finite names the layer and the tensor."""
+    import torch
+    from torch import nn
+
+    from bench.compressor import ContractError
+    from bench.job import check_finite
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    check_finite(model, ["0", "2"], "after compress")  # finite: no error
+    with torch.no_grad():
+        model[2].bias[1] = float("inf")
+    with pytest.raises(ContractError, match="layer 2: non-finite values in bias after compress"):
+        check_finite(model, ["0", "2"], "after compress")
