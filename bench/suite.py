@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import math
 import numbers
 import re
@@ -257,10 +258,35 @@ def _check_names(suite: dict[str, Any]) -> None:
     if not isinstance(suite["methods"], list):
         raise SuiteError(f"methods {suite['methods']!r}: expected a list of method names or "
                          "{method, label, options, knobs} entries")
+    labels: set[str] = set()
     for entry in suite["methods"]:
         m = method_entry(entry)
         if not isinstance(m["method"], str) or m["method"] not in METHODS:
             raise SuiteError(f"unknown method {m['method']!r}; known: {', '.join(method_names())}")
+        if m["label"] in labels:
+            raise SuiteError(f"method {m['label']!r} is listed twice; give one entry a different label")
+        labels.add(m["label"])
+        _check_options(m)
+
+
+def _check_options(m: dict[str, Any]) -> None:
+    """Build the method with its options now, so a misspelt or out-of-range option is refused
+    before any baseline trains (it used to fail every job after training)."""
+    cls = METHODS.get(m["method"])
+    try:
+        cls(**m["options"])
+    except TypeError as e:
+        valid = []  # the named parameters of every __init__ the options pass through (**options)
+        for klass in cls.__mro__:
+            if "__init__" in vars(klass) and klass is not object:
+                params = inspect.signature(klass.__init__).parameters
+                valid += [p for p, v in params.items() if p != "self" and p not in valid
+                          and v.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+        bad = sorted(map(str, set(m["options"]) - set(valid)))
+        why = f"unknown option(s) {', '.join(bad)}" if bad else (str(e).splitlines() or ["bad options"])[0]
+        raise SuiteError(f"method {m['label']!r} options {m['options']!r}: {why}; valid: {', '.join(valid)}") from None
+    except (ValueError, ArithmeticError) as e:
+        raise SuiteError(f"method {m['label']!r} options {m['options']!r}: {(str(e).splitlines() or [''])[0]}") from None
 
 
 def _real(v: Any) -> bool:

@@ -15,6 +15,10 @@ import torch
 from bench.cli import main
 
 CASES = [
+    # method options checked before any baseline trains; a method listed twice
+    (["--set", "methods=[{method: tt, options: {bogus: 1}}]"], "unknown option(s) bogus", "valid: cores, conv_layout"),
+    (["--set", "methods=[{method: adtn, options: {max_depth: 0}}]"], "'adtn' options {'max_depth': 0}", "max_depth >= 1"),
+    (["--set", "methods=[svd, svd]"], "'svd' is listed twice", "different label"),
     # malformed YAML: one line, not a traceback
     (["--set", "seeds=[0,"], "seeds=[0,", "not valid YAML"),
     (["--suite", "@bad_yaml"], "@bad_yaml", "not valid YAML"),
