@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from bench.records import RecordWriteError
@@ -216,14 +218,41 @@ def resolve_out(args, suite_spec: str) -> Path:
 BAD_INPUT = (UsageError, SuiteError, UnknownNameError, PluginError, FileNotFoundError, ValueError, TypeError)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt (a BaseException, so
+    no job's ``except Exception`` records it as a failure); claims are released on the way out."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; exit 0 ok, 1 some job failed, 2 bad input or a record not written, 130 Ctrl-C,
+    143 SIGTERM (each interruption one line: finished records are kept, a re-run resumes)."""
     args = parse_args(argv)
+    previous = _install(signal.SIGTERM, _raise_terminated)
     try:
-        prepared = prepare(args)
-    except BAD_INPUT as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
-    return 0 if prepared is None else execute(args, *prepared)
+        try:
+            prepared = prepare(args)
+        except BAD_INPUT as e:
+            print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+            return 2
+        return 0 if prepared is None else execute(args, *prepared)
+    except (KeyboardInterrupt, Terminated) as e:
+        what, code = ("Ctrl-C", 130) if isinstance(e, KeyboardInterrupt) else ("SIGTERM", 143)
+        print(f"interrupted ({what}): finished records are kept; run the same command again to resume",
+              file=sys.stderr)
+        return code
+    finally:
+        _install(signal.SIGTERM, previous)
+
+
+def _install(signum, handler):
+    """Set a signal handler where Python allows it (the main thread), returning the old one."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signum, handler)
 
 
 def prepare(args):

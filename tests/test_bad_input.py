@@ -194,3 +194,36 @@ def test_a_record_that_cannot_be_written_stops_the_sweep_in_one_line(tiny_suite,
     assert len(err) == 1 and "runs.jsonl" in err[0] and "No space left on device" in err[0], err
     records = tmp_path / "out" / suite.stem / "runs.jsonl"
     assert not records.exists() or records.read_bytes() == b""
+
+
+@pytest.mark.parametrize("how, code, what", [("ctrl-c", 130, "Ctrl-C"), ("sigterm", 143, "SIGTERM")])
+def test_interruptions_end_in_one_line_with_their_exit_code(how, code, what, tiny_suite, tmp_path, capsys,
+                                                              monkeypatch):
+    """Ctrl-C and SIGTERM while a sweep runs: one line, exit 130 / 143, no traceback, and the
+    claim of the running job released (a re-run takes it at once)."""
+    import os
+    import signal
+    import time
+
+    import bench.backends.local as local
+
+    real = local.run_job
+
+    def interrupted(*args, **kwargs):
+        if how == "ctrl-c":
+            raise KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this returns
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(local, "run_job", interrupted)
+    suite = tiny_suite(methods=["dense"], seeds=[0])
+    out = tmp_path / "out"
+    assert main(["--suite", str(suite), "--out", str(out), "--no-progress"]) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if line.startswith("interrupted")] == [
+        f"interrupted ({what}): finished records are kept; run the same command again to resume"]
+    assert not any("Traceback" in line for line in err)
+    claims = out / suite.stem / "runs.claims"
+    assert not claims.exists() or not [p for p in claims.iterdir() if not p.name.startswith(".")]
+    assert signal.getsignal(signal.SIGTERM) is not None
