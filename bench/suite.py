@@ -14,6 +14,7 @@ import functools
 import inspect
 import math
 import numbers
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,12 +96,49 @@ SuiteLoader.yaml_implicit_resolvers = {
 SuiteLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
+#: bounds on a suite's YAML: text size, nodes after expanding aliases, nesting depth (an alias
+#: bomb is a few hundred bytes that expand to billions of nodes and used to hang the CLI)
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000
+MAX_YAML_DEPTH = 32
+
+
 def parse_yaml(text: str, where: str) -> Any:
-    """``text`` parsed with ``SuiteLoader``; malformed YAML is a one-line SuiteError."""
+    """``text`` parsed with ``SuiteLoader``; malformed or oversized YAML is a one-line SuiteError."""
+    if len(text) > MAX_YAML_BYTES:
+        raise SuiteError(f"{where}: {len(text):,} characters of YAML, more than a suite needs "
+                         f"(at most {MAX_YAML_BYTES:,})")
     try:
+        _check_size(yaml.compose(text, Loader=SuiteLoader), where)
         return yaml.load(text, Loader=SuiteLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise SuiteError(f"{where}: not valid YAML ({_yaml_problem(e)})") from None
+
+
+def _check_size(root: yaml.Node | None, where: str) -> None:
+    """Count the nodes the document has once aliases are expanded, stopping at the bounds."""
+    count, stack = 0, [(root, 1)] if root is not None else []
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_YAML_NODES or depth > MAX_YAML_DEPTH:
+            what = (f"more than {MAX_YAML_NODES:,} values once its aliases are expanded" if count > MAX_YAML_NODES
+                    else f"nested more than {MAX_YAML_DEPTH} levels deep")
+            raise SuiteError(f"{where}: the YAML has {what}; a suite needs far less")
+        if isinstance(node, yaml.SequenceNode):
+            stack += [(child, depth + 1) for child in node.value]
+        elif isinstance(node, yaml.MappingNode):
+            stack += [(part, depth + 1) for pair in node.value for part in pair]
+
+
+def read_text(path: Path) -> str:
+    """A suite file's text; a file that is not UTF-8 is a SuiteError naming it."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SuiteError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise SuiteError(f"{path}: cannot be read ({os.strerror(e.errno) if e.errno else e})") from None
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:
@@ -131,7 +169,7 @@ def load_suite(spec: str, overrides: list[str] | None = None) -> dict[str, Any]:
 def _read_with_base(path: Path, seen: tuple) -> dict[str, Any]:
     """A suite's mapping, merged over its ``base`` suite's (keys of the child win; MERGED_KEYS
     are merged entry by entry)."""
-    suite = parse_yaml(path.read_text(), str(path)) or {}
+    suite = parse_yaml(read_text(path), str(path)) or {}
     if not isinstance(suite, dict):
         raise SuiteError(f"{path}: a suite is a YAML mapping, got {type(suite).__name__}")
     base = suite.pop("base", None)

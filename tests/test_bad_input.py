@@ -15,6 +15,10 @@ import torch
 from bench.cli import main
 
 CASES = [
+    # bounded inputs: an alias bomb, deep nesting, a suite file that is not UTF-8
+    (["--suite", "@alias_bomb"], "more than 100,000 values once its aliases are expanded", "a suite needs far less"),
+    (["--set", "finetune.x=" + "[" * 40 + "]" * 40], "nested more than 32 levels deep", "a suite needs far less"),
+    (["--suite", "@not_utf8"], "@not_utf8", "not UTF-8 text (byte 16)"),
     # method options checked before any baseline trains; a method listed twice
     (["--set", "methods=[{method: tt, options: {bogus: 1}}]"], "unknown option(s) bogus", "valid: cores, conv_layout"),
     (["--set", "methods=[{method: adtn, options: {max_depth: 0}}]"], "'adtn' options {'max_depth': 0}", "max_depth >= 1"),
@@ -134,8 +138,21 @@ def _write(tmp_path, name: str, text: str):
     return path
 
 
+BOMB = "".join(f"{c}: &{c} [" + ", ".join([f"*{p}"] * 9) + "]\n"
+               for p, c in zip("abcdefgh", "bcdefghi"))  # 9^8 = 43 million values from 9 lines
+
+
+def _bytes(tmp_path, name: str, data: bytes):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
 MAKERS = {
     "@bad_yaml": lambda t: _write(t, "broken.yaml", "datasets: [digits\nmethods: [svd]\n"),
+    "@alias_bomb": lambda t: _write(t, "bomb.yaml", "a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9]\n" + BOMB
+                                    + "datasets: [digits]\nnetworks: {digitnet: *i}\nmethods: [svd]\n"),
+    "@not_utf8": lambda t: _bytes(t, "latin1.yaml", "description: caf\xe9\n".encode("latin-1")),
     "@plugin_syntax": lambda t: _write(t, "syntax_plugin.py", "def broken(:\n"),
     "@plugin_raises": lambda t: _write(t, "raising_plugin.py", "raise RuntimeError('boom')\n"),
     "@mnist_truncated_gzip": lambda t: _mnist(t, gzip.compress(_idx((6, 28, 28)))[:-12]),  # no trailer
