@@ -204,6 +204,21 @@ def check_data(jobs, data_dir: Path | None, download: bool) -> None:
         verify_dataset(name, data_dir, download)
 
 
+def check_writable(out: Path, records: Path) -> None:
+    """``--out`` must be (or can become) a writable folder, and its records file a regular file,
+    before anything runs: a job's result used to be lost after it ran (fsync on /dev/null, a
+    folder where the records file should be)."""
+    for p in (out, records.parent):
+        if p.exists() and not p.is_dir():
+            raise UsageError(f"--out {out}: {p} is not a folder")
+    if records.exists() and not records.is_file():
+        raise UsageError(f"--out {out}: the records file {records} is not a regular file"
+                         + (f" (a link to {os.path.realpath(records)})" if records.is_symlink() else ""))
+    existing = next(p for p in (records.parent, *records.parent.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK) or (records.exists() and not os.access(records, os.W_OK)):
+        raise UsageError(f"--out {out}: {records if records.exists() else existing} is not writable")
+
+
 def resolve_out(args, suite_spec: str) -> Path:
     if args.out is not None:
         return Path(args.out)
@@ -287,6 +302,7 @@ def prepare(args):
 
     out = resolve_out(args, args.suite)
     path = records_path(out, suite["name"], fit_only)
+    check_writable(out, path)
     if args.report_only and not path.exists():
         raise UsageError(f"no records to report: {path} does not exist (run the suite first)")
     if not args.report_only:

@@ -191,6 +191,41 @@ def test_bad_cli_input_is_one_line_exit_2_and_writes_nothing(argv, bad, valid, t
     _check_refused(argv, bad, valid, tiny_suite, tmp_path, capsys)
 
 
+def _out_file(tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("x")
+    return path
+
+
+def _records_dir(tmp_path, suite):
+    out = tmp_path / "outdir"
+    (out / suite.stem / "runs.jsonl").mkdir(parents=True)
+    return out
+
+
+def _records_to_null(tmp_path, suite):
+    out = tmp_path / "outnull"
+    (out / suite.stem).mkdir(parents=True)
+    (out / suite.stem / "runs.jsonl").symlink_to("/dev/null")
+    return out
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda t, s: _out_file(t), "is not a folder"),
+    (lambda t, s: _records_dir(t, s), "is not a regular file"),
+    (lambda t, s: _records_to_null(t, s), "is not a regular file (a link to /dev/null)"),
+])
+def test_an_out_that_cannot_hold_records_is_refused_before_anything_runs(make, says, tiny_suite, tmp_path,
+                                                                         capsys):
+    suite = tiny_suite()
+    out = make(tmp_path, suite)
+    assert main(["--suite", str(suite), "--out", str(out), "--no-progress", "--data-dir",
+                 str(tmp_path / "no_data")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --out {out}") and says in err[0], err
+    assert not (tmp_path / "checkpoints").exists() and not any(tmp_path.rglob("*.pt"))
+
+
 def test_a_record_that_cannot_be_written_stops_the_sweep_in_one_line(tiny_suite, tmp_path, capsys, monkeypatch):
     """A full disk at the first append: exit 2, one line naming the records file and the cause,
     and no record reported as kept (the sweep used to print "1 ok" and exit 0)."""
