@@ -157,14 +157,22 @@ def load_plugin(spec: str) -> None:
         sys.modules[mod_name] = module
         try:
             module_spec.loader.exec_module(module)
-        except Exception as e:  # noqa: BLE001 - SyntaxError included: one line for the user
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - SyntaxError included: one line for the user
             del sys.modules[mod_name]
-            raise PluginError(f"plugin {spec} failed to load: {type(e).__name__}: {e}") from e
+            raise PluginError(f"plugin {spec} failed to load: {_why(e)}") from None
     else:
         try:
             importlib.import_module(spec)
-        except Exception as e:  # noqa: BLE001
-            raise PluginError(f"plugin {spec!r} failed to import: {type(e).__name__}: {e}") from e
+        except (Exception, SystemExit) as e:  # noqa: BLE001
+            raise PluginError(f"plugin {spec!r} failed to import: {_why(e)}") from None
+
+
+def _why(e: BaseException) -> str:
+    """A plugin's failure in one line; ``sys.exit()`` on import (which used to end the CLI with
+    exit 0, having run nothing) is a failure like any other."""
+    if isinstance(e, SystemExit):
+        return f"it called sys.exit({e.code!r}) on import"
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
 
 
 def method_names() -> list[str]:

@@ -91,6 +91,7 @@ CLI_CASES = [
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
     (["--plugin", "@plugin_syntax"], "@plugin_syntax", "SyntaxError"),
     (["--plugin", "@plugin_raises"], "@plugin_raises", "boom"),
+    (["--plugin", "@plugin_exits"], "@plugin_exits", "it called sys.exit(0) on import"),
     (["--report-only"], "tiny0", "no records"),
     # damaged dataset files, with --no-download: bench.data.verify_dataset up front
     (["--set", "datasets=[mnist]", "--set", "networks={fc2: [fc1]}", "--data-dir", "@mnist_truncated_gzip"],
@@ -155,6 +156,7 @@ MAKERS = {
     "@not_utf8": lambda t: _bytes(t, "latin1.yaml", "description: caf\xe9\n".encode("latin-1")),
     "@plugin_syntax": lambda t: _write(t, "syntax_plugin.py", "def broken(:\n"),
     "@plugin_raises": lambda t: _write(t, "raising_plugin.py", "raise RuntimeError('boom')\n"),
+    "@plugin_exits": lambda t: _write(t, "exiting_plugin.py", "import sys\nsys.exit(0)\n"),
     "@mnist_truncated_gzip": lambda t: _mnist(t, gzip.compress(_idx((6, 28, 28)))[:-12]),  # no trailer
     "@mnist_bad_magic": lambda t: _mnist(t, gzip.compress(b"\x00\x00\x09\x03" + bytes(20))),
     "@mnist_wrong_size": lambda t: _mnist(t, gzip.compress(_idx((6, 28, 28))[:-5])),
