@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import signal
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -100,6 +102,31 @@ def check_sizes(method, originals: dict[str, torch.nn.Module], model: torch.nn.M
             raise ContractError(
                 f"{method.name}: layer {name} has {built:,} parameters {when} but layer_params "
                 f"said {planned:,} (does the module keep a reference to the dense layer?)")
+
+
+class JobTimeout(Exception):
+    """A job ran past its ``job_time_limit_s``; recorded failed with this message."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise ``JobTimeout`` in this thread after ``seconds`` (SIGALRM; the main thread only, where
+    Python delivers signals: elsewhere no limit is set). Torch ops return between bytecodes, so
+    a limit hit inside one long kernel stops the job when that kernel returns."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise JobTimeout(f"stopped after the job time limit of {seconds:g} s (suite key job_time_limit_s)")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def check_finite(model: torch.nn.Module, layers, when: str) -> None:
@@ -219,46 +246,47 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
     t_start = time.perf_counter()
     mkey = None
     try:
-        method = get_method(job.method, **job.options)
-        model = copy.deepcopy(base_model)
-        originals = {n: copy.deepcopy(get_layer(model, n)) for n in job.layers}
-        reason = method.skip_reason(model, job.layers)
-        if reason:
-            rec.update(status="skipped", error=reason)
-            return rec
-        try:
-            knobs = ({n: job.knob for n in job.layers} if job.knob is not None
-                     else method.allocate(originals, job.target_ratio))
-        except BudgetUnreachable as e:
-            rec.update(status="skipped", error=f"budget unreachable: {e}")
-            return rec
-        mkey = memo_key(job, knobs, lr_pick)
-        if memo is not None and mkey in memo:
-            return reused_record(job, memo[mkey])
-        t0 = time.perf_counter()
-        info = method.compress(model, knobs)
-        rec["time_compress_s"] = time.perf_counter() - t0
-        check_sizes(method, originals, model, knobs, "after compress")
-        check_finite(model, job.layers, "after compress")
-        fit, fit_per_layer = fit_errors(originals, {n: get_layer(model, n) for n in job.layers})
-        rec.update(fit_rel_error=fit, knobs=knobs, params_counted_as=method.params_counted_as)
-        if not job.fit_only:
-            model = _measure_and_finetune(rec, method, model, base_model, job, data, originals, knobs, lr_pick,
-                                          progress, prefix_caches)
-        final = {n: get_layer(model, n) for n in job.layers}
-        per_layer = {}
-        for n in job.layers:
-            per_layer[n] = {"knob": knobs[n], "params_dense": dense_params(originals[n]),
-                            "params": method.module_params(final[n]), "fit_rel_error": fit_per_layer[n],
-                            **info.get(n, {})}
-        params_dense = sum(v["params_dense"] for v in per_layer.values())
-        params_comp = sum(v["params"] for v in per_layer.values())
-        rest = count_params(model) - sum(count_params(m) for m in final.values())
-        rec.update(layer_info=per_layer, params_dense_layers=params_dense, params_compressed_layers=params_comp,
-                   achieved_ratio=params_dense / params_comp if params_comp else float("inf"),
-                   params_total=rest + params_comp, params_total_dense=count_params(base_model),
-                   flops=forward_flops(model, data.input_shape, device),
-                   flops_dense=forward_flops(base_model, data.input_shape, device))
+        with time_limit(getattr(job, "job_time_limit_s", None)):  # the baseline is not counted
+            method = get_method(job.method, **job.options)
+            model = copy.deepcopy(base_model)
+            originals = {n: copy.deepcopy(get_layer(model, n)) for n in job.layers}
+            reason = method.skip_reason(model, job.layers)
+            if reason:
+                rec.update(status="skipped", error=reason)
+                return rec
+            try:
+                knobs = ({n: job.knob for n in job.layers} if job.knob is not None
+                         else method.allocate(originals, job.target_ratio))
+            except BudgetUnreachable as e:
+                rec.update(status="skipped", error=f"budget unreachable: {e}")
+                return rec
+            mkey = memo_key(job, knobs, lr_pick)
+            if memo is not None and mkey in memo:
+                return reused_record(job, memo[mkey])
+            t0 = time.perf_counter()
+            info = method.compress(model, knobs)
+            rec["time_compress_s"] = time.perf_counter() - t0
+            check_sizes(method, originals, model, knobs, "after compress")
+            check_finite(model, job.layers, "after compress")
+            fit, fit_per_layer = fit_errors(originals, {n: get_layer(model, n) for n in job.layers})
+            rec.update(fit_rel_error=fit, knobs=knobs, params_counted_as=method.params_counted_as)
+            if not job.fit_only:
+                model = _measure_and_finetune(rec, method, model, base_model, job, data, originals, knobs, lr_pick,
+                                              progress, prefix_caches)
+            final = {n: get_layer(model, n) for n in job.layers}
+            per_layer = {}
+            for n in job.layers:
+                per_layer[n] = {"knob": knobs[n], "params_dense": dense_params(originals[n]),
+                                "params": method.module_params(final[n]), "fit_rel_error": fit_per_layer[n],
+                                **info.get(n, {})}
+            params_dense = sum(v["params_dense"] for v in per_layer.values())
+            params_comp = sum(v["params"] for v in per_layer.values())
+            rest = count_params(model) - sum(count_params(m) for m in final.values())
+            rec.update(layer_info=per_layer, params_dense_layers=params_dense, params_compressed_layers=params_comp,
+                       achieved_ratio=params_dense / params_comp if params_comp else float("inf"),
+                       params_total=rest + params_comp, params_total_dense=count_params(base_model),
+                       flops=forward_flops(model, data.input_shape, device),
+                       flops_dense=forward_flops(base_model, data.input_shape, device))
     except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
         rec.update(status="failed", error=f"{type(e).__name__}: {e}",
                    traceback=traceback.format_exc(limit=6)[-3000:])

@@ -27,6 +27,9 @@ from bench.registry import DATASETS, METHODS, NETWORKS, dataset_names, method_na
 from bench.train import OPTIMIZERS, check_recipe
 
 SUITES_DIR = Path(__file__).parent / "suites"
+#: a job stopped after this long is recorded failed: a runaway recipe (``train.epochs=1e9``) or a
+#: plugin that never returns must not hold a sweep forever; ten hours is far above any committed job
+DEFAULT_JOB_TIME_LIMIT_S = 36_000.0
 SUITE_KEYS = {
     "description": "one line shown by --list",
     "datasets": "dataset names",
@@ -58,6 +61,8 @@ SUITE_KEYS = {
                         "recorded skipped there (default: it runs at its smallest size)",
     "factorize_time_cap_s": "seconds: a job whose calibrated factorisation estimate exceeds this is "
                             "recorded skipped (needs a calibration, bench/cost.py)",
+    "job_time_limit_s": f"seconds a job may run (its baseline not counted) before it is stopped and "
+                        f"recorded failed (default {DEFAULT_JOB_TIME_LIMIT_S:g})",
 }
 #: priority stages (``priority: [baselines, headline, budgets, seeds]``): the dense jobs, the
 #: headline budget of every method, the other budgets, and every job of the seeds after the
@@ -272,6 +277,9 @@ def _check_priority(suite: dict[str, Any]) -> None:
     cap = suite.get("factorize_time_cap_s")
     if cap is not None and not (_real(cap) and cap > 0):
         raise SuiteError(f"factorize_time_cap_s {cap!r}: expected a finite number of seconds > 0")
+    limit = suite.get("job_time_limit_s")
+    if limit is not None and not (_real(limit) and 1 <= limit <= 10 ** 7):
+        raise SuiteError(f"job_time_limit_s {limit!r}: expected seconds from 1 to 10,000,000")
 
 
 def _check_names(suite: dict[str, Any]) -> None:
@@ -513,6 +521,7 @@ class Job:
     stage: str | None = field(default=None, compare=False)
     budget_tolerance: float | None = field(default=None, compare=False)
     factorize_time_cap_s: float | None = field(default=None, compare=False)
+    job_time_limit_s: float = field(default=DEFAULT_JOB_TIME_LIMIT_S, compare=False)
     #: the suite's ``tune_epochs``: a job of another epoch count takes the lr picked at this one
     #: (in the key only when it differs from the job's own epoch count, whose result it then changes)
     tune_epochs: float | None = None
@@ -600,6 +609,8 @@ def expand(suite: dict[str, Any], methods: list[str] | None = None, networks: li
                                             lr_extend=lr_extend,
                                             budget_tolerance=suite.get("budget_tolerance"),
                                             factorize_time_cap_s=suite.get("factorize_time_cap_s"),
+                                            job_time_limit_s=float(suite.get("job_time_limit_s")
+                                                                   or DEFAULT_JOB_TIME_LIMIT_S),
                                             tune_epochs=suite.get("tune_epochs") if lr_grid else None))
     return prioritize(jobs, suite)
 

@@ -15,6 +15,7 @@ import torch
 from bench.cli import main
 
 CASES = [
+    (["--set", "job_time_limit_s=0"], "job_time_limit_s 0", "seconds from 1 to 10,000,000"),
     # bounded inputs: an alias bomb, deep nesting, a suite file that is not UTF-8
     (["--suite", "@alias_bomb"], "more than 100,000 values once its aliases are expanded", "a suite needs far less"),
     (["--set", "finetune.x=" + "[" * 40 + "]" * 40], "nested more than 32 levels deep", "a suite needs far less"),
@@ -281,3 +282,25 @@ def test_interruptions_end_in_one_line_with_their_exit_code(how, code, what, tin
     claims = out / suite.stem / "runs.claims"
     assert not claims.exists() or not [p for p in claims.iterdir() if not p.name.startswith(".")]
     assert signal.getsignal(signal.SIGTERM) is not None
+
+
+def test_a_job_past_its_time_limit_is_recorded_failed_and_the_sweep_goes_on(tiny_suite, tmp_path, capsys):
+    """job_time_limit_s: a plugin whose factorize never returns is stopped and recorded failed
+    with the reason; the other jobs still run (it used to run until killed)."""
+    import time as _time
+
+    from bench.records import read_records
+
+    plugin = _write(tmp_path, "sleepy_plugin.py",
+                    "import time\nfrom bench.registry import register_method\nfrom methods.svd import TruncatedSVD\n\n"
+                    "@register_method('sleepy-svd')\nclass Sleepy(TruncatedSVD):\n"
+                    "    def factorize(self, layer, knob):\n        time.sleep(600)\n")
+    suite = tiny_suite(methods=["dense", "sleepy-svd", "svd"], ratios=[2], job_time_limit_s=2)
+    out = tmp_path / "out"
+    t0 = _time.perf_counter()
+    assert main(["--suite", str(suite), "--out", str(out), "--no-progress", "--plugin", str(plugin)]) == 1
+    assert _time.perf_counter() - t0 < 300
+    recs = {r["method"]: r for r in read_records(out / suite.stem / "runs.jsonl")}
+    assert recs["sleepy-svd"]["status"] == "failed"
+    assert "JobTimeout: stopped after the job time limit of 2 s" in recs["sleepy-svd"]["error"]
+    assert recs["svd"]["status"] == "ok" and recs["dense"]["status"] == "ok"
