@@ -103,6 +103,8 @@ CLI_CASES = [
      "train-images-idx3-ubyte.gz", "wrong size"),
     (["--set", "datasets=[mnist]", "--set", "networks={fc2: [fc1]}", "--data-dir", "@mnist_checksum"],
      "train-images-idx3-ubyte.gz", "checksum mismatch"),
+    (["--set", "datasets=[mnist]", "--set", "networks={fc2: [fc1]}", "--data-dir", "@mnist_gzip_bomb"],
+     "train-images-idx3-ubyte.gz", "decompresses to more than the official file's 47,040,016 bytes"),
     (["--set", "datasets=[cifar10]", "--set", "networks={alexnet: [classifier.0]}", "--data-dir", "@cifar_garbage"],
      "data_batch_1", "cannot unpickle"),
 ]
@@ -162,6 +164,7 @@ MAKERS = {
     "@mnist_bad_magic": lambda t: _mnist(t, gzip.compress(b"\x00\x00\x09\x03" + bytes(20))),
     "@mnist_wrong_size": lambda t: _mnist(t, gzip.compress(_idx((6, 28, 28))[:-5])),
     "@mnist_checksum": lambda t: _mnist(t, gzip.compress(_idx((6, 28, 28)))),
+    "@mnist_gzip_bomb": lambda t: _mnist(t, gzip.compress(bytes(64 << 20), 1)),  # 64 MiB of zeros in ~0.3 MB
     "@cifar_garbage": _cifar_garbage,
 }
 

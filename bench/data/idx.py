@@ -36,13 +36,33 @@ SPECS = {
 }
 
 
-def read_bytes(path: Path) -> bytes:
-    """The file's content, gunzipped if it is gzip; a broken gzip is a DataFileError naming it."""
+#: decompressed size of each official file (IDX header + payload); nothing larger is read, so a
+#: gzip bomb in the data folder is refused instead of filling memory
+SIZES = {"train-images-idx3-ubyte": 16 + 60000 * 28 * 28, "train-labels-idx1-ubyte": 8 + 60000,
+         "t10k-images-idx3-ubyte": 16 + 10000 * 28 * 28, "t10k-labels-idx1-ubyte": 8 + 10000}
+
+
+def read_bytes(path: Path, limit: int | None = None) -> bytes:
+    """The file's content, gunzipped if it is gzip, at most ``limit`` bytes once decompressed; a
+    broken gzip or a larger content is a DataFileError naming the file."""
+    if limit is not None and path.stat().st_size > limit + (1 << 20):  # a gzip header is far smaller
+        raise bad_file(path, f"{path.stat().st_size:,} bytes, more than the official file's {limit:,}")
     data = path.read_bytes()
     if data[:2] != b"\x1f\x8b":
         return data
     try:
-        return gzip.decompress(data)
+        if limit is None:
+            return gzip.decompress(data)
+        out = bytearray()
+        while data:  # concatenated gzip members, like gzip.decompress
+            d = zlib.decompressobj(wbits=31)
+            out += d.decompress(data, limit + 1 - len(out))
+            if len(out) > limit:
+                raise bad_file(path, f"decompresses to more than the official file's {limit:,} bytes")
+            if not d.eof:
+                raise EOFError("compressed file ended before the end-of-stream marker was reached")
+            data = d.unused_data.lstrip(b"\x00")
+        return bytes(out)
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise bad_file(path, f"truncated or corrupt gzip ({e})") from None
 
@@ -64,7 +84,7 @@ def parse_idx(data: bytes) -> np.ndarray:
 def check_file(path: Path, stem: str, md5: str) -> bytes:
     """The decompressed content of the official ``stem``; anything else is a DataFileError
     saying why (truncated gzip, bad magic, wrong size, checksum mismatch)."""
-    data = read_bytes(path)
+    data = read_bytes(path, SIZES.get(stem))
     got = hashlib.md5(data).hexdigest()
     if got == md5:
         return data
