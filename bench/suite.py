@@ -27,6 +27,9 @@ from bench.registry import DATASETS, METHODS, NETWORKS, dataset_names, method_na
 from bench.train import OPTIMIZERS, check_recipe
 
 SUITES_DIR = Path(__file__).parent / "suites"
+#: a suite's name as ``base:`` and ``reuse:`` take it: a file of the suites folder or a folder of
+#: ``--out``, never a path (``..`` used to read records or suites from outside their roots)
+SUITE_NAME = re.compile(r"\w[\w.-]*")
 #: a job stopped after this long is recorded failed: a runaway recipe (``train.epochs=1e9``) or a
 #: plugin that never returns must not hold a sweep forever; ten hours is far above any committed job
 DEFAULT_JOB_TIME_LIMIT_S = 36_000.0
@@ -180,8 +183,8 @@ def _read_with_base(path: Path, seen: tuple) -> dict[str, Any]:
     base = suite.pop("base", None)
     if base is None:
         return suite
-    base_path = SUITES_DIR / f"{base}.yaml"
-    if not isinstance(base, str) or not base_path.is_file() or base in seen:
+    base_path = SUITES_DIR / f"{base}.yaml" if isinstance(base, str) and SUITE_NAME.fullmatch(base) else None
+    if base_path is None or not base_path.is_file() or base in seen:
         raise SuiteError(f"{path}: base suite {base!r} is unknown or circular; known: {', '.join(suite_names())}")
     merged = _read_with_base(base_path, seen + (base,))
     for key, value in suite.items():
@@ -245,8 +248,9 @@ def _check_reuse(suite: dict[str, Any]) -> None:
     if reuse is None:
         return
     if (not isinstance(reuse, list) or not reuse
-            or any(not isinstance(r, str) or not re.fullmatch(r"[\w.-]+", r) or r == suite["name"] for r in reuse)):
-        raise SuiteError(f"reuse {reuse!r}: expected a list of other suites' names, e.g. [mnist]")
+            or any(not isinstance(r, str) or not SUITE_NAME.fullmatch(r) or r == suite["name"] for r in reuse)):
+        raise SuiteError(f"reuse {reuse!r}: expected a list of other suites' names (folders of --out, no paths), "
+                         "e.g. [mnist]")
 
 
 def _check_priority(suite: dict[str, Any]) -> None:

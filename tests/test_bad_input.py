@@ -15,6 +15,9 @@ import torch
 from bench.cli import main
 
 CASES = [
+    # names that would leave their roots: reuse reads --out/<name>/, base reads the suites folder
+    (["--set", "reuse=['..']"], "reuse ['..']", "no paths"),
+    (["--suite", "@base_outside"], "base suite '../../../etc/passwd'", "is unknown or circular"),
     (["--set", "job_time_limit_s=0"], "job_time_limit_s 0", "seconds from 1 to 10,000,000"),
     # bounded inputs: an alias bomb, deep nesting, a suite file that is not UTF-8
     (["--suite", "@alias_bomb"], "more than 100,000 values once its aliases are expanded", "a suite needs far less"),
@@ -156,6 +159,7 @@ MAKERS = {
     "@bad_yaml": lambda t: _write(t, "broken.yaml", "datasets: [digits\nmethods: [svd]\n"),
     "@alias_bomb": lambda t: _write(t, "bomb.yaml", "a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9]\n" + BOMB
                                     + "datasets: [digits]\nnetworks: {digitnet: *i}\nmethods: [svd]\n"),
+    "@base_outside": lambda t: _write(t, "outside.yaml", "base: ../../../etc/passwd\nmethods: [svd]\n"),
     "@not_utf8": lambda t: _bytes(t, "latin1.yaml", "description: caf\xe9\n".encode("latin-1")),
     "@plugin_syntax": lambda t: _write(t, "syntax_plugin.py", "def broken(:\n"),
     "@plugin_raises": lambda t: _write(t, "raising_plugin.py", "raise RuntimeError('boom')\n"),
