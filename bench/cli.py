@@ -63,12 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def print_list() -> None:
-    import yaml
+    from bench.suite import read_suite_file
 
     print("suites:")
     for name in suite_names():  # descriptions only: a suite is validated when it is run
-        raw = yaml.safe_load((SUITES_DIR / f"{name}.yaml").read_text()) or {}
-        print(f"  {name:14s} {(raw.get('description') or '').strip()}")
+        raw = read_suite_file(SUITES_DIR / f"{name}.yaml")
+        print(f"  {name:18s} {(raw.get('description') or '').strip()}")
     print("methods:  " + ", ".join(method_names()))
     print("networks: " + ", ".join(network_names()))
     print("datasets: " + ", ".join(dataset_names()))

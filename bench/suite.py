@@ -174,6 +174,12 @@ def load_suite(spec: str, overrides: list[str] | None = None) -> dict[str, Any]:
     return suite
 
 
+def read_suite_file(path: Path) -> dict[str, Any]:
+    """A suite file's mapping with its ``base:`` chain merged, not validated (listing and the
+    paper's figures read suites this way; a run also applies overrides and validates)."""
+    return _read_with_base(Path(path), seen=())
+
+
 def _read_with_base(path: Path, seen: tuple) -> dict[str, Any]:
     """A suite's mapping, merged over its ``base`` suite's (keys of the child win; MERGED_KEYS
     are merged entry by entry)."""

@@ -2,9 +2,9 @@
 ``python -m plots paper --results results --out results/figures [--suites a,b]``.
 
 Which suite feeds which figure is declared by the suite itself: ``paper: [accuracy, cost, ...]``
-in ``bench/suites/<name>.yaml`` (roles in ``PAPER_ROLES``), read as raw YAML so that the figure
-code needs nothing of the benchmark's suite machinery. By default only suites declaring
-``paper:`` are read, so a left-over results folder (a smoke run) stays out of the paper.
+in ``bench/suites/<name>.yaml`` (roles in ``PAPER_ROLES``), read through its ``base:`` chain as a
+run reads it (``bench.suite.read_suite_file``). By default only suites declaring ``paper:`` are
+read, so a left-over results folder (a smoke run) stays out of the paper.
 """
 from __future__ import annotations
 
@@ -31,12 +31,15 @@ REFERENCE = Path(__file__).with_name("reference_results.yaml")
 
 
 def suite_roles(name: str, suites_dir: Path = SUITES_DIR) -> frozenset[str] | None:
-    """The ``paper:`` roles a suite YAML declares (not inherited from ``base:``); None when the
-    file or the key is missing. Unknown roles are an error, not silently ignored."""
+    """The ``paper:`` roles a suite declares, through ``base:`` as a run reads it (a child such as
+    cifar10-conv inherits its base's); None when the file or the key is missing. Unknown roles
+    are an error, not silently ignored."""
+    from bench.suite import read_suite_file
+
     path = Path(suites_dir) / f"{name}.yaml"
     if not path.is_file():
         return None
-    roles = (yaml.safe_load(path.read_text()) or {}).get("paper")
+    roles = read_suite_file(path).get("paper")
     if roles is None:
         return None
     roles = [roles] if isinstance(roles, str) else list(roles)
