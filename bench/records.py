@@ -15,6 +15,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import stat
 import warnings
@@ -169,5 +170,31 @@ def latest_by_key(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]
 
 
 def done_keys(path: Path) -> set[str]:
-    """Keys of jobs that need no re-run: finished ok, or skipped as not applicable."""
-    return {k for k, r in latest_by_key(read_records(path)).items() if r.get("status") in ("ok", "skipped")}
+    """Keys of jobs that need no re-run: finished ok, or skipped as not applicable, by a record
+    that has what this code writes into one (``is_complete``). Anything less (a forged
+    ``{"key": K, "status": "ok"}``, a foreign tool's line) is not trusted: its job runs again,
+    with one warning for them all."""
+    done, untrusted = set(), 0
+    for k, r in latest_by_key(read_records(path)).items():
+        if r.get("status") in ("ok", "skipped"):
+            if is_complete(r):
+                done.add(k)
+            else:
+                untrusted += 1
+    if untrusted:
+        warnings.warn(f"{path}: {untrusted} record(s) marked done lack the fields a record has; not trusted, "
+                      "their jobs run again", stacklevel=2)
+    return done
+
+
+def is_complete(rec: dict[str, Any]) -> bool:
+    """A record as ``bench.job`` writes it: the job's identity, and for ``ok`` its measurement (a
+    finite accuracy after fine-tuning, or a fit error for a fit-only job); for ``skipped`` why."""
+    if not all(isinstance(rec.get(f), str) for f in ("network", "dataset", "method")):
+        return False
+    if not isinstance(rec.get("seed"), int) or isinstance(rec.get("seed"), bool):
+        return False
+    if rec.get("status") == "skipped":
+        return isinstance(rec.get("error"), str)
+    value = rec.get("fit_rel_error" if rec.get("fit_only") else "acc_after_finetune")
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -38,9 +38,28 @@ def test_read_records_skips_every_bad_line_with_one_warning_each(tmp_path):
         assert msg.startswith(f"{path}:{lineno}:")
 
 
+OK_A = (b'{"key": "a", "status": "ok", "network": "fc2", "dataset": "mnist", "method": "svd", "seed": 0, '
+        b'"acc_after_finetune": 97.5}')
+
+
+def test_forged_or_incomplete_done_records_are_not_trusted(tmp_path):
+    """A minimal forged ``{"key": K, "status": "ok"}`` (or one with a NaN accuracy, or a skip
+    without a reason) no longer marks its job done: it runs again, with one warning."""
+    path = tmp_path / "r.jsonl"
+    _write(path, [OK_A, b'{"key": "forged", "status": "ok"}',
+                  b'{"key": "nan", "status": "ok", "network": "fc2", "dataset": "mnist", "method": "svd", '
+                  b'"seed": 0, "acc_after_finetune": NaN}',
+                  b'{"key": "skip", "status": "skipped", "network": "fc2", "dataset": "mnist", "method": "svd", '
+                  b'"seed": 0, "error": "budget unreachable"}',
+                  b'{"key": "fit", "status": "ok", "network": "fc2", "dataset": "mnist", "method": "svd", '
+                  b'"seed": 1, "fit_only": true, "fit_rel_error": 0.5}'])
+    with pytest.warns(UserWarning, match="2 record\\(s\\) marked done lack the fields a record has"):
+        assert done_keys(path) == {"a", "skip", "fit"}
+
+
 def test_done_and_latest_never_raise_on_bad_lines(tmp_path):
     path = tmp_path / "r.jsonl"
-    _write(path, [*BAD_LINES, b'{"key": "a", "status": "ok"}', b'{"key": "b", "status": "failed"}'])
+    _write(path, [*BAD_LINES, OK_A, b'{"key": "b", "status": "failed"}'])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert done_keys(path) == {"a"}
@@ -66,7 +85,7 @@ def test_torn_tail_cut_in_a_file_with_invalid_utf8(tmp_path):
 def test_tail_that_is_a_whole_record_is_kept(tmp_path):
     """read_records counts a last line missing only its newline, so appending must not drop it."""
     path = tmp_path / "r.jsonl"
-    path.write_bytes(b'{"key": "a", "status": "ok"}')
+    path.write_bytes(OK_A)
     assert done_keys(path) == {"a"}
     append_record(path, {"key": "c", "status": "ok"})
     assert [r["key"] for r in read_records(path)] == ["a", "c"]
