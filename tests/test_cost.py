@@ -252,7 +252,8 @@ def test_priority_headline_needs_headline_ratio(capsys):
 
 
 def test_planned_skips_unreachable_budget_and_capped_factorisation():
-    jobs = {(j.method, j.target_ratio): j for j in expand(load_suite("cifar10-headline", ["seeds=[0]"]))}
+    jobs = {(j.method, j.target_ratio): j
+            for j in expand(load_suite("cifar10-headline", ["seeds=[0]", "factorize_time_cap_s=120"]))}
     svd = planned_skip(jobs[("svd", 2191.57)])
     assert svd["status"] == "skipped" and "the smallest svd has 20,992 parameters, 2.44x the budget of 8,616" in svd["error"]
     assert planned_skip(jobs[("svd", 1024.0)]) is None  # 20,992 vs 18,440: within 1.25x
