@@ -178,6 +178,7 @@ class CostModel:
         self.cal = calibration
         self.path = calibration.get("path", "?")
         self._layers: dict[tuple, dict[str, int]] = {}
+        self._steps: dict[tuple, float] = {}  # (job key, layer, calibrated depth) -> seconds per step
         self._cuts: dict[tuple, tuple[str, float]] = {}
 
     # --- speeds ------------------------------------------------------------------------------
@@ -414,12 +415,17 @@ class CostModel:
         at the depth the calibration measured (``fit['depth']``; absent in old files: 1x).
         Measured: the work per step is one pass per fused sublayer group, so depth 8 costs
         about 8x depth 1 at the same Q."""
-        size = self.adtn_sizes(job)[name]
-        factor = 1.0
-        if fit.get("depth"):
-            q = int(round(math.log(size, self._method(job).local_dim)))
-            factor = adtn_passes(q, self.adtn_depths(job)[name]) / adtn_passes(q, int(fit["depth"]))
-        return law(fit, size) * factor
+        key = (job.key, name, fit.get("depth"))
+        if key not in self._steps:  # asked per layer per stage and per Budget check: allocate once
+            size = self.adtn_sizes(job)[name]
+            factor = 1.0
+            if fit.get("depth"):
+                m = self._method(job)
+                q = int(round(math.log(size, m.local_dim)))
+                factor = (adtn_passes(q, self.adtn_depths(job)[name], m.local_dim)
+                          / adtn_passes(q, int(fit["depth"]), m.local_dim))
+            self._steps[key] = law(fit, size) * factor
+        return self._steps[key]
 
     def _prefit_s(self, job, fit: dict[str, Any], name: str) -> float:
         start = fit.get("start") or {"a": 0.0, "b": 1.0}

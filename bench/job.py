@@ -246,7 +246,7 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
     t_start = time.perf_counter()
     mkey = None
     try:
-        with time_limit(getattr(job, "job_time_limit_s", None)):  # the baseline is not counted
+        with time_limit(job.job_time_limit_s):  # the baseline is not counted
             method = get_method(job.method, **job.options)
             model = copy.deepcopy(base_model)
             originals = {n: copy.deepcopy(get_layer(model, n)) for n in job.layers}

@@ -223,9 +223,9 @@ def reported_vs_measured(records: pd.DataFrame) -> pd.DataFrame:
         budget = f"x{r['budget_ratio']:g}" if "budget_ratio" in r else None
         at = mine[mine.budget == budget] if len(mine) and budget else mine
         adtn = at[at.method == r["method"]] if len(at) else at
-        def acc_text(acc: pd.Series) -> str:  # mean ± CI from 3 seeds on (the tables' seed rule)
+        def acc_text(acc: pd.Series, size: str = "") -> str:  # mean ± CI from 3 seeds on (the seed rule)
             ci = ci_halfwidth(acc) if len(acc) >= MIN_CI_SEEDS else float("nan")
-            return f"{format_acc(acc.mean(), ci)} (n={len(acc)})"
+            return f"{format_acc(acc.mean(), ci)} ({size}n={len(acc)})"
 
         if len(adtn):
             measured.update({"measured params": int(adtn.params_compressed_layers.iloc[0]),
@@ -235,8 +235,8 @@ def reported_vs_measured(records: pd.DataFrame) -> pd.DataFrame:
         if len(others):
             parts = []
             for label, g in sorted(others.groupby("label"), key=lambda kv: -kv[1].acc_after_finetune.mean()):
-                text = acc_text(g.acc_after_finetune).replace(" (n=", f" ({int(g.params_compressed_layers.iloc[0]):,} p, n=")
-                parts.append(f"{label} {text}")
+                size = f"{int(g.params_compressed_layers.iloc[0]):,} p, "
+                parts.append(f"{label} {acc_text(g.acc_after_finetune, size)}")
             measured["other methods at this budget"] = "; ".join(parts)
         rows.append({"setting": f"{r['network']}/{r['dataset']} {r['version']}", "layers": r["layers"],
                      "reported params": r["params_method"],
