@@ -12,6 +12,21 @@ on the same images. Active means the nonlinearity after the layer lets it throug
 above 0 (a ReLU follows), or above the BatchNorm's zero crossing when a BatchNorm follows it
 in its ``nn.Sequential`` (below it where the BatchNorm's scale is negative). A layer whose
 compressed channels already fire as often is left as it is; layers without a bias are skipped.
+
+Rule 2 (``CALIBRATION_RULE``; it is part of the record key) first makes the shift possible: a
+shift can only pick *which* samples fire if the layer's output varies across samples. A layer
+fitted from very few parameters can keep almost none of its dense weight term (ADTN's
+least-squares start on VGG-16's classifier: the fit's norm is a few % of the dense weight's
+or less), and then its output is its bias up to a sliver that bf16 rounds away: rule 1 left
+every channel of both VGG-16 layers dead (the record of the headline ADTN job before this
+rule). So when a layer's output spread on the calibration images (per-channel standard
+deviation, root mean square over channels) is below ``MIN_SPREAD`` of the dense layer's, its
+weight term is multiplied by the one number that lifts it to that fraction
+(``FactorizedLayer.scale_weight_``: folded into one factor, core or the ADTN gates, no new
+parameter), then the biases are shifted. Layers at or above that fraction are not rescaled:
+rescaling all of them to the dense scale made cp/svd/tucker/alds on LeNet-5 diverge at lr 0.03
+in the probe behind protocol v3 (#21). ``dead_after`` is measured by running the calibrated
+layer again.
 """
 from __future__ import annotations
 
@@ -23,6 +38,10 @@ from torch import nn
 from bench.layers import get_layer
 
 CALIBRATION_IMAGES = 2048
+#: the calibration rule's version, in the record key of every job that calibrates
+CALIBRATION_RULE = 2
+#: a compressed layer's output spread below this fraction of the dense layer's is lifted to it
+MIN_SPREAD = 0.25
 
 
 def _next_batchnorm(model: nn.Module, name: str) -> nn.Module | None:
@@ -50,8 +69,9 @@ def _thresholds(bn: nn.Module | None, channels: int, device) -> tuple[torch.Tens
 
 
 def _channel_values(out: torch.Tensor) -> torch.Tensor:
-    """(channels, samples) view of a layer's output: (N, C) or (N, C, H, W)."""
-    return out.transpose(0, 1).reshape(out.shape[1], -1).float()
+    """(channels, samples) view of a layer's output: (N, C) or (N, C, H, W), at least fp32."""
+    v = out.transpose(0, 1).reshape(out.shape[1], -1)
+    return v if v.dtype == torch.float64 else v.float()
 
 
 @torch.no_grad()
@@ -85,10 +105,45 @@ def _shift(dense: torch.Tensor, comp: torch.Tensor, t: torch.Tensor, sign: torch
 
 
 @torch.no_grad()
+def _weight_term(model: nn.Module, name: str, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(C, S) output of layer ``name`` with its bias held at zero: a weight term far below the
+    bias would be rounded away in the output itself."""
+    kept = bias.detach().clone()
+    bias.zero_()
+    try:
+        return _channel_values(_outputs(model, [name], x)[name].double())
+    finally:
+        bias.copy_(kept)
+
+
+def _spread(values: torch.Tensor) -> float:
+    """Root mean square over channels of each channel's standard deviation over samples."""
+    return float(values.std(dim=1, unbiased=False).pow(2).mean().sqrt())
+
+
+def _lift(layer: nn.Module, dense_spread: float, comp_spread: float) -> tuple[float, str | None]:
+    """Rescale ``layer``'s weight term so its spread is at least ``MIN_SPREAD`` of the dense
+    one; returns (factor applied, why none was where one was needed)."""
+    if dense_spread == 0 or comp_spread >= MIN_SPREAD * dense_spread:
+        return 1.0, None
+    if comp_spread == 0:
+        return 1.0, "output constant on the calibration images: nothing to rescale"
+    scale = getattr(layer, "scale_weight_", None)
+    if scale is None:
+        return 1.0, f"{type(layer).__name__} has no scale_weight_()"
+    factor = MIN_SPREAD * dense_spread / comp_spread
+    try:
+        scale(factor)
+    except NotImplementedError as e:
+        return 1.0, str(e)
+    return factor, None
+
+
+@torch.no_grad()
 def calibrate(model: nn.Module, dense: nn.Module, layer_names: list[str], x: torch.Tensor) -> dict[str, Any]:
-    """Shift the biases of ``model``'s compressed layers (in place) so each channel fires as
-    often as in ``dense`` on ``x``; returns per-layer counts for the record. Both models are
-    in eval mode for the duration."""
+    """Lift starved weight terms, then shift the biases of ``model``'s compressed layers (in
+    place) so each channel fires as often as in ``dense`` on ``x``; returns per-layer counts for
+    the record. Both models are in eval mode for the duration."""
     was = model.training, dense.training
     model.eval()
     dense.eval()
@@ -102,15 +157,23 @@ def calibrate(model: nn.Module, dense: nn.Module, layer_names: list[str], x: tor
             if not isinstance(bias, torch.Tensor):
                 info[name] = {"skipped": "no bias"}
                 continue
-            comp = _outputs(model, [name], x)[name]
-            d, c = _channel_values(ref[name]), _channel_values(comp)
+            d, c = _channel_values(ref[name]), _channel_values(_outputs(model, [name], x)[name])
             t, sign = _thresholds(_next_batchnorm(model, name), d.shape[0], d.device)
-            delta, moved = _shift(d, c, t, sign)
             dead = lambda v: int(((v * sign[:, None]) <= (t * sign)[:, None]).all(1).sum())  # noqa: E731
-            info[name] = {"channels": int(d.shape[0]), "shifted": moved, "dead_dense": dead(d), "dead_before": dead(c),
-                          "mean_abs_shift": float(delta.abs().mean())}
+            entry = {"channels": int(d.shape[0]), "dead_dense": dead(d), "dead_before": dead(c)}
+            spread_d, spread_c = _spread(d), _spread(_weight_term(model, name, bias, x))
+            entry["spread_ratio"] = spread_c / spread_d if spread_d else None
+            factor, why_not = _lift(layer, spread_d, spread_c)
+            entry["weight_scale"] = factor
+            if why_not:
+                entry["not_rescaled"] = why_not
+            if factor != 1.0:
+                c = _channel_values(_outputs(model, [name], x)[name])
+            delta, moved = _shift(d, c, t, sign)
             bias.add_(delta.to(bias.dtype).view_as(bias))
-            info[name]["dead_after"] = dead(c + delta[:, None])  # the bias adds to every output
+            entry.update(shifted=moved, mean_abs_shift=float(delta.abs().mean()),
+                         dead_after=dead(_channel_values(_outputs(model, [name], x)[name])))
+            info[name] = entry
         return info
     finally:
         model.train(was[0])

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from bench.bias_calibration import CALIBRATION_RULE
 from bench.records import config_key
 from bench.registry import DATASETS, METHODS, NETWORKS, dataset_names, method_names, network_names
 from bench.train import OPTIMIZERS, check_recipe
@@ -553,7 +554,16 @@ class Job:
             cfg["lr_extend"] = self.lr_extend
         if self.borrows_pick:
             cfg["tune_epochs"] = self.tune_epochs
+        if self.calibrates_bias:  # a new rule gives new results: records of the old one stay apart
+            cfg["bias_calibration_rule"] = CALIBRATION_RULE
         return cfg
+
+    @property
+    def calibrates_bias(self) -> bool:
+        """Whether this job's compressed layers get bias calibration (``bench.bias_calibration``);
+        the dense job has no compressed layer, so its key stays that of the baseline's job."""
+        return (self.method != "dense" and not self.fit_only
+                and bool((self.finetune or {}).get("calibrate_bias")))
 
     @property
     def borrows_pick(self) -> bool:

@@ -170,6 +170,9 @@ class GroupedLowRankLayer(FactorizedLayer):
         w = self.first if self.is_linear else self.first.weight
         return w.reshape(self.k * self.j, -1)
 
+    def weight_factor(self) -> torch.Tensor:
+        return self.first if self.is_linear else self.first.weight
+
     def effective_weight(self) -> torch.Tensor:
         out = self.out_shape[0]
         a = self.second.weight.reshape(out, self.k, self.j)

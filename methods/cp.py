@@ -162,6 +162,9 @@ class CPConv(FactorizedLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.last(self.horizontal(self.vertical(self.first(x))))
 
+    def weight_factor(self) -> torch.Tensor:
+        return self.first.weight
+
     def effective_weight(self) -> torch.Tensor:
         return torch.einsum("or,ri,rh,rw->oihw", self.last.weight[:, :, 0, 0], self.first.weight[:, :, 0, 0],
                             self.vertical.weight[:, 0, :, 0], self.horizontal.weight[:, 0, 0, :])
@@ -183,6 +186,9 @@ class CPLinear(FactorizedLayer):
 
     def matrix(self) -> torch.Tensor:
         return khatri_rao(list(self.out_factors)) @ khatri_rao(list(self.in_factors)).t()
+
+    def weight_factor(self) -> torch.Tensor:
+        return self.out_factors[0]
 
     def effective_weight(self) -> torch.Tensor:
         return self.matrix()

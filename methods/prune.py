@@ -70,6 +70,9 @@ class PrunedLayer(FactorizedLayer):
             self.inner.weight.mul_(self.mask)
         self.tnbench_info = {"kept": int(self.mask.sum().item()), "total": self.mask.numel()}
 
+    def weight_factor(self) -> torch.Tensor:
+        return self.inner.weight
+
     def effective_weight(self) -> torch.Tensor:
         return self.inner.weight * self.mask
 

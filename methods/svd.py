@@ -46,6 +46,9 @@ class LowRankLayer(FactorizedLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.second(self.first(x))
 
+    def weight_factor(self) -> torch.Tensor:
+        return self.first.weight
+
     def effective_weight(self) -> torch.Tensor:
         a = self.second.weight.reshape(self.second.weight.shape[0], -1)
         b = self.first.weight.reshape(self.first.weight.shape[0], -1)

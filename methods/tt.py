@@ -134,6 +134,9 @@ class TTLayer(FactorizedLayer):
     def ranks(self) -> list[int]:
         return [int(c.shape[0]) for c in self.cores] + [1]
 
+    def weight_factor(self) -> torch.Tensor:
+        return self.cores[0]
+
     def effective_weight(self) -> torch.Tensor:
         return self.matrix().reshape(self.weight_shape)
 

@@ -73,6 +73,9 @@ class TuckerConv(FactorizedLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.last(self.core(self.first(x)))
 
+    def weight_factor(self) -> torch.Tensor:
+        return self.core.weight
+
     def effective_weight(self) -> torch.Tensor:
         u_in = self.first.weight[:, :, 0, 0]   # (R_in, in)
         u_out = self.last.weight[:, :, 0, 0]   # (out, R_out)
@@ -131,6 +134,9 @@ class TuckerLinear(FactorizedLayer):
         for k, u in enumerate(list(self.out_factors) + list(self.in_factors)):
             t = torch.tensordot(u, t, dims=([1], [k])).movedim(0, k)
         return t.reshape(self.m, self.n)
+
+    def weight_factor(self) -> torch.Tensor:
+        return self.core
 
     def effective_weight(self) -> torch.Tensor:
         return self.matrix()

@@ -78,6 +78,22 @@ def test_contract(name, kind):
             out = module(x)
         assert out.dtype == torch.float64 and out.device == x.device
         torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-8)
+        _check_scale_weight(module, layer, w, x)
+
+
+def _check_scale_weight(module: nn.Module, layer: nn.Module, w: torch.Tensor, x: torch.Tensor) -> None:
+    """``scale_weight_`` (bias calibration's lift) scales the weight term only, adds no parameter."""
+    if not hasattr(module, "scale_weight_"):
+        return  # the identity replacement of ``dense``: bias calibration leaves such a layer unscaled
+    before = sum(p.numel() for p in module.parameters())
+    bias = None if module.bias is None else module.bias.detach().clone()
+    module.scale_weight_(-2.5)
+    with torch.no_grad():
+        torch.testing.assert_close(module.effective_weight(), -2.5 * w, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(module(x), _dense_forward(layer, -2.5 * w, x, layer.bias), rtol=1e-6, atol=1e-8)
+    assert sum(p.numel() for p in module.parameters()) == before
+    if bias is not None:
+        assert torch.equal(module.bias, bias)
 
 
 def test_every_method_is_covered():

@@ -129,6 +129,63 @@ def test_bias_calibration_revives_dead_channels_to_the_dense_activity():
     assert info["0"]["dead_before"] == 8 and info["0"]["dead_after"] == 0
 
 
+def _spread(v: torch.Tensor) -> float:
+    return float(v.std(0, unbiased=False).pow(2).mean().sqrt())
+
+
+@pytest.mark.parametrize("method, knob", [("svd", 2), ("adtn", 2)])
+def test_bias_calibration_lifts_a_starved_weight_term_before_it_shifts(method, knob):
+    """A compressed layer whose output barely varies (its weight term ~1e-6 of the dense one)
+    cannot be given the dense activity by a bias shift alone: rule 2 rescales its weight term
+    (folded into its own parameters) to MIN_SPREAD of the dense spread, then shifts."""
+    from bench.bias_calibration import CALIBRATION_RULE, MIN_SPREAD
+    from bench.registry import get_method
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 2)).double()
+    comp = copy.deepcopy(dense)
+    options = {"prefit_steps": 20, "prefit_polish": 0} if method == "adtn" else {}
+    comp[0] = get_method(method, **options).factorize(dense[0], knob)
+    comp[0].scale_weight_(1e-6)
+    with torch.no_grad():
+        comp[0].bias.fill_(-0.5)
+    params = sum(p.numel() for p in comp.parameters())
+    x = torch.randn(400, 16, dtype=torch.float64)
+    ratio = _spread(comp[0](x).detach()) / _spread(dense[0](x).detach())
+    assert ratio < 1e-5
+    info = calibrate(comp, dense, ["0"], x)["0"]
+    assert CALIBRATION_RULE == 2
+    assert info["spread_ratio"] == pytest.approx(ratio, rel=1e-6)
+    assert info["weight_scale"] == pytest.approx(MIN_SPREAD / ratio, rel=1e-6)
+    with torch.no_grad():
+        out = comp[0](x)
+        assert _spread(out) / _spread(dense[0](x)) == pytest.approx(MIN_SPREAD, rel=1e-6)
+        rate, dense_rate = (out > 0).double().mean(0), (dense[0](x) > 0).double().mean(0)
+    assert torch.allclose(rate, dense_rate, atol=1 / 400 + 1e-9)
+    assert info["dead_after"] == info["dead_dense"]
+    assert sum(p.numel() for p in comp.parameters()) == params  # folded, nothing added
+
+
+def test_bias_calibration_does_not_rescale_a_layer_with_enough_spread():
+    from bench.registry import get_method
+    torch.manual_seed(1)
+    dense = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 2)).double()
+    comp = copy.deepcopy(dense)
+    comp[0] = get_method("svd").factorize(dense[0], 8)  # rank 8 of 16 keeps most of the spread
+    w = comp[0].effective_weight().detach().clone()
+    info = calibrate(comp, dense, ["0"], torch.randn(300, 16, dtype=torch.float64))["0"]
+    assert info["spread_ratio"] > 0.25 and info["weight_scale"] == 1.0
+    assert torch.equal(comp[0].effective_weight(), w)
+
+
+def test_the_calibration_rule_keys_compressed_jobs_but_not_the_dense_job():
+    from bench.suite import expand, load_suite
+    jobs = expand(load_suite("cifar10-headline"))
+    dense = [j for j in jobs if j.method == "dense"]
+    comp = [j for j in jobs if j.method != "dense"]
+    assert all("bias_calibration_rule" not in j.config() for j in dense)
+    assert all(j.config()["bias_calibration_rule"] == 2 for j in comp)
+
+
 def test_bias_calibration_leaves_an_uncompressed_layer_unchanged_and_reads_batchnorm_thresholds():
     model = _trained_chain(torch.float32)
     same = copy.deepcopy(model)

@@ -44,6 +44,12 @@ class ADTNLayer(FactorizedLayer):
         w = self.layout.read(self.generator.full())
         return w if self.weight_dtype in (None, w.dtype) else w.to(self.weight_dtype)
 
+    @torch.no_grad()
+    def scale_weight_(self, factor: float) -> None:
+        """Folded into the gates (``ADTNGenerator.scale_``); drops the cached weight."""
+        self.generator.scale_(float(factor))
+        self._cache = None
+
     def effective_weight(self) -> torch.Tensor:
         if self.training or self.generator.needs_grad():
             self._cache = None
