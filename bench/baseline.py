@@ -24,7 +24,7 @@ from torch import nn
 
 from bench.data import DataSplits
 from bench.models import build_network
-from bench.records import config_key
+from bench.records import OutputWriteError, config_key, write_cause
 from bench.train import evaluate, prepare_model, train
 
 
@@ -59,8 +59,25 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: read once, at import (in the main thread): setting and restoring it later could race a worker thread
+_UMASK = _read_umask()
+
+
+def _file_mode() -> int:
+    """0o666 less the process umask: what ``open`` would give (mkstemp's 0o600 would keep a
+    baseline shared across users and machines from being read)."""
+    return 0o666 & ~_UMASK
+
+
 def _atomic_write(path: Path, write) -> None:
-    """``write(file)`` into a private tmp file, fsync it, rename it over ``path``, fsync the dir."""
+    """``write(file)`` into a tmp file, fsync it, rename it over ``path``, fsync the dir; any
+    failure (a full disk) leaves ``path`` as it was and raises ``OutputWriteError``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp)
     try:
@@ -68,7 +85,10 @@ def _atomic_write(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        raise OutputWriteError(f"cannot write {path}: {write_cause(e)} (the file is left as it was)") from None
     finally:
         tmp.unlink(missing_ok=True)
     dfd = os.open(path.parent, os.O_RDONLY)

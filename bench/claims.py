@@ -26,6 +26,7 @@ old.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -34,6 +35,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
+
+from bench.records import OutputWriteError, write_cause
 
 LOCK_NAME = ".lock"
 
@@ -144,8 +147,11 @@ class Claims:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        Path(self.folder).mkdir(parents=True, exist_ok=True)
-        fd = os.open(Path(self.folder) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            Path(self.folder).mkdir(parents=True, exist_ok=True)
+            fd = os.open(Path(self.folder) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OutputWriteError(f"cannot use the claims folder {self.folder}: {write_cause(e)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -161,11 +167,21 @@ class Claims:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
+        except OSError as e:
+            raise OutputWriteError(f"cannot write the claim {path}: {write_cause(e)}") from None
         try:
-            os.write(fd, blob)
+            view = memoryview(blob)
+            while view:
+                n = os.write(fd, view)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                view = view[n:]
             os.fsync(fd)
-        finally:
+        except OSError as e:  # a full disk: no half-written claim stays behind to block a resume
             os.close(fd)
+            path.unlink(missing_ok=True)
+            raise OutputWriteError(f"cannot write the claim {path}: {write_cause(e)} (nothing claimed)") from None
+        os.close(fd)
         return True
 
     def _mine(self, path: Path) -> bool:

@@ -5,13 +5,14 @@ exit code 2, before any job runs or any file is written. Exit 1: some job failed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from bench.records import RecordWriteError
+from bench.records import OutputWriteError, write_cause
 from bench.registry import METHODS, PluginError, UnknownNameError, dataset_names, load_plugin, method_names, network_names
 from bench.suite import SUITES_DIR, SuiteError, expand, load_suite, method_entry, suite_names, tuner_keys
 
@@ -254,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
             return 2
         return 0 if prepared is None else execute(args, *prepared)
+    except BrokenPipeError:  # ``--list | head``: the reader left; say nothing more, as a killed-by-SIGPIPE tool would
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141
     except (KeyboardInterrupt, Terminated) as e:
         what, code = ("Ctrl-C", 130) if isinstance(e, KeyboardInterrupt) else ("SIGTERM", 143)
         print(f"interrupted ({what}): finished records are kept; run the same command again to resume",
@@ -281,11 +286,11 @@ def prepare(args):
     if not args.suite:
         raise UsageError("--suite NAME is required (or --list)")
     suite = load_suite(args.suite, args.overrides)
-    wanted = _csv(args.methods)
+    wanted = _csv(args.methods, "--methods")
     add_plugin_methods(suite, wanted)
     fit_only = bool(suite.get("fit_only")) or args.fit_only
-    jobs = expand(suite, wanted, _csv(args.networks), fit_only)
-    devices = _csv(args.devices) or [args.device]
+    jobs = expand(suite, wanted, _csv(args.networks, "--networks"), fit_only)
+    devices = _csv(args.devices, "--devices", unique=False) or [args.device]  # a device twice: two workers on it
     if args.time_budget is not None and not (args.time_budget > 0 and args.time_budget < float("inf")):
         raise UsageError(f"--time-budget {args.time_budget:g}: expected a number of minutes > 0")
     if args.dry_run:  # estimating a device's run needs no such device here: the syntax is checked
@@ -354,8 +359,8 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
             counts = run_jobs(jobs, settings, devices, path, backend=args.backend, address=args.address,
                               plugins=args.plugin, rerun=args.rerun, budget=budget, cost=cost,
                               ordered=bool(suite.get("priority")))
-        except (RuntimeError, RecordWriteError) as e:  # RecordWriteError: a record did not land (disk full, ...)
-            print(f"error: {e}", file=sys.stderr)
+        except (RuntimeError, OutputWriteError) as e:  # a record or checkpoint did not land (disk full, ...)
+            print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
             return 2
         left = counts.get("claimed_elsewhere", 0)
         later = counts.get("left_for_later", 0)
@@ -367,8 +372,14 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
     from plots.suite_report import write_reports
 
     full = expand(suite, fit_only=fit_only)  # report on the whole suite, not only --methods
-    for written in write_reports(out / suite["name"], {j.key for j in full}):
-        print(f"wrote {written}")
+    try:
+        for written in write_reports(out / suite["name"], {j.key for j in full}):
+            print(f"wrote {written}")
+    except (OSError, RuntimeError) as e:  # a full disk while writing a table or plot; the records are kept
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"error: cannot write the report{where}: {write_cause(e)} (the records are kept; "
+              f"--report-only rebuilds it)", file=sys.stderr)
+        return 2
     return 1 if counts and counts["failed"] else 0
 
 
@@ -381,5 +392,17 @@ def run() -> None:
     sys.exit(main())
 
 
-def _csv(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+def _csv(value: str | None, flag: str, unique: bool = True) -> list[str] | None:
+    """The comma-separated values of ``flag``; None when the flag is absent. An empty value
+    (``--devices ''``, ``tt,,cp``) is refused rather than read as "all" or "here", and so is a
+    value given twice where that would mean nothing more (``unique``)."""
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",")]
+    if not all(items):
+        raise UsageError(f"{flag} {value!r}: an empty value; give comma-separated names, or leave {flag} out")
+    if unique:
+        twice = sorted({v for v in items if items.count(v) > 1})
+        if twice:
+            raise UsageError(f"{flag} {value!r}: {', '.join(twice)} given twice")
+    return items

@@ -335,9 +335,10 @@ class CostModel:
         n_train, n_val, n_test = split_sizes(job)
         share = self.suffix_share(job)
         t = self.eval_s(job.network, 2 * n_test + n_val, None, share)
-        if job.finetune.get("calibrate_bias"):  # test and val again; dense once, each layer once
+        if job.calibrates_bias:  # test and val again; dense once, each layer up to 4 times (output, weight
+            # term, after a lift, after the shift: bench.bias_calibration)
             t += self.eval_s(job.network, n_test + 2 * n_val, None, share)
-            t += self.eval_s(job.network, (1 + len(job.layers)) * min(CALIBRATION_IMAGES, n_train), "fp32", share)
+            t += self.eval_s(job.network, (1 + 4 * len(job.layers)) * min(CALIBRATION_IMAGES, n_train), "fp32", share)
         return t + overhead
 
     def stages(self, job, tuning: bool, with_baseline: bool = False, with_cache: bool = False) -> dict[str, float]:

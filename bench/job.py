@@ -33,16 +33,10 @@ from bench.tuning import apply_pick, tuned
 
 
 def job_fields(job: Job) -> dict[str, Any]:
-    """The fields of a record that say which job it is."""
-    fields = {"key": job.key, "suite": job.suite, "network": job.network, "dataset": job.dataset,
-              "method": job.method, "label": job.label, "options": job.options, "target_ratio": job.target_ratio,
-              "budget": job.budget, "seed": job.seed, "layers": job.layers, "fit_only": job.fit_only,
-              "train": job.train, "finetune": job.finetune, "data": job.data}
-    if job.lr_grid is not None:
-        fields["lr_grid"] = job.lr_grid
-    if job.borrows_pick:
-        fields["tune_epochs"] = job.tune_epochs
-    return fields
+    """The fields of a record that say which job it is: its whole config (so the key can be
+    checked against it, ``bench.records.key_matches``) and how the suite names it."""
+    return {"key": job.key, "suite": job.suite, "label": job.label, "budget": job.budget, **job.config(),
+            "finetune": job.finetune}
 
 
 def memo_key(job: Job, knobs: dict[str, Any], lr_pick: float | None = None) -> str:
@@ -203,7 +197,7 @@ def _measure_and_finetune(rec, method, model, base_model, job: Job, data: DataSp
     swap = Cut(model, cut_at) if cut_at else None
     try:
         rec["acc_before_finetune"] = evaluate(model, run_data.x_test, run_data.y_test)
-        if job.finetune.get("calibrate_bias"):
+        if job.calibrates_bias:
             rec["acc_before_calibration"] = rec["acc_before_finetune"]
             rec["acc_val_before_calibration"] = evaluate(model, run_data.x_val, run_data.y_val)
             rec["bias_calibration"] = _calibrate(model, base_model, job, run_data, cut_at)

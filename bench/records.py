@@ -28,8 +28,46 @@ def config_key(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-class RecordWriteError(OSError):
+#: the record fields that are its job's config (``bench.suite.Job.config``, the dict the key
+#: hashes); the optional ones are in a config only when the job sets them
+CONFIG_FIELDS = ("network", "dataset", "layers", "method", "options", "target_ratio", "knob", "seed", "train",
+                 "finetune", "data", "fit_only")
+OPTIONAL_CONFIG_FIELDS = ("lr_grid", "optimizer_grid", "lr_extend", "tune_epochs", "bias_calibration_rule")
+
+
+def record_config(rec: dict[str, Any]) -> dict[str, Any]:
+    """The config a record says its job had (a fit-only job's key leaves fine-tuning out)."""
+    cfg = {f: rec.get(f) for f in CONFIG_FIELDS}
+    if rec.get("fit_only"):
+        cfg["finetune"] = None
+    cfg.update({f: rec[f] for f in OPTIONAL_CONFIG_FIELDS if f in rec})
+    return cfg
+
+
+def key_matches(rec: dict[str, Any]) -> bool:
+    """Whether the record's key is the hash of the config its own fields state: a record edited
+    by hand, or copied under another job's key, is not."""
+    return rec.get("key") == config_key(record_config(rec))
+
+
+class OutputWriteError(OSError):
+    """A file of the sweep (record, checkpoint, table, plot) that could not be written: one line
+    naming the file and the cause; the CLI stops with exit 2 (a full disk is no job's fault)."""
+
+
+class RecordWriteError(OutputWriteError):
     """An append that did not land whole; the message is one line naming the file and cause."""
+
+
+def write_cause(e: BaseException) -> str:
+    """The cause of a failed write in words: torch.save reports a full disk as an opaque
+    RuntimeError ('enforce fail at inline_container.cc'), whose errno is lost."""
+    if isinstance(e, OSError) and e.errno:
+        return os.strerror(e.errno)
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if "inline_container" in text or "PytorchStreamWriter" in text:
+        return f"the write failed, probably a full disk ({text[:80]})"
+    return text
 
 
 def append_record(path: Path, record: dict[str, Any]) -> None:
@@ -61,7 +99,7 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
 
 
 def _cause(e: OSError) -> str:
-    return os.strerror(e.errno) if e.errno else (str(e) or type(e).__name__)
+    return write_cause(e)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -141,39 +179,52 @@ def _read_locked(path: Path) -> bytes:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """All whole records of a file, in order. Any bad line (a torn tail, invalid UTF-8, broken
-    JSON, JSON that is not an object with a string ``key``) is skipped with one warning naming
-    the file and line."""
+    """All whole records of a file, in order. Bad lines (a torn tail, invalid UTF-8, broken
+    JSON, JSON that is not an object with a string ``key``) are skipped with one warning for the
+    file that counts them and names the first few (a file of 20,000 bad lines once printed
+    40,000 warning lines)."""
     path = Path(path)
     if not path.exists():
         return []
-    out = []
+    out, bad = [], []
     for i, raw in enumerate(_read_locked(path).splitlines(), 1):  # LF, CRLF and lone CR
         rec = _parse_line(raw)
         if isinstance(rec, str):
-            warnings.warn(f"{path}:{i}: ignoring a bad record line: {rec}", stacklevel=2)
+            bad.append(f"{path}:{i}: {rec}")
         elif rec is not None:
             out.append(rec)
+    if bad:
+        more = f"; and {len(bad) - SHOWN_BAD_LINES} more" if len(bad) > SHOWN_BAD_LINES else ""
+        warnings.warn(f"{path}: ignoring {len(bad)} bad record line(s): " + "; ".join(bad[:SHOWN_BAD_LINES]) + more,
+                      stacklevel=2)
     return out
+
+
+#: bad lines named in read_records' warning
+SHOWN_BAD_LINES = 3
 
 
 def latest_by_key(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The last record of each job key (a re-run after a failure supersedes it). Entries that
     are not records are skipped with a warning, never raised on."""
     latest: dict[str, dict[str, Any]] = {}
+    bad = []
     for i, r in enumerate(records):
         if _is_record(r):
             latest[r["key"]] = r
         else:
-            warnings.warn(f"record #{i}: ignoring a {type(r).__name__} without a string 'key'", stacklevel=2)
+            bad.append(f"#{i} ({type(r).__name__})")
+    if bad:
+        warnings.warn(f"ignoring {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} without a string 'key': "
+                      + ", ".join(bad[:SHOWN_BAD_LINES]) + (" ..." if len(bad) > SHOWN_BAD_LINES else ""), stacklevel=2)
     return latest
 
 
 def done_keys(path: Path) -> set[str]:
     """Keys of jobs that need no re-run: finished ok, or skipped as not applicable, by a record
     that has what this code writes into one (``is_complete``). Anything less (a forged
-    ``{"key": K, "status": "ok"}``, a foreign tool's line) is not trusted: its job runs again,
-    with one warning for them all."""
+    ``{"key": K, "status": "ok"}``, a record whose fields do not hash to its key, a foreign
+    tool's line) is not trusted: its job runs again, with one warning for them all."""
     done, untrusted = set(), 0
     for k, r in latest_by_key(read_records(path)).items():
         if r.get("status") in ("ok", "skipped"):
@@ -182,15 +233,16 @@ def done_keys(path: Path) -> set[str]:
             else:
                 untrusted += 1
     if untrusted:
-        warnings.warn(f"{path}: {untrusted} record(s) marked done lack the fields a record has; not trusted, "
-                      "their jobs run again", stacklevel=2)
+        warnings.warn(f"{path}: {untrusted} record(s) marked done lack the fields a record has or do not hash to "
+                      "their key; not trusted, their jobs run again", stacklevel=2)
     return done
 
 
 def is_complete(rec: dict[str, Any]) -> bool:
-    """A record as ``bench.job`` writes it: the job's identity, and for ``ok`` its measurement (a
-    finite accuracy after fine-tuning, or a fit error for a fit-only job); for ``skipped`` why."""
-    if not all(isinstance(rec.get(f), str) for f in ("network", "dataset", "method")):
+    """A record as ``bench.job`` writes it: the job's identity (its key the hash of its own
+    config), and for ``ok`` its measurement (a finite accuracy after fine-tuning, or a fit error
+    for a fit-only job); for ``skipped`` why."""
+    if not all(isinstance(rec.get(f), str) for f in ("network", "dataset", "method")) or not key_matches(rec):
         return False
     if not isinstance(rec.get("seed"), int) or isinstance(rec.get("seed"), bool):
         return False

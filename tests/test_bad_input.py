@@ -97,6 +97,12 @@ CLI_CASES = [
     (["--plugin", "@plugin_raises"], "@plugin_raises", "boom"),
     (["--plugin", "@plugin_exits"], "@plugin_exits", "it called sys.exit(0) on import"),
     (["--report-only"], "tiny0", "no records"),
+    # empty values meant "all" or "here"; a method or network given twice
+    (["--devices", ""], "--devices ''", "an empty value"),
+    (["--methods", ""], "--methods ''", "an empty value"),
+    (["--methods", "svd,,dense"], "--methods 'svd,,dense'", "an empty value"),
+    (["--networks", " "], "--networks ' '", "an empty value"),
+    (["--methods", "svd,svd"], "--methods 'svd,svd'", "svd given twice"),
     # damaged dataset files, with --no-download: bench.data.verify_dataset up front
     (["--set", "datasets=[mnist]", "--set", "networks={fc2: [fc1]}", "--data-dir", "@mnist_truncated_gzip"],
      "train-images-idx3-ubyte.gz", "truncated or corrupt gzip"),
@@ -311,3 +317,98 @@ def test_a_job_past_its_time_limit_is_recorded_failed_and_the_sweep_goes_on(tiny
     assert recs["sleepy-svd"]["status"] == "failed"
     assert "JobTimeout: stopped after the job time limit of 2 s" in recs["sleepy-svd"]["error"]
     assert recs["svd"]["status"] == "ok" and recs["dense"]["status"] == "ok"
+
+
+def _sweep_errors(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error")]
+
+
+def test_a_full_disk_while_writing_a_checkpoint_stops_the_sweep_in_one_line(tiny_suite, tmp_path, capsys,
+                                                                             monkeypatch):
+    """torch.save on a full disk raises an opaque RuntimeError ('enforce fail at
+    inline_container.cc'); the sweep stops with one line naming the checkpoint and a likely full
+    disk, no partial checkpoint and no record (it used to fail every job with that text)."""
+    import torch as _torch
+
+    suite = tiny_suite(methods=["dense", "svd"], seeds=[0, 1])
+
+    def full(obj, f, *a, **k):
+        f.write(b"PK\x03\x04 partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file")
+
+    monkeypatch.setattr(_torch, "save", full)
+    out = tmp_path / "out"
+    assert main(["--suite", str(suite), "--out", str(out), "--no-progress"]) == 2
+    err = _sweep_errors(capsys)
+    assert len(err) == 1 and ".pt" in err[0] and "probably a full disk" in err[0], err
+    assert not list(out.rglob("*.pt")) and not list(out.rglob("*.tmp"))
+    records = out / suite.stem / "runs.jsonl"
+    assert not records.exists() or records.read_bytes() == b""
+
+
+def test_a_full_disk_while_writing_a_claim_leaves_no_claim_behind(tiny_suite, tmp_path, capsys, monkeypatch):
+    """A claim write that makes no progress (ENOSPC): one line, exit 2, and no empty claim file
+    that a resume would read as another sweep's (it then exited 0 having done nothing)."""
+    import os
+
+    import bench.claims
+
+    suite = tiny_suite(methods=["dense"], seeds=[0])
+    real_write = os.write
+
+    def full(fd, data):
+        return 0 if bytes(data).startswith(b'{"owner"') else real_write(fd, data)
+
+    monkeypatch.setattr(bench.claims.os, "write", full)
+    out = tmp_path / "out"
+    assert main(["--suite", str(suite), "--out", str(out), "--no-progress"]) == 2
+    err = _sweep_errors(capsys)
+    assert len(err) == 1 and "cannot write the claim" in err[0] and "No space left on device" in err[0], err
+    claims = out / suite.stem / "runs.claims"
+    assert not claims.exists() or not [p for p in claims.iterdir() if not p.name.startswith(".")]
+    monkeypatch.setattr(bench.claims.os, "write", real_write)
+    assert main(["--suite", str(suite), "--out", str(out), "--no-progress"]) == 0  # the resume runs the job
+
+
+def test_a_full_disk_while_writing_the_report_keeps_the_records(tiny_suite, tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    import plots.suite_report
+    from bench.records import read_records
+
+    suite = tiny_suite(methods=["dense"], seeds=[0])
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "table.md")
+        yield  # a generator, as write_reports is
+
+    monkeypatch.setattr(plots.suite_report, "write_reports", full)
+    out = tmp_path / "out"
+    assert main(["--suite", str(suite), "--out", str(out), "--no-progress"]) == 2
+    err = _sweep_errors(capsys)
+    assert len(err) == 1 and "cannot write the report table.md: No space left on device" in err[0], err
+    assert [r["status"] for r in read_records(out / suite.stem / "runs.jsonl")] == ["ok"]
+
+
+def test_checkpoints_follow_the_umask_not_mkstemps_0600(tmp_path):
+    import os
+    import stat
+
+    from bench.baseline import save_checkpoint
+
+    path = tmp_path / "b.pt"
+    save_checkpoint(path, {"w": torch.zeros(2)}, {"acc_test": 1.0})
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE(path.with_suffix(".json").stat().st_mode) == 0o666 & ~mask
+
+
+def test_list_into_a_closed_pipe_ends_quietly():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(f"{sys.executable} run_all.py --list | head -1", shell=True, capture_output=True,
+                          text=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+    assert proc.stdout.startswith("suites:") and "Traceback" not in proc.stderr, proc.stderr

@@ -5,7 +5,9 @@ import warnings
 
 import pytest
 
-from bench.records import append_record, config_key, done_keys, latest_by_key, read_records
+import json
+
+from bench.records import append_record, config_key, done_keys, latest_by_key, read_records, record_config
 
 BAD_LINES = [
     b"\xff\xfe not utf-8 \x80",
@@ -25,36 +27,59 @@ def _write(path, lines: list[bytes], tail: bytes = b"") -> None:
     path.write_bytes(b"\n".join(lines) + b"\n" + tail)
 
 
-def test_read_records_skips_every_bad_line_with_one_warning_each(tmp_path):
+def test_read_records_skips_every_bad_line_with_one_warning_for_the_file(tmp_path):
+    """One warning per file, however many bad lines: it counts them and names the first few
+    by line number (a file of bad lines once printed a warning line for each)."""
     path = tmp_path / "r.jsonl"
     good = [b'{"key": "a", "status": "failed"}', b'{"key": "a", "status": "ok"}']
     _write(path, [good[0], *BAD_LINES, b"", b"   ", good[1]])
     with pytest.warns(UserWarning) as caught:
         recs = read_records(path)
     assert [r["status"] for r in recs] == ["failed", "ok"]
-    messages = [str(w.message) for w in caught]
-    assert len(messages) == len(BAD_LINES)
-    for lineno, msg in enumerate(messages, 2):
-        assert msg.startswith(f"{path}:{lineno}:")
+    [msg] = [str(w.message) for w in caught]
+    assert msg.startswith(f"{path}: ignoring {len(BAD_LINES)} bad record line(s): {path}:2: ")
+    assert f"{path}:3: " in msg and f"{path}:4: " in msg and f"{path}:5: " not in msg
+    assert msg.endswith(f"and {len(BAD_LINES) - 3} more")
 
 
-OK_A = (b'{"key": "a", "status": "ok", "network": "fc2", "dataset": "mnist", "method": "svd", "seed": 0, '
-        b'"acc_after_finetune": 97.5}')
+def test_twenty_thousand_bad_lines_give_one_short_warning(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(b"garbage\n" * 20_000 + b'{"key": "a", "status": "ok"}\n')
+    with pytest.warns(UserWarning) as caught:
+        assert len(read_records(path)) == 1
+    assert len(caught) == 1 and len(str(caught[0].message)) < 500
+
+
+def _signed(**fields) -> dict:
+    """A record whose key is the hash of its own config, as the runner writes it."""
+    rec = {"network": "fc2", "dataset": "mnist", "method": "svd", "seed": 0, **fields}
+    return {**rec, "key": config_key(record_config(rec))}
+
+
+def _line(rec: dict) -> bytes:
+    return json.dumps(rec).encode()
+
+
+REC_A = _signed(status="ok", acc_after_finetune=97.5)
+OK_A, KEY_A = _line(REC_A), REC_A["key"]
 
 
 def test_forged_or_incomplete_done_records_are_not_trusted(tmp_path):
-    """A minimal forged ``{"key": K, "status": "ok"}`` (or one with a NaN accuracy, or a skip
-    without a reason) no longer marks its job done: it runs again, with one warning."""
+    """A minimal forged ``{"key": K, "status": "ok"}`` (or one with a NaN accuracy, a skip
+    without a reason, or fields that do not hash to its key) no longer marks its job done: it
+    runs again, with one warning for them all."""
     path = tmp_path / "r.jsonl"
-    _write(path, [OK_A, b'{"key": "forged", "status": "ok"}',
-                  b'{"key": "nan", "status": "ok", "network": "fc2", "dataset": "mnist", "method": "svd", '
-                  b'"seed": 0, "acc_after_finetune": NaN}',
-                  b'{"key": "skip", "status": "skipped", "network": "fc2", "dataset": "mnist", "method": "svd", '
-                  b'"seed": 0, "error": "budget unreachable"}',
-                  b'{"key": "fit", "status": "ok", "network": "fc2", "dataset": "mnist", "method": "svd", '
-                  b'"seed": 1, "fit_only": true, "fit_rel_error": 0.5}'])
-    with pytest.warns(UserWarning, match="2 record\\(s\\) marked done lack the fields a record has"):
-        assert done_keys(path) == {"a", "skip", "fit"}
+    skip = _signed(status="skipped", error="budget unreachable")
+    fit = _signed(status="ok", seed=1, fit_only=True, fit_rel_error=0.5)
+    moved = {**_signed(status="ok", acc_after_finetune=99.0), "key": _signed(seed=2)["key"]}  # another job's key
+    edited = {**REC_A, "seed": 5}                                                     # a field changed by hand
+    _write(path, [OK_A, b'{"key": "forged", "status": "ok"}', _line(_signed(status="ok", seed=3)),
+                  _line(skip), _line(_signed(status="skipped", seed=4)), _line(fit), _line(moved)])
+    with pytest.warns(UserWarning, match="4 record\\(s\\) marked done lack the fields a record has or do not hash"):
+        assert done_keys(path) == {KEY_A, skip["key"], fit["key"]}
+    path.write_bytes(_line(edited) + b"\n")
+    with pytest.warns(UserWarning, match="1 record"):
+        assert done_keys(path) == set()
 
 
 def test_done_and_latest_never_raise_on_bad_lines(tmp_path):
@@ -62,8 +87,8 @@ def test_done_and_latest_never_raise_on_bad_lines(tmp_path):
     _write(path, [*BAD_LINES, OK_A, b'{"key": "b", "status": "failed"}'])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert done_keys(path) == {"a"}
-        assert set(latest_by_key(read_records(path))) == {"a", "b"}
+        assert done_keys(path) == {KEY_A}
+        assert set(latest_by_key(read_records(path))) == {KEY_A, "b"}
 
 
 def test_latest_by_key_skips_non_records():
@@ -78,7 +103,7 @@ def test_torn_tail_cut_in_a_file_with_invalid_utf8(tmp_path):
     append_record(path, {"key": "c", "status": "ok"})
     assert path.read_bytes().endswith(b'\n{"key": "c", "status": "ok"}\n')
     assert b'"b"' not in path.read_bytes()
-    with pytest.warns(UserWarning, match=":2:"):
+    with pytest.warns(UserWarning, match="ignoring 1 bad record line.*:2: "):
         assert [r["key"] for r in read_records(path)] == ["a", "c"]
 
 
@@ -86,9 +111,9 @@ def test_tail_that_is_a_whole_record_is_kept(tmp_path):
     """read_records counts a last line missing only its newline, so appending must not drop it."""
     path = tmp_path / "r.jsonl"
     path.write_bytes(OK_A)
-    assert done_keys(path) == {"a"}
+    assert done_keys(path) == {KEY_A}
     append_record(path, {"key": "c", "status": "ok"})
-    assert [r["key"] for r in read_records(path)] == ["a", "c"]
+    assert [r["key"] for r in read_records(path)] == [KEY_A, "c"]
 
 
 def test_append_round_trip_and_key_stability(tmp_path):

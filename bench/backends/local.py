@@ -15,7 +15,7 @@ import torch
 from bench.baseline import get_baseline
 from bench.data import DataSplits, load_splits
 from bench.job import failed_record, run_job
-from bench.records import config_key
+from bench.records import OutputWriteError, config_key
 from bench.suite import Job
 from bench.train import resolve_device
 
@@ -59,6 +59,8 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
             if base is None:
                 try:
                     base = _baseline(first, settings, device, data_cache)
+                except OutputWriteError:
+                    raise  # a full disk: stop the sweep (one line, exit 2), not fail every job after it
                 except Exception as e:  # noqa: BLE001 - every job of the group fails with the reason
                     base = e
             if isinstance(base, Exception):
