@@ -26,7 +26,6 @@ old.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -36,7 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from bench.records import OutputWriteError, write_cause
+from bench.records import OutputWriteError, write_all, write_cause
 
 LOCK_NAME = ".lock"
 
@@ -170,12 +169,7 @@ class Claims:
         except OSError as e:
             raise OutputWriteError(f"cannot write the claim {path}: {write_cause(e)}") from None
         try:
-            view = memoryview(blob)
-            while view:
-                n = os.write(fd, view)
-                if n <= 0:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                view = view[n:]
+            write_all(fd, blob)
             os.fsync(fd)
         except OSError as e:  # a full disk: no half-written claim stays behind to block a resume
             os.close(fd)

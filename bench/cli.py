@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the selected jobs again even if recorded (e.g. after changing a method's code); "
                         "the new records supersede the old ones, which stay in the file")
     p.add_argument("--plugin", action="append", default=[], help="extra method module: import path or .py file")
+    p.add_argument("--check-plugin", metavar="PLUGIN", default=None,
+                   help="run the compressor contract (bench.testing) on every method PLUGIN (a .py file or "
+                        "import path) registers, then exit: 0 all pass, 1 a method breaks it")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (they are off anyway when "
                                                               "stderr is not a terminal)")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
@@ -247,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     """The CLI; exit 0 ok, 1 some job failed, 2 bad input or a record not written, 130 Ctrl-C,
     143 SIGTERM (each interruption one line: finished records are kept, a re-run resumes)."""
     args = parse_args(argv)
+    if args.check_plugin:
+        try:
+            return check_plugin(args.check_plugin)
+        except BAD_INPUT as e:
+            print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+            return 2
     previous = _install(signal.SIGTERM, _raise_terminated)
     try:
         try:
@@ -266,6 +275,31 @@ def main(argv: list[str] | None = None) -> int:
         return code
     finally:
         _install(signal.SIGTERM, previous)
+
+
+def check_plugin(spec: str) -> int:
+    """``--check-plugin``: the contract on each method the plugin registers, one line each."""
+    from bench.registry import get_method, plugin_methods
+    from bench.testing import ContractViolation, check_compressor
+
+    load_plugin(spec)
+    names = plugin_methods(spec)
+    if not names:
+        raise UsageError(f"plugin {spec} registers no method (use bench.registry.register_method)")
+    broken = 0
+    for name in names:
+        try:
+            results = check_compressor(get_method(name))
+        except ContractViolation as e:
+            print(f"{name}: breaks the contract: {e}")
+            broken += 1
+            continue
+        except Exception as e:  # noqa: BLE001 - the plugin's own error, named for its author
+            print(f"{name}: raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            broken += 1
+            continue
+        print(f"{name}: keeps the contract (" + ", ".join(f"{k} {v}" for k, v in results.items()) + ")")
+    return 1 if broken else 0
 
 
 def _install(signum, handler):

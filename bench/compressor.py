@@ -22,8 +22,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from bench.layers import (COMPRESSIBLE, CompressionError, count_params, dense_params,  # noqa: F401 (public)
-                          effective_weight, get_layer, replace_layer)
+from bench.layers import (COMPRESSIBLE, CompressionError, FactorizedLayer, count_params,  # noqa: F401 (public)
+                          dense_params, effective_weight, get_layer, replace_layer)
 
 
 class BudgetUnreachable(CompressionError):
@@ -151,29 +151,3 @@ class Compressor:
     def skip_reason(self, model: nn.Module, layer_names: list[str]) -> str | None:
         """A reason to record the job as skipped (method not applicable), else None."""
         return None
-
-
-class FactorizedLayer(nn.Module):
-    """Base of the replacement layers: ``effective_weight`` (the dense weight the layer stands
-    for), ``bias`` (the output bias, or None) and ``scale_weight_`` (multiply the weight term
-    by a number, folded into the layer's own parameters). Bias calibration uses the last two;
-    ``tnbench_info`` is the layer's metadata for the record."""
-
-    tnbench_info: dict
-
-    def effective_weight(self) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def weight_factor(self) -> torch.Tensor | None:
-        """A tensor the weight is linear in and that appears once (one factor, one core), so
-        that scaling it scales the weight; None where there is none (then override
-        ``scale_weight_``)."""
-        return None
-
-    @torch.no_grad()
-    def scale_weight_(self, factor: float) -> None:
-        """Multiply the layer's weight term by ``factor`` (the bias unchanged), adding no parameter."""
-        t = self.weight_factor()
-        if t is None:
-            raise NotImplementedError(f"{type(self).__name__} defines neither weight_factor() nor scale_weight_()")
-        t.mul_(factor)

@@ -3,6 +3,7 @@ how parameters are counted. One public module so every method checks and counts 
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -147,3 +148,83 @@ class ConvSpec:
         """A full kh x kw conv with the original geometry (Tucker-2 core)."""
         return skip_init(nn.Conv2d, cin, cout, self.kernel_size, stride=self.stride, padding=self.padding,
                          dilation=self.dilation, bias=False, padding_mode=self.padding_mode, **kw)
+
+
+# --- factorisations of dimensions -----------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def balanced_factors(n: int, d: int) -> tuple[int, ...]:
+    """``d`` integers (1s allowed) with product ``n``, as equal as possible, largest first.
+
+    Minimises the largest factor, then the next largest, and so on (lexicographically on the
+    descending tuple). A prime p gives (p, 1, ..., 1): badly factoring sizes get uneven factors
+    rather than padding, so the replacement computes exactly the original shape.
+    """
+    if n < 1 or d < 1:
+        raise ValueError(f"need n >= 1 and d >= 1, got n={n}, d={d}")
+
+    def divisors(m: int) -> list[int]:
+        small = [f for f in range(1, math.isqrt(m) + 1) if m % f == 0]
+        return sorted(set(small + [m // f for f in small]))
+
+    def best(rest: int, slots: int, cap: int) -> tuple[int, ...] | None:
+        # the smallest feasible leading factor, then recursively the best completion
+        if slots == 1:
+            return (rest,) if rest <= cap else None
+        for f in divisors(rest):
+            if f > cap:
+                break
+            if f ** slots < rest:
+                continue  # the largest of `slots` factors cannot be below rest ** (1/slots)
+            sub = best(rest // f, slots - 1, f)
+            if sub is not None:
+                return (f,) + sub
+        return None
+
+    found = best(n, d, n)
+    assert found is not None and math.prod(found) == n
+    return found
+
+
+class FactorizedLayer(nn.Module):
+    """The base of every replacement layer, built-in or plugin.
+
+    A subclass defines ``effective_weight()`` (the dense weight it stands for, shaped like the
+    original's) and, so that bias calibration can lift a starved weight term,
+    ``weight_factor()`` (a tensor the weight is linear in and that appears once) or its own
+    ``scale_weight_``. ``super().__init__(layer)`` takes the original layer's geometry
+    (``self.conv``: a ``ConvSpec`` or None; ``self.weight_shape``) and a trainable copy of its
+    bias (``self.bias``), and the default ``forward`` applies the effective weight as the
+    original layer would. Methods with a cheaper forward (a factor chain) override it.
+    ``tnbench_info`` is the layer's metadata for the record."""
+
+    tnbench_info: dict
+
+    def __init__(self, like: nn.Module | None = None):
+        super().__init__()
+        self.tnbench_info = {}
+        if like is not None:
+            self.conv = ConvSpec.of(like) if isinstance(like, nn.Conv2d) else None
+            self.weight_shape = tuple(like.weight.shape)
+            bias = getattr(like, "bias", None)
+            self.bias = nn.Parameter(bias.detach().clone()) if bias is not None else None
+
+    def effective_weight(self) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must define effective_weight()")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.effective_weight()
+        return F.linear(x, w, self.bias) if getattr(self, "conv", None) is None else self.conv.conv(x, w, self.bias)
+
+    def weight_factor(self) -> torch.Tensor | None:
+        """A tensor the weight is linear in and that appears once (one factor, one core), so
+        that scaling it scales the weight; None where there is none (then override
+        ``scale_weight_``)."""
+        return None
+
+    @torch.no_grad()
+    def scale_weight_(self, factor: float) -> None:
+        """Multiply the layer's weight term by ``factor`` (the bias unchanged), adding no parameter."""
+        t = self.weight_factor()
+        if t is None:
+            raise NotImplementedError(f"{type(self).__name__} defines neither weight_factor() nor scale_weight_()")
+        t.mul_(factor)

@@ -88,7 +88,7 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         try:
             prefix = _mend_tail(fd)  # may cut a torn tail: that is garbage, not a record
             size = os.fstat(fd).st_size
-            _write_all(fd, prefix + line)
+            write_all(fd, prefix + line)
             os.fsync(fd)
         except OSError as e:
             _restore_size(fd, size)
@@ -102,7 +102,7 @@ def _cause(e: OSError) -> str:
     return write_cause(e)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     """Write every byte at the end of the file: a short write (a nearly full disk) goes on from
     where it stopped; no progress at all is an error (ENOSPC)."""
     os.lseek(fd, 0, os.SEEK_END)

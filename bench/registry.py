@@ -179,6 +179,21 @@ def method_names() -> list[str]:
     return METHODS.names()
 
 
+def plugin_methods(spec: str) -> list[str]:
+    """Names of the methods registered by the plugin ``spec`` (as ``load_plugin`` takes it)."""
+    resolved = str(Path(spec).resolve()) if spec.endswith(".py") else None
+    names = []
+    for name in METHODS.names():
+        module = sys.modules.get(getattr(METHODS.get(name), "__module__", ""))
+        if resolved is not None:
+            mine = getattr(module, "__tnbench_plugin_path__", None) == resolved
+        else:
+            mine = module is not None and (module.__name__ == spec or module.__name__.startswith(spec + "."))
+        if mine:
+            names.append(name)
+    return names
+
+
 def get_method(name: str, **options: Any):
     """Build the method registered as ``name`` with its options (a ``Compressor``)."""
     return METHODS.get(name)(**options)

@@ -8,8 +8,6 @@
 """
 from __future__ import annotations
 
-import functools
-import math
 import operator
 from collections import deque
 from typing import Any, Callable, Sequence
@@ -19,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import skip_init  # factor modules are overwritten: no random init, no RNG use
 
-from bench.layers import CompressionError
+from bench.layers import CompressionError, balanced_factors  # noqa: F401 - balanced_factors is public in bench.layers
 
 
 # --- layers ---------------------------------------------------------------------------------
@@ -65,40 +63,6 @@ def clip_knob(knob: Any, largest: int, method: str, what: str = "rank") -> tuple
 
 
 # --- factorisations of dimensions -----------------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def balanced_factors(n: int, d: int) -> tuple[int, ...]:
-    """``d`` integers (1s allowed) with product ``n``, as equal as possible, largest first.
-
-    Minimises the largest factor, then the next largest, and so on (lexicographically on the
-    descending tuple). A prime p gives (p, 1, ..., 1): badly factoring sizes get uneven factors
-    rather than padding, so the replacement computes exactly the original shape.
-    """
-    if n < 1 or d < 1:
-        raise ValueError(f"need n >= 1 and d >= 1, got n={n}, d={d}")
-
-    def divisors(m: int) -> list[int]:
-        small = [f for f in range(1, math.isqrt(m) + 1) if m % f == 0]
-        return sorted(set(small + [m // f for f in small]))
-
-    def best(rest: int, slots: int, cap: int) -> tuple[int, ...] | None:
-        # the smallest feasible leading factor, then recursively the best completion
-        if slots == 1:
-            return (rest,) if rest <= cap else None
-        for f in divisors(rest):
-            if f > cap:
-                break
-            if f ** slots < rest:
-                continue  # the largest of `slots` factors cannot be below rest ** (1/slots)
-            sub = best(rest // f, slots - 1, f)
-            if sub is not None:
-                return (f,) + sub
-        return None
-
-    found = best(n, d, n)
-    assert found is not None and math.prod(found) == n
-    return found
-
-
 def organ_pipe(factors: Sequence[int]) -> tuple[int, ...]:
     """Largest factors in the middle, smallest at both ends (e.g. 784 -> 4 x 7 x 7 x 4), the
     arrangement of the TT/MPO papers (Novikov et al. 2015; Gao et al. 2020)."""

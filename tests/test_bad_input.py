@@ -255,7 +255,7 @@ def test_a_record_that_cannot_be_written_stops_the_sweep_in_one_line(tiny_suite,
     def full(fd, data):  # the records' writer only: claims and checkpoints still land
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(bench.records, "_write_all", full)
+    monkeypatch.setattr(bench.records, "write_all", full)
     code = main(["--suite", str(suite), "--out", str(tmp_path / "out"), "--no-progress"])
     err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("error")]
     assert code == 2

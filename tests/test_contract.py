@@ -1,29 +1,18 @@
-"""The compressor contract, checked for every registered method (driven by the registry, so a
-new method is covered without editing this file): on Linear and Conv2d, with and without bias,
-``layer_params == module_params(factorize(...))``, knobs ascend in size, the module computes
-``effective_weight()`` applied as a dense layer, and it runs on the layer's device and dtype."""
+"""The compressor contract (``bench.testing.check_compressor``), checked for every registered
+method (driven by the registry, so a new method is covered without editing this file), and the
+check itself: it catches a method that breaks each rule."""
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from bench.compressor import CompressionError
+from bench.layers import FactorizedLayer
 from bench.registry import get_method, method_names
+from bench.testing import LAYERS, ContractViolation, check_compressor, check_layer_kind
 
-LAYERS = {
-    "linear": lambda: nn.Linear(48, 20),
-    "linear-nobias": lambda: nn.Linear(48, 20, bias=False),
-    "conv": lambda: nn.Conv2d(4, 6, 3, padding=1),
-    "conv-nobias": lambda: nn.Conv2d(4, 6, 3, padding=1, bias=False),
-}
 #: options that keep slow methods quick on these tiny layers (sizes and counts do not depend on them)
 FAST = {"adtn": {"prefit_steps": 5, "prefit_polish": 0}}
-
-
-def _method(name: str):
-    return get_method(name, **FAST.get(name, {}))
 
 
 def _cases():
@@ -32,71 +21,111 @@ def _cases():
             yield pytest.param(name, kind, id=f"{name}-{kind}")
 
 
-def _knobs_or_skip(method, layer):
-    try:
-        knobs = list(method.knobs(layer))
-    except CompressionError as e:  # the method does not take this layer kind (NN-BCD: Linear only)
-        pytest.skip(f"{method.name} refuses {type(layer).__name__}: {e}")
-    assert knobs, f"{method.name} offers no knob for {layer}"
-    return knobs
-
-
-def _sample(knobs: list) -> list:
-    """Smallest, a middle and the largest knob: enough to catch a wrong size model."""
-    return list(dict.fromkeys([knobs[0], knobs[len(knobs) // 2], knobs[-1]]))
-
-
-def _dense_forward(layer: nn.Module, weight: torch.Tensor, x: torch.Tensor, bias) -> torch.Tensor:
-    if isinstance(layer, nn.Conv2d):
-        return layer._conv_forward(x, weight, bias)
-    return F.linear(x, weight, bias)
-
-
-def _input(layer: nn.Module) -> torch.Tensor:
-    shape = (layer.in_features,) if isinstance(layer, nn.Linear) else (layer.in_channels, 7, 5)
-    return torch.randn(3, *shape, dtype=torch.float64)
-
-
 @pytest.mark.parametrize("name, kind", list(_cases()))
 def test_contract(name, kind):
-    torch.manual_seed(0)
-    layer = LAYERS[kind]().double()
-    method = _method(name)
-    knobs = _knobs_or_skip(method, layer)
-    sizes = [method.layer_params(layer, k) for k in knobs]
-    assert sizes == sorted(sizes), f"{name}: knobs must ascend in size, got sizes {sizes[:10]}..."
-    x = _input(layer)
-    for knob in _sample(knobs):
-        module = method.factorize(layer, knob)
-        assert method.module_params(module) == method.layer_params(layer, knob), (name, kind, knob)
-        module.eval()
-        with torch.no_grad():
-            w = module.effective_weight() if hasattr(module, "effective_weight") else module.weight
-            assert w.shape == layer.weight.shape
-            assert w.dtype == layer.weight.dtype and w.device == layer.weight.device
-            expected = _dense_forward(layer, w, x, layer.bias)  # replacements start from the layer's bias
-            out = module(x)
-        assert out.dtype == torch.float64 and out.device == x.device
-        torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-8)
-        _check_scale_weight(module, layer, w, x)
-
-
-def _check_scale_weight(module: nn.Module, layer: nn.Module, w: torch.Tensor, x: torch.Tensor) -> None:
-    """``scale_weight_`` (bias calibration's lift) scales the weight term only, adds no parameter."""
-    if not hasattr(module, "scale_weight_"):
-        return  # the identity replacement of ``dense``: bias calibration leaves such a layer unscaled
-    before = sum(p.numel() for p in module.parameters())
-    bias = None if module.bias is None else module.bias.detach().clone()
-    module.scale_weight_(-2.5)
-    with torch.no_grad():
-        torch.testing.assert_close(module.effective_weight(), -2.5 * w, rtol=1e-6, atol=1e-9)
-        torch.testing.assert_close(module(x), _dense_forward(layer, -2.5 * w, x, layer.bias), rtol=1e-6, atol=1e-8)
-    assert sum(p.numel() for p in module.parameters()) == before
-    if bias is not None:
-        assert torch.equal(module.bias, bias)
+    result = check_layer_kind(get_method(name, **FAST.get(name, {})), kind)
+    if result != "ok":
+        pytest.skip(f"{name} {result}")
 
 
 def test_every_method_is_covered():
     """The registry drives the contract test: the built-in methods are all there."""
     assert {"adtn", "alds", "alds-svd", "cp", "dense", "nnbcd-prune", "nnbcd-tt", "prune", "svd", "tt",
             "tucker"} <= set(method_names())
+
+
+class _Scaled(FactorizedLayer):
+    """A rank-1 stand-in whose faults the tests below switch on one at a time."""
+
+    def __init__(self, layer, fault=None):
+        super().__init__(layer)
+        w = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+        self.u = nn.Parameter(w[:, :1].clone())
+        self.v = nn.Parameter(torch.ones(1, w.shape[1], dtype=w.dtype))
+        self.fault = fault
+
+    def effective_weight(self):
+        w = (self.u @ self.v).reshape(self.weight_shape)
+        return w.float() if self.fault == "dtype" else w
+
+    def forward(self, x):
+        y = super().forward(x)
+        return y + 1 if self.fault == "forward" else y
+
+    def weight_factor(self):
+        return self.v if self.fault == "scale" else self.u  # v scaled as well below: scaled twice
+
+    def scale_weight_(self, factor):
+        super().scale_weight_(factor)
+        if self.fault == "scale":
+            self.u.data.mul_(factor)
+
+
+class _Method:
+    name = "faulty"
+
+    def __init__(self, fault=None, params_off=0):
+        self.fault, self.params_off = fault, params_off
+
+    def knobs(self, layer):
+        return [1]
+
+    def layer_params(self, layer, knob):
+        w = layer.weight
+        return w.shape[0] + w[0].numel() + (0 if layer.bias is None else layer.bias.numel()) + self.params_off
+
+    def factorize(self, layer, knob):
+        return _Scaled(layer, self.fault)
+
+    def module_params(self, module):
+        return sum(p.numel() for p in module.parameters())
+
+
+def test_a_well_behaved_plugin_layer_passes():
+    assert check_compressor(_Method()) == {kind: "ok" for kind in LAYERS}
+
+
+@pytest.mark.parametrize("method, says", [
+    (_Method(params_off=1), "parameters, layer_params says"),
+    (_Method("dtype"), "effective_weight() is torch.float32"),
+    (_Method("forward"), "forward differs from effective_weight()"),
+    (_Method("scale"), "scale_weight_(-2.5) does not multiply"),
+])
+def test_each_breach_of_the_contract_is_named(method, says):
+    with pytest.raises(ContractViolation, match=says.replace("(", r"\(").replace(")", r"\)")):
+        check_compressor(method)
+
+
+def test_the_readme_plugin_example_keeps_the_contract(tmp_path, capsys):
+    """The README's "Adding a method" example, as a user would save it, passes --check-plugin."""
+    import re
+    from pathlib import Path
+
+    from bench.cli import main
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"<!-- plugin-example:begin -->\n```python\n(.*?)```\n<!-- plugin-example:end -->", readme, re.S)
+    assert block, "README lost its plugin example markers"
+    code = block.group(1)
+    assert len(code.strip().splitlines()) <= 45
+    path = tmp_path / "kron_readme.py"
+    path.write_text(code.replace('register_method("kron")', 'register_method("kron-readme")'))
+    assert main(["--check-plugin", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("kron-readme: keeps the contract (linear ok, linear-nobias ok, conv ok, conv-nobias ok)")
+
+
+def test_check_plugin_names_a_broken_method_and_exits_1(tmp_path, capsys):
+    from bench.cli import main
+
+    path = tmp_path / "broken_plugin.py"
+    path.write_text(
+        "from bench.registry import register_method\n"
+        "from tests.test_contract import _Method\n"
+        "register_method('broken-count')(type('Broken', (_Method,), {'__init__': lambda self: _Method.__init__(self, params_off=3)}))\n")
+    assert main(["--check-plugin", str(path)]) == 1
+    assert "broken-count: breaks the contract:" in capsys.readouterr().out
+    empty = tmp_path / "empty_plugin.py"
+    empty.write_text("x = 1\n")
+    assert main(["--check-plugin", str(empty)]) == 2
+    assert "registers no method" in capsys.readouterr().err

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bench.compressor import FactorizedLayer
@@ -64,10 +63,6 @@ class ADTNLayer(FactorizedLayer):
     def train(self, mode: bool = True) -> "ADTNLayer":
         self._cache = None
         return super().train(mode)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.effective_weight()
-        return F.linear(x, w, self.bias) if self.conv is None else self.conv.conv(x, w, self.bias)
 
     def extra_repr(self) -> str:
         kind = "Conv2d" if self.conv else "Linear"
