@@ -72,6 +72,9 @@ class Compressor:
     #: whether ``finetune`` trains with the suite's learning rate (``ctx.train``): only then is
     #: that rate tuned on the suite's ``lr_grid``; NN-BCD (gradient-free) and dense say False
     uses_finetune_lr: bool = True
+    #: whether ``finetune`` changes the model at all: dense says False, so its job builds no
+    #: frozen-prefix cache (the first job that trains builds it) and is evaluated as it is
+    finetunes: bool = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -133,8 +133,12 @@ def train_steps(epochs: float, n: int, batch_size: int) -> tuple[int, int]:
 
 
 def scoped(job) -> bool:
-    """Whether the job fine-tunes after a frozen prefix (and so needs its group's cache)."""
-    return not job.fit_only and (job.finetune or {}).get("scope", "all") == "after_frozen_prefix"
+    """Whether the job fine-tunes after a frozen prefix (and so needs its group's cache); a
+    method that does not fine-tune (dense) evaluates the whole network instead."""
+    from bench.registry import METHODS
+
+    return (not job.fit_only and (job.finetune or {}).get("scope", "all") == "after_frozen_prefix"
+            and getattr(METHODS.get(job.method), "finetunes", True))
 
 
 def cache_group(job) -> tuple | None:

@@ -159,11 +159,12 @@ def _tuned_finetune(method, model, job: Job, data, originals, knobs, lr_pick, pr
                  job.lr_extend or 0, lr_pick)
 
 
-def _scoped(job: Job, base_model, data: DataSplits, caches: dict | None) -> tuple[Any, str | None, float]:
+def _scoped(job: Job, method, base_model, data: DataSplits, caches: dict | None) -> tuple[Any, str | None, float]:
     """(data the job trains and evaluates on, layer the network is cut before or None, seconds
-    spent building a frozen-prefix cache). ``caches`` holds the cache of the group's baseline."""
+    spent building a frozen-prefix cache). ``caches`` holds the cache of the group's baseline;
+    a method that does not fine-tune (dense) needs none."""
     ft = job.finetune or {}
-    if job.fit_only or ft.get("scope", "all") == "all":
+    if job.fit_only or ft.get("scope", "all") == "all" or not method.finetunes:
         return data, None, 0.0
     views = int(ft.get("cache_views", 4))
     key = (tuple(job.layers), views, ft.get("precision"))  # the group fixes the baseline
@@ -191,7 +192,7 @@ def _measure_and_finetune(rec, method, model, base_model, job: Job, data: DataSp
     """Accuracy after compression, bias calibration (when the recipe asks), tuned fine-tuning
     and accuracy after it, on the whole network or after its frozen prefix; fills ``rec`` and
     returns the fine-tuned model (whole)."""
-    run_data, cut_at, cache_s = _scoped(job, base_model, data, prefix_caches)
+    run_data, cut_at, cache_s = _scoped(job, method, base_model, data, prefix_caches)
     if cut_at:
         rec.update(finetune_cut_before=cut_at, time_prefix_cache_s=cache_s)
     swap = Cut(model, cut_at) if cut_at else None

@@ -14,6 +14,7 @@ class Dense(Compressor):
     knob_name = "none"
     allocation_uses_weights = False  # "full" everywhere
     uses_finetune_lr = False  # not fine-tuned at all
+    finetunes = False
 
     def knobs(self, layer: nn.Module) -> list:
         return ["full"]

@@ -275,3 +275,19 @@ def test_bf16_training_reports_its_precision_and_stays_close_to_fp32():
     assert runs["fp32"][0]["precision"] == "fp32" and runs["bf16"][0]["precision"] == "bf16"
     w32, w16 = runs["fp32"][1].classifier[3].weight, runs["bf16"][1].classifier[3].weight
     assert (w32 - w16).norm() / w32.norm() < 0.1
+
+
+def test_a_dense_only_run_builds_no_prefix_cache_and_the_first_trained_job_does(tiny_suite, tmp_path):
+    """Dense does not fine-tune: it is evaluated whole, and the frozen-prefix cache is built by
+    the first job that trains (it used to be built by the dense job, wasted in a dense-only run)."""
+    from bench.cli import main
+    from bench.records import read_records
+
+    ft = {"epochs": 1, "batch_size": 32, "optimizer": "sgd", "lr": 0.01, "scope": "after_frozen_prefix",
+          "cache_views": 1}
+    suite = tiny_suite(methods=["dense", "svd"], seeds=[0], ratios=[4], finetune=ft, networks={"fc2": ["fc2"]})
+    out = tmp_path / "out"
+    assert main(["--suite", str(suite), "--out", str(out), "--no-progress"]) == 0
+    recs = {r["method"]: r for r in read_records(out / suite.stem / "runs.jsonl")}
+    assert "finetune_cut_before" not in recs["dense"] and "time_prefix_cache_s" not in recs["dense"]
+    assert recs["svd"]["finetune_cut_before"] == "fc2" and recs["svd"]["time_prefix_cache_s"] > 0
