@@ -1,5 +1,6 @@
 """``python -m plots paper --results results --out results/figures [--suites a,b,c]``;
-``python -m plots verdicts [--check | --write]``: results/README.md's claims against the records."""
+``python -m plots verdicts [--check | --write]``: results/README.md's claims against the records;
+``python -m plots compare-protocols --new lenet5-v3 --old mnist,fashion-mnist``: cells before and after."""
 import argparse
 import sys
 from pathlib import Path
@@ -22,7 +23,23 @@ def main(argv=None) -> int:
     mode = verdicts.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="exit 1 when a claim fails or a README block is stale")
     mode.add_argument("--write", action="store_true", help="rewrite the README's claims blocks (exit 1 if a claim fails)")
+    compare = sub.add_parser("compare-protocols", help="a suite's cells beside the same cells of the suites it "
+                                                       "re-runs under a new protocol, per seed")
+    compare.add_argument("--results", default="results", type=Path)
+    compare.add_argument("--new", required=True, help="the re-run suite (e.g. lenet5-v3)")
+    compare.add_argument("--old", required=True, help="comma-separated suites it re-runs (e.g. mnist,fashion-mnist)")
+    compare.add_argument("--out", default=None, type=Path, help="default RESULTS/NEW/before_after.md")
     args = p.parse_args(argv)
+    if args.command == "compare-protocols":
+        from plots.protocol_compare import compare as compare_protocols
+
+        old = [args.results / s / "runs.jsonl" for s in args.old.split(",") if s]
+        text = compare_protocols(args.results / args.new / "runs.jsonl", old,
+                                 f"{args.new} beside {', '.join(args.old.split(','))}: before and after")
+        out = args.out or args.results / args.new / "before_after.md"
+        out.write_text(text)
+        print(f"wrote {out}")
+        return 0
     if args.command == "verdicts":
         from bench.verdicts import run
 
