@@ -43,7 +43,10 @@ class FinetuneContext:
     ``train(model, epochs=None)`` runs the suite's fine-tuning recipe (model selection on the
     validation split included); ``extras`` is merged into the job's record. ``data`` holds the
     training and validation splits only (``bench.data.TrainValSplits``): the test set is read
-    by the runner alone, for the reported accuracies.
+    by the runner alone, for the reported accuracies. ``calibrate(model, names)`` applies the
+    recipe's bias calibration (``bench.bias_calibration``; a no-op returning None when the
+    recipe has none) to layers a method replaces during fine-tuning (ADTN's staged orders), so
+    they start as every compressed layer does.
     """
 
     train: Callable[..., None]
@@ -55,6 +58,7 @@ class FinetuneContext:
     data: Any
     device: torch.device
     extras: dict[str, Any] = field(default_factory=dict)
+    calibrate: Callable[[nn.Module, list[str]], Any] = lambda model, names: None
 
 
 class Compressor:

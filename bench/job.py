@@ -134,10 +134,12 @@ def check_finite(model: torch.nn.Module, layers, when: str) -> None:
                 raise ContractError(f"layer {name}: non-finite values in {pname} {when}")
 
 
-def _finetune(method, model, job: Job, data, originals, knobs, pick, progress: bool) -> FinetuneContext:
+def _finetune(method, model, job: Job, data, originals, knobs, pick, progress: bool,
+              calibrate=None) -> FinetuneContext:
     """Run the method's fine-tuning on ``model`` in place with the suite's recipe (``pick``, an
     lr or an optimizer and lr, replacing the recipe's when tuning); the method sees train and
-    validation data only."""
+    validation data only. ``calibrate(model, names)``: the job's bias calibration, for layers
+    the method replaces while it fine-tunes (the method records what it returns)."""
     recipe = apply_pick(job.finetune, pick)
     view = data.train_val()
     ctx = FinetuneContext(
@@ -145,16 +147,18 @@ def _finetune(method, model, job: Job, data, originals, knobs, pick, progress: b
                                            desc=f"finetune {job.label} {job.budget}", progress=progress),
         epochs=recipe["epochs"], layer_names=list(job.layers), dense_layers=originals,
         knobs=knobs, method=method, data=view, device=data.x_train.device)
+    if calibrate is not None:
+        ctx.calibrate = calibrate
     method.finetune(model, ctx)
     return ctx
 
 
-def _tuned_finetune(method, model, job: Job, data, originals, knobs, lr_pick, progress: bool):
+def _tuned_finetune(method, model, job: Job, data, originals, knobs, lr_pick, progress: bool, calibrate=None):
     """Fine-tune, picking the optimizer and lr (``bench.tuning``) on the validation split when
     this job tunes (``lr_pick`` None), or with the pick made on the tuning seed. Returns the
     model, the context of the kept run and the record's ``lr_tuning`` (None: not tuned)."""
     grid = job.lr_grid if method.uses_finetune_lr else None
-    return tuned(lambda m, pick: _finetune(method, m, job, data, originals, knobs, pick, progress),
+    return tuned(lambda m, pick: _finetune(method, m, job, data, originals, knobs, pick, progress, calibrate),
                  lambda m: evaluate(m, data.x_val, data.y_val), model, grid, job.optimizer_grid,
                  job.lr_extend or 0, lr_pick)
 
@@ -179,12 +183,12 @@ def _scoped(job: Job, method, base_model, data: DataSplits, caches: dict | None)
     return cache.splits, first, time.perf_counter() - t0
 
 
-def _calibrate(model, base_model, job: Job, data, cut_at: str | None) -> dict[str, Any]:
-    """Bias calibration (``bench.bias_calibration``) on the job's training inputs, with the
-    dense baseline cut the same way as the job's model."""
+def _calibrate(model, base_model, job: Job, data, cut_at: str | None, names=None) -> dict[str, Any]:
+    """Bias calibration (``bench.bias_calibration``) of ``names`` (default: the job's layers) on
+    the job's training inputs, with the dense baseline cut the same way as the job's model."""
     x = calibration_images(data.x_train, job.seed)
     with cut(base_model, cut_at) if cut_at else contextlib.nullcontext():
-        return calibrate(model, base_model, list(job.layers), x)
+        return calibrate(model, base_model, list(names or job.layers), x)
 
 
 def _measure_and_finetune(rec, method, model, base_model, job: Job, data: DataSplits, originals, knobs, lr_pick,
@@ -205,7 +209,10 @@ def _measure_and_finetune(rec, method, model, base_model, job: Job, data: DataSp
             rec["acc_before_finetune"] = evaluate(model, run_data.x_test, run_data.y_test)
             rec["acc_val_after_calibration"] = evaluate(model, run_data.x_val, run_data.y_val)
         t0 = time.perf_counter()
-        model, ctx, tuning = _tuned_finetune(method, model, job, run_data, originals, knobs, lr_pick, progress)
+        recalibrate = ((lambda m, names: _calibrate(m, base_model, job, run_data, cut_at, names))
+                       if job.calibrates_bias else None)
+        model, ctx, tuning = _tuned_finetune(method, model, job, run_data, originals, knobs, lr_pick, progress,
+                                             recalibrate)
         rec["time_finetune_s"] = time.perf_counter() - t0
         check_sizes(method, originals, model, knobs, "after fine-tuning")
         check_finite(model, job.layers, "after fine-tuning")

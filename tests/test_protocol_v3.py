@@ -291,3 +291,23 @@ def test_a_dense_only_run_builds_no_prefix_cache_and_the_first_trained_job_does(
     recs = {r["method"]: r for r in read_records(out / suite.stem / "runs.jsonl")}
     assert "finetune_cut_before" not in recs["dense"] and "time_prefix_cache_s" not in recs["dense"]
     assert recs["svd"]["finetune_cut_before"] == "fc2" and recs["svd"]["time_prefix_cache_s"] > 0
+
+
+def test_adtn_calibrates_each_layer_it_refits_during_a_staged_finetune(tiny_suite, tmp_path):
+    """Order backward re-fits every layer but the last to its fine-tuned dense weight during
+    fine-tuning; each such start gets the bias calibration every compressed layer gets (the
+    VGG-16 headline's classifier.0 is such a layer)."""
+    from bench.cli import main
+    from bench.records import read_records
+
+    ft = {"epochs": 1, "batch_size": 32, "optimizer": "sgd", "lr": 0.01, "calibrate_bias": True}
+    suite = tiny_suite(methods=["dense", {"method": "adtn", "options": {"prefit_steps": 5, "prefit_polish": 0}}],
+                       seeds=[0], ratios=[8], finetune=ft)
+    out = tmp_path / "out"
+    assert main(["--suite", str(suite), "--out", str(out), "--no-progress"]) == 0
+    rec = next(r for r in read_records(out / suite.stem / "runs.jsonl") if r["method"] == "adtn")
+    stages = rec["extras"]["adtn"]["stages"]
+    assert [s["prefit_to"] for s in stages] == ["original", "fine-tuned"]
+    assert "bias_calibration" not in stages[0]  # calibrated with the others right after compression
+    later = stages[1]["bias_calibration"]
+    assert later["channels"] > 0 and {"spread_ratio", "weight_scale", "dead_after"} <= set(later)

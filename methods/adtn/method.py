@@ -231,9 +231,12 @@ class ADTN(Compressor):
             else:
                 new = self.factorize(get_layer(model, name), ctx.knobs[name])
                 replace_layer(model, name, new)
+                calibration = ctx.calibrate(model, [name])  # the start every compressed layer gets
                 stage = {"layer": name, "prefit_to": "fine-tuned",
                          "prefit_rel_error": new.tnbench_info["prefit_rel_error"],
                          "prefit_steps": new.tnbench_info["prefit_steps"]}
+                if calibration is not None:
+                    stage["bias_calibration"] = calibration.get(name)
             ctx.train(model, epochs=epochs[i])
             stages.append({**stage, "epochs": epochs[i]})
         extras.update(stages=stages, epochs_total=ctx.epochs)
