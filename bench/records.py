@@ -234,7 +234,8 @@ def done_keys(path: Path) -> set[str]:
                 untrusted += 1
     if untrusted:
         warnings.warn(f"{path}: {untrusted} record(s) marked done lack the fields a record has or do not hash to "
-                      "their key; not trusted, their jobs run again", stacklevel=2)
+                      "their key; not trusted, their jobs run again (records written before 2026-12-02: "
+                      "python scripts/migrate_records.py --write first)", stacklevel=2)
     return done
 
 
