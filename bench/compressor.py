@@ -14,14 +14,13 @@ does not apply to a network says why, and the runner records the job as skipped)
 """
 from __future__ import annotations
 
-import bisect
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from bench.allocation import ALLOCATIONS, minmax_error, spectral_error, uniform_ratio
 from bench.layers import (COMPRESSIBLE, CompressionError, FactorizedLayer, count_params,  # noqa: F401 (public)
                           dense_params, effective_weight, get_layer, replace_layer)
 
@@ -85,9 +84,17 @@ class Compressor:
         if "allocate" in cls.__dict__ and "allocation_uses_weights" not in cls.__dict__:
             cls.allocation_uses_weights = True
 
-    def __init__(self, **options: Any):
+    def __init__(self, allocation: str = "uniform", **options: Any):
         if options:
             raise TypeError(f"method {self.name!r} takes no options {sorted(options)}")
+        if allocation not in ALLOCATIONS:
+            raise ValueError(f"method {self.name!r}: allocation {allocation!r}; valid: {', '.join(ALLOCATIONS)}")
+        if allocation != "uniform":
+            if type(self).allocate is not Compressor.allocate:
+                raise TypeError(f"method {self.name!r} allocates its budget by its own rule and takes no "
+                                f"allocation option")
+            self.allocation = allocation
+            self.allocation_uses_weights = True  # the errors are measured on the trained weights
 
     # --- size model -------------------------------------------------------------------
     def knobs(self, layer: nn.Module) -> list[Any]:
@@ -104,41 +111,24 @@ class Compressor:
         return count_params(module)
 
     # --- budget -> knobs ------------------------------------------------------------------
+    #: how ``allocate`` splits the budget across layers (``bench.allocation``); an option
+    allocation: str = "uniform"
+    #: whether ``knob_error`` is cheap enough to score every knob (a closed form, as svd's)
+    knob_error_is_cheap: bool = False
+
     def allocate(self, layers: dict[str, nn.Module], target_ratio: float) -> dict[str, Any]:
-        """Knobs whose total parameter count is as close (in log) to dense/target_ratio as the
-        grid allows, compressing all layers by about the same ratio.
-
-        Scans a fine log-grid of per-layer ratios; for each, every layer takes its largest
-        knob that fits dense/ratio (or its smallest knob when none fits).
-        """
-        if target_ratio <= 0:
+        """Knobs for every layer at about dense/target_ratio parameters in all, split by the
+        method's ``allocation`` rule: ``uniform`` (every layer at about the same ratio) or
+        ``minmax`` (the largest per-layer ``knob_error`` as small as the budget allows)."""
+        if not target_ratio > 0:
             raise CompressionError(f"target ratio must be positive, got {target_ratio}")
-        grids = {}
-        for name, layer in layers.items():
-            ks = list(self.knobs(layer))
-            if not ks:
-                raise CompressionError(f"{self.name}: no admissible knob for layer {name}")
-            ps = [self.layer_params(layer, k) for k in ks]
-            order = sorted(range(len(ks)), key=lambda i: ps[i])
-            grids[name] = ([ps[i] for i in order], [ks[i] for i in order], dense_params(layer))
-        target = sum(g[2] for g in grids.values()) / target_ratio
+        if self.allocation == "minmax":
+            return minmax_error(self, layers, target_ratio)
+        return uniform_ratio(self, layers, target_ratio)
 
-        def pick(rho: float) -> dict[str, int]:
-            chosen = {}
-            for name, (ps, _, dense) in grids.items():
-                i = bisect.bisect_right(ps, dense / rho) - 1
-                chosen[name] = max(i, 0)
-            return chosen
-
-        best, best_err = None, math.inf
-        for step in range(-400, 401):
-            rho = target_ratio * 2.0 ** (step / 40)
-            idx = pick(rho)
-            total = sum(grids[n][0][i] for n, i in idx.items())
-            err = abs(math.log(total / target))
-            if err < best_err - 1e-12:
-                best, best_err = idx, err
-        return {name: grids[name][1][i] for name, i in best.items()}
+    def knob_error(self, layer: nn.Module, knob: Any) -> float:
+        """Relative spectral error of the replacement ``knob`` builds (``minmax``'s score)."""
+        return spectral_error(layer, effective_weight(self.factorize(layer, knob)))
 
     # --- compress and fine-tune -------------------------------------------------------------
     def compress(self, model: nn.Module, knobs: dict[str, Any]) -> dict[str, dict]:

@@ -41,23 +41,21 @@ within the size it was given, from fixed starting points (all k=1, all k=max) pl
 """
 from __future__ import annotations
 
-import bisect
 import copy
 import math
 import random
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from bench.allocation import Option as _Option, allocate_minmax, frontier as _frontier, working_copy as _work
 from bench.compressor import CompressionError, Compressor, FactorizedLayer, dense_params
 from bench.layers import check_layer
 from bench.registry import register_method
 
 DENSE = "dense"
 GROUP_ERRORS = ("max", "rss")
-_FLOAT64_LIMIT = 1 << 22  # SVDs in float64 up to this many weights (exactness), float32 above
 
 
 
@@ -66,11 +64,6 @@ def _dims(layer: nn.Module) -> tuple[int, int, int]:
     """(out, in channels, kernel positions kh*kw) of a Linear (kernel 1) or Conv2d."""
     w = layer.weight
     return w.shape[0], w.shape[1], (w[0, 0].numel() if w.dim() == 4 else 1)
-
-
-def _work(w: torch.Tensor) -> torch.Tensor:
-    w = w.detach()
-    return w.double() if w.numel() <= _FLOAT64_LIMIT else w.float()
 
 
 def group_blocks(layer: nn.Module, k: int) -> list[torch.Tensor]:
@@ -186,132 +179,6 @@ class GroupedLowRankLayer(FactorizedLayer):
         lead = x.shape[:-1]
         z = torch.einsum("nkc,kjc->nkj", x.reshape(-1, self.k, x.shape[-1] // self.k), self.first)
         return self.second(z.reshape(*lead, self.k * self.j))
-
-
-@dataclass(frozen=True)
-class _Option:
-    params: int
-    err: float
-    knob: Any
-
-
-def _frontier(options: list[_Option]) -> list[_Option]:
-    """Pareto front: ascending params, strictly decreasing error."""
-    front: list[_Option] = []
-    for o in sorted(options, key=lambda o: (o.params, o.err)):
-        if not front or o.err < front[-1].err:
-            front.append(o)
-    return front
-
-
-def _cheapest_within(front: list[_Option], eps: float) -> int:
-    """Index of the cheapest option with error <= eps (fronts have decreasing errors)."""
-    return bisect.bisect_left([-o.err for o in front], -eps)
-
-
-def _minmax(fronts: dict[str, list[_Option]], budget: float) -> tuple[float, dict[str, int]] | None:
-    """Smallest threshold whose cheapest choices fit the budget, and those choices."""
-    cands = sorted({o.err for f in fronts.values() for o in f})
-
-    def choice(eps: float) -> dict[str, int]:
-        return {n: _cheapest_within(f, eps) for n, f in fronts.items()}
-
-    def total(idx: dict[str, int]) -> int:
-        return sum(fronts[n][i].params for n, i in idx.items())
-
-    if total(choice(cands[-1])) > budget:
-        return None
-    lo, hi = 0, len(cands) - 1  # total(cands[hi]) fits; find the first that fits
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if total(choice(cands[mid])) <= budget:
-            hi = mid
-        else:
-            lo = mid + 1
-    return cands[lo], choice(cands[lo])
-
-
-def allocate_minmax(fronts: dict[str, list[_Option]], budget: float) -> dict[str, _Option]:
-    """Min-max error allocation that then spends what is left of the budget, choosing from
-    the Pareto fronts (``_frontier``) only, so no pick is dominated within its layer.
-
-    1. Lexicographic min-max: fix the binding layers at the optimal threshold, re-solve the
-       rest with the budget left.
-    2. Top-up: the worst layer that can still improve takes its best option that fits.
-    3. Packing (``_pack``) over the fronts when it spends more of the budget without raising
-       the maximum error.
-    """
-    chosen: dict[str, _Option] = {}
-    left, remaining = float(budget), dict(fronts)
-    while remaining:
-        solved = _minmax(remaining, left)
-        if solved is None:  # below the smallest configuration: every free layer at its cheapest
-            chosen.update({n: f[0] for n, f in remaining.items()})
-            break
-        eps, idx = solved
-        for n in [n for n, i in idx.items() if remaining[n][i].err == eps]:
-            chosen[n] = remaining.pop(n)[idx[n]]
-            left -= chosen[n].params
-    spent = sum(o.params for o in chosen.values())
-    while True:
-        ups = []
-        for n, o in chosen.items():
-            room = budget - spent + o.params
-            fits = [c for c in fronts[n] if c.params <= room and c.err < o.err]
-            if fits:
-                ups.append((o.err, n, min(fits, key=lambda c: (c.err, c.params))))
-        if not ups:
-            break
-        _, n, o = max(ups, key=lambda t: (t[0], t[1]))
-        spent += o.params - chosen[n].params
-        chosen[n] = o
-    packed = _pack(fronts, chosen, budget)
-    if packed is not None and sum(o.params for o in packed.values()) > spent:
-        return packed
-    return chosen
-
-
-def _pack(fronts: dict[str, list[_Option]], chosen: dict[str, _Option], budget: float,
-          units: int = 4000) -> dict[str, _Option] | None:
-    """Multiple-choice knapsack: one option per layer from its Pareto front, error at most the
-    current maximum, maximising parameters spent, then minimising the summed error. On a front
-    more parameters always means less error; over all options it did not (FC-2 at 32x gave
-    fc2 (4, 4): 1,194 parameters, error 0.39, where (16, 2) has 842 and 0.27).
-
-    Sizes are rounded up to budget/units, so the result always fits the budget.
-    """
-    import numpy as np
-
-    pool = {n: _frontier(opts) for n, opts in fronts.items()}  # idempotent on a front
-
-    cap = max(o.err for o in chosen.values())
-    q = budget / units
-    tie = 1.0 / (len(pool) + 1)  # summed relative errors stay below one parameter
-    dp = np.full(units + 1, -np.inf)
-    dp[0] = 0.0
-    back = []
-    for n, opts in pool.items():
-        new = np.full(units + 1, -np.inf)
-        arg = np.full(units + 1, -1, dtype=np.int64)
-        for i, o in enumerate(opts):
-            w = int(math.ceil(o.params / q - 1e-9))
-            if o.err > cap or w > units:
-                continue
-            cand = dp[: units + 1 - w] + (o.params - tie * min(o.err, 1.0))
-            better = cand > new[w:]
-            new[w:][better] = cand[better]
-            arg[w:][better] = i
-        dp = new
-        back.append((n, arg))
-    if not np.isfinite(dp).any():
-        return None
-    c = int(np.argmax(dp))
-    out = {}
-    for n, arg in reversed(back):
-        o = pool[n][int(arg[c])]
-        out[n] = o
-        c -= int(math.ceil(o.params / q - 1e-9))
-    return out
 
 
 def _score(chosen: dict[str, _Option], budget: float) -> tuple[float, float, float]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bench.allocation import working_copy
 from bench.compressor import CompressionError, Compressor, FactorizedLayer
 from bench.registry import register_method
 from bench.layers import check_layer
@@ -90,6 +91,22 @@ class TruncatedSVD(Compressor):
         check_layer(layer, "svd")
         out, fan_in = _fold(layer).shape
         return rank * (out + fan_in) + (out if layer.bias is not None else 0)
+
+    # --- minmax allocation: the error of rank r is sigma_{r+1} / sigma_1 (Eckart-Young) ---------
+    knob_error_is_cheap = True
+
+    def knob_error(self, layer: nn.Module, rank: int) -> float:
+        s = self._singular_values(layer)
+        return float(s[rank] / s[0]) if rank < len(s) and s[0] > 0 else 0.0
+
+    def _singular_values(self, layer: nn.Module) -> torch.Tensor:
+        """The folded weight's singular values, computed once per layer and weight version."""
+        key = (id(layer), layer.weight.data_ptr(), layer.weight._version)
+        cache = self.__dict__.setdefault("_svals", {})
+        if key not in cache:
+            cache.clear()
+            cache[key] = torch.linalg.svdvals(working_copy(_fold(layer))).cpu()
+        return cache[key]
 
     def factorize(self, layer: nn.Module, rank: int) -> nn.Module:
         if not 1 <= rank <= min(_fold(layer).shape):

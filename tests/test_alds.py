@@ -210,7 +210,7 @@ def test_packing_never_picks_a_dominated_option():
     error but fills the budget exactly, so maximising parameters over all options took it."""
     import itertools
 
-    from methods.alds import _Option, _frontier, allocate_minmax
+    from bench.allocation import Option as _Option, allocate_minmax, frontier as _frontier
 
     pool = {"a": [_Option(10, 0.1, "a1"), _Option(20, 0.05, "a2"), _Option(25, 0.08, "a3"), _Option(100, 0.0, "ad")],
             "b": [_Option(10, 0.5, "b1"), _Option(30, 0.2, "b2"), _Option(100, 0.0, "bd")]}

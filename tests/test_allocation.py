@@ -1,11 +1,18 @@
-"""The default allocator: achieved parameter count as close to the target as the grid allows."""
-import math
+"""Allocation (bench/allocation.py): ``uniform``, the default, achieves a parameter count as close
+to the target as the grid allows; ``minmax`` is ALDS's min-max relative error rule for any
+factorisation (the option ``allocation: minmax``)."""
+import itertools
 
 import pytest
+import torch
 from torch import nn
 
+import methods  # noqa: F401 (registers the methods)
+from bench.allocation import spectral_error
 from bench.compressor import dense_params
+from bench.layers import effective_weight
 from bench.registry import get_method
+from bench.suite import SuiteError, _check_options, method_entry
 
 LAYERS = {"conv2": nn.Conv2d(6, 16, 5), "conv3": nn.Conv2d(16, 120, 5), "fc1": nn.Linear(120, 84),
           "fc2": nn.Linear(84, 10)}
@@ -33,5 +40,93 @@ def test_allocation_saturates_at_smallest_knobs():
 def test_allocation_rejects_bad_ratio():
     from bench.compressor import CompressionError
 
-    with pytest.raises(CompressionError):
-        get_method("svd").allocate(LAYERS, 0)
+    for allocation in ("uniform", "minmax"):
+        with pytest.raises(CompressionError, match="positive"):
+            get_method("svd", allocation=allocation).allocate(LAYERS, 0)
+
+
+def _lenet_layers():
+    torch.manual_seed(0)
+    return {"conv1": nn.Conv2d(1, 6, 5, padding=2), "conv2": nn.Conv2d(6, 16, 5),
+            "conv3": nn.Conv2d(16, 120, 5), "fc1": nn.Linear(120, 84), "fc2": nn.Linear(84, 10)}
+
+
+def _small_layers():
+    torch.manual_seed(3)
+    layers = {"a": nn.Linear(12, 10), "b": nn.Linear(8, 6), "c": nn.Linear(16, 5)}
+    with torch.no_grad():  # distinct spectra, so the binding layer is not a tie
+        for i, layer in enumerate(layers.values()):
+            layer.weight.mul_(torch.logspace(0, -1 - i, layer.weight.shape[1]))
+    return layers
+
+
+def test_svd_knob_error_is_the_spectral_error_of_the_replacement():
+    layer = _lenet_layers()["conv3"]
+    m = get_method("svd", allocation="minmax")
+    for r in (1, 5, 40, 120):
+        assert m.knob_error(layer, r) == pytest.approx(spectral_error(layer, effective_weight(m.factorize(layer, r))),
+                                                       rel=1e-4, abs=1e-5)  # float32 factors
+    assert m.knob_error(layer, 120) == 0.0  # full rank is lossless
+
+
+@pytest.mark.parametrize("ratio", [1.5, 2, 3])
+def test_minmax_reaches_the_brute_force_optimum(ratio):
+    """Every rank combination enumerated: no combination within the budget has a smaller
+    maximum error than the one minmax picks, and the pick fits the budget."""
+    layers = _small_layers()
+    m = get_method("svd", allocation="minmax")
+    budget = sum(dense_params(l) for l in layers.values()) / ratio
+    got = m.allocate(layers, ratio)
+    size = sum(m.layer_params(layers[n], k) for n, k in got.items())
+    worst = max(m.knob_error(layers[n], k) for n, k in got.items())
+    best = min(max(m.knob_error(layers[n], k) for n, k in zip(layers, combo))
+               for combo in itertools.product(*(m.knobs(l) for l in layers.values()))
+               if sum(m.layer_params(layers[n], k) for n, k in zip(layers, combo)) <= budget)
+    assert size <= budget
+    assert worst == pytest.approx(best)
+
+
+@pytest.mark.parametrize("ratio", [32, 128])
+def test_svd_minmax_is_alds_svd_allocation(ratio):
+    """ALDS with one group per layer is SVD with ALDS's allocation: the same ranks."""
+    layers = _lenet_layers()
+    svd = get_method("svd", allocation="minmax").allocate(layers, ratio)
+    alds = get_method("alds-svd").allocate(layers, ratio)
+    assert {n: (1, r) for n, r in svd.items()} == alds
+
+
+@pytest.mark.parametrize("name, options", [("tt", {}),  # tucker and cp build ~50 fits each: about a minute
+                                           pytest.param("tucker", {"n_iter_max": 2}, marks=pytest.mark.slow),
+                                           pytest.param("cp", {"n_iter_max": 3}, marks=pytest.mark.slow)])
+def test_minmax_lowers_the_worst_layer_error_of_a_factorisation(name, options):
+    """At 32x the uniform split cuts the small conv2 hardest; minmax spends the budget where
+    the error is largest, so its worst layer error is no larger (each knob it scores is built)."""
+    layers = {n: l for n, l in _lenet_layers().items() if n in ("conv2", "fc1")}  # a conv and a linear, kept small
+    uni, mm = get_method(name, **options), get_method(name, allocation="minmax", **options)
+    budget = sum(dense_params(l) for l in layers.values()) / 32
+    a, b = uni.allocate(layers, 32), mm.allocate(layers, 32)
+    assert sum(mm.layer_params(layers[n], k) for n, k in b.items()) <= budget
+    worst = {label: max(mm.knob_error(layers[n], k) for n, k in knobs.items()) for label, knobs in (("u", a), ("m", b))}
+    assert worst["m"] <= worst["u"] + 1e-9
+
+
+def test_uniform_is_the_default_and_leaves_job_options_empty():
+    assert get_method("tt").allocation == "uniform"
+    assert method_entry("tt")["options"] == {}
+    assert get_method("tt", allocation="uniform").allocate(_lenet_layers(), 32) == get_method("tt").allocate(_lenet_layers(), 32)
+
+
+def test_minmax_plans_on_trained_weights():
+    assert get_method("svd").allocation_uses_weights is False
+    assert get_method("svd", allocation="minmax").allocation_uses_weights is True
+
+
+@pytest.mark.parametrize("name", ["alds", "alds-svd", "prune", "adtn", "dense", "nnbcd-prune"])
+def test_methods_with_their_own_rule_refuse_the_option(name):
+    with pytest.raises(SuiteError, match="allocation|unexpected keyword"):
+        _check_options(method_entry({"method": name, "options": {"allocation": "minmax"}}))
+
+
+def test_an_unknown_allocation_is_refused_by_the_suite_check():
+    with pytest.raises(SuiteError, match=r"allocation 'greedy'; valid: uniform, minmax"):
+        _check_options(method_entry({"method": "tt", "options": {"allocation": "greedy"}}))
