@@ -77,7 +77,9 @@ def _channel_values(out: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def _outputs(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
     store: dict[str, torch.Tensor] = {}
-    hooks = [get_layer(model, n).register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, o.detach()))
+    # a copy, not the output itself: an in-place ReLU after the layer (VGG's classifier) would
+    # overwrite it, so a dead layer read as constant zeros and was neither lifted nor shifted
+    hooks = [get_layer(model, n).register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, o.detach().clone()))
              for n in names]
     try:
         model(x)

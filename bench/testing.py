@@ -7,7 +7,8 @@ the largest knob: the knobs ascend in size; the built module has exactly ``layer
 parameters; its ``effective_weight()`` has the layer's shape, dtype and device; its forward is
 that weight applied as the dense layer would (starting from the layer's bias); and, where the
 module can be rescaled (``scale_weight_``, which bias calibration uses), rescaling multiplies
-the weight term only and adds no parameter. A method may refuse a layer kind with
+the weight term only and adds no parameter; and in float32 under bf16 autocast (the mixed
+precision CPU and GPU runs train in) forward and backward run and stay finite. A method may refuse a layer kind with
 ``CompressionError`` (NN-BCD takes Linear layers only), but not every kind.
 """
 from __future__ import annotations
@@ -87,7 +88,25 @@ def check_layer_kind(method, kind: str) -> str:
                  f"{where}: forward differs from effective_weight() applied as the dense layer with its bias "
                  f"(max abs difference {float((out - expected).abs().max()):.3g})")
         _check_scale_weight(module, layer, w, x, where)
+    _check_autocast(method, LAYERS[kind](), _sample(knobs)[-1], f"{name} on {kind}")
     return "ok"
+
+
+def _check_autocast(method, layer: nn.Module, knob, where: str) -> None:
+    """float32 parameters, bf16 autocast, as ``precision: bf16`` trains: a float32 input and a
+    bf16 one (the output of an autocast layer before it) both go forward and backward."""
+    torch.manual_seed(0)
+    module = method.factorize(layer, knob)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = _input(layer).to(dtype)
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = module(x)
+            out.float().sum().backward()
+        except RuntimeError as e:
+            raise ContractViolation(f"{where}, knob {knob!r}: fails under bf16 autocast with a {dtype} input: "
+                                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        _require(bool(torch.isfinite(out.float()).all()), f"{where}, knob {knob!r}: non-finite output under bf16 autocast")
 
 
 def _check_scale_weight(module: nn.Module, layer: nn.Module, w: torch.Tensor, x: torch.Tensor, where: str) -> None:

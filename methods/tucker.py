@@ -117,9 +117,11 @@ class TuckerLinear(FactorizedLayer):
     @staticmethod
     def _modewise(t: torch.Tensor, mats, transpose: bool) -> torch.Tensor:
         """Contract axes 1..p of ``t`` (B, a_1, ..., a_p) with one matrix each; axis 1 is
-        contracted and the result appended at the end, so p steps restore the order."""
+        contracted and the result appended at the end, so p steps restore the order. Through
+        matmul, not tensordot: autocast casts matmul's operands (tensordot refuses a bf16
+        activation against float32 factors)."""
         for mat in mats:  # (B, a_1, ..., a_p) -> (B, a_2, ..., a_p, new_1)
-            t = torch.tensordot(t, mat, dims=([1], [1 if transpose else 0]))
+            t = t.movedim(1, -1) @ (mat.t() if transpose else mat)
         return t
 
     def contract(self, x: torch.Tensor) -> torch.Tensor:
@@ -132,7 +134,7 @@ class TuckerLinear(FactorizedLayer):
     def matrix(self) -> torch.Tensor:
         t = self.core
         for k, u in enumerate(list(self.out_factors) + list(self.in_factors)):
-            t = torch.tensordot(u, t, dims=([1], [k])).movedim(0, k)
+            t = (t.movedim(k, -1) @ u.t()).movedim(-1, k)  # mode-k product with u
         return t.reshape(self.m, self.n)
 
     def weight_factor(self) -> torch.Tensor:

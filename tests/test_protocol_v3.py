@@ -113,9 +113,10 @@ def test_a_network_whose_forward_is_not_a_chain_is_refused_up_front():
     check_cuttable(Chain(), ["classifier.3", "classifier.0"], (3, 8, 8))  # no error
 
 
-def test_bias_calibration_revives_dead_channels_to_the_dense_activity():
+@pytest.mark.parametrize("inplace", [False, True])  # VGG's classifier: an in-place ReLU after the layer
+def test_bias_calibration_revives_dead_channels_to_the_dense_activity(inplace):
     torch.manual_seed(0)
-    dense = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 2))
+    dense = nn.Sequential(nn.Linear(10, 8), nn.ReLU(inplace=inplace), nn.Linear(8, 2))
     comp = copy.deepcopy(dense)
     with torch.no_grad():
         comp[0].weight.mul_(0.01)          # a shrunken weight term ...
@@ -133,15 +134,16 @@ def _spread(v: torch.Tensor) -> float:
     return float(v.std(0, unbiased=False).pow(2).mean().sqrt())
 
 
-@pytest.mark.parametrize("method, knob", [("svd", 2), ("adtn", 2)])
-def test_bias_calibration_lifts_a_starved_weight_term_before_it_shifts(method, knob):
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("method, knob", [("svd", 2), ("adtn", 2), ("tt", 1)])
+def test_bias_calibration_lifts_a_starved_weight_term_before_it_shifts(method, knob, inplace):
     """A compressed layer whose output barely varies (its weight term ~1e-6 of the dense one)
     cannot be given the dense activity by a bias shift alone: rule 2 rescales its weight term
     (folded into its own parameters) to MIN_SPREAD of the dense spread, then shifts."""
     from bench.bias_calibration import CALIBRATION_RULE, MIN_SPREAD
     from bench.registry import get_method
     torch.manual_seed(0)
-    dense = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 2)).double()
+    dense = nn.Sequential(nn.Linear(16, 32), nn.ReLU(inplace=inplace), nn.Linear(32, 2)).double()
     comp = copy.deepcopy(dense)
     options = {"prefit_steps": 20, "prefit_polish": 0} if method == "adtn" else {}
     comp[0] = get_method(method, **options).factorize(dense[0], knob)
