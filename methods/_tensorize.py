@@ -1,13 +1,14 @@
 """Shared helpers of the tensor-decomposition baselines (``tt``, ``tucker``, ``cp``).
 
 * how a layer's weight is viewed as a matrix or a higher-order tensor (balanced integer
-  factorisations of its dimensions),
+  factorisations of its dimensions; the two layouts of a Linear weight, below),
 * running tensorly decompositions (pytorch backend) on float64 copies of the weight on the
   layer's device, with the backend set only for the duration of the call,
 * knob validation and clipping, and the convolution geometry the replacements reproduce.
 """
 from __future__ import annotations
 
+import math
 import operator
 from collections import deque
 from typing import Any, Callable, Sequence
@@ -77,6 +78,49 @@ def side_modes(n: int, per_side: int) -> tuple[int, ...]:
     ``per_side`` balanced factors of ``n`` with the 1s dropped (at least one mode kept)."""
     fs = tuple(f for f in balanced_factors(n, per_side) if f > 1)
     return fs or (1,)
+
+
+def tt_modes(m: int, n: int, cores: int | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(out modes, in modes) of an (m x n) matrix seen as a d-core TT-matrix: d balanced
+    factors per side (1s allowed), organ-pipe ordered; d defaults to factors of about 5."""
+    d = cores or max(2, round(math.log(max(m, n, 2)) / math.log(5)))
+    return organ_pipe(balanced_factors(m, d)), organ_pipe(balanced_factors(n, d))
+
+
+# --- the two layouts of a Linear weight ------------------------------------------------------
+# "sides": (o_1, ..., o_p, i_1, ..., i_p), tensorly-torch's tensorized layout. Its rank-1 terms
+#   are rank-1 matrices, so a Tucker or CP of rank R has matrix rank <= R.
+# "paired": (o_1 i_1, ..., o_d i_d), the TT-matrix (MPO) layout of ``tt``. Its rank-1 terms are
+#   Kronecker products of small (o_k x i_k) matrices, which can have full matrix rank: CP in it
+#   is a sum of R Kronecker products (KCP, Wang et al., "Kronecker CP Decomposition with Fast
+#   Multiplication for Compressing RNNs", IEEE TNNLS 2021), rank-1 Tucker or CP is rank-1 TT.
+LAYOUTS = ("sides", "paired")
+
+
+def check_layout(layout: Any, method: str) -> str:
+    if layout not in LAYOUTS:
+        raise TypeError(f"{method}: layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    return layout
+
+
+def paired_shape(out_modes: Sequence[int], in_modes: Sequence[int]) -> tuple[int, ...]:
+    """Mode sizes o_k * i_k of the paired layout, 1s dropped (at least one mode kept)."""
+    return tuple(s for s in (o * i for o, i in zip(out_modes, in_modes)) if s > 1) or (1,)
+
+
+def to_paired(w: torch.Tensor, out_modes: Sequence[int], in_modes: Sequence[int]) -> torch.Tensor:
+    """The (m x n) matrix ``w`` as the paired tensor (o_1 i_1, ..., o_d i_d), 1s dropped."""
+    d = len(out_modes)
+    t = w.reshape(*out_modes, *in_modes).permute(*[j for k in range(d) for j in (k, d + k)])
+    return t.reshape(paired_shape(out_modes, in_modes))
+
+
+def from_paired(t: torch.Tensor, out_modes: Sequence[int], in_modes: Sequence[int]) -> torch.Tensor:
+    """Inverse of ``to_paired``: the paired tensor back as the (m x n) matrix."""
+    d = len(out_modes)
+    t = t.reshape([s for o, i in zip(out_modes, in_modes) for s in (o, i)])
+    t = t.permute(*range(0, 2 * d, 2), *range(1, 2 * d, 2))
+    return t.reshape(math.prod(out_modes), math.prod(in_modes))
 
 
 def pointwise(cin: int, cout: int, bias: bool, **kw) -> nn.Conv2d:

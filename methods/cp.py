@@ -10,6 +10,10 @@ Linear: CP of the (out x in) weight reshaped to (o_1, ..., o_p, i_1, ..., i_p) w
 rule as ``tucker`` (p = ``modes_per_side``, default 2, balanced factors, 1s dropped:
 784 -> 28 x 28). Forward: x @ KR_in -> (B, R) -> @ KR_out^T, with KR the Khatri-Rao products
 of each side's factors, unless forming the dense matrix is cheaper for the batch.
+Option ``layout: paired`` instead decomposes the TT-matrix layout (o_1 i_1, ..., o_d i_d) of
+``tt`` (d = option ``cores``, tt's default): rank R is then a sum of R Kronecker products
+of d small (o_k x i_k) matrices (KCP, Wang et al., IEEE TNNLS 2021), where the side layout's
+rank R is a matrix of rank <= R. That layer forms its matrix for every forward (``F.linear``).
 
 Ranks. Any tensor is exactly a sum of prod_{j != k} n_j rank-one terms (one per index of the
 other modes); the smallest such count over k is the top knob, built by that explicit
@@ -44,8 +48,9 @@ from torch import nn
 from bench.compressor import Compressor, FactorizedLayer
 from bench.registry import register_method
 from bench.layers import ConvSpec, bias_params, check_layer
-from methods._tensorize import (as_float64, bias_param, clip_knob, flatten_batch, pointwise, side_modes,
-                                to_param, with_torch_backend)
+from methods._tensorize import (as_float64, bias_param, check_layout, clip_knob, flatten_batch, from_paired,
+                                paired_shape, pointwise, side_modes, to_paired, to_param, tt_modes,
+                                with_torch_backend)
 
 
 def khatri_rao(mats) -> torch.Tensor:
@@ -66,6 +71,8 @@ def explicit_cp(w: torch.Tensor) -> list[torch.Tensor]:
     """Exact CP of ``w``: one rank-one term per index of all modes but the largest one;
     that mode's factor holds the fibres, the others are unit vectors. Terms come sorted by
     decreasing fibre norm, so the first R are a (crude) rank-R approximation."""
+    if w.ndim == 1:  # a vector is its own rank-one term
+        return [w.reshape(-1, 1)]
     k = max(range(w.ndim), key=lambda j: (w.shape[j], -j))
     rest = [n for j, n in enumerate(w.shape) if j != k]
     fibres = w.movedim(k, 0).reshape(w.shape[k], -1)  # (n_k, prod rest), rest row-major
@@ -204,13 +211,37 @@ class CPLinear(FactorizedLayer):
         return y.reshape(*lead, self.m)
 
 
+class CPPairedLinear(FactorizedLayer):
+    """CP of a Linear weight in the paired layout, one (s_k x R) factor per mode; the base
+    forward forms the matrix."""
+
+    def __init__(self, layer: nn.Linear, factors: list[nn.Parameter], out_modes, in_modes, info: dict):
+        super().__init__(layer)
+        self.factors = nn.ParameterList(factors)
+        self.out_modes, self.in_modes = tuple(out_modes), tuple(in_modes)
+        self.tnbench_info = info
+
+    def weight_factor(self) -> torch.Tensor:
+        return self.factors[0]
+
+    def effective_weight(self) -> torch.Tensor:
+        *rest, last = self.factors
+        t = (khatri_rao(rest) @ last.t()) if rest else last.sum(dim=1)
+        return from_paired(t, self.out_modes, self.in_modes)
+
+
 @register_method("cp")
 class CP(Compressor):
     knob_name = "cp_rank"
 
     def __init__(self, modes_per_side: int = 2, n_iter_max: int = 100, tol: float = 1e-7,
-                 max_als_flops: float = 2e12, l2_reg: float = 3e-5, **options):
+                 max_als_flops: float = 2e12, l2_reg: float = 3e-5, layout: str = "sides",
+                 cores: int | None = None, **options):
         super().__init__(**options)
+        self.layout = check_layout(layout, "cp")
+        if cores is not None and (not isinstance(cores, int) or isinstance(cores, bool) or cores < 1):
+            raise TypeError(f"cp: cores must be a positive integer, got {cores!r}")
+        self.cores = cores
         if not isinstance(modes_per_side, int) or modes_per_side < 1:
             raise TypeError(f"cp: modes_per_side must be a positive integer, got {modes_per_side!r}")
         if not isinstance(n_iter_max, int) or n_iter_max < 1:
@@ -224,6 +255,8 @@ class CP(Compressor):
         check_layer(layer, "cp")
         if isinstance(layer, nn.Conv2d):
             return tuple(layer.weight.shape)
+        if self.layout == "paired":
+            return paired_shape(*tt_modes(layer.out_features, layer.in_features, self.cores))
         return side_modes(layer.out_features, self.modes_per_side) + side_modes(layer.in_features, self.modes_per_side)
 
     def knobs(self, layer: nn.Module) -> list[int]:
@@ -237,7 +270,10 @@ class CP(Compressor):
     def factorize(self, layer: nn.Module, knob: int) -> nn.Module:
         shape = self._shape(layer)
         r, clipped = clip_knob(knob, max_cp_rank(shape), "cp")
-        factors, how = cp_decompose(as_float64(layer.weight).reshape(shape), r, self.n_iter_max, self.tol,
+        paired = isinstance(layer, nn.Linear) and self.layout == "paired"
+        modes = tt_modes(layer.out_features, layer.in_features, self.cores) if paired else None
+        w = to_paired(as_float64(layer.weight), *modes) if paired else as_float64(layer.weight).reshape(shape)
+        factors, how = cp_decompose(w, r, self.n_iter_max, self.tol,
                                    self.max_als_flops, l2_reg=self.l2_reg)
         info = {"requested": int(knob), "rank": r, "clipped": clipped, "ranks": [r], "modes": list(shape),
                 "n_iter_max": self.n_iter_max, **how}
@@ -255,6 +291,8 @@ class CP(Compressor):
             if layer.bias is not None:
                 last.bias = bias_param(layer)
             return CPConv(first, vertical, horizontal, last, info)
-        p = len(side_modes(layer.out_features, self.modes_per_side))
         params = [to_param(f, like) for f in factors]
+        if paired:
+            return CPPairedLinear(layer, params, *modes, {**info, "layout": "paired"})
+        p = len(side_modes(layer.out_features, self.modes_per_side))
         return CPLinear(params[:p], params[p:], bias_param(layer), info)

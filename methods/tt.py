@@ -46,18 +46,8 @@ from torch import nn
 from bench.compressor import Compressor, FactorizedLayer
 from bench.registry import register_method
 from bench.layers import ConvSpec, bias_params, check_layer, folded_shape
-from methods._tensorize import (as_float64, balanced_factors, bias_param, clip_knob,
-                                factorized_linear_forward, organ_pipe, to_param, with_torch_backend)
-
-
-def default_cores(m: int, n: int) -> int:
-    return max(2, round(math.log(max(m, n, 2)) / math.log(5)))
-
-
-def tt_modes(m: int, n: int, cores: int | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(out modes, in modes) of an (m x n) matrix seen as a d-core TT-matrix."""
-    d = cores or default_cores(m, n)
-    return organ_pipe(balanced_factors(m, d)), organ_pipe(balanced_factors(n, d))
+from methods._tensorize import (as_float64, bias_param, clip_knob, factorized_linear_forward, to_param,
+                                tt_modes, with_torch_backend)
 
 
 def bond_caps(out_modes, in_modes) -> list[int]:

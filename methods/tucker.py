@@ -11,6 +11,10 @@ Linear: full Tucker of the (out x in) weight reshaped to the tensor
 default 2) balanced integer factors with 1s dropped (784 -> 28 x 28, 256 -> 16 x 16,
 10 -> 5 x 2, 7 -> 7). The input is multiplied by the in-factors mode by mode, then by the
 core, then by the out-factors, unless forming the dense matrix is cheaper for the batch.
+Option ``layout: paired`` instead decomposes the TT-matrix layout (o_1 i_1, ..., o_d i_d) of
+``tt`` (d = option ``cores``, tt's default): in the default side layout a rank-(1, ..., 1)
+Tucker is a rank-1 matrix, in the paired one a Kronecker product of d small matrices (exactly
+rank-1 TT). That layer forms its matrix for every forward (``F.linear``).
 
 Knob (rank level). Mode k's rank is bounded by b_k = min(n_k, prod_{j != k} n_j), the rank of
 its unfolding. Level 1 is rank 1 on every mode; each next level adds 1 to the rank of the mode
@@ -35,8 +39,9 @@ from torch import nn
 from bench.compressor import Compressor, FactorizedLayer
 from bench.registry import register_method
 from bench.layers import ConvSpec, bias_params, check_layer
-from methods._tensorize import (as_float64, bias_param, clip_knob, factorized_linear_forward, pointwise,
-                                side_modes, to_param, with_torch_backend)
+from methods._tensorize import (as_float64, bias_param, check_layout, clip_knob, factorized_linear_forward,
+                                from_paired, paired_shape, pointwise, side_modes, to_paired, to_param, tt_modes,
+                                with_torch_backend)
 
 
 @functools.lru_cache(maxsize=256)
@@ -50,6 +55,14 @@ def rank_levels(bounds: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
         ranks[k] += 1
         levels.append(tuple(ranks))
     return tuple(levels)
+
+
+def mode_products(core: torch.Tensor, factors) -> torch.Tensor:
+    """The full tensor of a Tucker decomposition: the core times factor k along mode k."""
+    t = core
+    for k, u in enumerate(factors):
+        t = (t.movedim(k, -1) @ u.t()).movedim(-1, k)
+    return t
 
 
 def unfolding_bounds(sizes: tuple[int, ...]) -> tuple[int, ...]:
@@ -132,10 +145,7 @@ class TuckerLinear(FactorizedLayer):
         return t.reshape(b, self.m)
 
     def matrix(self) -> torch.Tensor:
-        t = self.core
-        for k, u in enumerate(list(self.out_factors) + list(self.in_factors)):
-            t = (t.movedim(k, -1) @ u.t()).movedim(-1, k)  # mode-k product with u
-        return t.reshape(self.m, self.n)
+        return mode_products(self.core, [*self.out_factors, *self.in_factors]).reshape(self.m, self.n)
 
     def weight_factor(self) -> torch.Tensor:
         return self.core
@@ -147,12 +157,34 @@ class TuckerLinear(FactorizedLayer):
         return factorized_linear_forward(self, x)
 
 
+class TuckerPairedLinear(FactorizedLayer):
+    """Tucker of a Linear weight in the paired layout; the base forward forms the matrix."""
+
+    def __init__(self, layer: nn.Linear, core: nn.Parameter, factors: list[nn.Parameter], out_modes, in_modes,
+                 info: dict):
+        super().__init__(layer)
+        self.core, self.factors = core, nn.ParameterList(factors)
+        self.out_modes, self.in_modes = tuple(out_modes), tuple(in_modes)
+        self.tnbench_info = info
+
+    def weight_factor(self) -> torch.Tensor:
+        return self.core
+
+    def effective_weight(self) -> torch.Tensor:
+        return from_paired(mode_products(self.core, self.factors), self.out_modes, self.in_modes)
+
+
 @register_method("tucker")
 class Tucker(Compressor):
     knob_name = "rank_level"
 
-    def __init__(self, modes_per_side: int = 2, n_iter_max: int = 5, **options):
+    def __init__(self, modes_per_side: int = 2, n_iter_max: int = 5, layout: str = "sides",
+                 cores: int | None = None, **options):
         super().__init__(**options)
+        self.layout = check_layout(layout, "tucker")
+        if cores is not None and (not isinstance(cores, int) or isinstance(cores, bool) or cores < 1):
+            raise TypeError(f"tucker: cores must be a positive integer, got {cores!r}")
+        self.cores = cores
         if not isinstance(modes_per_side, int) or modes_per_side < 1:
             raise TypeError(f"tucker: modes_per_side must be a positive integer, got {modes_per_side!r}")
         if not isinstance(n_iter_max, int) or n_iter_max < 0:
@@ -165,7 +197,11 @@ class Tucker(Compressor):
         if isinstance(layer, nn.Conv2d):
             shape = tuple(layer.weight.shape)
             return shape[:2], unfolding_bounds(shape)[:2], shape
-        sizes = side_modes(layer.out_features, self.modes_per_side) + side_modes(layer.in_features, self.modes_per_side)
+        if self.layout == "paired":
+            sizes = paired_shape(*tt_modes(layer.out_features, layer.in_features, self.cores))
+        else:
+            sizes = side_modes(layer.out_features, self.modes_per_side) + side_modes(layer.in_features,
+                                                                                     self.modes_per_side)
         return sizes, unfolding_bounds(sizes), sizes
 
     def _levels(self, layer: nn.Module):
@@ -190,7 +226,9 @@ class Tucker(Compressor):
 
         sizes, bounds, shape = self._modes(layer)
         ranks, clipped = self._ranks(layer, knob)
-        w = as_float64(layer.weight).reshape(shape)
+        paired = isinstance(layer, nn.Linear) and self.layout == "paired"
+        modes = tt_modes(layer.out_features, layer.in_features, self.cores) if paired else None
+        w = to_paired(as_float64(layer.weight), *modes) if paired else as_float64(layer.weight).reshape(shape)
         sweeps = 0 if ranks == bounds else self.n_iter_max  # at full rank HOSVD is already exact
         (core, factors), _ = with_torch_backend(partial_tucker, w, rank=list(ranks), modes=list(range(len(sizes))),
                                                 n_iter_max=sweeps, init="svd", random_state=0)
@@ -208,6 +246,8 @@ class Tucker(Compressor):
             if layer.bias is not None:
                 last.bias = bias_param(layer)
             return TuckerConv(first, core_conv, last, info)
-        p = len(side_modes(layer.out_features, self.modes_per_side))
         params = [to_param(f, like) for f in factors]
+        if paired:
+            return TuckerPairedLinear(layer, to_param(core, like), params, *modes, {**info, "layout": "paired"})
+        p = len(side_modes(layer.out_features, self.modes_per_side))
         return TuckerLinear(to_param(core, like), params[:p], params[p:], bias_param(layer), info)

@@ -13,17 +13,20 @@ from bench.testing import LAYERS, ContractViolation, check_compressor, check_lay
 
 #: options that keep slow methods quick on these tiny layers (sizes and counts do not depend on them)
 FAST = {"adtn": {"prefit_steps": 5, "prefit_polish": 0}}
+#: options that build other layer classes, checked like methods of their own
+VARIANTS = {"tucker-paired": ("tucker", {"layout": "paired"}), "cp-paired": ("cp", {"layout": "paired"})}
 
 
 def _cases():
-    for name in method_names():
+    variants = {name: (name, FAST.get(name, {})) for name in method_names()} | VARIANTS
+    for label, (name, options) in variants.items():
         for kind in LAYERS:
-            yield pytest.param(name, kind, id=f"{name}-{kind}")
+            yield pytest.param(name, options, kind, id=f"{label}-{kind}")
 
 
-@pytest.mark.parametrize("name, kind", list(_cases()))
-def test_contract(name, kind):
-    result = check_layer_kind(get_method(name, **FAST.get(name, {})), kind)
+@pytest.mark.parametrize("name, options, kind", list(_cases()))
+def test_contract(name, options, kind):
+    result = check_layer_kind(get_method(name, **options), kind)
     if result != "ok":
         pytest.skip(f"{name} {result}")
 
