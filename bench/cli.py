@@ -12,6 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
+from bench.errors import InputError
 from bench.records import OutputWriteError, write_cause
 from bench.registry import METHODS, PluginError, UnknownNameError, dataset_names, load_plugin, method_names, network_names
 from bench.suite import SUITES_DIR, SuiteError, expand, load_suite, method_entry, suite_names, tuner_keys
@@ -22,7 +23,7 @@ DEFAULT_OUT = Path("results")
 CUSTOM_OUT = DEFAULT_OUT / "_custom"
 
 
-class UsageError(ValueError):
+class UsageError(InputError, ValueError):
     """A command line that does not make sense; exit 2."""
 
 
@@ -234,7 +235,8 @@ def resolve_out(args, suite_spec: str) -> Path:
     return DEFAULT_OUT
 
 
-BAD_INPUT = (UsageError, SuiteError, UnknownNameError, PluginError, FileNotFoundError, ValueError, TypeError)
+#: what exits 2 with one line; any other exception is a bug (traceback, exit 1)
+BAD_INPUT = (InputError, FileNotFoundError)
 
 
 class Terminated(BaseException):

@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.errors import InputError
+
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION_DIR = REPO / "results" / "calibration"
 #: still 1: everything added since (precisions, auto_precision, step_floor_s) is optional
@@ -75,6 +77,10 @@ def default_path(kind: str) -> Path:
     return CALIBRATION_DIR / f"{kind}.json"
 
 
+class CalibrationError(InputError, ValueError):
+    """A calibration file that is not valid JSON or not of this version."""
+
+
 def load_calibration(path: Path | str) -> dict[str, Any] | None:
     """The calibration in ``path``, or None when there is none (a bad file is an error)."""
     path = Path(path)
@@ -83,9 +89,9 @@ def load_calibration(path: Path | str) -> dict[str, Any] | None:
     try:
         cal = json.loads(path.read_text())
     except ValueError as e:
-        raise ValueError(f"calibration {path}: not valid JSON ({e})") from None
+        raise CalibrationError(f"calibration {path}: not valid JSON ({e})") from None
     if not isinstance(cal, dict) or cal.get("version") != VERSION or "networks" not in cal:
-        raise ValueError(f"calibration {path}: not a version-{VERSION} calibration "
+        raise CalibrationError(f"calibration {path}: not a version-{VERSION} calibration "
                          f"(rerun python -m bench.perf calibrate)")
     cal["path"] = str(path)
     return cal

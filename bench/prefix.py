@@ -36,11 +36,12 @@ from torch import nn
 
 from bench import precision as prec
 from bench.data import DataSplits
+from bench.errors import InputError
 
 CUT_CHECK_SAMPLES = 8
 
 
-class PrefixError(ValueError):
+class PrefixError(InputError, ValueError):
     """The network cannot be cut before this layer (its forward is not a chain of children)."""
 
 

@@ -19,17 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generic, TypeVar
 
+from bench.errors import InputError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(InputError, KeyError):
     """A name that is not registered; the message lists the valid ones."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
 
 
-class PluginError(ImportError):
+class PluginError(InputError, ImportError):
     """A plugin that cannot be loaded (missing, syntax error, raises on import, name clash)."""
 
 

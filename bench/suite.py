@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from bench.bias_calibration import CALIBRATION_RULE
+from bench.errors import InputError
 from bench.records import config_key
 from bench.registry import DATASETS, METHODS, NETWORKS, dataset_names, method_names, network_names
 from bench.train import OPTIMIZERS, check_recipe
@@ -81,7 +82,7 @@ DATA_KEYS = {"val_fraction": 0.1, "train_subset": None}
 PAPER_ROLES = ("accuracy", "fit", "cost", "headline", "depth", "order", "convergence", "equal-budget")
 
 
-class SuiteError(ValueError):
+class SuiteError(InputError, ValueError):
     """A suite file or override that does not make sense; the message says what is valid."""
 
 

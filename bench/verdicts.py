@@ -68,6 +68,7 @@ import pandas as pd
 import yaml
 from scipy import stats
 
+from bench.errors import InputError
 from bench.report import (MIN_CI_SEEDS, ci_halfwidth, equal_budget, finetune_epochs, format_acc, longest_finetune,
                           records_frame, welch_p)
 
@@ -78,7 +79,7 @@ STATS = {"mean", "ci", "std", "min", "max", "n", "value", "order_changes", "kend
 BLOCK_RE = re.compile(r"<!-- claims:begin (\S+) -->\n(.*?)<!-- claims:end \1 -->", re.S)
 
 
-class ClaimError(ValueError):
+class ClaimError(InputError, ValueError):
     """A claim that cannot be computed: a bad definition, or records that do not have its values."""
 
 

@@ -7,10 +7,12 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from bench.errors import InputError
+
 TIMEOUT_S = 60
 
 
-class DataFileError(ValueError):
+class DataFileError(InputError, ValueError):
     """A dataset file that is there but unusable (checksum mismatch, bad magic, wrong size,
     truncated gzip, garbage pickle); the message is one line naming the file and why."""
 
