@@ -27,8 +27,15 @@ class UsageError(InputError, ValueError):
     """A command line that does not make sense; exit 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (it prints the whole usage block otherwise)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="tnbench", description="Compare compression methods at equal parameter budgets.")
+    p = _Parser(prog="tnbench", description="Compare compression methods at equal parameter budgets.")
     p.add_argument("--suite", help="suite name (see --list) or path to a suite .yaml")
     p.add_argument("--list", action="store_true", help="list suites, methods, networks and datasets")
     p.add_argument("--methods", help="comma-separated methods (names or labels) to run: the suite's, or ones "

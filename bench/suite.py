@@ -359,7 +359,8 @@ def _seed(v: Any) -> bool:
 #: list-valued keys: (test of one element, what the elements must be, an example)
 LIST_KEYS = {
     "seeds": (_seed, "integers in 0..4294967295", "[0, 1]"),
-    "ratios": (lambda v: _real(v) and v > 0, "finite numbers > 0", "[2, 8, 32]"),
+    # a ratio below 1 would ask a compressor for more parameters than the dense layers hold
+    "ratios": (lambda v: _real(v) and v >= 1, "finite numbers >= 1", "[2, 8, 32]"),
     "finetune_epochs": (lambda v: _real(v) and v > 0, "finite numbers > 0", "[1, 3]"),
     "lr_grid": (lambda v: _real(v) and v > 0, "finite numbers > 0", "[0.003, 0.01, 0.03]"),
     "optimizer_grid": (lambda v: isinstance(v, str) and v in OPTIMIZERS, f"optimizers among {', '.join(OPTIMIZERS)}",

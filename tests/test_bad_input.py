@@ -42,7 +42,8 @@ CASES = [
     (["--set", "finetune.lr=-1"], "finetune.lr -1", "finite number > 0"),
     (["--set", "finetune.batch_size=0"], "finetune.batch_size 0", "integer >= 1"),
     (["--set", "data.val_fraction=1.5"], "data.val_fraction 1.5", "[0, 1)"),
-    (["--set", "ratios=[inf]"], "inf", "finite numbers > 0"),
+    (["--set", "ratios=[inf]"], "inf", "finite numbers >= 1"),
+    (["--set", "ratios=[0.5]"], "0.5", "finite numbers >= 1"),  # more parameters than dense: accepted before
     (["--set", "networks={fc2: [fc9]}"], "'fc9'", "its layers: fc1, fc2"),
     (["--set", "networks={digitnet: [conv3]}"], "'conv3'", "its layers: conv1, conv2, fc1, fc2"),
     (["--set", "networks={lenet5: [fc1]}"], "lenet5 cannot be built for dataset digits", "28x28"),
@@ -448,3 +449,13 @@ def test_a_bad_calibration_file_is_one_line_exit_2(tiny_suite, tmp_path, capsys,
     assert main(["--suite", str(suite), "--dry-run", "--calibration", str(cal)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len([line for line in err if line.startswith("error")]) == 1 and says in err[-1], err
+
+
+@pytest.mark.parametrize("argv, says", [(["--time-budget", "abc"], "argument --time-budget: invalid float value: 'abc'"),
+                                        (["--backend", "slurm"], "argument --backend: invalid choice: 'slurm'"),
+                                        (["--bogus"], "unrecognized arguments: --bogus")])
+def test_a_malformed_command_line_is_one_line_not_the_usage_block(argv, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--suite", "smoke", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {says}"), err
