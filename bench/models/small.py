@@ -23,7 +23,7 @@ class FC2(nn.Module):
 
 
 class LeNet5(nn.Module):
-    """LeNet-5 (ADTN.md): conv5x5 1->6 same, pool; conv5x5 6->16, pool; conv5x5 16->120;
+    """LeNet-5 (as the ADTN paper, arXiv 2305.06058, uses it): conv5x5 1->6 same, pool; conv5x5 6->16, pool; conv5x5 16->120;
     fc 120->84; fc 84->classes. ReLU activations, max pooling."""
 
     def __init__(self, input_shape, num_classes: int):

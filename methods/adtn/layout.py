@@ -1,5 +1,5 @@
-"""Which entry of the generated d^Q tensor is which weight (ADTN.md: "a real choice with a
-large effect").
+"""Which entry of the generated d^Q tensor is which weight: "a real choice with a large effect"
+(the team's design card on ADTN, shared/design/ADTN.md, outside this repository).
 
 * ``rowmajor``: the first N entries of the flat d^Q tensor, in the layer's native flattening
   (Linear out x in, Conv2d out x in x kh x kw). When an axis is not a power of d, one site

@@ -17,7 +17,7 @@ docs/ADTN_PROTOCOL.md. ``order``:
   network fine-tuned after each replacement; every layer after the first one is pre-fitted to
   its *current*, already fine-tuned dense weight. The ``ctx.epochs`` are split evenly across
   the stages (fractional epochs are a share of an epoch's steps), so every order trains
-  exactly the epochs every other method gets (ADTN.md: same recipe and epochs).
+  exactly the epochs every other method gets (docs/DESIGN.md, "Fairness rules": same recipe and epochs).
 
 ``compress`` always replaces every layer (pre-fitted to the original weights), so the
 runner's "before fine-tuning" accuracy and fit error mean the same for all orders;
