@@ -43,7 +43,7 @@ LAYERS = [nn.Linear(30, 20), nn.Linear(30, 20, bias=False), nn.Conv2d(3, 8, 3), 
           nn.Linear(196, 8), nn.Linear(196, 8, bias=False)]
 
 
-@pytest.mark.parametrize("layout", ["padded", "rowmajor"])
+@pytest.mark.parametrize("layout", ["padded", "rowmajor", "interleaved"])
 @pytest.mark.parametrize("layer", LAYERS, ids=lambda l: f"{type(l).__name__}{tuple(l.weight.shape)}-bias{l.bias is not None}")
 def test_layer_params_equal_module_and_formula(layer, layout):
     m = get_method("adtn", layout=layout, **FAST)
@@ -311,3 +311,41 @@ def test_input_hw_option_splits_the_fan_in():
     layer = nn.Linear(3 * 6 * 6, 4, bias=False)
     given = get_method("adtn", input_hw=[6, 6], **FAST).factorize(layer, 1).tnbench_info
     assert given["sites"] == 9 and given["layout_blocks"] == [4, 108] and given["layout_padded"] == [4, 128]
+
+
+def test_interleaved_layout_explicit_entries():
+    """W[o, i] is the generated entry whose sites spell o's and i's digits alternately:
+    a (16, 8) weight on 7 sites reads T[o0 i0 o1 i1 o2 i2 o3]."""
+    from methods.adtn.layout import interleave_perm, plan_layout
+
+    assert interleave_perm((3, 2)) == (0, 2, 4, 1, 3)
+    layout = plan_layout((16, 8), 7, 2, "interleaved")
+    assert (layout.kind, layout.blocks, layout.padded) == ("interleaved", (16, 8), (16, 8))
+    full = torch.randn(2 ** 7, dtype=torch.float64)
+    w = layout.read(full)
+    for o in (0, 5, 9, 15):
+        for i in (0, 3, 6, 7):
+            od, idg = [(o >> (3 - k)) & 1 for k in range(4)], [(i >> (2 - k)) & 1 for k in range(3)]
+            sites = [od[0], idg[0], od[1], idg[1], od[2], idg[2], od[3]]
+            assert w[o, i] == full[int("".join(map(str, sites)), 2)]
+    for shape, q in [((16, 8), 7), ((10, 3, 3, 3), 9), ((12, 6), 7)]:  # round trip, padding masked
+        layout = plan_layout(shape, q, 2, "interleaved")
+        weight = torch.randn(shape, dtype=torch.float64)
+        assert layout.kind == "interleaved"
+        assert torch.equal(layout.read(layout.embed(weight)), weight)
+        assert int(layout.mask().sum()) == weight.numel()
+    assert plan_layout((12, 5), 6, 2, "interleaved").kind == "rowmajor"  # 4 + 3 digits > Q = 6
+
+
+@pytest.mark.parametrize("layout,rank", [("padded", 4), ("rowmajor", 4), ("interleaved", 32)])
+def test_depth1_rank_across_the_output_input_cut(layout, rank):
+    """At depth 1 one gate crosses the out|in cut in the block layouts: rank <= 4. Interleaved,
+    the first sublayer is a Kronecker product of 2 x 2 matrices: full rank (why cifar10-headline
+    lists adtn-interleaved)."""
+    torch.manual_seed(0)
+    layer = nn.Linear(32, 64).double()
+    built = get_method("adtn", layout=layout, **FAST).factorize(layer, 1)
+    with torch.no_grad():
+        w = built.effective_weight()
+    assert built.tnbench_info["layout"] == layout
+    assert int(torch.linalg.matrix_rank(w)) == rank

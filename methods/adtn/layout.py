@@ -11,6 +11,15 @@
   grouping with sum q_i == Q qualifies (same Q, hence same parameter count); the finest one
   wins (ties: the earliest cuts, i.e. output, then input channels separated first); when only
   the single block qualifies that is the row-major layout, and the plan says ``rowmajor``.
+* ``interleaved``: two blocks, output channels and fan-in (each padded to a power of d), with
+  their digits alternating along the sites, most significant first: o_1 i_1 o_2 i_2 ... (the
+  longer block's remaining digits last). In both layouts above all output digits come before
+  all input digits, so the matrix's rank across that cut is at most the bond dimension the
+  brick wall builds there: d^2 at depth 1 (a rank-4 bottleneck for d = 2; rank <= d^(2M) at
+  depth M). Interleaved, neighbouring gates couple output and input digits, as tt's paired
+  (TT-matrix) layout does: depth 1's first sublayer alone is a Kronecker product of d x d
+  matrices, full rank. Same Q, same parameter count; where the two padded blocks would raise
+  Q it falls back to row-major. Cost: one permute copy of the d^Q tensor per generation.
 
 Padding entries are never read: the pre-fit loss only sees the real entries (masked).
 """
@@ -22,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-LAYOUTS = ("padded", "rowmajor")
+LAYOUTS = ("padded", "rowmajor", "interleaved")
 
 
 def ceil_log(n: int, d: int) -> int:
@@ -42,6 +51,9 @@ class Layout:
     shape: tuple[int, ...]
     blocks: tuple[int, ...]
     padded: tuple[int, ...]
+    #: interleaved only: ``perm[j]`` = the site holding the j-th digit in block-major order
+    perm: tuple[int, ...] | None = None
+    local_dim: int = 2
 
     @property
     def numel(self) -> int:
@@ -52,7 +64,9 @@ class Layout:
         one reshape (a copy of the N real entries when the crop is not trivial)."""
         if self.kind == "rowmajor":
             return full[: self.numel].view(self.shape)
-        x = full.view(self.padded)
+        if self.perm is not None:
+            full = full.view((self.local_dim,) * len(self.perm)).permute(self.perm)
+        x = full.reshape(self.padded)
         if self.blocks != self.padded:
             x = x[tuple(slice(0, b) for b in self.blocks)]
         return x.reshape(self.shape)
@@ -62,8 +76,11 @@ class Layout:
         full = weight.new_zeros(math.prod(self.padded))
         if self.kind == "rowmajor":
             full[: self.numel] = weight.reshape(-1)
-        else:
-            full.view(self.padded)[tuple(slice(0, b) for b in self.blocks)] = weight.reshape(self.blocks)
+            return full
+        full.view(self.padded)[tuple(slice(0, b) for b in self.blocks)] = weight.reshape(self.blocks)
+        if self.perm is not None:  # block-major digits -> site order
+            inverse = sorted(range(len(self.perm)), key=self.perm.__getitem__)
+            full = full.view((self.local_dim,) * len(self.perm)).permute(inverse).reshape(-1)
         return full
 
     def mask(self) -> torch.Tensor:
@@ -71,7 +88,26 @@ class Layout:
         return self.embed(torch.ones(self.numel, dtype=torch.float64)) > 0
 
     def describe(self) -> str:
-        return f"{'x'.join(map(str, self.blocks))} in {'x'.join(map(str, self.padded))}"
+        text = f"{'x'.join(map(str, self.blocks))} in {'x'.join(map(str, self.padded))}"
+        return text + " interleaved" if self.perm is not None else text
+
+
+def interleave_perm(digits: tuple[int, ...]) -> tuple[int, ...]:
+    """Sites for block-major digits when the blocks' digits alternate (most significant
+    first, exhausted blocks drop out): digits (3, 2) -> sites o0 i0 o1 i1 o2, perm (0, 2, 4, 1, 3)."""
+    order = [(k, b) for k in range(max(digits)) for b in range(len(digits)) if k < digits[b]]
+    site = {digit: s for s, digit in enumerate(order)}
+    return tuple(site[(k, b)] for b in range(len(digits)) for k in range(digits[b]))
+
+
+def interleaved(shape: tuple[int, ...], q: int, d: int) -> Layout:
+    """Output | fan-in, padded, digits alternating; row-major where padding would raise Q."""
+    blocks = (shape[0], math.prod(shape[1:])) if len(shape) > 1 else (shape[0],)
+    digits = tuple(ceil_log(b, d) for b in blocks)
+    if len(blocks) < 2 or min(blocks) < 2 or sum(digits) != q:
+        return rowmajor(shape, q, d)
+    return Layout("interleaved", tuple(shape), blocks, tuple(d ** k for k in digits),
+                  perm=interleave_perm(digits), local_dim=d)
 
 
 def rowmajor(shape: tuple[int, ...], q: int, d: int) -> Layout:
@@ -94,6 +130,8 @@ def plan_layout(shape: tuple[int, ...], q: int, d: int, kind: str = "padded",
         raise ValueError(f"axes {axes} do not factor the weight shape {shape}")
     if kind == "rowmajor":
         return rowmajor(shape, q, d)
+    if kind == "interleaved":
+        return interleaved(shape, q, d)
     axes = tuple(a for a in axes if a > 1)  # size-1 axes carry no bit
     best = None
     for k in range(len(axes) - 1, 0, -1):  # number of cuts, most first
