@@ -244,7 +244,7 @@ class CostModel:
         key = (job.network, job.dataset, tuple(job.layers))
         if key not in self._layers:
             from bench.layers import get_layer
-            from bench.suite import meta_network
+            from bench.suite_check import meta_network
 
             model = meta_network(job.network, job.dataset)
             self._layers[key] = {n: get_layer(model, n).weight.numel() for n in job.layers}
@@ -260,7 +260,7 @@ class CostModel:
             from bench.metrics import forward_flops
             from bench.prefix import cut, first_layer
             from bench.registry import dataset_spec
-            from bench.suite import meta_network
+            from bench.suite_check import meta_network
 
             model, meta = meta_network(job.network, job.dataset), torch.device("meta")
             shape = tuple(dataset_spec(job.dataset).shape)
@@ -369,7 +369,7 @@ class CostModel:
         baseline keys in ``cached``), each frozen-prefix cache once per baseline group (never
         kept between runs), the tuning seed's trials."""
         from bench.records import config_key
-        from bench.suite import tuner_keys
+        from bench.plan import tuner_keys
 
         tuners = tuner_keys(jobs)
         seen, caches = set(cached), set()
@@ -397,7 +397,7 @@ class CostModel:
         """Entries d**Q of each layer's generator (Q = ceil(log_d N)): what a pre-fit step
         and a weight generation work on, and what the calibration's square layers measure."""
         from bench.layers import get_layer
-        from bench.suite import meta_network
+        from bench.suite_check import meta_network
 
         m, model = self._method(job), meta_network(job.network, job.dataset)
         return {n: m.local_dim ** m.sites(get_layer(model, n)) for n in job.layers}
@@ -412,7 +412,7 @@ class CostModel:
         """Each layer's depth M: the job's fixed knob, or the method's size-based allocation
         (ADTN's needs no trained weights, so the meta network's layers do)."""
         from bench.layers import get_layer
-        from bench.suite import meta_network
+        from bench.suite_check import meta_network
 
         if job.knob is not None:
             return {n: int(job.knob) for n in job.layers}
@@ -449,7 +449,7 @@ class CostModel:
         order = getattr(m, "order", "all")
         if self._per_step(job) is None or order == "all" or len(job.layers) <= 1:
             return None
-        from bench.suite import meta_network
+        from bench.suite_check import meta_network
 
         position = {n: i for i, (n, _) in enumerate(meta_network(job.network, job.dataset).named_modules())}
         names = sorted(job.layers, key=lambda n: position.get(n, len(position)))
@@ -546,7 +546,7 @@ class Budget:
     Picklable, so worker processes carry a copy (each tracks its own baselines and caches)."""
 
     def __init__(self, seconds: float, model: CostModel, jobs: list, baseline_root: Path | None = None):
-        from bench.suite import tuner_keys
+        from bench.plan import tuner_keys
 
         self.seconds, self.model = float(seconds), model
         self.start = CLOCK()

@@ -27,7 +27,7 @@ from bench.metrics import fit_errors, forward_flops
 from bench.prefix import Cut, build_cache, cut, first_layer
 from bench.records import config_key
 from bench.registry import dataset_spec, get_method
-from bench.suite import Job
+from bench.jobs import Job
 from bench.train import evaluate, train
 from bench.tuning import apply_pick, tuned
 

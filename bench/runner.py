@@ -28,7 +28,8 @@ from bench.backends.local import CLAIMED, LEFT, run_groups, run_parallel
 from bench.claims import Claims
 from bench.job import failed_record, job_fields
 from bench.records import append_record, config_key, done_keys, latest_by_key, read_records
-from bench.suite import Job, tuner_keys, tuning_jobs
+from bench.jobs import Job
+from bench.plan import tuner_keys, tuning_jobs
 from bench.train import resolve_device
 
 REPO = Path(__file__).resolve().parent.parent
@@ -105,7 +106,7 @@ def planned_skip(job: Job, cost=None) -> dict[str, Any] | None:
     if job.budget_tolerance and job.target_ratio is not None:
         from bench.layers import dense_params, get_layer
         from bench.registry import get_method
-        from bench.suite import meta_network
+        from bench.suite_check import meta_network
 
         method = get_method(job.method, **job.options)
         model = meta_network(job.network, job.dataset)

@@ -16,7 +16,7 @@ from bench.baseline import get_baseline
 from bench.data import DataSplits, load_splits
 from bench.job import failed_record, run_job
 from bench.records import OutputWriteError, config_key
-from bench.suite import Job
+from bench.jobs import Job
 from bench.train import resolve_device
 
 #: a job another sweep holds; yielded so the driver can count it, never recorded

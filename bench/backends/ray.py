@@ -27,7 +27,7 @@ import torch
 from bench.backends.local import CLAIMED, LEFT, device_info
 from bench.job import failed_record, memo_key, plan_on_untrained, reused_record, run_job
 from bench.records import config_key
-from bench.suite import Job
+from bench.jobs import Job
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,175 @@
+"""A suite expanded into jobs: one ``Job`` per network x dataset x method entry x budget x
+seed (x fine-tuning epochs, when the suite lists ``finetune_epochs``). A job's key is the hash
+of its ``config``: what determines its result, nothing about how it is scheduled."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.bias_calibration import CALIBRATION_RULE
+from bench.plan import prioritize
+from bench.records import config_key
+from bench.suite_schema import (DATA_KEYS, DEFAULT_JOB_TIME_LIMIT_S, SuiteError, finetune_recipe, method_entry,
+                                network_epochs)
+from bench.train import check_recipe
+
+
+@dataclass
+class Job:
+    suite: str
+    network: str
+    dataset: str
+    layers: list[str]
+    method: str
+    label: str
+    options: dict[str, Any]
+    target_ratio: float | None
+    knob: Any
+    seed: int
+    train: dict[str, Any]
+    finetune: dict[str, Any]
+    data: dict[str, Any]
+    fit_only: bool = False
+    #: fine-tuning learning rates the method's lr is picked from (the suite's ``lr_grid``), the
+    #: optimizers crossed with them (``optimizer_grid``) and the edge extensions (``lr_extend``);
+    #: the last two are in the key only when set
+    lr_grid: list[float] | None = None
+    optimizer_grid: list[str] | None = None
+    lr_extend: int | None = None
+    #: not part of the key (how a job is scheduled or capped, not what it computes):
+    #: its priority stage (``STAGES``), the suite's budget_tolerance and factorize_time_cap_s
+    stage: str | None = field(default=None, compare=False)
+    budget_tolerance: float | None = field(default=None, compare=False)
+    factorize_time_cap_s: float | None = field(default=None, compare=False)
+    job_time_limit_s: float = field(default=DEFAULT_JOB_TIME_LIMIT_S, compare=False)
+    #: the suite's ``tune_epochs``: a job of another epoch count takes the lr picked at this one
+    #: (in the key only when it differs from the job's own epoch count, whose result it then changes)
+    tune_epochs: float | None = None
+    key: str = field(default="", init=False)
+
+    def config(self) -> dict[str, Any]:
+        """Everything that determines the result (and so the record key). A fit-only job never
+        fine-tunes, so its key leaves the fine-tuning recipe out; ``lr_grid`` is there only when
+        set, so the keys of suites without one are those of the records made before it existed."""
+        cfg = {"network": self.network, "dataset": self.dataset, "layers": self.layers,
+               "method": self.method, "options": self.options, "target_ratio": self.target_ratio,
+               "knob": self.knob, "seed": self.seed, "train": self.train,
+               "finetune": None if self.fit_only else self.finetune, "data": self.data, "fit_only": self.fit_only}
+        if self.lr_grid is not None:
+            cfg["lr_grid"] = self.lr_grid
+        if self.optimizer_grid is not None:
+            cfg["optimizer_grid"] = self.optimizer_grid
+        if self.lr_extend is not None:
+            cfg["lr_extend"] = self.lr_extend
+        if self.borrows_pick:
+            cfg["tune_epochs"] = self.tune_epochs
+        if self.calibrates_bias:  # a new rule gives new results: records of the old one stay apart
+            cfg["bias_calibration_rule"] = CALIBRATION_RULE
+        return cfg
+
+    @property
+    def calibrates_bias(self) -> bool:
+        """Whether this job's compressed layers get bias calibration (``bench.bias_calibration``);
+        the dense job has no compressed layer, so its key stays that of the baseline's job."""
+        return (self.method != "dense" and not self.fit_only
+                and bool((self.finetune or {}).get("calibrate_bias")))
+
+    @property
+    def borrows_pick(self) -> bool:
+        """Whether this job takes the lr picked at another epoch count (the suite's tune_epochs)."""
+        return (self.tune_epochs is not None and not self.fit_only
+                and self.finetune.get("epochs") != self.tune_epochs)
+
+    def __post_init__(self) -> None:
+        self.key = config_key(self.config())
+
+    @property
+    def tune_key(self) -> str:
+        """The key without the seed and the fine-tuning lr: the seeds of one (network, dataset,
+        method, budget) share it, so an lr picked from ``lr_grid`` can be shared by them."""
+        cfg = self.config()
+        del cfg["seed"]
+        cfg.pop("tune_epochs", None)
+        if cfg["finetune"] is not None:
+            picked = ("lr", "optimizer") if self.optimizer_grid else ("lr",)
+            cfg["finetune"] = {k: v for k, v in cfg["finetune"].items() if k not in picked}
+            if self.borrows_pick:
+                cfg["finetune"]["epochs"] = self.tune_epochs
+        return config_key(cfg)
+
+    @property
+    def baseline_config(self) -> dict[str, Any]:
+        return {"network": self.network, "dataset": self.dataset, "seed": self.seed,
+                "train": self.train, "data": self.data}
+
+    @property
+    def budget(self) -> str:
+        return f"x{self.target_ratio:g}" if self.target_ratio is not None else f"knob={self.knob}"
+
+
+def expand(suite: dict[str, Any], methods: list[str] | None = None, networks: list[str] | None = None,
+           fit_only: bool | None = None) -> list[Job]:
+    """All jobs of a suite, optionally restricted to some methods / networks."""
+    fit = bool(suite.get("fit_only")) if fit_only is None else fit_only
+    data_cfg = {**DATA_KEYS, **(suite.get("data") or {})}
+    entries = _select_methods(suite, methods)
+    nets = _select_networks(suite, networks)
+    # a fit-only job never fine-tunes: one job, not one per fine-tuning setting
+    lr_grid = [float(x) for x in suite["lr_grid"]] if suite.get("lr_grid") and not fit else None
+    optimizer_grid = list(suite["optimizer_grid"]) if lr_grid and suite.get("optimizer_grid") else None
+    lr_extend = int(suite["lr_extend"]) if lr_grid and suite.get("lr_extend") is not None else None
+    jobs = []
+    for network, layers in nets.items():
+        rec = (suite.get("recipes") or {}).get(network) or {}
+        train = check_recipe({**(suite.get("train") or {}), **(rec.get("train") or {})})
+        finetune = check_recipe(finetune_recipe(suite, network))
+        epochs_list = (None if fit else network_epochs(suite, network)) or [None]
+        for dataset in suite["datasets"]:
+            for seed in suite.get("seeds") or [0]:
+                for epochs in epochs_list:
+                    ft = finetune if epochs is None else {**finetune, "epochs": epochs}
+                    for e in entries:
+                        for ratio, knob in _budgets(suite, e):
+                            if fit and e["method"] == "dense":
+                                continue
+                            jobs.append(Job(suite["name"], network, dataset, list(layers), e["method"], e["label"],
+                                            copy.deepcopy(e["options"]), ratio, knob, int(seed), train,
+                                            ft, data_cfg, fit, lr_grid=lr_grid, optimizer_grid=optimizer_grid,
+                                            lr_extend=lr_extend,
+                                            budget_tolerance=suite.get("budget_tolerance"),
+                                            factorize_time_cap_s=suite.get("factorize_time_cap_s"),
+                                            job_time_limit_s=float(suite.get("job_time_limit_s")
+                                                                   or DEFAULT_JOB_TIME_LIMIT_S),
+                                            tune_epochs=suite.get("tune_epochs") if lr_grid else None))
+    return prioritize(jobs, suite)
+
+
+def _budgets(suite: dict[str, Any], entry: dict[str, Any]) -> list[tuple[float | None, Any]]:
+    """(target ratio, knob) pairs of a method entry: dense once, fixed knobs, or the ratios."""
+    if entry["method"] == "dense":
+        return [(1.0, None)]
+    if entry["knobs"] is not None:
+        return [(None, k) for k in entry["knobs"]]
+    return [(float(r), None) for r in suite.get("ratios") or []]
+
+
+def _select_methods(suite: dict[str, Any], methods: list[str] | None) -> list[dict[str, Any]]:
+    entries = [method_entry(e) for e in suite["methods"]]
+    if not methods:
+        return entries
+    unknown = sorted(set(methods) - {e["method"] for e in entries} - {e["label"] for e in entries})
+    if unknown:
+        raise SuiteError(f"--methods {unknown} not in suite {suite['name']}; it has: "
+                         f"{', '.join(e['label'] for e in entries)}")
+    return [e for e in entries if e["method"] in methods or e["label"] in methods]
+
+
+def _select_networks(suite: dict[str, Any], networks: list[str] | None) -> dict[str, list[str]]:
+    nets = suite["networks"]
+    if not networks:
+        return nets
+    unknown = sorted(set(networks) - set(nets))
+    if unknown:
+        raise SuiteError(f"--networks {unknown} not in suite {suite['name']}; it has: {', '.join(nets)}")
+    return {n: nets[n] for n in networks}

@@ -1,0 +1,274 @@
+"""``validate``: every bad key or value of a suite refused with a one-line ``SuiteError``
+naming it and the valid ones, before any job runs; and the untrained networks on the meta
+device it (and the cost model) reads layer names and sizes from."""
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import numbers
+from typing import Any
+
+from bench.registry import DATASETS, METHODS, NETWORKS, dataset_names, method_names, network_names
+from bench.suite_schema import (DATA_KEYS, PAPER_ROLES, STAGES, SUITE_KEYS, SUITE_NAME, SuiteError,
+                                finetune_recipe, method_entry, network_epochs)
+from bench.train import OPTIMIZERS, check_recipe
+
+
+def validate(suite: dict[str, Any]) -> None:
+    """Refuse any bad key or value with a one-line SuiteError naming it and the valid ones."""
+    bad = sorted(map(str, set(suite) - set(SUITE_KEYS) - {"name"}))
+    if bad:
+        raise SuiteError(f"suite {suite['name']}: unknown key(s) {bad}; valid: {', '.join(sorted(SUITE_KEYS))}")
+    _check_names(suite)
+    _check_lists(suite)
+    _check_recipes(suite)
+    _check_data(suite)
+    if suite.get("fit_only") is not None and not isinstance(suite["fit_only"], bool):
+        raise SuiteError(f"fit_only {suite['fit_only']!r}: expected true or false")
+    _check_priority(suite)
+    _check_layers(suite)
+    _check_reuse(suite)
+
+
+def _check_reuse(suite: dict[str, Any]) -> None:
+    """tune_epochs is one of finetune_epochs (and needs an lr_grid); reuse names other suites."""
+    te = suite.get("tune_epochs")
+    for net in suite["networks"] if te is not None else []:
+        sweep = network_epochs(suite, net)
+        if not sweep or te not in sweep or not suite.get("lr_grid"):
+            raise SuiteError(f"tune_epochs {te!r}: expected one of finetune_epochs {sweep} "
+                             f"(network {net}) in a suite with an lr_grid")
+    for key in ("optimizer_grid", "lr_extend"):
+        if suite.get(key) is not None and not suite.get("lr_grid"):
+            raise SuiteError(f"{key} {suite[key]!r}: needs an lr_grid to extend or cross with")
+    ext = suite.get("lr_extend")
+    if ext is not None and (isinstance(ext, bool) or not isinstance(ext, int) or not 0 <= ext <= 5):
+        raise SuiteError(f"lr_extend {ext!r}: expected an integer in 0..5")
+    reuse = suite.get("reuse")
+    if reuse is None:
+        return
+    if (not isinstance(reuse, list) or not reuse
+            or any(not isinstance(r, str) or not SUITE_NAME.fullmatch(r) or r == suite["name"] for r in reuse)):
+        raise SuiteError(f"reuse {reuse!r}: expected a list of other suites' names (folders of --out, no paths), "
+                         "e.g. [mnist]")
+
+
+def _check_priority(suite: dict[str, Any]) -> None:
+    """priority, headline_ratio, budget_tolerance, factorize_time_cap_s."""
+    prio = suite.get("priority")
+    if prio is not None:
+        if not isinstance(prio, list) or not prio or not all(isinstance(p, str) for p in prio):
+            raise SuiteError(f"priority {prio!r}: expected a list of stages among {', '.join(STAGES)}, "
+                             "e.g. [baselines, headline, budgets, seeds]")
+        bad = next((p for p in prio if p not in STAGES), None)
+        if bad is not None:
+            raise SuiteError(f"priority: unknown stage {bad!r}; valid: {', '.join(STAGES)}")
+        dup = next((p for i, p in enumerate(prio) if p in prio[:i]), None)
+        if dup is not None:
+            raise SuiteError(f"priority: {dup!r} is listed twice in {prio!r}")
+        if "headline" in prio and suite.get("headline_ratio") is None:
+            raise SuiteError("priority lists 'headline' but the suite has no headline_ratio")
+    head = suite.get("headline_ratio")
+    if head is not None:
+        if not (_real(head) and head > 0):
+            raise SuiteError(f"headline_ratio {head!r}: expected a finite number > 0")
+        ratios = suite.get("ratios") or []
+        if not any(_real(r) and math.isclose(float(r), float(head), rel_tol=1e-9) for r in ratios):
+            raise SuiteError(f"headline_ratio {head!r} is not one of ratios {ratios!r}")
+    tol = suite.get("budget_tolerance")
+    if tol is not None and not (_real(tol) and tol >= 1):
+        raise SuiteError(f"budget_tolerance {tol!r}: expected a finite number >= 1 (e.g. 1.25)")
+    cap = suite.get("factorize_time_cap_s")
+    if cap is not None and not (_real(cap) and cap > 0):
+        raise SuiteError(f"factorize_time_cap_s {cap!r}: expected a finite number of seconds > 0")
+    limit = suite.get("job_time_limit_s")
+    if limit is not None and not (_real(limit) and 1 <= limit <= 10 ** 7):
+        raise SuiteError(f"job_time_limit_s {limit!r}: expected seconds from 1 to 10,000,000")
+
+
+def _check_names(suite: dict[str, Any]) -> None:
+    """datasets, networks and methods: present, of the right shape, registered."""
+    for key in ("datasets", "networks", "methods"):
+        if not suite.get(key):
+            raise SuiteError(f"suite {suite['name']}: {key!r} is missing or empty")
+    datasets, nets = suite["datasets"], suite["networks"]
+    if not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets):
+        raise SuiteError(f"datasets {datasets!r}: expected a list of dataset names; known: {', '.join(dataset_names())}")
+    for d in datasets:
+        if d not in DATASETS:
+            raise SuiteError(f"unknown dataset {d!r}; known: {', '.join(dataset_names())}")
+    if not isinstance(nets, dict):
+        raise SuiteError(f"networks {nets!r}: expected a mapping network -> list of its layers to compress, "
+                         "e.g. {fc2: [fc1, fc2]}")
+    for n, layers in nets.items():
+        if not isinstance(n, str) or n not in NETWORKS:
+            raise SuiteError(f"unknown network {n!r}; known: {', '.join(network_names())}")
+        if not isinstance(layers, list) or not layers or not all(isinstance(x, str) for x in layers):
+            raise SuiteError(f"networks.{n} {layers!r}: expected a non-empty list of layer names, e.g. [fc1]")
+    if not isinstance(suite["methods"], list):
+        raise SuiteError(f"methods {suite['methods']!r}: expected a list of method names or "
+                         "{method, label, options, knobs} entries")
+    labels: set[str] = set()
+    for entry in suite["methods"]:
+        m = method_entry(entry)
+        if not isinstance(m["method"], str) or m["method"] not in METHODS:
+            raise SuiteError(f"unknown method {m['method']!r}; known: {', '.join(method_names())}")
+        if m["label"] in labels:
+            raise SuiteError(f"method {m['label']!r} is listed twice; give one entry a different label")
+        labels.add(m["label"])
+        _check_options(m)
+
+
+def _check_options(m: dict[str, Any]) -> None:
+    """Build the method with its options now, so a misspelt or out-of-range option is refused
+    before any baseline trains (it used to fail every job after training)."""
+    cls = METHODS.get(m["method"])
+    try:
+        cls(**m["options"])
+    except TypeError as e:
+        valid = []  # the named parameters of every __init__ the options pass through (**options)
+        for klass in cls.__mro__:
+            if "__init__" in vars(klass) and klass is not object:
+                params = inspect.signature(klass.__init__).parameters
+                valid += [p for p, v in params.items() if p != "self" and p not in valid
+                          and v.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+        bad = sorted(map(str, set(m["options"]) - set(valid)))
+        why = f"unknown option(s) {', '.join(bad)}" if bad else (str(e).splitlines() or ["bad options"])[0]
+        raise SuiteError(f"method {m['label']!r} options {m['options']!r}: {why}; valid: {', '.join(valid)}") from None
+    except (ValueError, ArithmeticError) as e:
+        raise SuiteError(f"method {m['label']!r} options {m['options']!r}: {(str(e).splitlines() or [''])[0]}") from None
+
+
+def _real(v: Any) -> bool:
+    """A finite real number (bools are not numbers here: ``seeds: [true]`` is a typo)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _seed(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and 0 <= v < 2**32
+
+
+#: list-valued keys: (test of one element, what the elements must be, an example)
+LIST_KEYS = {
+    "seeds": (_seed, "integers in 0..4294967295", "[0, 1]"),
+    # a ratio below 1 would ask a compressor for more parameters than the dense layers hold
+    "ratios": (lambda v: _real(v) and v >= 1, "finite numbers >= 1", "[2, 8, 32]"),
+    "finetune_epochs": (lambda v: _real(v) and v > 0, "finite numbers > 0", "[1, 3]"),
+    "lr_grid": (lambda v: _real(v) and v > 0, "finite numbers > 0", "[0.003, 0.01, 0.03]"),
+    "optimizer_grid": (lambda v: isinstance(v, str) and v in OPTIMIZERS, f"optimizers among {', '.join(OPTIMIZERS)}",
+                       "[sgd, adam]"),
+    "paper": (lambda v: isinstance(v, str) and v in PAPER_ROLES, f"figure roles among {', '.join(PAPER_ROLES)}",
+              "[accuracy, fit]"),
+}
+
+
+def _check_lists(suite: dict[str, Any], where: str = "") -> None:
+    """Each list key, when given, is a non-empty list of valid, distinct values."""
+    for key, (ok, what, example) in LIST_KEYS.items():
+        values = suite.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, list) or not values:
+            raise SuiteError(f"{where}{key} {values!r}: expected a non-empty list of {what}, e.g. {example}")
+        for v in values:
+            if not ok(v):
+                raise SuiteError(f"{where}{key}: bad value {v!r}; expected a list of {what}, e.g. {example}")
+        dup = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if dup is not None:
+            raise SuiteError(f"{where}{key}: {dup!r} is listed twice in {values!r}")
+
+
+def _check_recipes(suite: dict[str, Any]) -> None:
+    """train / finetune and every per-network override of them (types and ranges)."""
+    recipes = suite.get("recipes") or {}
+    if not isinstance(recipes, dict):
+        raise SuiteError(f"recipes {recipes!r}: expected a mapping network -> {{train: ..., finetune: ...}}")
+    for net, rec in recipes.items():
+        if not isinstance(net, str) or net not in NETWORKS:
+            raise SuiteError(f"recipes: unknown network {net!r}; known: {', '.join(network_names())}")
+        if rec is not None and (not isinstance(rec, dict) or set(rec) - {"train", "finetune", "finetune_epochs"}):
+            raise SuiteError(f"recipes.{net} {rec!r}: expected a mapping with keys train, finetune, finetune_epochs")
+        if rec and "finetune_epochs" in rec:
+            _check_lists({"finetune_epochs": rec["finetune_epochs"]}, f"recipes.{net}.")
+    try:
+        for part in ("train", "finetune"):
+            base = {} if suite.get(part) is None else suite[part]
+            check_recipe(base, part)
+            for net, rec in recipes.items():
+                check_recipe({**base, **((rec or {}).get(part) or {})}, f"recipes.{net}.{part}")
+    except ValueError as e:
+        raise SuiteError(str(e)) from None
+
+
+def _check_data(suite: dict[str, Any]) -> None:
+    data = suite.get("data")
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise SuiteError(f"data {data!r}: expected a mapping with keys {', '.join(DATA_KEYS)}")
+    bad = sorted(map(str, set(data) - set(DATA_KEYS)))
+    if bad:
+        raise SuiteError(f"unknown data key(s) {bad}; valid: {', '.join(DATA_KEYS)}")
+    vf = data.get("val_fraction", DATA_KEYS["val_fraction"])
+    if not (_real(vf) and 0 <= vf < 1):
+        raise SuiteError(f"data.val_fraction {vf!r}: expected a number in [0, 1)")
+    sub = data.get("train_subset")
+    if sub is not None and not (isinstance(sub, numbers.Integral) and not isinstance(sub, bool) and sub >= 1):
+        raise SuiteError(f"data.train_subset {sub!r}: expected an integer >= 1 (or null: the whole training set)")
+
+
+def _input_shape(dataset: str) -> tuple[tuple[int, int, int], int] | None:
+    """(input shape, classes) of a dataset without reading it, from what it registered."""
+    from bench.registry import dataset_spec
+
+    spec = dataset_spec(dataset)
+    return tuple(spec.shape), int(spec.classes)
+
+
+def _check_layers(suite: dict[str, Any]) -> None:
+    """Every target layer exists in its network, built (untrained, on the meta device: no
+    memory, no random numbers drawn) for every dataset of the suite, and is Linear/Conv2d (what
+    the methods replace)."""
+    from torch import nn
+
+    for net, layers in suite["networks"].items():
+        for dataset in suite["datasets"]:
+            model = _untrained(net, dataset)
+            if model is None:
+                continue
+            names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+            for name in layers:
+                if name not in names:
+                    raise SuiteError(f"networks.{net}: {net} (on {dataset}) has no Linear/Conv2d layer {name!r}; "
+                                     f"its layers: {', '.join(names)}")
+            if not suite.get("fit_only") and finetune_recipe(suite, net).get("scope") == "after_frozen_prefix":
+                from bench.prefix import PrefixError, check_cuttable
+                try:
+                    check_cuttable(model, layers, _input_shape(dataset)[0])
+                except PrefixError as e:
+                    raise SuiteError(f"networks.{net} (on {dataset}): {e}") from None
+
+
+@functools.lru_cache(maxsize=16)
+def meta_network(net: str, dataset: str):
+    """``_untrained``, built once per (network, dataset): layer sizes for the cost model and
+    the pre-run skips (never run; its parameters hold no memory)."""
+    return _untrained(net, dataset)
+
+
+def _untrained(net: str, dataset: str):
+    import torch
+
+    from bench.models import build_network
+
+    shape = _input_shape(dataset)
+    if shape is None:
+        return None
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            return build_network(net, *shape)
+    except Exception as e:  # noqa: BLE001 - a network that cannot take this input, said in one line
+        why = (str(e).splitlines() or [type(e).__name__])[0]
+        raise SuiteError(f"network {net} cannot be built for dataset {dataset} (input {shape[0]}, "
+                         f"{shape[1]} classes): {why}") from None
