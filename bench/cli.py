@@ -97,7 +97,7 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
     from bench.cost import STAGES, baseline_cached, cache_group, compare_records
     from bench.job import plan_on_untrained
     from bench.layers import dense_params
-    from bench.records import config_key, latest_by_key, read_records
+    from bench.records import latest_by_key, read_records
     from bench.runner import planned_skip, records_path
 
     def plan_line(j, pre) -> tuple[str, bool]:
@@ -127,7 +127,7 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
         line, skip = plan_line(j, planned_skip(j, cost))
         timing = ""
         if cost is not None:
-            bkey, ckey = config_key(j.baseline_config), cache_group(j)
+            bkey, ckey = j.baseline_key, cache_group(j)
             if bkey not in paid:
                 paid.add(bkey)
                 if not baseline_cached(baseline_root, j):

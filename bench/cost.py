@@ -152,10 +152,8 @@ def cache_group(job) -> tuple | None:
     layers, the views, the precision), or None when the job needs none."""
     if not scoped(job):
         return None
-    from bench.records import config_key
-
     ft = job.finetune
-    return (config_key(job.baseline_config), tuple(job.layers), int(ft.get("cache_views", 4)), ft.get("precision"))
+    return (job.baseline_key, tuple(job.layers), int(ft.get("cache_views", 4)), ft.get("precision"))
 
 
 def law(fit: dict[str, Any], n: float) -> float:
@@ -368,14 +366,13 @@ class CostModel:
         """(total seconds, seconds per job key) of a job list: each baseline once (none for
         baseline keys in ``cached``), each frozen-prefix cache once per baseline group (never
         kept between runs), the tuning seed's trials."""
-        from bench.records import config_key
         from bench.plan import tuner_keys
 
         tuners = tuner_keys(jobs)
         seen, caches = set(cached), set()
         per_job = {}
         for j in jobs:
-            bkey, ckey = config_key(j.baseline_config), cache_group(j)
+            bkey, ckey = j.baseline_key, cache_group(j)
             per_job[j.key] = self.job_s(j, j.key in tuners, with_baseline=bkey not in seen,
                                         with_cache=ckey is not None and ckey not in caches)
             seen.add(bkey)
@@ -508,7 +505,6 @@ def compare_records(model: CostModel, jobs: list, records: dict[str, dict], base
     ran: tuned when its record tuned, the cache when it built one; baselines whose checkpoint
     summary is under ``baseline_root`` once each."""
     from bench.baseline import checkpoint_path
-    from bench.records import config_key
 
     est, got = dict.fromkeys(STAGES, 0.0), dict.fromkeys(STAGES, 0.0)
     n, bases = 0, set()
@@ -523,8 +519,8 @@ def compare_records(model: CostModel, jobs: list, records: dict[str, dict], base
         for stage, t in record_stages(rec).items():
             got[stage] += t
         meta = checkpoint_path(baseline_root, j.baseline_config).with_suffix(".json")
-        if config_key(j.baseline_config) not in bases and meta.is_file():
-            bases.add(config_key(j.baseline_config))
+        if j.baseline_key not in bases and meta.is_file():
+            bases.add(j.baseline_key)
             est["baseline"] += model.baseline_s(j)
             got["baseline"] += record_stages({}, json.loads(meta.read_text()))["baseline"]
     return n, est, got
@@ -559,9 +555,7 @@ class Budget:
         return self.seconds - (CLOCK() - self.start)
 
     def estimate(self, job) -> float:
-        from bench.records import config_key
-
-        bkey, ckey = config_key(job.baseline_config), cache_group(job)
+        bkey, ckey = job.baseline_key, cache_group(job)
         unpaid = bkey not in self.paid and not (self.baseline_root is not None
                                                 and baseline_cached(self.baseline_root, job))
         return self.model.job_s(job, job.key in self.tuners, with_baseline=unpaid,
@@ -569,11 +563,9 @@ class Budget:
 
     def __call__(self, job) -> bool:
         """True: start ``job`` now (its baseline and cache are then paid for)."""
-        from bench.records import config_key
-
         if self.estimate(job) > self.remaining():
             return False
-        self.paid.add(config_key(job.baseline_config))
+        self.paid.add(job.baseline_key)
         if cache_group(job) is not None:
             self.caches.add(cache_group(job))
         return True

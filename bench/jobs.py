@@ -4,6 +4,7 @@ of its ``config``: what determines its result, nothing about how it is scheduled
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,8 +16,12 @@ from bench.suite_schema import (DATA_KEYS, DEFAULT_JOB_TIME_LIMIT_S, SuiteError,
 from bench.train import check_recipe
 
 
-@dataclass
+@dataclass(frozen=True)
 class Job:
+    """One job, frozen: its ``key`` (the hash of ``config``), ``baseline_key`` and ``tune_key``
+    are computed once; the planner gives it its ``stage`` by building a copy
+    (``dataclasses.replace``), which does not change the key."""
+
     suite: str
     network: str
     dataset: str
@@ -82,9 +87,9 @@ class Job:
                 and self.finetune.get("epochs") != self.tune_epochs)
 
     def __post_init__(self) -> None:
-        self.key = config_key(self.config())
+        object.__setattr__(self, "key", config_key(self.config()))
 
-    @property
+    @functools.cached_property
     def tune_key(self) -> str:
         """The key without the seed and the fine-tuning lr: the seeds of one (network, dataset,
         method, budget) share it, so an lr picked from ``lr_grid`` can be shared by them."""
@@ -102,6 +107,11 @@ class Job:
     def baseline_config(self) -> dict[str, Any]:
         return {"network": self.network, "dataset": self.dataset, "seed": self.seed,
                 "train": self.train, "data": self.data}
+
+    @functools.cached_property
+    def baseline_key(self) -> str:
+        """The key of this job's dense baseline (its checkpoint's name; jobs of one baseline share it)."""
+        return config_key(self.baseline_config)
 
     @property
     def budget(self) -> str:

@@ -3,6 +3,7 @@ first) and which job picks the fine-tuning lr that the other seeds of its settin
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from bench.suite_schema import STAGES
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
 def prioritize(jobs: list[Job], suite: dict[str, Any]) -> list[Job]:
     """Jobs in the suite's ``priority`` order (stable: the expansion order within a stage);
     unchanged without one. Stages not listed come after the listed ones. Within ``seeds``,
-    seed by seed, each in the order of the other stages. Sets ``Job.stage``."""
+    seed by seed, each in the order of the other stages. Returns copies with ``Job.stage`` set."""
     prio = suite.get("priority")
     first = min(int(s) for s in suite.get("seeds") or [0])
     head = suite.get("headline_ratio")
@@ -27,20 +28,19 @@ def prioritize(jobs: list[Job], suite: dict[str, Any]) -> list[Job]:
             return "headline"
         return "budgets"
 
-    own = {id(j): own_stage(j) for j in jobs}
-    for j in jobs:
-        j.stage = "seeds" if prio and "seeds" in prio and j.seed != first else own[id(j)]
+    staged = [replace(j, stage="seeds" if prio and "seeds" in prio and j.seed != first else own_stage(j))
+              for j in jobs]
     if not prio:
-        return jobs
+        return staged
     order = list(prio) + [s for s in STAGES if s not in prio]
     inner = [s for s in order if s != "seeds"]
 
     def rank(j: Job) -> tuple:
         if j.stage != "seeds":
             return (order.index(j.stage), 0, 0)
-        return (order.index("seeds"), j.seed, inner.index(own[id(j)]))
+        return (order.index("seeds"), j.seed, inner.index(own_stage(j)))
 
-    return sorted(jobs, key=rank)
+    return sorted(staged, key=rank)
 
 
 def tuning_jobs(jobs) -> dict[str, str]:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from bench.backends.local import CLAIMED, LEFT, run_groups, run_parallel
 from bench.claims import Claims
 from bench.job import failed_record, job_fields
-from bench.records import append_record, config_key, done_keys, latest_by_key, read_records
+from bench.records import append_record, done_keys, latest_by_key, read_records
 from bench.jobs import Job
 from bench.plan import tuner_keys, tuning_jobs
 from bench.train import resolve_device
@@ -86,14 +86,14 @@ def _groups(jobs: list[Job], ordered: bool = False) -> list[list[Job]]:
     if ordered:
         runs: list[list[Job]] = []
         for j in jobs:
-            if runs and config_key(runs[-1][0].baseline_config) == config_key(j.baseline_config):
+            if runs and runs[-1][0].baseline_key == j.baseline_key:
                 runs[-1].append(j)
             else:
                 runs.append([j])
         return runs
     by_base: dict[str, list[Job]] = defaultdict(list)
     for j in jobs:
-        by_base[config_key(j.baseline_config)].append(j)
+        by_base[j.baseline_key].append(j)
     return list(by_base.values())
 
 

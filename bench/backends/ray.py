@@ -26,7 +26,6 @@ import torch
 
 from bench.backends.local import CLAIMED, LEFT, device_info
 from bench.job import failed_record, memo_key, plan_on_untrained, reused_record, run_job
-from bench.records import config_key
 from bench.jobs import Job
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,7 +157,7 @@ def _submit(ray, groups, settings, plugins, max_retries, mine, picks, baseline_r
         return picks.get(job.tune_key)
 
     def submit(job: Job) -> None:
-        bkey = config_key(job.baseline_config)
+        bkey = job.baseline_key
         if bkey not in base_refs:
             base_refs[bkey] = baseline_remote.remote(job, settings, plugins)
         ref = job_remote.remote(job, base_refs[bkey], settings, plugins, pick_of(job))
@@ -170,7 +169,7 @@ def _submit(ray, groups, settings, plugins, max_retries, mine, picks, baseline_r
             job = queue[i]
             i += 1
             mkey = planned_memo_key(job, untrained, pick_of(job))
-            lkey = (config_key(job.baseline_config), mkey)
+            lkey = (job.baseline_key, mkey)
             if mkey is not None and lkey in leader:  # claimed now, recorded from its leader's result
                 if mine(job):
                     followers[leader[lkey].key].append(job)
