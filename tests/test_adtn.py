@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from methods.adtn.generator import ADTNGenerator, num_sites, param_count, prefit, sublayer_plan
+from methods.adtn.generator import ADTNGenerator, num_sites, param_count, sublayer_plan
+from methods.adtn.prefit import prefit
 
 
 def explicit(gen: ADTNGenerator) -> torch.Tensor:
@@ -259,7 +260,7 @@ def test_prefit_zero_target_and_bad_shapes():
 def test_sgd_gain_is_the_top_eigenvalue_of_jtj():
     from torch.func import functional_call, jacrev
 
-    from methods.adtn.generator import sgd_gain
+    from methods.adtn.prefit import sgd_gain
 
     for depth, activation in [(1, "relu"), (3, "relu"), (2, "tanh")]:
         gen = make(2 ** 6 - 3, depth, activation=activation)

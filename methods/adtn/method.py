@@ -35,7 +35,8 @@ from torch import nn
 from bench.compressor import CompressionError, Compressor, FinetuneContext, dense_params, get_layer, replace_layer
 from bench.layers import ConvSpec, check_layer
 from bench.registry import register_method
-from methods.adtn.generator import ACTIVATIONS, SCHEDULES, ADTNGenerator, num_sites, param_count, prefit, sgd_gain
+from methods.adtn.generator import ACTIVATIONS, ADTNGenerator, num_sites, param_count
+from methods.adtn.prefit import SCHEDULES, prefit, sgd_gain
 from methods.adtn.layer import ADTNLayer
 from methods.adtn.layout import LAYOUTS, image_axes, plan_layout
 
@@ -77,7 +78,7 @@ class ADTN(Compressor):
     gradients are multiplied by a constant (a buffer: the forward and the parameter count do
     not change). Under SGD a generated weight moves up to ``gain`` = lambda_max(J^T J) times
     faster than a dense one (J = d weight / d gates, measured after the pre-fit by
-    ``methods.adtn.generator.sgd_gain``; 10-400 on FC-2/MNIST), and plain gradients with the suite's SGD
+    ``methods.adtn.prefit.sgd_gain``; 10-400 on FC-2/MNIST), and plain gradients with the suite's SGD
     recipe collapsed FC-2 to chance in early trials (a different pre-fit). 'auto' = 1/gain
     (never faster than dense: stable but slow), 'sqrt' = gain^-1/2, or a number (1 = plain
     gradients, the default: measured best over 3 seeds at 32x and 128x on FC-2 with the
