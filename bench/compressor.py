@@ -75,6 +75,10 @@ class Compressor:
     #: whether ``finetune`` trains with the suite's learning rate (``ctx.train``): only then is
     #: that rate tuned on the suite's ``lr_grid``; NN-BCD (gradient-free) and dense say False
     uses_finetune_lr: bool = True
+    #: a cost hint (``bench.cost``): factorisation time scales as (calibrated ratio / job's ratio)
+    #: to this power at one layer size. 0: the work does not depend on the size asked for (a full
+    #: SVD, TT-SVD, HOSVD, a magnitude sort); CP's ALS says 1 (each sweep's work is linear in the rank)
+    factorize_cost_exponent: float = 0.0
     #: whether ``finetune`` changes the model at all: dense says False, so its job builds no
     #: frozen-prefix cache (the first job that trains builds it) and is evaluated as it is
     finetunes: bool = True

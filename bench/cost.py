@@ -307,7 +307,20 @@ class CostModel:
             return None
         if fit.get("per_step"):
             return sum(self._prefit_s(job, fit, n) for n in job.layers)
-        return sum(law(fit, n) for n in self.layer_sizes(job).values())
+        return sum(law(fit, n) for n in self.layer_sizes(job).values()) * self._budget_factor(job, fit)
+
+    def _budget_factor(self, job, fit: dict[str, Any]) -> float:
+        """(calibrated ratio / the job's ratio) ** the method's ``factorize_cost_exponent``: the
+        law was measured at one budget (``fit['budget']``, e.g. 'x32'); CP at 2,192x does a
+        sixtieth of its 32x work. 1 for a fixed knob or a law without its budget."""
+        exponent = float(getattr(self._method(job), "factorize_cost_exponent", 0.0))
+        measured = str(fit.get("budget", ""))
+        if not exponent or job.target_ratio is None or not measured.startswith("x"):
+            return 1.0
+        try:
+            return (float(measured[1:]) / float(job.target_ratio)) ** exponent
+        except ValueError:
+            return 1.0
 
     def trials(self, job, tuning: bool) -> int:
         """Fine-tuning runs of a job (``bench.tuning``): on the tuning seed of a method that

@@ -269,6 +269,20 @@ def test_planned_skips_unreachable_budget_and_capped_factorisation():
     assert planned_skip(jobs[("tt", 32.0)], model) is None  # no calibration entry: not capped
 
 
+def test_factorize_estimate_scales_with_the_budget_where_the_method_says_so():
+    """A law measured at 32x: CP's ALS work is linear in the rank (factorize_cost_exponent 1),
+    so at 2,191.57x it is 32 / 2,191.57 of it; tt's TT-SVD does not depend on the rank (0)."""
+    jobs = {(j.method, j.target_ratio): j for j in expand(load_suite("cifar10-headline", ["seeds=[0]"]))}
+    law = {"a": 1e-5, "b": 1.0, "budget": "x32"}
+    model = CostModel(calibration(networks=("vgg16",), factorize={"cp": law, "tt": law}))
+    full = 1e-5 * 18_874_368
+    assert model.factorize_s(jobs[("cp", 32.0)]) == pytest.approx(full)
+    assert model.factorize_s(jobs[("cp", 2191.57)]) == pytest.approx(full * 32 / 2191.57)
+    assert model.factorize_s(jobs[("tt", 2191.57)]) == pytest.approx(full)
+    old = CostModel(calibration(networks=("vgg16",), factorize={"cp": {"a": 1e-5, "b": 1.0}}))
+    assert old.factorize_s(jobs[("cp", 2191.57)]) == pytest.approx(full)  # a law without its budget
+
+
 def test_time_capped_job_is_recorded_skipped_and_reconsidered_with_a_new_cap(tmp_path, tiny_suite, capsys):
     suite = tiny_suite(ratios=[8], factorize_time_cap_s=5)
     cal = write_cal(tmp_path / "cal.json", factorize={"svd": {"a": 1e-3, "b": 1.0}})  # 16.8 s
