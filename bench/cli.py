@@ -15,7 +15,7 @@ from pathlib import Path
 from bench.errors import InputError
 from bench.records import OutputWriteError, write_cause
 from bench.registry import METHODS, PluginError, UnknownNameError, dataset_names, load_plugin, method_names, network_names
-from bench.suite import SUITES_DIR, SuiteError, expand, load_suite, method_entry, suite_names, tuner_keys
+from bench.suite import SUITES_DIR, SuiteError, expand, load_suite, method_entry, suite_names
 
 DEFAULT_OUT = Path("results")
 #: where a subset or override of a committed suite writes unless --out says otherwise, so it
@@ -94,7 +94,7 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
     records, set the estimate of the recorded jobs beside their measured times."""
     from collections import Counter
 
-    from bench.cost import STAGES, baseline_cached, cache_group, compare_records
+    from bench.cost import STAGES, baseline_cached, compare_records
     from bench.job import plan_on_untrained
     from bench.layers import dense_params
     from bench.records import latest_by_key, read_records
@@ -117,25 +117,23 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
         return f"params {planned:>10,} of {dense:,} ({dense / planned:8.1f}x)  knobs {plan.knobs}", False
 
     networks: dict = {}
-    tuners = tuner_keys(jobs)
-    paid: set[str] = set()
-    caches: set = set()
+    pre = {j.key: planned_skip(j, cost) for j in jobs}
+    lines = {j.key: plan_line(j, pre[j.key]) for j in jobs}
+    costs = {} if cost is None else cost.suite_stages(
+        jobs, cached={j.baseline_key for j in jobs if baseline_cached(baseline_root, j)},
+        skipped={k for k, (_, skip) in lines.items() if skip})
     est: dict[tuple[str, str], list[dict[str, float]]] = {}
     group_est: dict[tuple[str, str], list[float]] = {}  # (network, baselines | prefix caches)
     skipped: Counter = Counter()
     for j in jobs:
-        line, skip = plan_line(j, planned_skip(j, cost))
+        line, skip = lines[j.key]
         timing = ""
         if cost is not None:
-            bkey, ckey = j.baseline_key, cache_group(j)
-            if bkey not in paid:
-                paid.add(bkey)
-                if not baseline_cached(baseline_root, j):
-                    group_est.setdefault((j.network, "(baselines)"), []).append(cost.baseline_s(j))
-            if not skip and ckey is not None and ckey not in caches:  # built by the group's first job that runs
-                caches.add(ckey)
-                group_est.setdefault((j.network, "(prefix caches)"), []).append(cost.cache_s(j))
-            st = dict.fromkeys(STAGES, 0.0) if skip else cost.stages(j, j.key in tuners)
+            st = dict(costs[j.key])
+            for stage, group in (("baseline", "(baselines)"), ("cache", "(prefix caches)")):
+                if st[stage]:
+                    group_est.setdefault((j.network, group), []).append(st[stage])
+                st[stage] = 0.0
             est.setdefault((j.network, j.label), []).append(st)
             skipped[(j.network, j.label)] += skip
             timing = f"  est {sum(st.values()):9.1f} s"
@@ -382,6 +380,7 @@ def cost_model(args, devices: list[str], jobs, check: bool = True):
 
 def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_only: bool) -> int:
     from bench.cost import Budget
+    from bench.records import RecordIndex
     from bench.runner import RunSettings, adopt_reused, run_jobs
 
     counts = None
@@ -393,15 +392,16 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
         budget = None
         if args.time_budget is not None:
             budget = Budget(args.time_budget * 60, cost, jobs, baseline_root=settings.baseline_root)
+        records = RecordIndex(path)  # read once for the whole sweep (bench.runner.Sweep)
         if suite.get("reuse") and not args.rerun:
-            copied = adopt_reused(jobs, path, out, suite["reuse"])
+            copied = adopt_reused(jobs, path, out, suite["reuse"], records.refresh())
             if copied:
                 print(f"{suite['name']}: took {copied} records of equal jobs from {', '.join(suite['reuse'])} "
                       f"(reused_from)", file=sys.stderr)
         try:
             counts = run_jobs(jobs, settings, devices, path, backend=args.backend, address=args.address,
                               plugins=args.plugin, rerun=args.rerun, budget=budget, cost=cost,
-                              ordered=bool(suite.get("priority")))
+                              ordered=bool(suite.get("priority")), records=records)
         except (RuntimeError, OutputWriteError) as e:  # a record or checkpoint did not land (disk full, ...)
             print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
             return 2

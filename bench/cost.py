@@ -375,21 +375,33 @@ class CostModel:
         """Whole job: the sum of its ``stages``."""
         return sum(self.stages(job, tuning, with_baseline, with_cache).values())
 
-    def suite_s(self, jobs: list, cached: set[str] = frozenset()) -> tuple[float, dict[str, float]]:
-        """(total seconds, seconds per job key) of a job list: each baseline once (none for
-        baseline keys in ``cached``), each frozen-prefix cache once per baseline group (never
-        kept between runs), the tuning seed's trials."""
+    def suite_stages(self, jobs: list, cached: set[str] = frozenset(),
+                     skipped: set[str] = frozenset()) -> dict[str, dict[str, float]]:
+        """Seconds per stage of each job of a list, as one sweep spends them: each baseline once,
+        on the first job of its group (none for baseline keys in ``cached``); each frozen-prefix
+        cache once per group, on its first job that runs (never kept between runs); jobs in
+        ``skipped`` (recorded skipped before they run) nothing else; the tuning seed's trials.
+        The dry run prints these; ``suite_s`` sums them."""
         from bench.plan import tuner_keys
 
         tuners = tuner_keys(jobs)
-        seen, caches = set(cached), set()
-        per_job = {}
+        seen, caches, out = set(cached), set(), {}
         for j in jobs:
-            bkey, ckey = j.baseline_key, cache_group(j)
-            per_job[j.key] = self.job_s(j, j.key in tuners, with_baseline=bkey not in seen,
-                                        with_cache=ckey is not None and ckey not in caches)
-            seen.add(bkey)
-            caches.add(ckey)
+            skip = j.key in skipped
+            st = dict.fromkeys(STAGES, 0.0) if skip else self.stages(j, j.key in tuners)
+            if j.baseline_key not in seen:
+                seen.add(j.baseline_key)
+                st["baseline"] = self.baseline_s(j)
+            ckey = cache_group(j)
+            if not skip and ckey is not None and ckey not in caches:
+                caches.add(ckey)
+                st["cache"] = self.cache_s(j)
+            out[j.key] = st
+        return out
+
+    def suite_s(self, jobs: list, cached: set[str] = frozenset()) -> tuple[float, dict[str, float]]:
+        """(total seconds, seconds per job key) of ``suite_stages``."""
+        per_job = {k: sum(st.values()) for k, st in self.suite_stages(jobs, cached).items()}
         return sum(per_job.values()), per_job
 
     # --- ADTN --------------------------------------------------------------------------------

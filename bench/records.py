@@ -251,3 +251,93 @@ def is_complete(rec: dict[str, Any]) -> bool:
         return isinstance(rec.get("error"), str)
     value = rec.get("fit_rel_error" if rec.get("fit_only") else "acc_after_finetune")
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class RecordIndex:
+    """The latest record of each key of one records file, read once, then only what was appended
+    since (by this sweep or by another sharing the file): one sweep's resume checks, lr picks and
+    claims look here instead of re-reading the whole file for each (``bench.runner``).
+
+    Only whole lines are taken (plus a last line without its line end that is a whole record,
+    as ``read_records`` counts it); a file that shrank or was replaced is read again from the
+    start. Pickled (to a worker process) it keeps only its path and reads afresh there.
+    ``done`` follows ``done_keys`` exactly: ok or skipped, and complete (``is_complete``)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._offset, self._inode = 0, None
+        self.latest: dict[str, dict[str, Any]] = {}
+        self._done: set[str] = set()
+        self._untrusted: set[str] = set()
+        self.reads = self.bytes_read = 0  # how often the file was opened, and how much was read
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path = state["path"]
+        self._reset()
+
+    def refresh(self) -> "RecordIndex":
+        """Take in what was appended since the last call."""
+        if not self.path.exists():
+            if self._offset:
+                self._reset()
+            return self
+        with open(self.path, "rb") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+            try:
+                st = os.fstat(f.fileno())
+                if st.st_ino != self._inode or st.st_size < self._offset:
+                    self._reset()
+                    self._inode = st.st_ino
+                f.seek(self._offset)
+                data = f.read()
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        self.reads += 1
+        self.bytes_read += len(data)
+        end = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+        tail = data[end:]
+        if tail and isinstance(_parse_line(tail), dict):
+            end = len(data)
+        bad = []
+        for raw in data[:end].splitlines():
+            rec = _parse_line(raw)
+            if isinstance(rec, str):
+                bad.append(rec)
+            elif rec is not None:
+                self._take(rec)
+        self._offset += end
+        if bad:
+            warnings.warn(f"{self.path}: ignoring {len(bad)} bad record line(s): " + "; ".join(bad[:SHOWN_BAD_LINES])
+                          + (f"; and {len(bad) - SHOWN_BAD_LINES} more" if len(bad) > SHOWN_BAD_LINES else ""),
+                          stacklevel=2)
+        return self
+
+    def _take(self, rec: dict[str, Any]) -> None:
+        key = rec["key"]
+        self.latest[key] = rec
+        self._done.discard(key)
+        self._untrusted.discard(key)
+        if rec.get("status") in ("ok", "skipped"):
+            (self._done if is_complete(rec) else self._untrusted).add(key)
+
+    def done(self) -> set[str]:
+        """Keys whose jobs need no re-run (``done_keys``), as of the last ``refresh``."""
+        if self._untrusted:
+            warnings.warn(f"{self.path}: {len(self._untrusted)} record(s) marked done lack the fields a record has or "
+                          "do not hash to their key; not trusted, their jobs run again", stacklevel=2)
+        return set(self._done)
+
+    def is_done(self, key: str) -> bool:
+        """Whether ``key`` is done now: what others appended since is read first (one tail read)."""
+        return key in self.refresh()._done
+
+    def append(self, record: dict[str, Any]) -> None:
+        """``append_record``, then take it in (with whatever others appended before it)."""
+        append_record(self.path, record)
+        self.refresh()

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from bench.backends.local import CLAIMED, LEFT, run_groups, run_parallel
 from bench.claims import Claims
 from bench.job import failed_record, job_fields
-from bench.records import append_record, done_keys, latest_by_key, read_records
+from bench.records import RecordIndex, latest_by_key, read_records
 from bench.jobs import Job
 from bench.plan import tuner_keys, tuning_jobs
 from bench.train import resolve_device
@@ -126,19 +126,27 @@ def planned_skip(job: Job, cost=None) -> dict[str, Any] | None:
         if est is not None and est > job.factorize_time_cap_s:
             return {**job_fields(job), "status": "skipped",
                     "error": f"estimated factorisation time {est:,.0f} s exceeds factorize_time_cap_s "
-                             f"{job.factorize_time_cap_s:g} (calibration {cost.path})",
+                             f"{job.factorize_time_cap_s:g} (calibration {_shown(cost.path)})",
                     "time_cap_s": job.factorize_time_cap_s, "estimate_factorize_s": est,
                     "calibration": cost.cal.get("created")}
     return None
 
 
-def _reconsidered(jobs: list[Job], path: Path, cost) -> set[str]:
+def _shown(path) -> str:
+    """A path as records show it: relative to the checkout when inside it (a record must not
+    carry the temporary worktree it ran from)."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def _reconsidered(jobs: list[Job], records: RecordIndex, cost) -> set[str]:
     """Keys whose latest record is a time-capped skip made under another cap or calibration:
     not done, so they are planned again."""
-    latest = latest_by_key(read_records(path))
     redo = set()
     for j in jobs:
-        r = latest.get(j.key)
+        r = records.latest.get(j.key)
         if r and r.get("status") == "skipped" and r.get("time_cap_s") is not None:
             created = cost.cal.get("created") if cost is not None else None
             if j.factorize_time_cap_s != r["time_cap_s"] or created != r.get("calibration"):
@@ -150,13 +158,13 @@ class JobClaimer:
     """Claims a job for this sweep just before it runs (picklable, so workers use it too): False
     when another sweep holds it or has recorded it since this sweep started."""
 
-    def __init__(self, claims, path: Path, rerun: bool, redo: frozenset = frozenset()):
-        self.claims, self.path, self.rerun, self.redo = claims, Path(path), rerun, frozenset(redo)
+    def __init__(self, claims, records: RecordIndex, rerun: bool, redo: frozenset = frozenset()):
+        self.claims, self.records, self.rerun, self.redo = claims, records, rerun, frozenset(redo)
 
     def __call__(self, job: Job) -> bool:
         if not self.claims.try_claim(job.key):
             return False
-        if not self.rerun and job.key not in self.redo and job.key in done_keys(self.path):  # done meanwhile
+        if not self.rerun and job.key not in self.redo and self.records.is_done(job.key):  # done meanwhile
             self.claims.release(job.key)
             return False
         return True
@@ -179,23 +187,25 @@ def tuning_passes(todo: list[Job], tuners: set[str]) -> list[list[Job]]:
     return [p for p in (first, second) if p]
 
 
-def lr_picks(path: Path) -> dict[str, float]:
-    """Tune key -> learning rate picked, from the records of tuning jobs."""
+def lr_picks(records: RecordIndex) -> dict[str, float]:
+    """Tune key -> learning rate picked, from the records of tuning jobs (as the sweep has them:
+    its own appends are in the index as they land, no re-read)."""
     picks = {}
-    for r in latest_by_key(read_records(path)).values():
+    for r in records.latest.values():
         t = r.get("lr_tuning")
         if r.get("status") == "ok" and t and t.get("tuned_here") and r.get("tune_key"):
             picks[r["tune_key"]] = t["pick"]
     return picks
 
 
-def adopt_reused(jobs: list[Job], path: Path, out: Path, suites: list[str]) -> int:
+def adopt_reused(jobs: list[Job], path: Path, out: Path, suites: list[str], records: RecordIndex | None = None) -> int:
     """Copy into ``path`` the ok/skipped records of ``out/<suite>/`` (for each of ``suites``)
     whose key is that of a job here without a record yet: an equal key means the same network,
     baseline, method, budget and recipe, so the measurement is the same. Each copy keeps the
     measurement and its code version, takes this job's fields, and says ``reused_from``.
-    Returns how many were copied."""
-    done = done_keys(path)
+    Returns how many were copied. ``records``: the sweep's index of ``path`` (default: read it)."""
+    records = records if records is not None else RecordIndex(path).refresh()
+    done = records.done()
     wanted = {j.key: j for j in jobs if j.key not in done}
     copied = 0
     for name in suites:
@@ -206,7 +216,7 @@ def adopt_reused(jobs: list[Job], path: Path, out: Path, suites: list[str]) -> i
             job = wanted.get(key)
             if job is None or rec.get("status") not in ("ok", "skipped"):
                 continue
-            append_record(path, {**rec, **job_fields(job), "tune_key": job.tune_key, "reused_from": name})
+            records.append({**rec, **job_fields(job), "tune_key": job.tune_key, "reused_from": name})
             del wanted[key]
             copied += 1
     return copied
@@ -225,7 +235,8 @@ def _stream(groups, settings: RunSettings, devices: list[str], backend: str, add
 
 def run_jobs(jobs: list[Job], settings: RunSettings, devices: list[str], path: Path,
              backend: str = "local", address: str | None = None, plugins: list[str] | None = None,
-             rerun: bool = False, claims=None, budget=None, cost=None, ordered: bool = False) -> dict[str, int]:
+             rerun: bool = False, claims=None, budget=None, cost=None, ordered: bool = False,
+             records: RecordIndex | None = None) -> dict[str, int]:
     """Run the jobs that have no ok/skipped record yet (all of them with ``rerun``); append each
     record as it finishes. Each job is claimed (bench.claims) just before it runs, so concurrent
     sweeps on one output, or machines sharing its filesystem, split the work; ``claims``
@@ -235,94 +246,107 @@ def run_jobs(jobs: list[Job], settings: RunSettings, devices: list[str], path: P
     ``budget`` (``bench.cost.Budget``): a job is started only if it is estimated to finish in
     the time left, else it is left for later (counted, not recorded); so is a job whose lr
     pick comes from a tuning job left for later. ``cost`` (``bench.cost.CostModel``): applies
-    ``factorize_time_cap_s``. ``ordered``: keep the job order (a suite's ``priority``)."""
-    done = set() if rerun else done_keys(path)
-    redo = set() if rerun else _reconsidered(jobs, path, cost)
-    done -= redo
-    todo = [j for j in jobs if j.key not in done]
-    counts = {"total": len(jobs), "already_done": len(jobs) - len(todo), "ok": 0, "failed": 0, "skipped": 0,
-              CLAIMED: 0, LEFT: 0}
-    if not todo:
+    ``factorize_time_cap_s``. ``ordered``: keep the job order (a suite's ``priority``).
+    ``records``: an index of ``path`` already read (``adopt_reused`` shares the CLI's)."""
+    sweep = Sweep(jobs, settings, path, rerun=rerun, claims=claims, cost=cost, records=records)
+    return sweep.run(devices, backend, address, plugins, budget, ordered)
+
+
+class Sweep:
+    """One run of a job list against one records file. It reads the records once
+    (``RecordIndex``; then only what is appended), records each result as it comes back
+    (stamped with the code version and environment), keeps the counts that must add up to the
+    job list, and hands the lr picks of the tuning pass to the pass that reuses them from
+    memory."""
+
+    def __init__(self, jobs: list[Job], settings: RunSettings, path: Path, rerun: bool = False, claims=None,
+                 cost=None, records: RecordIndex | None = None):
+        self.jobs, self.settings, self.path, self.rerun, self.cost = jobs, settings, Path(path), rerun, cost
+        self.records = records if records is not None else RecordIndex(path)
+        self.records.refresh()
+        self.claims = claims if claims is not None else Claims(self.path.parent / f"{self.path.stem}.claims")
+        self.by_key = {j.key: j for j in jobs}
+        self.counts = {"total": len(jobs), "already_done": 0, "ok": 0, "failed": 0, "skipped": 0, CLAIMED: 0, LEFT: 0}
+        self.bar = None
+        self.version, self.env = "unknown", {}
+
+    def run(self, devices: list[str], backend: str = "local", address: str | None = None,
+            plugins: list[str] | None = None, budget=None, ordered: bool = False) -> dict[str, int]:
+        jobs, counts = self.jobs, self.counts
+        done = set() if self.rerun else self.records.done()
+        redo = set() if self.rerun else _reconsidered(jobs, self.records, self.cost)
+        done -= redo
+        todo = [j for j in jobs if j.key not in done]
+        counts["already_done"] = len(jobs) - len(todo)
+        if not todo:
+            return counts
+        if self.cost is None and any(j.factorize_time_cap_s for j in todo):
+            print("note: factorize_time_cap_s is not applied: no calibration for this device "
+                  "(python -m bench.perf calibrate)", file=sys.stderr)
+        self.version, self.env = code_version(), environment()
+        claimer = JobClaimer(self.claims, self.records, self.rerun, redo)
+        self.bar = tqdm(total=len(todo), desc="jobs", unit="job", disable=not self.settings.progress)
+        tuner_of = tuning_jobs(jobs)
+        left: set[str] = set()
+        try:
+            runnable = []
+            for job in todo:  # ruled out by the suite: recorded skipped without running
+                rec = planned_skip(job, self.cost)
+                if rec is None:
+                    runnable.append(job)
+                else:
+                    self.finish(rec if claimer(job) else {"key": job.key, "status": CLAIMED})
+            for part in tuning_passes(runnable, set(tuner_of.values())) if runnable else []:
+                waiting = [j for j in part if j.lr_grid and tuner_of[j.tune_key] in left]
+                for job in waiting:  # its lr pick is made by a job left for later: it waits too
+                    left.add(job.key)
+                    self.finish({"key": job.key, "status": LEFT})
+                part = [j for j in part if j.key not in left]
+                orphaned = _tuner_failed(part, tuner_of, self.records)
+                for job in orphaned:  # never tune on a seed that should reuse seed 0's pick
+                    self.finish(failed_record(job, "the lr pick of its tuning seed is missing: that job failed "
+                                                   "(run again to retry both)"))
+                part = [j for j in part if j not in orphaned]
+                seen: set[str] = set(j.key for j in waiting) | {j.key for j in orphaned}
+                for rec in _stream(_groups(part, ordered), self.settings, devices, backend, address, plugins,
+                                   claimer, lr_picks(self.records), gate=budget) if part else []:
+                    seen.add(rec["key"])
+                    if rec["status"] == LEFT:
+                        left.add(rec["key"])
+                    self.finish(rec)
+                for job in part:  # a backend that lost a job must not make the counts lie
+                    if job.key not in seen:
+                        self.finish(failed_record(job, "no result came back from the backend"))
+        finally:
+            self.claims.release_all_mine()
+            self.bar.close()
+        finished = (counts["already_done"] + counts["ok"] + counts["failed"] + counts["skipped"] + counts[CLAIMED]
+                    + counts[LEFT])
+        assert finished == counts["total"], f"job accounting is off: {counts}"
         return counts
-    if cost is None and any(j.factorize_time_cap_s for j in todo):
-        print("note: factorize_time_cap_s is not applied: no calibration for this device "
-              "(python -m bench.perf calibrate)", file=sys.stderr)
-    version, env = code_version(), environment()
-    if claims is None:
-        claims = Claims(path.parent / f"{path.stem}.claims")
-    claimer = JobClaimer(claims, path, rerun, redo)
-    bar = tqdm(total=len(todo), desc="jobs", unit="job", disable=not settings.progress)
-    by_key = {j.key: j for j in todo}
-    tuner_of = tuning_jobs(jobs)
-    left: set[str] = set()
-    try:
-        runnable = []
-        for job in todo:  # ruled out by the suite: recorded skipped without running
-            rec = planned_skip(job, cost)
-            if rec is None:
-                runnable.append(job)
-            elif claimer(job):
-                _finish(rec, by_key, path, version, env, counts, claims, bar)
-            else:
-                _finish({"key": job.key, "status": CLAIMED}, by_key, path, version, env, counts, claims, bar)
-        for part in tuning_passes(runnable, set(tuner_of.values())) if runnable else []:
-            waiting = [j for j in part if j.lr_grid and tuner_of[j.tune_key] in left]
-            for job in waiting:  # its lr pick is made by a job left for later: it waits too
-                left.add(job.key)
-                _finish({"key": job.key, "status": LEFT}, by_key, path, version, env, counts, claims, bar)
-            part = [j for j in part if j.key not in left]
-            orphaned = _tuner_failed(part, tuner_of, path)
-            for job in orphaned:  # never tune on a seed that should reuse seed 0's pick
-                _finish(failed_record(job, "the lr pick of its tuning seed is missing: that job failed "
-                                           "(run again to retry both)"), by_key, path, version, env, counts,
-                        claims, bar)
-            part = [j for j in part if j not in orphaned]
-            seen: set[str] = set(j.key for j in waiting) | {j.key for j in orphaned}
-            for rec in _stream(_groups(part, ordered), settings, devices, backend, address, plugins, claimer,
-                               lr_picks(path), gate=budget) if part else []:
-                seen.add(rec["key"])
-                if rec["status"] == LEFT:
-                    left.add(rec["key"])
-                _finish(rec, by_key, path, version, env, counts, claims, bar)
-            for job in part:  # a backend that lost a job must not make the counts lie
-                if job.key not in seen:
-                    _finish(failed_record(job, "no result came back from the backend"), by_key, path, version,
-                            env, counts, claims, bar)
-    finally:
-        claims.release_all_mine()
-        bar.close()
-    finished = (counts["already_done"] + counts["ok"] + counts["failed"] + counts["skipped"] + counts[CLAIMED]
-                + counts[LEFT])
-    assert finished == counts["total"], f"job accounting is off: {counts}"
-    return counts
+
+    def finish(self, rec: dict) -> None:
+        """Count one result; record it (stamped) unless another sweep holds the job or it is
+        left for later."""
+        counts, bar = self.counts, self.bar
+        if rec["status"] not in (CLAIMED, LEFT):
+            job = self.by_key.get(rec["key"])
+            if job is not None:
+                rec["tune_key"] = job.tune_key
+            rec.update(code_version=self.version, env={**self.env, **(rec.get("env") or {})})
+            self.records.append(rec)
+            self.claims.release(rec["key"])
+            if rec["status"] == "failed":
+                tqdm.write(f"FAILED {rec['network']}/{rec['dataset']} {rec['label']} {rec['budget']} "
+                           f"seed {rec['seed']}: {rec['error']}")
+        counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+        finished = counts["ok"] + counts["failed"] + counts["skipped"] + counts[CLAIMED] + counts[LEFT]
+        bar.set_postfix(ok=counts["ok"], failed=counts["failed"], skipped=counts["skipped"],
+                        left=bar.total - finished)
+        bar.update(1)
 
 
-def _tuner_failed(part: list[Job], tuner_of: dict[str, str], path: Path) -> list[Job]:
+def _tuner_failed(part: list[Job], tuner_of: dict[str, str], records: RecordIndex) -> list[Job]:
     """Jobs that reuse an lr pick whose tuning job's latest record is ``failed``."""
     reusers = [j for j in part if j.lr_grid and tuner_of[j.tune_key] != j.key]
-    if not reusers:
-        return []
-    latest = latest_by_key(read_records(path))
-    return [j for j in reusers if latest.get(tuner_of[j.tune_key], {}).get("status") == "failed"]
-
-
-def _finish(rec: dict, by_key: dict[str, Job], path: Path, version: str, env: dict, counts: dict, claims,
-            bar) -> None:
-    """Count one result; record it (stamped) unless another sweep holds the job or it is left
-    for later."""
-    if rec["status"] not in (CLAIMED, LEFT):
-        job = by_key.get(rec["key"])
-        if job is not None:
-            rec["tune_key"] = job.tune_key
-        rec.update(code_version=version, env={**env, **(rec.get("env") or {})})
-        append_record(path, rec)
-        if claims is not None:
-            claims.release(rec["key"])
-        if rec["status"] == "failed":
-            tqdm.write(f"FAILED {rec['network']}/{rec['dataset']} {rec['label']} {rec['budget']} "
-                       f"seed {rec['seed']}: {rec['error']}")
-    counts[rec["status"]] = counts.get(rec["status"], 0) + 1
-    finished = counts["ok"] + counts["failed"] + counts["skipped"] + counts[CLAIMED] + counts[LEFT]
-    bar.set_postfix(ok=counts["ok"], failed=counts["failed"], skipped=counts["skipped"],
-                    left=bar.total - finished)
-    bar.update()
+    return [j for j in reusers if records.latest.get(tuner_of[j.tune_key], {}).get("status") == "failed"]

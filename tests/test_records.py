@@ -193,3 +193,44 @@ def test_records_path_that_is_no_regular_file_is_refused_in_one_line(tmp_path):
     link.symlink_to("/dev/null")
     with pytest.raises(RecordWriteError, match="null.jsonl: not a regular file"):
         append_record(link, {"key": "a"})
+
+
+# --- the sweep's index of one records file ------------------------------------------------------
+def test_record_index_equals_a_full_read_and_reads_each_byte_once(tmp_path):
+    """``RecordIndex`` gives what ``done_keys`` / ``latest_by_key`` give, reading only what
+    was appended since; a torn tail is left for later, a shrunk or replaced file read again."""
+    from bench.records import RecordIndex
+
+    path = tmp_path / "r.jsonl"
+    skip = _signed(status="skipped", seed=1, error="budget unreachable")
+    failed = _signed(status="failed", seed=2, error="boom")
+    _write(path, [OK_A, _line(failed)])
+    index = RecordIndex(path).refresh()
+    assert index.done() == done_keys(path) == {KEY_A}
+    append_record(path, skip)  # another writer
+    append_record(path, {**REC_A, "status": "failed", "error": "rerun"})  # supersedes A
+    assert index.is_done(skip["key"]) and not index.is_done(KEY_A)
+    assert index.latest == latest_by_key(read_records(path))
+    assert index.bytes_read == path.stat().st_size and index.reads == 3
+    with open(path, "ab") as f:  # a torn tail: not taken, and not counted as read past
+        f.write(b'{"key": "half')
+    index.refresh()
+    assert index.bytes_read == path.stat().st_size and set(index.latest) == {KEY_A, skip["key"], failed["key"]}
+    index.append(_signed(status="ok", seed=3, acc_after_finetune=90.0))  # the append cuts the torn tail
+    assert index.latest == latest_by_key(read_records(path)) and len(index.latest) == 4
+    path.write_bytes(_line(skip) + b"\n")  # rewritten by hand: read again from the start
+    assert index.refresh().latest == {skip["key"]: skip} and index.done() == {skip["key"]}
+    path.unlink()
+    assert index.refresh().latest == {} and index.done() == set()
+
+
+def test_record_index_pickles_to_its_path_only(tmp_path):
+    import pickle
+
+    from bench.records import RecordIndex
+
+    path = tmp_path / "r.jsonl"
+    _write(path, [OK_A])
+    index = RecordIndex(path).refresh()
+    copy = pickle.loads(pickle.dumps(index))
+    assert copy.path == path and copy.latest == {} and copy.refresh().done() == {KEY_A}

@@ -88,6 +88,28 @@ def test_rerun_runs_selected_jobs_again_and_latest_record_wins(tmp_path, tiny_su
     assert all(latest[r["key"]] is r for r in newest_svd)
 
 
+def test_one_sweep_reads_its_records_file_once(tmp_path, tiny_suite, monkeypatch):
+    """The sweep's resume check, claims, lr picks and appends share one ``RecordIndex``: every
+    byte of runs.jsonl is read once (it used to be re-read for each claimed job and pass)."""
+    import bench.records as records
+
+    made = []
+
+    class Counting(records.RecordIndex):
+        def __init__(self, path):
+            super().__init__(path)
+            made.append(self)
+
+    monkeypatch.setattr(records, "RecordIndex", Counting)
+    suite = tiny_suite()
+    for _ in range(2):  # a fresh run, then a resume with nothing to do
+        assert _run("--suite", suite, "--out", tmp_path) == 0
+        path = tmp_path / suite.stem / "runs.jsonl"
+        index = made[-1]
+        assert index.path == path and len(index.latest) == 3
+        assert index.bytes_read == path.stat().st_size
+
+
 def test_override_changes_job_keys(tmp_path, tiny_suite):
     suite = tiny_suite()
     assert _run("--suite", suite, "--out", tmp_path) == 0
