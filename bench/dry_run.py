@@ -1,0 +1,95 @@
+"""``--dry-run``: what each job of a suite would do (planned on an untrained network of the
+right shape: no data, no training) and, with a calibration, what it would cost per stage."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from bench.cost import STAGES, baseline_cached, compare_records
+from bench.job import plan_on_untrained
+from bench.layers import dense_params
+from bench.records import latest_by_key, read_records
+from bench.runner import planned_skip, records_path
+
+
+def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
+            baseline_root: Path = Path("results")) -> None:
+    """Plan each job on an untrained network of the right shape (no data, no training) and,
+    with a calibration (``cost``), estimate each job's time per stage (``bench.cost.STAGES``),
+    each baseline and frozen-prefix cache once, and the suite's total; where the suite has
+    records, set the estimate of the recorded jobs beside their measured times."""
+    def plan_line(j, pre) -> tuple[str, bool]:
+        """What the job would do, and whether it is recorded skipped (in no time)."""
+        if pre is not None:
+            return f"skipped: {pre['error']}", True
+        try:
+            plan = plan_on_untrained(j, networks)
+        except Exception as e:  # noqa: BLE001 - show it, as the run would record it
+            return f"cannot plan: {type(e).__name__}: {e}", False
+        dense = sum(dense_params(m) for m in plan.layers.values())
+        if plan.skip_reason:
+            return f"skipped: {plan.skip_reason}", True
+        if plan.knobs is None:
+            return f"knobs chosen from the trained weights at run time (dense: {dense:,} params)", False
+        planned = sum(plan.method.layer_params(plan.layers[n], k) for n, k in plan.knobs.items())
+        return f"params {planned:>10,} of {dense:,} ({dense / planned:8.1f}x)  knobs {plan.knobs}", False
+
+    networks: dict = {}
+    pre = {j.key: planned_skip(j, cost) for j in jobs}
+    lines = {j.key: plan_line(j, pre[j.key]) for j in jobs}
+    costs = {} if cost is None else cost.suite_stages(
+        jobs, cached={j.baseline_key for j in jobs if baseline_cached(baseline_root, j)},
+        skipped={k for k, (_, skip) in lines.items() if skip})
+    est: dict[tuple[str, str], list[dict[str, float]]] = {}
+    group_est: dict[tuple[str, str], list[float]] = {}  # (network, baselines | prefix caches)
+    skipped: Counter = Counter()
+    for j in jobs:
+        line, skip = lines[j.key]
+        timing = ""
+        if cost is not None:
+            st = dict(costs[j.key])
+            for stage, group in (("baseline", "(baselines)"), ("cache", "(prefix caches)")):
+                if st[stage]:
+                    group_est.setdefault((j.network, group), []).append(st[stage])
+                st[stage] = 0.0
+            est.setdefault((j.network, j.label), []).append(st)
+            skipped[(j.network, j.label)] += skip
+            timing = f"  est {sum(st.values()):9.1f} s"
+        print(f"{j.key}  {j.network}/{j.dataset} {j.label:12s} {j.budget:>10s} seed {j.seed}{timing}  {line}")
+    print(f"{len(jobs)} jobs")
+    if cost is None:
+        print(f"no time estimates: no calibration for {kind} ({cal_path} does not exist; "
+              f"python -m bench.perf calibrate --device {kind} makes it)")
+        return
+    cal = cost.cal
+    print(f"estimated time on {kind} ({cal.get('device_name')}, {cal.get('threads')} threads, calibration "
+          f"{cost.path}{'' if any('precisions' in n for n in cal['networks'].values()) else '; no per-precision speeds'}):")
+    shown = ("factorize", "finetune", "eval")
+    print(f"  {'network':9s} {'method':15s} {'jobs':>5s} {'skipped':>8s} "
+          + " ".join(f"{s:>11s}" for s in shown) + f" {'seconds':>12s}")
+    by_stage = dict.fromkeys(STAGES, 0.0)
+    for net in dict.fromkeys(j.network for j in jobs):
+        for (n, label), ts in group_est.items():
+            if n == net:
+                by_stage["baseline" if label == "(baselines)" else "cache"] += sum(ts)
+                print(f"  {net:9s} {label:15s} {len(ts):>5d} {'':>8s} " + " ".join(f"{'':>11s}" for _ in shown)
+                      + f" {sum(ts):>12,.1f}")
+        for (n, label), sts in est.items():
+            if n == net:
+                sums = {s: sum(st[s] for st in sts) for s in STAGES}
+                for s in STAGES:
+                    by_stage[s] += sums[s]
+                print(f"  {net:9s} {label:15s} {len(sts):>5d} {skipped[(n, label)]:>8d} "
+                      + " ".join(f"{sums[s]:>11,.1f}" for s in shown) + f" {sum(sums.values()):>12,.1f}")
+    total = sum(by_stage.values())
+    print("  by stage: " + ", ".join(f"{s} {by_stage[s]:,.0f} s" for s in STAGES))
+    print(f"  total: {total:,.0f} s = {total / 60:,.1f} min = {total / 3600:,.2f} h "
+          "(baselines already in the checkpoint cache cost nothing)")
+    print("  records time the stages as: baseline = time_train_s (checkpoint .json), cache = time_prefix_cache_s, "
+          "factorize = time_compress_s, finetune = time_finetune_s, eval = the rest of time_total_s")
+    path = records_path(baseline_root, jobs[0].suite, jobs[0].fit_only) if jobs else None
+    if path is not None and path.is_file():
+        n, e, m = compare_records(cost, jobs, latest_by_key(read_records(path)), baseline_root)
+        if n:
+            print(f"  {n} recorded jobs ({path}), estimated / measured s: "
+                  + ", ".join(f"{s} {e[s]:,.0f} / {m[s]:,.0f}" for s in STAGES))
