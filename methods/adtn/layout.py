@@ -14,9 +14,10 @@
 * ``interleaved``: two blocks, output channels and fan-in (each padded to a power of d), with
   their digits alternating along the sites, most significant first: o_1 i_1 o_2 i_2 ... (the
   longer block's remaining digits last). In both layouts above all output digits come before
-  all input digits, so the matrix's rank across that cut is at most the bond dimension the
-  brick wall builds there: d^2 at depth 1 (a rank-4 bottleneck for d = 2; rank <= d^(2M) at
-  depth M). Interleaved, neighbouring gates couple output and input digits, as tt's paired
+  all input digits, and at depth 1 (no activation) a single gate crosses that cut: the matrix
+  has rank at most d^2 (a rank-4 bottleneck for d = 2). Deeper, more gates cross it and the
+  activations between layers lift a strict bound, but the coupling still passes through a few
+  gates at one cut. Interleaved, neighbouring gates couple output and input digits, as tt's paired
   (TT-matrix) layout does: depth 1's first sublayer alone is a Kronecker product of d x d
   matrices, full rank. Same Q, same parameter count; where the two padded blocks would raise
   Q it falls back to row-major. Cost: one permute copy of the d^Q tensor per generation.
