@@ -50,6 +50,12 @@ accuracy was still rising (8x: 0.53 -> 0.92 over 20 sweeps). ``ctx.extras`` gets
 validation accuracy of every sweep (``nnbcd_val_acc``, index = sweep, 0 = before BCD), the
 objective and training accuracy at the sweeps ``nnbcd_curve_sweeps`` (all, or 101 evenly
 spaced), ``nnbcd_stop`` (which rule stopped it, at which sweep), the kept sweep and timing.
+Checked (results/nnbcd-sweeps, FC-2 / MNIST seed 0): the plateau rule is not what keeps NN-BCD
+behind at high compression. With the rule off and the best of 300 sweeps kept, nnbcd-tt went
+71.08 -> 75.56 % at 32x and nnbcd-prune 24.23 -> 28.73 % at 512x; the other four cells did not
+move (their best sweep came before the plateau stop). Past ~50 sweeps the objective reaches ~0
+while the compressed network's training accuracy falls (nnbcd-tt 512x: 6 %): the auxiliary
+variables fit the labels, the network they stand for does not.
 
 **Defaults.** gamma = rho = tau = 10, alpha = 1e-4, 10000 samples. Chosen on FC-2/MNIST (TT,
 ratio 16, 3000 samples): with gamma = rho = 1 the squared loss dominates, the auxiliary
