@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $TNBENCH_DATA or ./data)")
     p.add_argument("--no-download", action="store_true", help="never download missing datasets")
     p.add_argument("--dry-run", action="store_true", help="print the jobs and their planned parameter counts")
+    p.add_argument("--print-suite", action="store_true",
+                   help="print the suite as it runs (base: merged, --set applied, validated) as YAML, and its job count")
     p.add_argument("--report-only", action="store_true", help="rebuild tables and plots from the records")
     p.add_argument("--fit-only", action="store_true", help="weight-space fit study: compress, measure, no training")
     p.add_argument("--rerun", action="store_true",
@@ -85,6 +87,15 @@ def print_list() -> None:
     print("networks: " + ", ".join(network_names()))
     print("datasets: " + ", ".join(dataset_names()))
 
+
+
+def print_suite(suite: dict, jobs) -> None:
+    """The resolved suite, as the sweep reads it: one place to see what ``base:`` and ``--set``
+    made of the files."""
+    import yaml
+
+    print(yaml.safe_dump(suite, sort_keys=False, default_flow_style=None, width=100).rstrip())
+    print(f"# {len(jobs)} jobs")
 
 
 def add_plugin_methods(suite: dict, wanted: list[str] | None) -> None:
@@ -241,6 +252,9 @@ def prepare(args):
     add_plugin_methods(suite, wanted)
     fit_only = bool(suite.get("fit_only")) or args.fit_only
     jobs = expand(suite, wanted, _csv(args.networks, "--networks"), fit_only)
+    if args.print_suite:
+        print_suite(suite, jobs)
+        return None
     devices = _csv(args.devices, "--devices", unique=False) or [args.device]  # a device twice: two workers on it
     if args.time_budget is not None and not (args.time_budget > 0 and args.time_budget < float("inf")):
         raise UsageError(f"--time-budget {args.time_budget:g}: expected a number of minutes > 0")
@@ -279,7 +293,7 @@ def cost_model(args, devices: list[str], jobs, check: bool = True):
     kind = device_kind(spec)
     path = Path(args.calibration) if args.calibration else default_path(kind)
     if args.calibration and not path.is_file():
-        raise UsageError(f"--calibration {path}: no such file")
+        raise UsageError(f"--calibration {path}: {'not a regular file' if path.exists() else 'no such file'}")
     cal = load_calibration(path)
     if cal is None:
         return kind, None, path

@@ -98,6 +98,7 @@ CLI_CASES = [
     (["--plugin", "@plugin_raises"], "@plugin_raises", "boom"),
     (["--plugin", "@plugin_exits"], "@plugin_exits", "it called sys.exit(0) on import"),
     (["--report-only"], "tiny0", "no records"),
+    (["--time-budget", "5", "--calibration", "@out_dir"], "@out_dir", "not a regular file"),
     # empty values meant "all" or "here"; a method or network given twice
     (["--devices", ""], "--devices ''", "an empty value"),
     (["--methods", ""], "--methods ''", "an empty value"),
@@ -177,6 +178,7 @@ MAKERS = {
     "@mnist_checksum": lambda t: _mnist(t, gzip.compress(_idx((6, 28, 28)))),
     "@mnist_gzip_bomb": lambda t: _mnist(t, gzip.compress(bytes(64 << 20), 1)),  # 64 MiB of zeros in ~0.3 MB
     "@cifar_garbage": _cifar_garbage,
+    "@out_dir": lambda t: (t / "a_folder").mkdir() or t / "a_folder",
 }
 
 

@@ -211,3 +211,18 @@ def test_optional_recipe_keys_stay_out_of_keys_until_set():
     assert "compile" not in expand(plain)[0].train
     compiled = expand(load_suite("smoke", ["train.compile=true"]))[0]
     assert compiled.train["compile"] is True and compiled.key != expand(plain)[0].key
+
+
+def test_print_suite_shows_the_suite_as_it_runs(capsys):
+    """``--print-suite``: base: merged, --set applied, the job count of the run; nothing runs."""
+    import yaml
+
+    from bench.cli import main
+
+    assert main(["--suite", "cifar10-conv", "--print-suite", "--set", "seeds=[4]"]) == 0
+    out = capsys.readouterr().out
+    printed = yaml.safe_load(out)
+    suite = load_suite("cifar10-conv", ["seeds=[4]"])
+    assert printed == suite
+    assert printed["seeds"] == [4] and printed["train"]["epochs"] == load_suite("cifar10-headline")["train"]["epochs"]
+    assert out.rstrip().endswith(f"# {len(expand(suite))} jobs")
