@@ -53,9 +53,6 @@ CLOCK = time.time
 #: the stages of a job's time (``CostModel.stages``), in the order they run
 STAGES = ("baseline", "cache", "factorize", "finetune", "eval")
 
-#: (train, test) images of the full datasets whose loaders do not say (CIFAR reads its spec);
-#: the dataset registry knows shapes and classes only
-DATASET_SIZES = {"mnist": (60000, 10000), "fashion-mnist": (60000, 10000), "digits": (1438, 359)}
 #: ADTN: an L-BFGS polish iteration costs up to 1.25 objective evaluations (torch's max_eval)
 POLISH_EVALS_PER_ITER = 1.25
 #: seconds of a training step whatever its FLOPs, for calibrations made before step_floor_s
@@ -98,17 +95,13 @@ def load_calibration(path: Path | str) -> dict[str, Any] | None:
 
 
 def dataset_sizes(name: str) -> tuple[int, int]:
-    """(train, test) images of a full dataset, without reading it."""
-    if name in DATASET_SIZES:
-        return DATASET_SIZES[name]
-    from bench.data import cifar
+    """(train, test) images of a full dataset, as its registration states (no data read)."""
+    from bench.registry import dataset_spec
 
-    spec = cifar.SPECS.get(name)
-    if spec is None:
-        raise KeyError(f"no size known for dataset {name!r}")
-    train = sum(spec.rows[f] for f, _ in spec.train)
-    test = sum(spec.rows[f] for f, _ in spec.test)
-    return train, test
+    sizes = dataset_spec(name).sizes
+    if sizes is None:
+        raise KeyError(f"dataset {name!r} was registered without sizes (register_dataset(..., sizes=(train, test)))")
+    return sizes
 
 
 def augments(name: str) -> bool:

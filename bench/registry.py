@@ -79,6 +79,8 @@ class DatasetSpec:
     loader: Callable[..., Any]
     shape: tuple[int, int, int]
     classes: int
+    #: (train, test) images of the full dataset: the cost model sizes epochs from it; None = unknown
+    sizes: tuple[int, int] | None = None
 
 
 def _discover_methods() -> None:
@@ -126,10 +128,12 @@ def register_network(name: str):
     return lambda fn: NETWORKS.add(name, fn)
 
 
-def register_dataset(name: str, shape: tuple[int, int, int], classes: int):
-    """Decorator of a loader ``fn(data_dir, download) -> RawDataset``; ``shape`` (C, H, W) and
-    ``classes`` let dry runs and checks build networks without reading the data."""
-    return lambda fn: DATASETS.add(name, DatasetSpec(fn, tuple(shape), int(classes))).loader
+def register_dataset(name: str, shape: tuple[int, int, int], classes: int, sizes: tuple[int, int] | None = None):
+    """Decorator of a loader ``fn(data_dir, download) -> RawDataset``; ``shape`` (C, H, W),
+    ``classes`` and ``sizes`` (train, test images) let dry runs, checks and the cost model work
+    without reading the data."""
+    sizes = None if sizes is None else (int(sizes[0]), int(sizes[1]))
+    return lambda fn: DATASETS.add(name, DatasetSpec(fn, tuple(shape), int(classes), sizes)).loader
 
 
 def dataset_spec(name: str) -> DatasetSpec:

@@ -339,3 +339,15 @@ def test_time_budget_needs_a_calibration_and_a_positive_budget(tmp_path, tiny_su
     assert main(["--suite", suite, "--out", str(tmp_path), "--time-budget", "5", "--calibration", str(cal)]) == 2
     assert "has no network digitnet" in capsys.readouterr().err
     assert not (tmp_path / "tiny0").exists()
+
+
+def test_datasets_carry_their_sizes():
+    """The cost model sizes epochs from the dataset's registration; CIFAR's agree with the
+    official files' row counts its loader checks."""
+    from bench.cost import dataset_sizes
+    from bench.data import cifar
+
+    assert dataset_sizes("mnist") == dataset_sizes("fashion-mnist") == (60000, 10000)
+    assert dataset_sizes("digits") == (1438, 359)
+    for name, spec in cifar.SPECS.items():
+        assert dataset_sizes(name) == (sum(spec.rows[f] for f, _ in spec.train), sum(spec.rows[f] for f, _ in spec.test))

@@ -270,11 +270,11 @@ def load_cifar(name: str, data_dir: Path, download: bool = True) -> RawDataset:
     return load_folder(spec, folder)
 
 
-@register_dataset("cifar10", shape=(3, 32, 32), classes=10)
+@register_dataset("cifar10", shape=(3, 32, 32), classes=10, sizes=(50000, 10000))
 def load_cifar10(data_dir: Path, download: bool = True) -> RawDataset:
     return load_cifar("cifar10", data_dir, download)
 
 
-@register_dataset("cifar100", shape=(3, 32, 32), classes=100)
+@register_dataset("cifar100", shape=(3, 32, 32), classes=100, sizes=(50000, 10000))
 def load_cifar100(data_dir: Path, download: bool = True) -> RawDataset:
     return load_cifar("cifar100", data_dir, download)

@@ -11,7 +11,7 @@ TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 
 
-@register_dataset("digits", shape=(1, 8, 8), classes=10)
+@register_dataset("digits", shape=(1, 8, 8), classes=10, sizes=(1438, 359))
 def load_digits(data_dir=None, download: bool = False) -> RawDataset:
     from sklearn.datasets import load_digits as sk_digits
 

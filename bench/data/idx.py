@@ -161,11 +161,11 @@ def _load(name: str, data_dir: Path, download: bool) -> RawDataset:
                       num_classes=10, mean=spec["mean"], std=spec["std"], source=str(data_dir))
 
 
-@register_dataset("mnist", shape=(1, 28, 28), classes=10)
+@register_dataset("mnist", shape=(1, 28, 28), classes=10, sizes=(60000, 10000))
 def load_mnist(data_dir: Path, download: bool = True) -> RawDataset:
     return _load("mnist", data_dir, download)
 
 
-@register_dataset("fashion-mnist", shape=(1, 28, 28), classes=10)
+@register_dataset("fashion-mnist", shape=(1, 28, 28), classes=10, sizes=(60000, 10000))
 def load_fashion_mnist(data_dir: Path, download: bool = True) -> RawDataset:
     return _load("fashion-mnist", data_dir, download)
