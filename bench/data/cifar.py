@@ -270,11 +270,17 @@ def load_cifar(name: str, data_dir: Path, download: bool = True) -> RawDataset:
     return load_folder(spec, folder)
 
 
-@register_dataset("cifar10", shape=(3, 32, 32), classes=10, sizes=(50000, 10000))
+def official_sizes(name: str) -> tuple[int, int]:
+    """(train, test) images of the official files, from the spec the loader checks them against."""
+    spec = SPECS[name]
+    return sum(spec.rows[f] for f, _ in spec.train), sum(spec.rows[f] for f, _ in spec.test)
+
+
+@register_dataset("cifar10", shape=(3, 32, 32), classes=10, sizes=official_sizes("cifar10"))
 def load_cifar10(data_dir: Path, download: bool = True) -> RawDataset:
     return load_cifar("cifar10", data_dir, download)
 
 
-@register_dataset("cifar100", shape=(3, 32, 32), classes=100, sizes=(50000, 10000))
+@register_dataset("cifar100", shape=(3, 32, 32), classes=100, sizes=official_sizes("cifar100"))
 def load_cifar100(data_dir: Path, download: bool = True) -> RawDataset:
     return load_cifar("cifar100", data_dir, download)
