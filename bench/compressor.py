@@ -60,6 +60,17 @@ class FinetuneContext:
     calibrate: Callable[[nn.Module, list[str]], Any] = lambda model, names: None
 
 
+@dataclass(frozen=True)
+class StepWork:
+    """One layer's work under a per-step method (``Compressor.step_work``): the calibration's
+    per-step law is read at ``size``, scaled by ``passes`` (over the passes at the knob it was
+    measured at), and compressing the layer takes ``prefit_steps`` such steps."""
+
+    size: int
+    passes: int
+    prefit_steps: float
+
+
 class Compressor:
     """Base class of every method. Subclasses take their options as keyword arguments."""
 
@@ -82,6 +93,10 @@ class Compressor:
     #: whether ``finetune`` changes the model at all: dense says False, so its job builds no
     #: frozen-prefix cache (the first job that trains builds it) and is evaluated as it is
     finetunes: bool = True
+    #: the uncompressed row every table measures against (dense): one job per seed at ratio 1,
+    #: no compression, fine-tuning or bias calibration, never skipped, and kept out of the
+    #: methods' rankings. Read by name through ``bench.registry.is_reference``
+    reference: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -151,4 +166,17 @@ class Compressor:
 
     def skip_reason(self, model: nn.Module, layer_names: list[str]) -> str | None:
         """A reason to record the job as skipped (method not applicable), else None."""
+        return None
+
+    # --- cost hints (bench.cost): what the method knows about its own time ------------------------
+    def step_work(self, layer: nn.Module, knob: Any) -> StepWork | None:
+        """A method whose compression and training loop over a generated weight (ADTN) says what
+        one step works on, so the calibration's per-step law can cost it. None (the default):
+        the factorisation is costed by its law in the layer's weights, training at the dense
+        network's speed."""
+        return None
+
+    def stage_order(self, names: list[str]) -> list[str] | None:
+        """The layers (given in forward order) in the order a staged ``finetune`` compresses and
+        trains them one more at a time (ADTN's ``order``); None: all at once."""
         return None

@@ -32,7 +32,7 @@ step never cheaper than ``step_floor_s``.
 Approximations (said where they are used): a compressed network trains at the dense
 network's speed (ADTN adds its generation time per step), the factorisation time ignores the
 knob (measured near 32x; ADTN's grows with its depth), NN-BCD's gradient-free fine-tuning is
-costed as SGD epochs, ``lr_extend``'s extra trials are not counted (``trials``).
+costed as SGD epochs, ``lr_extend``'s extra trials are counted as ``lr_extend`` (``trials``).
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.compressor import Compressor, StepWork
 from bench.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,8 +54,6 @@ CLOCK = time.time
 #: the stages of a job's time (``CostModel.stages``), in the order they run
 STAGES = ("baseline", "cache", "factorize", "finetune", "eval")
 
-#: ADTN: an L-BFGS polish iteration costs up to 1.25 objective evaluations (torch's max_eval)
-POLISH_EVALS_PER_ITER = 1.25
 #: seconds of a training step whatever its FLOPs, for calibrations made before step_floor_s
 DEFAULT_STEP_FLOOR_S = 1e-3
 
@@ -179,7 +178,7 @@ class CostModel:
         self.cal = calibration
         self.path = calibration.get("path", "?")
         self._layers: dict[tuple, dict[str, int]] = {}
-        self._steps: dict[tuple, float] = {}  # (job key, layer, calibrated depth) -> seconds per step
+        self._works: dict[tuple, dict[str, tuple[StepWork, float]]] = {}  # (job key, calibrated knob)
         self._cuts: dict[tuple, tuple[str, float]] = {}
 
     # --- speeds ------------------------------------------------------------------------------
@@ -293,12 +292,12 @@ class CostModel:
     def factorize_s(self, job) -> float | None:
         """Estimated allocation + compression time of the job's layers; None when the
         calibration has no entry for the method (then nothing is capped)."""
-        if job.method == "dense":
+        if job.reference:
             return 0.0
         fit = (self.cal.get("factorize") or {}).get(job.method)
         if fit is None:
             return None
-        if fit.get("per_step"):
+        if self._per_step(job) is not None:
             return sum(self._prefit_s(job, fit, n) for n in job.layers)
         return sum(law(fit, n) for n in self.layer_sizes(job).values()) * self._budget_factor(job, fit)
 
@@ -319,16 +318,17 @@ class CostModel:
         """Fine-tuning runs of a job (``bench.tuning``): on the tuning seed of a method that
         tunes its lr, every optimizer of ``optimizer_grid`` (absent: the recipe's one) times
         every lr of ``lr_grid``; else 1. ``lr_extend`` E adds up to E runs per optimizer whose
-        pick is at an edge: not counted, so the bound is optimizers x (len(lr_grid) + E)."""
+        pick is at an edge, counted as E: the committed tuning records at E = 2 with two
+        optimizers ran 1.54 extensions on average (26 records; 0-3 each)."""
         from bench.registry import get_method
 
         if not (tuning and job.lr_grid and get_method(job.method, **job.options).uses_finetune_lr):
             return 1
-        return len(job.optimizer_grid or [None]) * len(job.lr_grid)
+        return len(job.optimizer_grid or [None]) * len(job.lr_grid) + int(job.lr_extend or 0)
 
     def finetune_s(self, job, tuning: bool) -> float:
         """Fine-tuning (every trial on the tuning seed, and the val pass that judges each)."""
-        if job.method == "dense" or job.fit_only:
+        if job.reference or job.fit_only:
             return 0.0  # dense: reported as trained; fit-only: never fine-tuned
         share = self.suffix_share(job)
         trials = self.trials(job, tuning)
@@ -397,82 +397,66 @@ class CostModel:
         per_job = {k: sum(st.values()) for k, st in self.suite_stages(jobs, cached).items()}
         return sum(per_job.values()), per_job
 
-    # --- ADTN --------------------------------------------------------------------------------
+    # --- per-step methods (ADTN): the method says its work (Compressor.step_work) --------------
     def _method(self, job):
         from bench.registry import get_method
 
         return get_method(job.method, **job.options)
 
     def _per_step(self, job) -> dict[str, Any] | None:
-        """The method's per-step law (ADTN), or None."""
+        """The calibration's per-step law of the job's method, or None (also when the method,
+        e.g. a plugin under a calibrated name, does not say its ``step_work``)."""
         fit = (self.cal.get("factorize") or {}).get(job.method)
-        return fit if fit and fit.get("per_step") else None
+        if not (fit and fit.get("per_step")):
+            return None
+        return fit if type(self._method(job)).step_work is not Compressor.step_work else None
 
-    def adtn_sizes(self, job) -> dict[str, int]:
-        """Entries d**Q of each layer's generator (Q = ceil(log_d N)): what a pre-fit step
-        and a weight generation work on, and what the calibration's square layers measure."""
-        from bench.layers import get_layer
-        from bench.suite_check import meta_network
+    def _work(self, job, fit: dict[str, Any]) -> dict[str, tuple[StepWork, float]]:
+        """Each layer's ``StepWork`` at the job's knob (a fixed one, or the method's allocation on
+        the meta network: a per-step method's needs no trained weights) and its passes relative
+        to those at the knob the calibration measured (``fit['depth']``; absent in old files: 1x).
+        Computed once per job: it is asked per layer per stage and per Budget check."""
+        key = (job.key, fit.get("depth"))
+        if key not in self._works:
+            from bench.layers import get_layer
+            from bench.suite_check import meta_network
 
-        m, model = self._method(job), meta_network(job.network, job.dataset)
-        return {n: m.local_dim ** m.sites(get_layer(model, n)) for n in job.layers}
-
-    def _adtn_steps(self, job) -> float:
-        """Generator evaluations of one layer's pre-fit: ``prefit_steps`` Adam steps (a cap
-        under the plateau schedule) and up to 1.25 per L-BFGS polish iteration."""
-        m = self._method(job)
-        return m.prefit_steps + POLISH_EVALS_PER_ITER * m.prefit_polish
-
-    def adtn_depths(self, job) -> dict[str, int]:
-        """Each layer's depth M: the job's fixed knob, or the method's size-based allocation
-        (ADTN's needs no trained weights, so the meta network's layers do)."""
-        from bench.layers import get_layer
-        from bench.suite_check import meta_network
-
-        if job.knob is not None:
-            return {n: int(job.knob) for n in job.layers}
-        model = meta_network(job.network, job.dataset)
-        layers = {n: get_layer(model, n) for n in job.layers}
-        return {n: int(k) for n, k in self._method(job).allocate(layers, job.target_ratio).items()}
+            m, model = self._method(job), meta_network(job.network, job.dataset)
+            layers = {n: get_layer(model, n) for n in job.layers}
+            knobs = ({n: job.knob for n in layers} if job.knob is not None
+                     else m.allocate(layers, job.target_ratio))
+            works = {}
+            for n, layer in layers.items():
+                w = m.step_work(layer, knobs[n])
+                factor = w.passes / m.step_work(layer, fit["depth"]).passes if fit.get("depth") else 1.0
+                works[n] = (w, factor)
+            self._works[key] = works
+        return self._works[key]
 
     def step_s(self, job, fit: dict[str, Any], name: str) -> float:
-        """One generation (forward + backward) of layer ``name``'s weight: the law at the
-        generator's size, times the passes over the state at the layer's depth over the passes
-        at the depth the calibration measured (``fit['depth']``; absent in old files: 1x).
-        Measured: the work per step is one pass per fused sublayer group, so depth 8 costs
-        about 8x depth 1 at the same Q."""
-        key = (job.key, name, fit.get("depth"))
-        if key not in self._steps:  # asked per layer per stage and per Budget check: allocate once
-            size = self.adtn_sizes(job)[name]
-            factor = 1.0
-            if fit.get("depth"):
-                m = self._method(job)
-                q = int(round(math.log(size, m.local_dim)))
-                factor = (adtn_passes(q, self.adtn_depths(job)[name], m.local_dim)
-                          / adtn_passes(q, int(fit["depth"]), m.local_dim))
-            self._steps[key] = law(fit, size) * factor
-        return self._steps[key]
+        """One step of layer ``name`` (a pre-fit step, or a weight generation in training): the
+        law at the method's size, times its passes over the calibrated knob's."""
+        work, factor = self._work(job, fit)[name]
+        return law(fit, work.size) * factor
 
     def _prefit_s(self, job, fit: dict[str, Any], name: str) -> float:
         start = fit.get("start") or {"a": 0.0, "b": 1.0}
-        return law(start, self.adtn_sizes(job)[name]) + self._adtn_steps(job) * self.step_s(job, fit, name)
+        work, _ = self._work(job, fit)[name]
+        return law(start, work.size) + work.prefit_steps * self.step_s(job, fit, name)
 
     def _staged(self, job) -> list[str] | None:
-        """ADTN's layers in the order its stages replace them, or None when it replaces all at
-        once (``order: all``, one layer) or is no staged method."""
-        m = self._method(job)
-        order = getattr(m, "order", "all")
-        if self._per_step(job) is None or order == "all" or len(job.layers) <= 1:
+        """The layers in the order a staged per-step method replaces them (``stage_order``), or
+        None when it replaces all at once or has no per-step law."""
+        if self._per_step(job) is None:
             return None
         from bench.suite_check import meta_network
 
         position = {n: i for i, (n, _) in enumerate(meta_network(job.network, job.dataset).named_modules())}
-        names = sorted(job.layers, key=lambda n: position.get(n, len(position)))
-        return names[::-1] if order == "backward" else names
+        return self._method(job).stage_order(sorted(job.layers, key=lambda n: position.get(n, len(position))))
 
     def _runs(self, job) -> list[tuple[float, list[str]]]:
         """(epochs, generated layers) of each training run of one trial: one run of the recipe,
-        or ADTN's stages (the epochs split evenly, stage k generating the first k + 1 layers)."""
+        or the stages (the epochs split evenly, stage k generating the first k + 1 layers)."""
         epochs = float(job.finetune["epochs"])
         seq = self._staged(job)
         if seq is None:
@@ -480,7 +464,7 @@ class CostModel:
         return [(epochs / len(seq), seq[:k + 1]) for k in range(len(seq))]
 
     def _generation_s(self, job, epochs: float, layers: list[str]) -> float:
-        """ADTN generates each of ``layers``' weights every training step."""
+        """A per-step method generates each of ``layers``' weights every training step."""
         fit = self._per_step(job)
         if fit is None or not layers:
             return 0.0
@@ -488,20 +472,12 @@ class CostModel:
         return steps * sum(self.step_s(job, fit, n) for n in layers)
 
     def _refit_s(self, job) -> float:
-        """ADTN's staged orders pre-fit every layer after the first again, in each trial."""
+        """A staged order compresses every layer after the first again, in each trial."""
         seq = self._staged(job)
         if seq is None:
             return 0.0
         fit = self._per_step(job)
         return sum(self._prefit_s(job, fit, n) for n in seq[1:])
-
-
-def adtn_passes(q: int, depth: int, local_dim: int = 2) -> int:
-    """Passes over the d^Q state of one ADTN generation (``ADTNGenerator.passes``), from a
-    generator on the meta device (no memory)."""
-    from methods.adtn.generator import ADTNGenerator
-
-    return ADTNGenerator(local_dim ** q, depth, local_dim, device="meta").passes()
 
 
 def record_stages(record: dict[str, Any], baseline_meta: dict[str, Any] | None = None) -> dict[str, float]:

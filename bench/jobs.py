@@ -11,6 +11,7 @@ from typing import Any
 from bench.bias_calibration import CALIBRATION_RULE
 from bench.plan import prioritize
 from bench.records import config_key
+from bench.registry import is_reference
 from bench.suite_schema import (DATA_KEYS, DEFAULT_JOB_TIME_LIMIT_S, SuiteError, finetune_recipe, method_entry,
                                 network_epochs)
 from bench.train import check_recipe
@@ -74,10 +75,16 @@ class Job:
         return cfg
 
     @property
+    def reference(self) -> bool:
+        """Whether this is the reference job (dense, ``Compressor.reference``): the trained
+        baseline evaluated as it is, once per seed, never compressed or skipped."""
+        return is_reference(self.method)
+
+    @property
     def calibrates_bias(self) -> bool:
         """Whether this job's compressed layers get bias calibration (``bench.bias_calibration``);
         the dense job has no compressed layer, so its key stays that of the baseline's job."""
-        return (self.method != "dense" and not self.fit_only
+        return (not self.reference and not self.fit_only
                 and bool((self.finetune or {}).get("calibrate_bias")))
 
     @property
@@ -141,7 +148,7 @@ def expand(suite: dict[str, Any], methods: list[str] | None = None, networks: li
                     ft = finetune if epochs is None else {**finetune, "epochs": epochs}
                     for e in entries:
                         for ratio, knob in _budgets(suite, e):
-                            if fit and e["method"] == "dense":
+                            if fit and is_reference(e["method"]):
                                 continue
                             jobs.append(Job(suite["name"], network, dataset, list(layers), e["method"], e["label"],
                                             copy.deepcopy(e["options"]), ratio, knob, int(seed), train,
@@ -157,7 +164,7 @@ def expand(suite: dict[str, Any], methods: list[str] | None = None, networks: li
 
 def _budgets(suite: dict[str, Any], entry: dict[str, Any]) -> list[tuple[float | None, Any]]:
     """(target ratio, knob) pairs of a method entry: dense once, fixed knobs, or the ratios."""
-    if entry["method"] == "dense":
+    if is_reference(entry["method"]):
         return [(1.0, None)]
     if entry["knobs"] is not None:
         return [(None, k) for k in entry["knobs"]]

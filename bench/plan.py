@@ -21,7 +21,7 @@ def prioritize(jobs: list[Job], suite: dict[str, Any]) -> list[Job]:
     head = suite.get("headline_ratio")
 
     def own_stage(j: Job) -> str:
-        if j.method == "dense":
+        if j.reference:
             return "baselines"
         if head is not None and j.target_ratio is not None and math.isclose(j.target_ratio, float(head),
                                                                             rel_tol=1e-9):

@@ -6,8 +6,8 @@ the first lookup, so ``"digits" in DATASETS`` or ``METHODS.get("tt")`` work with
 names first. Installed packages add methods through the entry-point group ``tnbench.methods``.
 
 Public, stable entry points (plugin authors and external checks use them):
-``register_method``, ``register_dataset``, ``get_method``, ``method_names``, ``dataset_spec``,
-``load_plugin``, ``PluginError``.
+``register_method``, ``register_dataset``, ``get_method``, ``method_names``, ``is_reference``,
+``dataset_spec``, ``load_plugin``, ``PluginError``.
 """
 from __future__ import annotations
 
@@ -203,6 +203,13 @@ def plugin_methods(spec: str) -> list[str]:
 def get_method(name: str, **options: Any):
     """Build the method registered as ``name`` with its options (a ``Compressor``)."""
     return METHODS.get(name)(**options)
+
+
+def is_reference(method: str) -> bool:
+    """Whether ``method`` names the reference row (a registered class with ``reference = True``,
+    i.e. dense). Any other name is False, unregistered ones included: a report may read records
+    of a plugin that is not loaded. The class is looked up, never built."""
+    return isinstance(method, str) and method in METHODS and bool(getattr(METHODS.get(method), "reference", False))
 
 
 def network_names() -> list[str]:

@@ -12,6 +12,7 @@ import pandas as pd
 from scipy import stats
 
 from bench.records import latest_by_key, read_records
+from bench.registry import is_reference
 
 #: what ``format_acc``'s strings mean (mean ± CI of whatever values it is given)
 ACC_NOTE = "mean ± 95 % CI half-width over seeds (Student t; one seed: the mean only)"
@@ -141,6 +142,12 @@ def fold_budgets(ok: pd.DataFrame) -> pd.DataFrame:
     return ok[keep].drop(columns="_alloc")
 
 
+def reference_rows(df: pd.DataFrame) -> pd.Series:
+    """Boolean mask of ``df``'s reference rows (dense, ``bench.registry.is_reference``): the
+    row the methods are measured against, kept out of their rankings and curves."""
+    return df.method.map(is_reference).astype(bool)
+
+
 def _seed_frames(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(ok, failed) records, each with ``acc`` (dense: its baseline's). A seed that ran but gave
     no accuracy (status failed, or ok with a non-finite one) is failed: it must be counted, not
@@ -151,7 +158,7 @@ def _seed_frames(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     nan = pd.Series(np.nan, index=ran.index)
     after = pd.to_numeric(ran.get("acc_after_finetune", nan), errors="coerce")
     dense = pd.to_numeric(ran.get("acc_dense", nan), errors="coerce")
-    ran["acc"] = after.where(ran.method != "dense", dense)
+    ran["acc"] = after.where(~reference_rows(ran), dense)
     good = (ran.status == "ok") & np.isfinite(ran.acc)
     return ran[good], ran[~good]
 
@@ -421,8 +428,8 @@ def equal_budget(df: pd.DataFrame, counts=None, points: int = 8, alpha: float = 
     ok, failed = _seed_frames(df)
     if ok.empty:
         return pd.DataFrame()
-    ok = fold_budgets(ok[ok.method != "dense"])
-    failed = failed[failed.method != "dense"] if len(failed) else failed
+    ok = fold_budgets(ok[~reference_rows(ok)])
+    failed = failed[~reference_rows(failed)] if len(failed) else failed
     if ok.empty:
         return pd.DataFrame()
     where = measured_points(ok, failed)
@@ -503,7 +510,7 @@ def convergence_table(df: pd.DataFrame) -> pd.DataFrame:
     and the method's rank there (1 = best mean), then a row "Kendall tau vs E epochs" per
     other count: the agreement of its ranking with the longest run's (1 = same order)."""
     ok = _ok_with_acc(df)
-    ok = ok[ok.method != "dense"].copy()
+    ok = ok[~reference_rows(ok)].copy()
     if ok.empty:
         return pd.DataFrame()
     ok["epochs"] = finetune_epochs(ok)

@@ -101,7 +101,7 @@ def planned_skip(job: Job, cost=None) -> dict[str, Any] | None:
     """The ``skipped`` record of a job ruled out before it runs, else None: its method's
     smallest size is more than ``budget_tolerance`` over the budget (layer sizes only, on the
     meta device), or the calibrated factorisation estimate exceeds ``factorize_time_cap_s``."""
-    if job.method == "dense":
+    if job.reference:
         return None
     if job.budget_tolerance and job.target_ratio is not None:
         from bench.layers import dense_params, get_layer

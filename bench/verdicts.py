@@ -70,7 +70,7 @@ from scipy import stats
 
 from bench.errors import InputError
 from bench.report import (MIN_CI_SEEDS, ci_halfwidth, equal_budget, finetune_epochs, format_acc, longest_finetune,
-                          records_frame, welch_p)
+                          records_frame, reference_rows, welch_p)
 
 FILTERS = ("network", "dataset", "label", "method", "budget", "seed")
 QUERY_KEYS = set(FILTERS) | {"suite", "file", "epochs", "status", "error_contains", "field", "stat", "minus",
@@ -336,7 +336,7 @@ def _ranking(records: Records, q: dict, stat: str, fmt: str) -> Value:
         raise ClaimError(f"{stat} needs between: [E1, E2] (epoch counts)")
     e1, e2 = (float(e) for e in q["between"])
     df = select(records, {**{k: v for k, v in q.items() if k != "epochs"}, "epochs": [e1, e2]})
-    df = df[df.method != "dense"]
+    df = df[~reference_rows(df)]
     if len(df.groupby(["network", "dataset", "budget"])) > 1:
         raise ClaimError(f"{stat} ranks the labels of one network, dataset and budget: {_describe(q)} matches several")
     field_name = q.get("field", "acc_after_finetune")

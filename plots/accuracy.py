@@ -6,6 +6,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from bench.report import reference_rows
 from plots.style import ONE_COLUMN, TWO_COLUMN, clamp_percent, method_style, save_figure
 
 
@@ -13,8 +14,9 @@ def plot_accuracy_vs_params(summary: pd.DataFrame, title: str, stem: Path) -> li
     """``summary``: rows of ``accuracy_summary`` (params, acc_mean, acc_ci, label, method);
     error bars are 95 % CIs over seeds."""
     fig, ax = plt.subplots(figsize=(ONE_COLUMN[0] * 1.4, ONE_COLUMN[1] * 1.4))
-    dense = summary[summary.method == "dense"]
-    for label, g in summary[summary.method != "dense"].groupby("label", sort=True):
+    ref = reference_rows(summary)
+    dense = summary[ref]
+    for label, g in summary[~ref].groupby("label", sort=True):
         g = g.sort_values("params")
         ax.errorbar(g.params, g.acc_mean, yerr=g.acc_ci.fillna(0), label=label, capsize=2, lw=1.2, ms=4,
                     **method_style(label, g.method.iloc[0]))

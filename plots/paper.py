@@ -16,7 +16,8 @@ import pandas as pd
 import yaml
 
 from bench.report import (ACC_NOTE, MIN_CI_SEEDS, accuracy_summary, budget_order, ci_halfwidth, convergence_table,
-                          equal_budget, finetune_epochs, fit_summary, format_acc, longest_finetune, records_frame)
+                          equal_budget, finetune_epochs, fit_summary, format_acc, longest_finetune, records_frame,
+                          reference_rows)
 from plots.accuracy import plot_fit_error
 from plots.equal_budget import write_equal_budget
 from plots.style import ONE_COLUMN, TWO_COLUMN, clamp_percent, method_style, save_figure
@@ -69,7 +70,7 @@ def pareto_mask(params: pd.Series, acc: pd.Series) -> list[bool]:
 
 
 def _method_lines(ax, summary: pd.DataFrame, x: str) -> None:
-    for label, g in summary[summary.method != "dense"].groupby("label", sort=True):
+    for label, g in summary[~reference_rows(summary)].groupby("label", sort=True):
         g = g.dropna(subset=[x]).sort_values(x)
         if g.empty:
             continue
@@ -84,7 +85,7 @@ def _method_lines(ax, summary: pd.DataFrame, x: str) -> None:
 def figure_accuracy(summary: pd.DataFrame, title: str, stem: Path, x: str = "params") -> list[Path]:
     fig, ax = plt.subplots(figsize=(ONE_COLUMN[0] * 1.5, ONE_COLUMN[1] * 1.4))
     _method_lines(ax, summary, x)
-    dense = summary[summary.method == "dense"]
+    dense = summary[reference_rows(summary)]
     if len(dense):
         ax.axhline(dense.acc_mean.iloc[0], color="black", ls="--", lw=0.9, label=f"dense {dense.acc_mean.iloc[0]:.2f}%")
     ax.set_xscale("log")
@@ -131,11 +132,12 @@ def figure_order(df: pd.DataFrame, stem: Path) -> list[Path]:
     groups = list(s.groupby(["network", "dataset"], sort=True))
     fig, axes = plt.subplots(1, max(len(groups), 1), figsize=TWO_COLUMN, squeeze=False)
     for ax, ((net, ds), g) in zip(axes[0], groups):
-        for label, h in g[g.method != "dense"].groupby("label"):
+        ref = reference_rows(g)
+        for label, h in g[~ref].groupby("label"):
             h = h.sort_values("params")
             ax.errorbar(h.params, h.acc_mean, yerr=h.acc_ci.fillna(0), ms=4, capsize=2, label=label,
                         **method_style(label, h.method.iloc[0]))
-        dense = g[g.method == "dense"]
+        dense = g[ref]
         if len(dense):
             ax.axhline(dense.acc_mean.iloc[0], color="black", ls="--", lw=0.8)
         ax.set_xscale("log")
@@ -154,7 +156,7 @@ def figure_convergence(df: pd.DataFrame, stem: Path) -> list[Path]:
     ok = df[df.status == "ok"].copy()
     ok["epochs"] = finetune_epochs(ok)
     dense = ok.groupby(["network", "dataset"]).acc_dense.mean()  # every record carries its baseline's
-    ok = ok[ok.method != "dense"]
+    ok = ok[~reference_rows(ok)]
     panels = sorted(ok.groupby(["network", "dataset", "budget"]), key=lambda p: (*p[0][:2], budget_order(p[0][2])))
     cols = min(max(len(panels), 1), 3)
     rows = max(-(-len(panels) // cols), 1)
@@ -185,11 +187,12 @@ def headline_table(summary: pd.DataFrame) -> pd.DataFrame:
     (torchprune's "commensurate accuracy" view); accuracy as mean ± 95 % CI."""
     rows = []
     for (net, ds), g in summary.groupby(["network", "dataset"], sort=False):
-        dense = g[g.method == "dense"]
+        is_ref = reference_rows(g)
+        dense = g[is_ref]
         if dense.empty:
             continue
         ref = dense.acc_mean.iloc[0]
-        for label, h in g[g.method != "dense"].groupby("label", sort=True):
+        for label, h in g[~is_ref].groupby("label", sort=True):
             for d in DELTAS:
                 ok = h[h.acc_mean >= ref - d]
                 row = {"network": net, "dataset": ds, "dense params": int(h.params_dense.iloc[0]),
@@ -231,7 +234,7 @@ def reported_vs_measured(records: pd.DataFrame) -> pd.DataFrame:
             measured.update({"measured params": int(adtn.params_compressed_layers.iloc[0]),
                              "measured dense acc": f"{mine.acc_dense.mean():.2f}",
                              "measured acc": acc_text(adtn.acc_after_finetune)})
-        others = at[~at.method.isin([r["method"], "dense"])] if len(at) else at
+        others = at[(at.method != r["method"]) & ~reference_rows(at)] if len(at) else at
         if len(others):
             parts = []
             for label, g in sorted(others.groupby("label"), key=lambda kv: -kv[1].acc_after_finetune.mean()):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.records import latest_by_key, read_records
+from bench.registry import is_reference
 from bench.report import chance_accuracy, format_cell, seed_counts
 
 CHANCE_NOTE = "‡: within 1.5 points of chance (10 %: a constant prediction scores 11.35 % on MNIST, 10.00 % on Fashion-MNIST)"
@@ -19,7 +20,7 @@ CHANCE_NOTE = "‡: within 1.5 points of chance (10 %: a constant prediction sco
 def _frame(path: Path) -> pd.DataFrame:
     rows = []
     for r in latest_by_key(read_records(path)).values():
-        if r.get("method") == "dense" or r.get("fit_only"):
+        if is_reference(r.get("method")) or r.get("fit_only"):
             continue
         rows.append({"network": r.get("network"), "dataset": r.get("dataset"), "label": r.get("label", r.get("method")),
                      "budget": r.get("budget"), "epochs": (r.get("finetune") or {}).get("epochs"),

@@ -12,6 +12,9 @@ from bench.suite import tuner_keys
 from bench.records import read_records
 from bench.runner import planned_skip
 from bench.suite import SuiteError, expand, load_suite
+from bench.layers import get_layer
+from bench.registry import get_method
+from bench.suite_check import meta_network
 
 
 def calibration(train=1000.0, evals=10000.0, factorize=None, networks=("digitnet",), precisions=None, **extra):
@@ -57,7 +60,7 @@ def test_job_cost_formula_counts_optimizers_times_lrs_on_the_tuning_seed_only(ti
     dense = next(j for j in jobs if j.method == "dense" and j.seed == 0)
     assert tuner_keys(jobs) == {svd[0].key, dense.key}
     assert split_sizes(svd[0]) == (N_TRAIN, N_VAL, N_TEST)
-    assert model.trials(svd[0], tuning=True) == 6      # 2 optimizers x 3 lrs; lr_extend not counted
+    assert model.trials(svd[0], tuning=True) == 8      # 2 optimizers x 3 lrs + lr_extend 2
     assert model.trials(svd[1], tuning=False) == 1
     assert model.trials(dense, tuning=True) == 1       # dense tunes nothing
     fact = 1e-3 * (32 * 16 * 9 + 128 * 64)  # conv2 (32x16x3x3) and fc1 (64->128) weights
@@ -67,14 +70,14 @@ def test_job_cost_formula_counts_optimizers_times_lrs_on_the_tuning_seed_only(ti
     assert one == pytest.approx(0.6544) and evals == pytest.approx(0.0862)
     assert model.stages(svd[1], tuning=False) == pytest.approx(
         {"baseline": 0.0, "cache": 0.0, "factorize": fact, "finetune": one, "eval": evals})
-    assert model.job_s(svd[0], tuning=True) == pytest.approx(fact + 6 * (one + N_VAL / 10000) + evals)
-    assert model.job_s(svd[0], tuning=True) == pytest.approx(12.8 + 4.0128 + 0.0862)
+    assert model.job_s(svd[0], tuning=True) == pytest.approx(fact + 8 * (one + N_VAL / 10000) + evals)
+    assert model.job_s(svd[0], tuning=True) == pytest.approx(12.8 + 5.3504 + 0.0862)
     base = 40 * 64 / 1000 + (2 * N_VAL + N_TEST) / 10000  # 2 epochs: 40 steps, 2 val passes, the test
     assert model.baseline_s(dense) == pytest.approx(2.6247)
     assert model.job_s(dense, True, with_baseline=True) == pytest.approx(base + evals)
     total, per_job = model.suite_s(jobs)
     assert len(per_job) == len(jobs) == 4
-    assert total == pytest.approx(2 * base + 2 * evals + 2 * fact + 6 * (one + N_VAL / 10000) + one + 2 * evals)
+    assert total == pytest.approx(2 * base + 2 * evals + 2 * fact + 8 * (one + N_VAL / 10000) + one + 2 * evals)
 
 
 def test_recipe_precision_picks_the_calibrated_speed(tiny_suite):
@@ -156,8 +159,11 @@ def test_adtn_costs_its_polish_its_generation_and_its_staged_refits(tiny_suite):
     job = expand(load_suite(str(suite)))[0]
     fit = {"a": 1e-6, "b": 1.0, "per_step": True, "start": {"a": 1e-5, "b": 1.0}}
     model = CostModel(calibration(factorize={"adtn": fit}))
-    assert model._adtn_steps(job) == 15.0              # 10 Adam steps + 1.25 x 4 L-BFGS iterations
-    assert model.adtn_sizes(job) == {"conv2": 8192, "fc1": 8192}  # Q = 13 for 4,608 and 8,192 weights
+    # the method says its work (Compressor.step_work): the cost model holds no ADTN knowledge
+    net, adtn = meta_network(job.network, job.dataset), get_method("adtn", **job.options)
+    work = {n: adtn.step_work(get_layer(net, n), 1) for n in job.layers}
+    assert {n: w.size for n, w in work.items()} == {"conv2": 8192, "fc1": 8192}  # Q = 13 for 4,608 and 8,192
+    assert {w.prefit_steps for w in work.values()} == {15.0}  # 10 Adam steps + 1.25 x 4 L-BFGS iterations
     prefit = 8192 * 1e-5 + 15 * 8192 * 1e-6            # start + 15 steps: 0.2048 s a layer
     assert model.factorize_s(job) == pytest.approx(2 * prefit) == pytest.approx(0.4096)
     # order backward: fc1 alone for 0.25 epoch (5 steps), then fc1 and conv2 (5 steps); conv2

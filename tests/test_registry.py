@@ -5,7 +5,9 @@ import textwrap
 
 import pytest
 
-from bench.registry import PluginError, UnknownNameError, get_method, load_plugin, method_names
+from bench.compressor import Compressor
+from bench.registry import (METHODS, PluginError, UnknownNameError, get_method, is_reference, load_plugin,
+                            method_names, register_method)
 from tests.conftest import REPO
 
 PLUGIN = textwrap.dedent('''
@@ -21,6 +23,23 @@ PLUGIN = textwrap.dedent('''
 
 def test_builtin_methods_registered():
     assert {"dense", "svd"} <= set(method_names())
+
+
+def test_reference_is_a_role_of_the_class(monkeypatch):
+    """dense is the reference because its class says so: a plugin's reference row is one too,
+    and a name that is not registered (a record of an unloaded plugin) is simply not one."""
+    assert is_reference("dense")
+    assert not is_reference("tt")
+    assert not is_reference("no-such-method")
+    assert not is_reference(None) and not is_reference(["dense"])
+
+    def no_build(self, **options):
+        raise AssertionError("is_reference must not build the method")
+
+    monkeypatch.setattr(METHODS, "_items", dict(METHODS._items))  # the throwaway name leaves with the test
+    register_method("test-reference")(type("Ref", (Compressor,), {"reference": True, "__init__": no_build}))
+    assert is_reference("test-reference")
+    assert "test-reference" in method_names()
 
 
 def test_unknown_method_lists_known():

@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
-    from bench.registry import method_names
+    from bench.registry import is_reference, method_names
 
     kind = device_kind(str(device))
     name = torch.cuda.get_device_name(device) if cuda else f"cpu ({platform.machine()})"
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{net:9s} {batch:>5d} {p:>9s} {v['train_img_s']:>12,.0f} {v['eval_img_s']:>11,.0f} "
                   f"{cal['job_overhead_s'][net]:>10.3f}", flush=True)
     sizes = [int(s) for s in (args.sizes or ("256,512,1024,2048" if cuda else "128,256,512,1024")).split(",")]
-    methods = args.methods.split(",") if args.methods else [m for m in method_names() if m != "dense"]
+    methods = args.methods.split(",") if args.methods else [m for m in method_names() if not is_reference(m)]
     print("factorisation (allocation + compress of an n x n Linear at x32; adtn: per pre-fit step)")
     for m in methods:
         cal["factorize"][m] = measure_method(m, sizes, device, args.max_seconds)

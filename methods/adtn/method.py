@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.compressor import CompressionError, Compressor, FinetuneContext, dense_params, get_layer, replace_layer
+from bench.compressor import (CompressionError, Compressor, FinetuneContext, StepWork, dense_params, get_layer,
+                              replace_layer)
 from bench.layers import ConvSpec, check_layer
 from bench.registry import register_method
 from methods.adtn.generator import ACTIVATIONS, ADTNGenerator, num_sites, param_count
@@ -41,6 +42,10 @@ from methods.adtn.layer import ADTNLayer
 from methods.adtn.layout import LAYOUTS, image_axes, plan_layout
 
 ORDERS = ("backward", "forward", "all")
+
+
+#: an L-BFGS polish iteration costs up to this many objective evaluations (torch's max_eval)
+POLISH_EVALS_PER_ITER = 1.25
 
 
 def stage_epochs(total: float, stages: int) -> list[float]:
@@ -183,6 +188,21 @@ class ADTN(Compressor):
                             "prefit_seconds": round(fit["seconds"], 3), "sgd_gain": gain, "grad_scale": scale}
         return new
 
+    # --- cost hints ---------------------------------------------------------------------------
+    def step_work(self, layer: nn.Module, depth: int) -> StepWork:
+        """A pre-fit step and a training step's weight generation both work on the d**Q state,
+        one pass per fused sublayer group (depth 8 costs about 8x depth 1 at the same Q); the
+        pre-fit is ``prefit_steps`` Adam steps (a cap under the plateau schedule) and up to
+        1.25 evaluations per L-BFGS polish iteration (torch's max_eval)."""
+        size = self.local_dim ** self.sites(layer)
+        passes = ADTNGenerator(size, int(depth), self.local_dim, device="meta").passes()
+        return StepWork(size, passes, self.prefit_steps + POLISH_EVALS_PER_ITER * self.prefit_polish)
+
+    def stage_order(self, names: list[str]) -> list[str] | None:
+        if self.order == "all" or len(names) <= 1:
+            return None
+        return names[::-1] if self.order == "backward" else list(names)
+
     # --- budget -> depth ----------------------------------------------------------------------
     def allocate(self, layers: dict[str, nn.Module], target_ratio: float) -> dict[str, Any]:
         """The base allocation, plus notes when the budget is out of the depth grid's reach."""
@@ -214,12 +234,12 @@ class ADTN(Compressor):
         extras: dict[str, Any] = {"order": self.order}
         if self._allocation:
             extras["allocation"] = self._allocation
-        if self.order == "all" or len(names) <= 1:
+        seq = self.stage_order(names)
+        if seq is None:
             ctx.train(model)
             extras.update(stages=[{"layers": names, "epochs": ctx.epochs}], epochs_total=ctx.epochs)
             ctx.extras["adtn"] = extras
             return
-        seq = names[::-1] if self.order == "backward" else names
         epochs = stage_epochs(ctx.epochs, len(seq))
         for name in seq[1:]:  # not yet processed: back to the original dense layer
             device = next(get_layer(model, name).parameters()).device
