@@ -40,10 +40,12 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bench.compressor import Compressor, StepWork
 from bench.errors import InputError
+
+if TYPE_CHECKING:  # bench.compressor imports torch: the dry run's planning imports it when it needs it
+    from bench.compressor import StepWork
 
 REPO = Path(__file__).resolve().parent.parent
 CALIBRATION_DIR = REPO / "results" / "calibration"
@@ -406,10 +408,13 @@ class CostModel:
     def _per_step(self, job) -> dict[str, Any] | None:
         """The calibration's per-step law of the job's method, or None (also when the method,
         e.g. a plugin under a calibrated name, does not say its ``step_work``)."""
+        from bench.compressor import Compressor
+        from bench.registry import METHODS
+
         fit = (self.cal.get("factorize") or {}).get(job.method)
         if not (fit and fit.get("per_step")):
             return None
-        return fit if type(self._method(job)).step_work is not Compressor.step_work else None
+        return fit if METHODS.get(job.method).step_work is not Compressor.step_work else None  # the class: no build
 
     def _work(self, job, fit: dict[str, Any]) -> dict[str, tuple[StepWork, float]]:
         """Each layer's ``StepWork`` at the job's knob (a fixed one, or the method's allocation on
