@@ -15,7 +15,8 @@ from pathlib import Path
 from bench.errors import InputError
 from bench.records import OutputWriteError, write_cause
 from bench.registry import METHODS, PluginError, UnknownNameError, dataset_names, load_plugin, method_names, network_names
-from bench.suite import SUITES_DIR, SuiteError, expand, load_suite, method_entry, suite_names
+from bench.suite import SuiteError, expand, load_suite, suite_names
+from bench.spec import Suite
 
 DEFAULT_OUT = Path("results")
 #: where a subset or override of a committed suite writes unless --out says otherwise, so it
@@ -42,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      "added by --plugin, which run beside the suite's")
     p.add_argument("--networks", help="comma-separated subset of the suite's networks")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a suite key, e.g. --set finetune.epochs=1 --set seeds=[0]")
+                   help="override a suite key, e.g. --set finetune.epochs=1 --set protocol.seeds=[0]")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--devices", help="comma-separated devices to run jobs on concurrently, e.g. cuda:0,cuda:1")
     p.add_argument("--backend", choices=("local", "ray"), default="local",
@@ -77,35 +78,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def print_list() -> None:
-    from bench.suite import read_suite_file
-
     print("suites:")
-    for name in suite_names():  # descriptions only: a suite is validated when it is run
-        raw = read_suite_file(SUITES_DIR / f"{name}.yaml")
-        print(f"  {name:18s} {(raw.get('description') or '').strip()}")
+    for name in suite_names():
+        try:
+            about = load_suite(name).description
+        except SuiteError as e:  # one broken suite file must not hide the others
+            about = f"(invalid: {e})"
+        print(f"  {name:18s} {about}")
     print("methods:  " + ", ".join(method_names()))
     print("networks: " + ", ".join(network_names()))
     print("datasets: " + ", ".join(dataset_names()))
 
 
 
-def print_suite(suite: dict, jobs) -> None:
+def print_suite(suite: Suite, jobs) -> None:
     """The resolved suite, as the sweep reads it: one place to see what ``base:`` and ``--set``
     made of the files."""
     import yaml
 
-    print(yaml.safe_dump(suite, sort_keys=False, default_flow_style=None, width=100).rstrip())
+    print(yaml.safe_dump(suite.as_mapping(), sort_keys=False, default_flow_style=None, width=100).rstrip())
     print(f"# {len(jobs)} jobs")
 
 
-def add_plugin_methods(suite: dict, wanted: list[str] | None) -> None:
+def add_plugin_methods(suite: Suite, wanted: list[str] | None) -> Suite:
     """Methods named in --methods that the suite lacks but a plugin (or methods/) registered
     join the suite, so they run beside its methods and its tables keep every method."""
-    have = {e["method"] for e in map(method_entry, suite["methods"])} | \
-           {e["label"] for e in map(method_entry, suite["methods"])}
-    for name in wanted or []:
-        if name not in have and name in METHODS:
-            suite["methods"].append(name)
+    have = {e.method for e in suite.methods} | {e.label for e in suite.methods}
+    return suite.with_methods([n for n in dict.fromkeys(wanted or []) if n not in have and n in METHODS])
 
 
 def check_devices(devices: list[str]) -> None:
@@ -249,8 +248,8 @@ def prepare(args):
         raise UsageError("--suite NAME is required (or --list)")
     suite = load_suite(args.suite, args.overrides)
     wanted = _csv(args.methods, "--methods")
-    add_plugin_methods(suite, wanted)
-    fit_only = bool(suite.get("fit_only")) or args.fit_only
+    suite = add_plugin_methods(suite, wanted)
+    fit_only = suite.fit_only or args.fit_only
     jobs = expand(suite, wanted, _csv(args.networks, "--networks"), fit_only)
     if args.print_suite:
         print_suite(suite, jobs)
@@ -273,7 +272,7 @@ def prepare(args):
     from bench.runner import records_path
 
     out = resolve_out(args, args.suite)
-    path = records_path(out, suite["name"], fit_only)
+    path = records_path(out, suite.name, fit_only)
     check_writable(out, path)
     if args.report_only and not path.exists():
         raise UsageError(f"no records to report: {path} does not exist (run the suite first)")
@@ -319,21 +318,21 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
         if args.time_budget is not None:
             budget = Budget(args.time_budget * 60, cost, jobs, baseline_root=settings.baseline_root)
         records = RecordIndex(path)  # read once for the whole sweep (bench.runner.Sweep)
-        if suite.get("reuse") and not args.rerun:
-            copied = adopt_reused(jobs, path, out, suite["reuse"], records.refresh())
+        if suite.protocol.reuse and not args.rerun:
+            copied = adopt_reused(jobs, path, out, list(suite.protocol.reuse), records.refresh())
             if copied:
-                print(f"{suite['name']}: took {copied} records of equal jobs from {', '.join(suite['reuse'])} "
+                print(f"{suite.name}: took {copied} records of equal jobs from {', '.join(suite.protocol.reuse)} "
                       f"(reused_from)", file=sys.stderr)
         try:
             counts = run_jobs(jobs, settings, devices, path, backend=args.backend, address=args.address,
                               plugins=args.plugin, rerun=args.rerun, budget=budget, cost=cost,
-                              ordered=bool(suite.get("priority")), records=records)
+                              ordered=bool(suite.priority), records=records)
         except (RuntimeError, OutputWriteError) as e:  # a record or checkpoint did not land (disk full, ...)
             print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
             return 2
         left = counts.get("claimed_elsewhere", 0)
         later = counts.get("left_for_later", 0)
-        print(f"{suite['name']}: {counts['total']} jobs, {counts['already_done']} already done, "
+        print(f"{suite.name}: {counts['total']} jobs, {counts['already_done']} already done, "
               f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped"
               + (f", {left} left to another sweep holding them" if left else "")
               + (f", {later} left for later (time budget {args.time_budget:g} min; run again to do them)"
@@ -342,7 +341,7 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
 
     full = expand(suite, fit_only=fit_only)  # report on the whole suite, not only --methods
     try:
-        for written in write_reports(out / suite["name"], {j.key for j in full}):
+        for written in write_reports(out / suite.name, {j.key for j in full}):
             print(f"wrote {written}")
     except (OSError, RuntimeError) as e:  # a full disk while writing a table or plot; the records are kept
         where = f" {e.filename}" if getattr(e, "filename", None) else ""

@@ -3,7 +3,6 @@ seed (x fine-tuning epochs, when the suite lists ``finetune_epochs``). A job's k
 of its ``config``: what determines its result, nothing about how it is scheduled."""
 from __future__ import annotations
 
-import copy
 import functools
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,8 +11,8 @@ from bench.bias_calibration import CALIBRATION_RULE
 from bench.plan import prioritize
 from bench.records import config_key
 from bench.registry import is_reference
-from bench.suite_schema import (DATA_KEYS, DEFAULT_JOB_TIME_LIMIT_S, SuiteError, finetune_recipe, method_entry,
-                                network_epochs)
+from bench.spec import MethodEntry, Suite, thaw
+from bench.suite_schema import DEFAULT_JOB_TIME_LIMIT_S, SuiteError
 from bench.train import check_recipe
 
 
@@ -125,68 +124,66 @@ class Job:
         return f"x{self.target_ratio:g}" if self.target_ratio is not None else f"knob={self.knob}"
 
 
-def expand(suite: dict[str, Any], methods: list[str] | None = None, networks: list[str] | None = None,
+def expand(suite: Suite, methods: list[str] | None = None, networks: list[str] | None = None,
            fit_only: bool | None = None) -> list[Job]:
     """All jobs of a suite, optionally restricted to some methods / networks."""
-    fit = bool(suite.get("fit_only")) if fit_only is None else fit_only
-    data_cfg = {**DATA_KEYS, **(suite.get("data") or {})}
+    fit = suite.fit_only if fit_only is None else fit_only
+    proto = suite.protocol
+    data_cfg = thaw(suite.data)
     entries = _select_methods(suite, methods)
     nets = _select_networks(suite, networks)
     # a fit-only job never fine-tunes: one job, not one per fine-tuning setting
-    lr_grid = [float(x) for x in suite["lr_grid"]] if suite.get("lr_grid") and not fit else None
-    optimizer_grid = list(suite["optimizer_grid"]) if lr_grid and suite.get("optimizer_grid") else None
-    lr_extend = int(suite["lr_extend"]) if lr_grid and suite.get("lr_extend") is not None else None
+    lr_grid = [float(x) for x in proto.lr_grid] if proto.lr_grid and not fit else None
+    optimizer_grid = list(proto.optimizer_grid) if lr_grid and proto.optimizer_grid else None
+    lr_extend = int(proto.lr_extend) if lr_grid and proto.lr_extend is not None else None
     jobs = []
     for network, layers in nets.items():
-        rec = (suite.get("recipes") or {}).get(network) or {}
-        train = check_recipe({**(suite.get("train") or {}), **(rec.get("train") or {})})
-        finetune = check_recipe(finetune_recipe(suite, network))
-        epochs_list = (None if fit else network_epochs(suite, network)) or [None]
-        for dataset in suite["datasets"]:
-            for seed in suite.get("seeds") or [0]:
+        train = check_recipe(suite.recipe("train", network))
+        finetune = check_recipe(suite.recipe("finetune", network))
+        epochs_list = (None if fit else proto.epochs(network)) or [None]
+        for dataset in suite.datasets:
+            for seed in proto.seeds:
                 for epochs in epochs_list:
                     ft = finetune if epochs is None else {**finetune, "epochs": epochs}
                     for e in entries:
                         for ratio, knob in _budgets(suite, e):
-                            if fit and is_reference(e["method"]):
+                            if fit and is_reference(e.method):
                                 continue
-                            jobs.append(Job(suite["name"], network, dataset, list(layers), e["method"], e["label"],
-                                            copy.deepcopy(e["options"]), ratio, knob, int(seed), train,
+                            jobs.append(Job(suite.name, network, dataset, list(layers), e.method, e.label,
+                                            thaw(e.options), ratio, knob, int(seed), train,
                                             ft, data_cfg, fit, lr_grid=lr_grid, optimizer_grid=optimizer_grid,
-                                            lr_extend=lr_extend,
-                                            budget_tolerance=suite.get("budget_tolerance"),
-                                            factorize_time_cap_s=suite.get("factorize_time_cap_s"),
-                                            job_time_limit_s=float(suite.get("job_time_limit_s")
-                                                                   or DEFAULT_JOB_TIME_LIMIT_S),
-                                            tune_epochs=suite.get("tune_epochs") if lr_grid else None))
+                                            lr_extend=lr_extend, budget_tolerance=suite.budget_tolerance,
+                                            factorize_time_cap_s=suite.factorize_time_cap_s,
+                                            job_time_limit_s=suite.job_time_limit_s,
+                                            tune_epochs=proto.tune_epochs if lr_grid else None))
     return prioritize(jobs, suite)
 
 
-def _budgets(suite: dict[str, Any], entry: dict[str, Any]) -> list[tuple[float | None, Any]]:
+def _budgets(suite: Suite, entry: MethodEntry) -> list[tuple[float | None, Any]]:
     """(target ratio, knob) pairs of a method entry: dense once, fixed knobs, or the ratios."""
-    if is_reference(entry["method"]):
+    if is_reference(entry.method):
         return [(1.0, None)]
-    if entry["knobs"] is not None:
-        return [(None, k) for k in entry["knobs"]]
-    return [(float(r), None) for r in suite.get("ratios") or []]
+    if entry.knobs is not None:
+        return [(None, thaw(k)) for k in entry.knobs]
+    return [(float(r), None) for r in suite.ratios]
 
 
-def _select_methods(suite: dict[str, Any], methods: list[str] | None) -> list[dict[str, Any]]:
-    entries = [method_entry(e) for e in suite["methods"]]
+def _select_methods(suite: Suite, methods: list[str] | None) -> list[MethodEntry]:
+    entries = list(suite.methods)
     if not methods:
         return entries
-    unknown = sorted(set(methods) - {e["method"] for e in entries} - {e["label"] for e in entries})
+    unknown = sorted(set(methods) - {e.method for e in entries} - {e.label for e in entries})
     if unknown:
-        raise SuiteError(f"--methods {unknown} not in suite {suite['name']}; it has: "
-                         f"{', '.join(e['label'] for e in entries)}")
-    return [e for e in entries if e["method"] in methods or e["label"] in methods]
+        raise SuiteError(f"--methods {unknown} not in suite {suite.name}; it has: "
+                         f"{', '.join(e.label for e in entries)}")
+    return [e for e in entries if e.method in methods or e.label in methods]
 
 
-def _select_networks(suite: dict[str, Any], networks: list[str] | None) -> dict[str, list[str]]:
-    nets = suite["networks"]
+def _select_networks(suite: Suite, networks: list[str] | None) -> dict[str, tuple[str, ...]]:
+    nets = dict(suite.networks)
     if not networks:
         return nets
     unknown = sorted(set(networks) - set(nets))
     if unknown:
-        raise SuiteError(f"--networks {unknown} not in suite {suite['name']}; it has: {', '.join(nets)}")
+        raise SuiteError(f"--networks {unknown} not in suite {suite.name}; it has: {', '.join(nets)}")
     return {n: nets[n] for n in networks}

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bench.suite_schema import STAGES
 
 if TYPE_CHECKING:
     from bench.jobs import Job
+    from bench.spec import Suite
 
 
-def prioritize(jobs: list[Job], suite: dict[str, Any]) -> list[Job]:
+def prioritize(jobs: list[Job], suite: Suite) -> list[Job]:
     """Jobs in the suite's ``priority`` order (stable: the expansion order within a stage);
     unchanged without one. Stages not listed come after the listed ones. Within ``seeds``,
     seed by seed, each in the order of the other stages. Returns copies with ``Job.stage`` set."""
-    prio = suite.get("priority")
-    first = min(int(s) for s in suite.get("seeds") or [0])
-    head = suite.get("headline_ratio")
+    prio = suite.priority
+    first = min(suite.protocol.seeds)
+    head = suite.headline_ratio
 
     def own_stage(j: Job) -> str:
         if j.reference:

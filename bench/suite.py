@@ -7,10 +7,11 @@ suite's layers, or a fixed knob when the method entry lists ``knobs``.
 Every bad value is refused by ``validate`` (called by ``load_suite``) with a one-line
 ``SuiteError`` naming the value and the valid ones, before any job runs.
 
-This module loads (name or path, ``base:`` chain, ``--set`` overrides) and validates; the rest
-lives by job: ``bench.suite_schema`` (the keys), ``bench.suite_yaml`` (safe YAML),
-``bench.suite_check`` (validation), ``bench.jobs`` (``Job``, ``expand``), ``bench.plan``
-(priority, lr tuning plan). Their public names are re-exported here.
+This module loads (name or path, ``base:`` chain, ``--set`` overrides), validates and returns
+the frozen spec (``bench.spec.Suite``) every reader uses; the rest lives by job:
+``bench.suite_schema`` (the keys), ``bench.suite_yaml`` (safe YAML), ``bench.suite_check``
+(validation), ``bench.spec`` (the typed spec), ``bench.jobs`` (``Job``, ``expand``),
+``bench.plan`` (priority, lr tuning plan). Their public names are re-exported here.
 """
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.jobs import Job, expand  # noqa: F401  (re-exported)
+from bench.spec import MethodEntry, Protocol, Suite  # noqa: F401
 from bench.plan import prioritize, tuner_keys, tuning_jobs  # noqa: F401
 from bench.suite_check import _check_options, _input_shape, _untrained, meta_network, validate  # noqa: F401
 from bench.suite_schema import (DATA_KEYS, DEFAULT_JOB_TIME_LIMIT_S, MERGED_KEYS, METHOD_ENTRY_KEYS,  # noqa: F401
-                                PAPER_ROLES, STAGES, SUITE_KEYS, SUITE_NAME, SUITES_DIR, SuiteError,
-                                finetune_recipe, method_entry, network_epochs)
+                                PAPER_ROLES, PROTOCOL_KEYS, STAGES, SUITE_KEYS, SUITE_NAME, SUITES_DIR, SuiteError,
+                                method_entry)
 from bench.suite_yaml import parse_yaml, read_text  # noqa: F401
 
 
@@ -30,8 +32,9 @@ def suite_names() -> list[str]:
     return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
 
 
-def load_suite(spec: str, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Read a suite by name (bench/suites/NAME.yaml) or path, apply ``key.sub=value`` overrides."""
+def load_suite(spec: str, overrides: list[str] | None = None) -> Suite:
+    """Read a suite by name (bench/suites/NAME.yaml) or path, apply ``key.sub=value`` overrides,
+    validate, and return its frozen spec."""
     path = Path(spec)
     if not (spec.endswith((".yaml", ".yml")) and path.is_file()):
         path = SUITES_DIR / f"{spec}.yaml"
@@ -42,24 +45,18 @@ def load_suite(spec: str, overrides: list[str] | None = None) -> dict[str, Any]:
     for item in overrides or []:
         apply_override(suite, item)
     validate(suite)
-    return suite
-
-
-def read_suite_file(path: Path) -> dict[str, Any]:
-    """A suite file's mapping with its ``base:`` chain merged, not validated (listing and the
-    paper's figures read suites this way; a run also applies overrides and validates)."""
-    return _read_with_base(Path(path), seen=())
+    return Suite.build(suite)
 
 
 def _read_with_base(path: Path, seen: tuple) -> dict[str, Any]:
-    """A suite's mapping, merged over its ``base`` suite's (keys of the child win; MERGED_KEYS
-    are merged entry by entry)."""
+    """A suite's mapping, merged over its ``base`` suite's: keys of the child win, MERGED_KEYS
+    are merged entry by entry, and a null (at the top or in a merged mapping) deletes the key."""
     suite = parse_yaml(read_text(path), str(path)) or {}
     if not isinstance(suite, dict):
         raise SuiteError(f"{path}: a suite is a YAML mapping, got {type(suite).__name__}")
     base = suite.pop("base", None)
     if base is None:
-        return suite
+        return _drop_nulls(suite)
     base_path = SUITES_DIR / f"{base}.yaml" if isinstance(base, str) and SUITE_NAME.fullmatch(base) else None
     if base_path is None or not base_path.is_file() or base in seen:
         raise SuiteError(f"{path}: base suite {base!r} is unknown or circular; known: {', '.join(suite_names())}")
@@ -68,7 +65,18 @@ def _read_with_base(path: Path, seen: tuple) -> dict[str, Any]:
         if key in MERGED_KEYS and isinstance(value, dict) and isinstance(merged.get(key), dict):
             value = {**merged[key], **value}
         merged[key] = value
-    return merged
+    return _drop_nulls(merged)
+
+
+def _drop_nulls(suite: dict[str, Any]) -> dict[str, Any]:
+    """Nulls mean "not set": a child deletes what its base set by writing null."""
+    out = {}
+    for key, value in suite.items():
+        if key in MERGED_KEYS and isinstance(value, dict):
+            value = {k: v for k, v in value.items() if v is not None}
+        if value is not None:
+            out[key] = value
+    return out
 
 
 def apply_override(suite: dict[str, Any], item: str) -> None:
@@ -77,6 +85,8 @@ def apply_override(suite: dict[str, Any], item: str) -> None:
         raise SuiteError(f"--set takes key=value, got {item!r}")
     dotted, raw = item.split("=", 1)
     keys = dotted.strip().split(".")
+    if keys[0] in PROTOCOL_KEYS:
+        raise SuiteError(f"--set {dotted}: {keys[0]} belongs under protocol: --set protocol.{dotted}={raw}")
     if keys[0] not in SUITE_KEYS:
         raise SuiteError(f"--set: unknown key {keys[0]!r}; valid: {', '.join(sorted(SUITE_KEYS))}")
     value = parse_yaml(raw, f"--set {item}")

@@ -10,18 +10,23 @@ import numbers
 from typing import Any
 
 from bench.registry import DATASETS, METHODS, NETWORKS, dataset_names, method_names, network_names
-from bench.suite_schema import (DATA_KEYS, PAPER_ROLES, STAGES, SUITE_KEYS, SUITE_NAME, SuiteError,
-                                finetune_recipe, method_entry, network_epochs)
+from bench.suite_schema import (DATA_KEYS, PAPER_ROLES, PROTOCOL_KEYS, STAGES, SUITE_KEYS, SUITE_NAME, SuiteError,
+                                finetune_recipe, method_entry, network_epochs, protocol_of)
 from bench.train import OPTIMIZERS, check_recipe
 
 
 def validate(suite: dict[str, Any]) -> None:
     """Refuse any bad key or value with a one-line SuiteError naming it and the valid ones."""
+    moved = sorted(map(str, set(suite) & set(PROTOCOL_KEYS)))
+    if moved:
+        raise SuiteError(f"suite {suite['name']}: {', '.join(moved)} belong(s) under protocol: "
+                         f"(protocol: {{{moved[0]}: ...}}; on the command line --set protocol.{moved[0]}=...)")
     bad = sorted(map(str, set(suite) - set(SUITE_KEYS) - {"name"}))
     if bad:
         raise SuiteError(f"suite {suite['name']}: unknown key(s) {bad}; valid: {', '.join(sorted(SUITE_KEYS))}")
     _check_names(suite)
-    _check_lists(suite)
+    _check_lists(suite, TOP_LIST_KEYS)
+    _check_protocol(suite)
     _check_recipes(suite)
     _check_data(suite)
     if suite.get("fit_only") is not None and not isinstance(suite["fit_only"], bool):
@@ -31,27 +36,46 @@ def validate(suite: dict[str, Any]) -> None:
     _check_reuse(suite)
 
 
+def _check_protocol(suite: dict[str, Any]) -> None:
+    """The protocol block: a mapping of PROTOCOL_KEYS whose lists are valid, with per-network
+    epoch sweeps for networks of the suite."""
+    proto = _sub_mapping(suite, "protocol", PROTOCOL_KEYS)
+    if proto is None:
+        return
+    _check_lists(proto, PROTOCOL_LIST_KEYS, "protocol.")
+    own = proto.get("network_epochs")
+    if own is not None and not isinstance(own, dict):
+        raise SuiteError(f"protocol.network_epochs {own!r}: expected a mapping network -> list of epochs, "
+                         "e.g. {lenet5: [1]}")
+    for net, epochs in (own or {}).items():
+        if not isinstance(net, str) or net not in NETWORKS:  # a child suite may leave the network out
+            raise SuiteError(f"protocol.network_epochs: unknown network {net!r}; known: {', '.join(network_names())}")
+        _check_lists({"finetune_epochs": epochs}, {"finetune_epochs": PROTOCOL_LIST_KEYS["finetune_epochs"]},
+                     f"protocol.network_epochs.{net}.")
+
+
 def _check_reuse(suite: dict[str, Any]) -> None:
     """tune_epochs is one of finetune_epochs (and needs an lr_grid); reuse names other suites."""
-    te = suite.get("tune_epochs")
+    proto = protocol_of(suite)
+    te = proto.get("tune_epochs")
     for net in suite["networks"] if te is not None else []:
         sweep = network_epochs(suite, net)
-        if not sweep or te not in sweep or not suite.get("lr_grid"):
-            raise SuiteError(f"tune_epochs {te!r}: expected one of finetune_epochs {sweep} "
+        if not sweep or te not in sweep or not proto.get("lr_grid"):
+            raise SuiteError(f"protocol.tune_epochs {te!r}: expected one of finetune_epochs {sweep} "
                              f"(network {net}) in a suite with an lr_grid")
     for key in ("optimizer_grid", "lr_extend"):
-        if suite.get(key) is not None and not suite.get("lr_grid"):
-            raise SuiteError(f"{key} {suite[key]!r}: needs an lr_grid to extend or cross with")
-    ext = suite.get("lr_extend")
+        if proto.get(key) is not None and not proto.get("lr_grid"):
+            raise SuiteError(f"protocol.{key} {proto[key]!r}: needs an lr_grid to extend or cross with")
+    ext = proto.get("lr_extend")
     if ext is not None and (isinstance(ext, bool) or not isinstance(ext, int) or not 0 <= ext <= 5):
-        raise SuiteError(f"lr_extend {ext!r}: expected an integer in 0..5")
-    reuse = suite.get("reuse")
+        raise SuiteError(f"protocol.lr_extend {ext!r}: expected an integer in 0..5")
+    reuse = proto.get("reuse")
     if reuse is None:
         return
     if (not isinstance(reuse, list) or not reuse
             or any(not isinstance(r, str) or not SUITE_NAME.fullmatch(r) or r == suite["name"] for r in reuse)):
-        raise SuiteError(f"reuse {reuse!r}: expected a list of other suites' names (folders of --out, no paths), "
-                         "e.g. [mnist]")
+        raise SuiteError(f"protocol.reuse {reuse!r}: expected a list of other suites' names (folders of --out, "
+                         "no paths), e.g. [mnist]")
 
 
 def _check_priority(suite: dict[str, Any]) -> None:
@@ -150,22 +174,24 @@ def _seed(v: Any) -> bool:
 
 
 #: list-valued keys: (test of one element, what the elements must be, an example)
-LIST_KEYS = {
-    "seeds": (_seed, "integers in 0..4294967295", "[0, 1]"),
+TOP_LIST_KEYS = {
     # a ratio below 1 would ask a compressor for more parameters than the dense layers hold
     "ratios": (lambda v: _real(v) and v >= 1, "finite numbers >= 1", "[2, 8, 32]"),
+    "paper": (lambda v: isinstance(v, str) and v in PAPER_ROLES, f"figure roles among {', '.join(PAPER_ROLES)}",
+              "[accuracy, fit]"),
+}
+PROTOCOL_LIST_KEYS = {
+    "seeds": (_seed, "integers in 0..4294967295", "[0, 1]"),
     "finetune_epochs": (lambda v: _real(v) and v > 0, "finite numbers > 0", "[1, 3]"),
     "lr_grid": (lambda v: _real(v) and v > 0, "finite numbers > 0", "[0.003, 0.01, 0.03]"),
     "optimizer_grid": (lambda v: isinstance(v, str) and v in OPTIMIZERS, f"optimizers among {', '.join(OPTIMIZERS)}",
                        "[sgd, adam]"),
-    "paper": (lambda v: isinstance(v, str) and v in PAPER_ROLES, f"figure roles among {', '.join(PAPER_ROLES)}",
-              "[accuracy, fit]"),
 }
 
 
-def _check_lists(suite: dict[str, Any], where: str = "") -> None:
+def _check_lists(suite: dict[str, Any], keys: dict, where: str = "") -> None:
     """Each list key, when given, is a non-empty list of valid, distinct values."""
-    for key, (ok, what, example) in LIST_KEYS.items():
+    for key, (ok, what, example) in keys.items():
         values = suite.get(key)
         if values is None:
             continue
@@ -187,10 +213,9 @@ def _check_recipes(suite: dict[str, Any]) -> None:
     for net, rec in recipes.items():
         if not isinstance(net, str) or net not in NETWORKS:
             raise SuiteError(f"recipes: unknown network {net!r}; known: {', '.join(network_names())}")
-        if rec is not None and (not isinstance(rec, dict) or set(rec) - {"train", "finetune", "finetune_epochs"}):
-            raise SuiteError(f"recipes.{net} {rec!r}: expected a mapping with keys train, finetune, finetune_epochs")
-        if rec and "finetune_epochs" in rec:
-            _check_lists({"finetune_epochs": rec["finetune_epochs"]}, f"recipes.{net}.")
+        if rec is not None and (not isinstance(rec, dict) or set(rec) - {"train", "finetune"}):
+            raise SuiteError(f"recipes.{net} {rec!r}: expected a mapping with keys train, finetune "
+                             "(a network's own epoch sweep is protocol.network_epochs)")
     try:
         for part in ("train", "finetune"):
             base = {} if suite.get(part) is None else suite[part]
@@ -201,15 +226,23 @@ def _check_recipes(suite: dict[str, Any]) -> None:
         raise SuiteError(str(e)) from None
 
 
+def _sub_mapping(suite: dict[str, Any], key: str, known) -> dict[str, Any] | None:
+    """``suite[key]`` when given: a mapping whose keys are all ``known``."""
+    sub = suite.get(key)
+    if sub is None:
+        return None
+    if not isinstance(sub, dict):
+        raise SuiteError(f"{key} {sub!r}: expected a mapping with keys among {', '.join(known)}")
+    bad = sorted(map(str, set(sub) - set(known)))
+    if bad:
+        raise SuiteError(f"{key}: unknown key(s) {bad}; valid: {', '.join(known)}")
+    return sub
+
+
 def _check_data(suite: dict[str, Any]) -> None:
-    data = suite.get("data")
+    data = _sub_mapping(suite, "data", DATA_KEYS)
     if data is None:
         return
-    if not isinstance(data, dict):
-        raise SuiteError(f"data {data!r}: expected a mapping with keys {', '.join(DATA_KEYS)}")
-    bad = sorted(map(str, set(data) - set(DATA_KEYS)))
-    if bad:
-        raise SuiteError(f"unknown data key(s) {bad}; valid: {', '.join(DATA_KEYS)}")
     vf = data.get("val_fraction", DATA_KEYS["val_fraction"])
     if not (_real(vf) and 0 <= vf < 1):
         raise SuiteError(f"data.val_fraction {vf!r}: expected a number in [0, 1)")

@@ -18,21 +18,13 @@ SUITE_NAME = re.compile(r"\w[\w.-]*")
 #: a job stopped after this long is recorded failed: a runaway recipe (``train.epochs=1e9``) or a
 #: plugin that never returns must not hold a sweep forever; ten hours is far above any committed job
 DEFAULT_JOB_TIME_LIMIT_S = 36_000.0
-SUITE_KEYS = {
-    "description": "one line shown by --list",
-    "datasets": "dataset names",
-    "networks": "mapping network -> list of layer names to compress",
-    "methods": "method names or {method, label, options, knobs}",
-    "ratios": "target compression ratios of the compressed layers",
-    "seeds": "seeds; each gets its own dense baseline",
-    "train": "recipe of the dense baseline",
-    "finetune": "recipe of the fine-tuning after compression",
-    "recipes": "per-network {train: ..., finetune: ..., finetune_epochs: [...]} overriding the suite's",
-    "data": "val_fraction, train_subset",
-    "fit_only": "measure weight-space fit only (no fine-tuning)",
-    "base": "another suite whose keys this one inherits and overrides (train/finetune/data key by key)",
-    "paper": "figure roles this suite's results serve (see PAPER_ROLES); no effect on jobs",
+#: the ``protocol:`` block: what makes a comparison fair (the same seeds, epoch sweep and tuning
+#: grid for every method). Inherited through ``base:`` as one unit, never key by key
+PROTOCOL_KEYS = {
+    "seeds": "seeds; each gets its own dense baseline (default [0])",
     "finetune_epochs": "fine-tuning epochs to sweep: each job runs once per value (sets finetune.epochs)",
+    "network_epochs": "mapping network -> its own finetune_epochs (a network whose ranking settles sooner "
+                      "sweeps fewer)",
     "lr_grid": "fine-tuning learning rates a method's lr is picked from (Job.lr_grid)",
     "optimizer_grid": f"fine-tuning optimizers picked from with lr_grid, each over every lr (among "
                       f"{', '.join(OPTIMIZERS)}; bench/tuning.py)",
@@ -42,6 +34,23 @@ SUITE_KEYS = {
                    "count uses (default: each epoch count picks its own)",
     "reuse": "suites whose records in the same output a job with an equal key takes instead of running "
              "(copied with reused_from)",
+}
+SUITE_KEYS = {
+    "description": "one line shown by --list",
+    "datasets": "dataset names",
+    "networks": "mapping network -> list of layer names to compress",
+    "methods": "method names or {method, label, options, knobs}",
+    "ratios": "target compression ratios of the compressed layers",
+    "train": "recipe of the dense baseline",
+    "finetune": "recipe of the fine-tuning after compression",
+    "recipes": "per-network {train: ..., finetune: ...} overriding the suite's key by key",
+    "data": "val_fraction, train_subset",
+    "fit_only": "measure weight-space fit only (no fine-tuning)",
+    "base": "another suite whose keys this one inherits and overrides (train/finetune/data key by key; "
+            "null deletes an inherited key)",
+    "paper": "figure roles this suite's results serve (see PAPER_ROLES); no effect on jobs",
+    "protocol": "how every method is compared, one unit (a child suite's replaces its base's whole): "
+                f"{', '.join(PROTOCOL_KEYS)}",
     "priority": f"order of the job stages, a list among {', '.join(('baselines', 'headline', 'budgets', 'seeds'))}"
                 " (the order --time-budget spends its time in)",
     "headline_ratio": "the paper's headline budget, one of ratios (the 'headline' priority stage)",
@@ -90,14 +99,23 @@ def method_entry(entry: Any) -> dict[str, Any]:
 
 
 def finetune_recipe(suite: dict[str, Any], net: str) -> dict[str, Any]:
-    """The fine-tuning recipe keys a network's jobs get (the suite's, then its recipe's)."""
+    """The fine-tuning recipe a network's jobs get, read off a suite mapping before it is
+    validated (``bench.spec.Suite.recipe`` after)."""
     rec = (suite.get("recipes") or {}).get(net) or {}
     return {**(suite.get("finetune") or {}), **(rec.get("finetune") or {})}
 
 
+def protocol_of(suite: dict[str, Any]) -> dict[str, Any]:
+    """The ``protocol:`` block of a suite mapping (empty when absent or not a mapping)."""
+    proto = suite.get("protocol")
+    return proto if isinstance(proto, dict) else {}
+
 
 def network_epochs(suite: dict[str, Any], network: str) -> list[float] | None:
-    """The fine-tuning epoch counts a network's jobs sweep: its recipe's ``finetune_epochs``
-    (a network whose ranking settles sooner needs fewer), else the suite's."""
-    rec = (suite.get("recipes") or {}).get(network) or {}
-    return rec.get("finetune_epochs", suite.get("finetune_epochs"))
+    """The fine-tuning epoch counts a network's jobs sweep, read off a suite mapping before it
+    is validated (``bench.spec.Protocol.epochs`` after)."""
+    proto = protocol_of(suite)
+    own = proto.get("network_epochs")
+    if isinstance(own, dict) and network in own:
+        return own[network]
+    return proto.get("finetune_epochs")

@@ -3,7 +3,7 @@
 
 Which suite feeds which figure is declared by the suite itself: ``paper: [accuracy, cost, ...]``
 in ``bench/suites/<name>.yaml`` (roles in ``PAPER_ROLES``), read through its ``base:`` chain as a
-run reads it (``bench.suite.read_suite_file``). By default only suites declaring ``paper:`` are
+run reads it (``bench.suite.load_suite``). By default only suites declaring ``paper:`` are
 read, so a left-over results folder (a smoke run) stays out of the paper.
 """
 from __future__ import annotations
@@ -18,13 +18,12 @@ import yaml
 from bench.report import (ACC_NOTE, MIN_CI_SEEDS, accuracy_summary, budget_order, ci_halfwidth, convergence_table,
                           equal_budget, finetune_epochs, fit_summary, format_acc, longest_finetune, records_frame,
                           reference_rows)
+from bench.suite_schema import SUITES_DIR
 from plots.accuracy import plot_fit_error
 from plots.equal_budget import write_equal_budget
 from plots.style import ONE_COLUMN, TWO_COLUMN, clamp_percent, method_style, save_figure
 from plots.tables import write_table
 
-PAPER_ROLES = ("accuracy", "fit", "cost", "headline", "depth", "order", "convergence", "equal-budget")
-SUITES_DIR = Path(__file__).resolve().parent.parent / "bench" / "suites"
 #: roles of a suite named on the command line whose YAML declares none
 DEFAULT_ROLES = frozenset({"accuracy", "fit", "cost", "headline"})
 DELTAS = (0.0, 0.5, 1.0, 2.0)
@@ -34,20 +33,14 @@ REFERENCE = Path(__file__).with_name("reference_results.yaml")
 def suite_roles(name: str, suites_dir: Path = SUITES_DIR) -> frozenset[str] | None:
     """The ``paper:`` roles a suite declares, through ``base:`` as a run reads it (a child such as
     cifar10-conv inherits its base's); None when the file or the key is missing. Unknown roles
-    are an error, not silently ignored."""
-    from bench.suite import read_suite_file
+    are refused by the suite's validation, not silently ignored."""
+    from bench.suite import load_suite
 
     path = Path(suites_dir) / f"{name}.yaml"
     if not path.is_file():
         return None
-    roles = read_suite_file(path).get("paper")
-    if roles is None:
-        return None
-    roles = [roles] if isinstance(roles, str) else list(roles)
-    bad = sorted(set(roles) - set(PAPER_ROLES))
-    if bad:
-        raise ValueError(f"{path}: unknown paper role(s) {bad}; known: {', '.join(PAPER_ROLES)}")
-    return frozenset(roles)
+    roles = load_suite(str(path)).paper
+    return None if roles is None else frozenset(roles)
 
 
 def paper_suites(suites: list[str] | None = None, suites_dir: Path = SUITES_DIR) -> dict[str, frozenset[str]]:

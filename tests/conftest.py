@@ -16,7 +16,7 @@ TINY = {
     "networks": {"digitnet": ["conv2", "fc1"]},
     "methods": ["dense", "svd"],
     "ratios": [2, 8],
-    "seeds": [0],
+    "protocol": {"seeds": [0]},
     "train": {"epochs": 2, "batch_size": 64, "lr": 0.05},
     "finetune": {"epochs": 0.5, "batch_size": 64, "lr": 0.01},
 }
@@ -24,11 +24,14 @@ TINY = {
 
 @pytest.fixture
 def tiny_suite(tmp_path: Path):
-    """Write a tiny suite file; ``tiny_suite(**changes)`` returns its path."""
+    """Write a tiny suite file; ``tiny_suite(**changes)`` returns its path (protocol keys such as
+    ``seeds=[0, 1]`` go into its ``protocol:`` block)."""
+    from bench.suite_schema import PROTOCOL_KEYS
 
     def make(**changes) -> Path:
         path = tmp_path / f"tiny{len(list(tmp_path.glob('tiny*.yaml')))}.yaml"
-        path.write_text(yaml.safe_dump({**TINY, **changes}))
+        protocol = {**TINY["protocol"], **{k: changes.pop(k) for k in list(changes) if k in PROTOCOL_KEYS}}
+        path.write_text(yaml.safe_dump({**TINY, "protocol": protocol, **changes}))
         return path
 
     return make

@@ -16,7 +16,7 @@ from bench.cli import main
 
 CASES = [
     # names that would leave their roots: reuse reads --out/<name>/, base reads the suites folder
-    (["--set", "reuse=['..']"], "reuse ['..']", "no paths"),
+    (["--set", "protocol.reuse=['..']"], "reuse ['..']", "no paths"),
     (["--suite", "@base_outside"], "base suite '../../../etc/passwd'", "is unknown or circular"),
     (["--set", "job_time_limit_s=0"], "job_time_limit_s 0", "seconds from 1 to 10,000,000"),
     # bounded inputs: an alias bomb, deep nesting, a suite file that is not UTF-8
@@ -28,11 +28,11 @@ CASES = [
     (["--set", "methods=[{method: adtn, options: {max_depth: 0}}]"], "'adtn' options {'max_depth': 0}", "max_depth >= 1"),
     (["--set", "methods=[svd, svd]"], "'svd' is listed twice", "different label"),
     # malformed YAML: one line, not a traceback
-    (["--set", "seeds=[0,"], "seeds=[0,", "not valid YAML"),
+    (["--set", "protocol.seeds=[0,"], "protocol.seeds=[0,", "not valid YAML"),
     (["--suite", "@bad_yaml"], "@bad_yaml", "not valid YAML"),
     # values accepted silently before
-    (["--set", "seeds=[-1]"], "-1", "integers in 0..4294967295"),
-    (["--set", "seeds=1.5"], "seeds 1.5", "list of integers"),
+    (["--set", "protocol.seeds=[-1]"], "-1", "integers in 0..4294967295"),
+    (["--set", "protocol.seeds=1.5"], "seeds 1.5", "list of integers"),
     (["--set", "finetune.epochs=-3"], "finetune.epochs -3", "number >= 0"),
     (["--set", "data.train_subset=-5"], "data.train_subset -5", "integer >= 1"),
     (["--set", "data.train_subset=0"], "data.train_subset 0", "integer >= 1"),
@@ -48,10 +48,10 @@ CASES = [
     (["--set", "networks={digitnet: [conv3]}"], "'conv3'", "its layers: conv1, conv2, fc1, fc2"),
     (["--set", "networks={lenet5: [fc1]}"], "lenet5 cannot be built for dataset digits", "28x28"),
     # messages that did not say what was wrong
-    (["--set", "seeds=-1"], "seeds -1", "list of integers"),
+    (["--set", "protocol.seeds=-1"], "seeds -1", "list of integers"),
     (["--set", "finetune=3"], "finetune 3", "expected a mapping of recipe keys"),
-    (["--set", "seeds=[abc]"], "'abc'", "integers in 0..4294967295"),
-    (["--set", "seeds=[0, 0]"], "0", "listed twice"),
+    (["--set", "protocol.seeds=[abc]"], "'abc'", "integers in 0..4294967295"),
+    (["--set", "protocol.seeds=[0, 0]"], "0", "listed twice"),
     # recipe values of the wrong type
     (["--set", "finetune.lr='0.01'"], "finetune.lr '0.01'", "finite number > 0"),
     (["--set", "train.batch_size=64.0"], "train.batch_size 64.0", "integer >= 1"),
@@ -72,19 +72,19 @@ CASES = [
     (["--set", "networks={digitnet: fc1}"], "'fc1'", "list of layer names"),
     # the new keys
     (["--set", "paper=[figure1]"], "'figure1'", "accuracy, fit, cost"),
-    (["--set", "finetune_epochs=[0]"], "0", "finite numbers > 0"),
-    (["--set", "finetune_epochs=2"], "finetune_epochs 2", "list of finite numbers > 0"),
-    (["--set", "lr_grid=[0.01, -0.1]"], "-0.1", "finite numbers > 0"),
-    (["--set", "lr_grid=[.inf]"], "inf", "finite numbers > 0"),
-    (["--set", "tune_epochs=1"], "tune_epochs 1", "one of finetune_epochs"),
-    (["--set", "finetune_epochs=[1, 2]", "--set", "tune_epochs=3", "--set", "lr_grid=[0.01]"], "tune_epochs 3",
+    (["--set", "protocol.finetune_epochs=[0]"], "0", "finite numbers > 0"),
+    (["--set", "protocol.finetune_epochs=2"], "finetune_epochs 2", "list of finite numbers > 0"),
+    (["--set", "protocol.lr_grid=[0.01, -0.1]"], "-0.1", "finite numbers > 0"),
+    (["--set", "protocol.lr_grid=[.inf]"], "inf", "finite numbers > 0"),
+    (["--set", "protocol.tune_epochs=1"], "tune_epochs 1", "one of finetune_epochs"),
+    (["--set", "protocol.finetune_epochs=[1, 2]", "--set", "protocol.tune_epochs=3", "--set", "protocol.lr_grid=[0.01]"], "tune_epochs 3",
      "one of finetune_epochs"),
-    (["--set", "recipes={digitnet: {finetune_epochs: [0]}}"], "recipes.digitnet.finetune_epochs: bad value 0",
+    (["--set", "protocol.network_epochs={digitnet: [0]}"], "protocol.network_epochs.digitnet.finetune_epochs: bad value 0",
      "finite numbers > 0"),
-    (["--set", "finetune_epochs=[1, 2]", "--set", "tune_epochs=2", "--set", "lr_grid=[0.01]",
-      "--set", "recipes={digitnet: {finetune_epochs: [1]}}"], "tune_epochs 2", "(network digitnet)"),
-    (["--set", "reuse=mnist"], "reuse 'mnist'", "list of other suites' names"),
-    (["--set", "reuse=['../x']"], "reuse ['../x']", "list of other suites' names"),
+    (["--set", "protocol.finetune_epochs=[1, 2]", "--set", "protocol.tune_epochs=2", "--set", "protocol.lr_grid=[0.01]",
+      "--set", "protocol.network_epochs={digitnet: [1]}"], "tune_epochs 2", "(network digitnet)"),
+    (["--set", "protocol.reuse=mnist"], "reuse 'mnist'", "list of other suites' names"),
+    (["--set", "protocol.reuse=['../x']"], "reuse ['../x']", "list of other suites' names"),
     # names the suite does not have
     (["--methods", "nope"], "['nope']", "it has: dense, svd"),
     (["--networks", "fc2"], "['fc2']", "it has: digitnet"),

@@ -245,7 +245,7 @@ def test_cifar10_suite_runs_on_a_few_hundred_images(tmp_path, monkeypatch):
     out = tmp_path / "out"
     args = ["--suite", "cifar10", "--data-dir", tmp_path / "data", "--out", out, "--no-download", "--no-progress",
             "--networks", "alexnet", "--methods", "dense,svd", "--set", "networks={alexnet: [features.14]}",
-            "--set", "seeds=[0]", "--set", "ratios=[8]", "--set", "train.epochs=1", "--set", "finetune.epochs=1",
+            "--set", "protocol.seeds=[0]", "--set", "ratios=[8]", "--set", "train.epochs=1", "--set", "finetune.epochs=1",
             "--set", "data.train_subset=200"]
     assert main([str(a) for a in args]) == 0
     recs = read_records(out / "cifar10" / "runs.jsonl")

@@ -145,7 +145,7 @@ def test_frozen_prefix_costs_the_suffix_and_its_cache_once_per_baseline(tiny_sui
 
 
 def test_cifar_cache_takes_every_view_in_the_finetuning_precision():
-    jobs = [j for j in expand(load_suite("cifar10-headline", ["seeds=[0]"])) if j.method != "dense"]
+    jobs = [j for j in expand(load_suite("cifar10-headline", ["protocol.seeds=[0]"])) if j.method != "dense"]
     model = CostModel(calibration(networks=("vgg16",), precisions=BF16, auto_precision="bf16"))
     share = 2 * (512 * 4096 + 4096 * 4096 + 4096 * 10) / 664223744  # the classifier of VGG-16
     assert model.cut(jobs[0]) == ("classifier.0", pytest.approx(share))
@@ -263,7 +263,7 @@ def test_priority_headline_needs_headline_ratio(capsys):
 
 def test_planned_skips_unreachable_budget_and_capped_factorisation():
     jobs = {(j.method, j.target_ratio): j
-            for j in expand(load_suite("cifar10-headline", ["seeds=[0]", "factorize_time_cap_s=120"]))}
+            for j in expand(load_suite("cifar10-headline", ["protocol.seeds=[0]", "factorize_time_cap_s=120"]))}
     svd = planned_skip(jobs[("svd", 2191.57)])
     assert svd["status"] == "skipped" and "the smallest svd has 20,992 parameters, 2.44x the budget of 8,616" in svd["error"]
     assert planned_skip(jobs[("svd", 1024.0)]) is None  # 20,992 vs 18,440: within 1.25x
@@ -278,7 +278,7 @@ def test_planned_skips_unreachable_budget_and_capped_factorisation():
 def test_factorize_estimate_scales_with_the_budget_where_the_method_says_so():
     """A law measured at 32x: CP's ALS work is linear in the rank (factorize_cost_exponent 1),
     so at 2,191.57x it is 32 / 2,191.57 of it; tt's TT-SVD does not depend on the rank (0)."""
-    jobs = {(j.method, j.target_ratio): j for j in expand(load_suite("cifar10-headline", ["seeds=[0]"]))}
+    jobs = {(j.method, j.target_ratio): j for j in expand(load_suite("cifar10-headline", ["protocol.seeds=[0]"]))}
     law = {"a": 1e-5, "b": 1.0, "budget": "x32"}
     model = CostModel(calibration(networks=("vgg16",), factorize={"cp": law, "tt": law}))
     full = 1e-5 * 18_874_368

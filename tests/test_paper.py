@@ -4,7 +4,8 @@ import pytest
 
 from bench.records import append_record
 from plots.__main__ import main as plots_main
-from plots.paper import PAPER_ROLES, build, pareto_mask, paper_suites, suite_roles
+from bench.suite_schema import PAPER_ROLES
+from plots.paper import build, pareto_mask, paper_suites, suite_roles
 from tests.conftest import REPO
 
 ROLES = {"mnist": ["accuracy", "cost", "headline", "equal-budget"], "fit-mnist": ["fit"],
@@ -14,8 +15,8 @@ ROLES = {"mnist": ["accuracy", "cost", "headline", "equal-budget"], "fit-mnist":
 def _write_suites(root, roles=ROLES):
     root.mkdir(parents=True, exist_ok=True)
     for name, r in roles.items():
-        (root / f"{name}.yaml").write_text(f"description: test\npaper: {r}\n".replace("'", ""))
-    (root / "smoke.yaml").write_text("description: no paper key\n")
+        (root / f"{name}.yaml").write_text(f"base: smoke\ndescription: test\npaper: {r}\n".replace("'", ""))
+    (root / "smoke.yaml").write_text("base: smoke\ndescription: no paper key\npaper: null\n")
     return root
 
 
@@ -116,7 +117,7 @@ def test_roles_come_from_the_suite_yaml(tmp_path):
     assert suite_roles("smoke", suites) is None and suite_roles("nope", suites) is None
     assert set(paper_suites(None, suites)) == set(ROLES)           # smoke declares no `paper:`
     assert paper_suites(["smoke"], suites)["smoke"] >= {"accuracy"}  # named explicitly: default roles
-    (tmp_path / "bad.yaml").write_text("paper: [accuracy, colour]\n")
+    (tmp_path / "bad.yaml").write_text("base: smoke\npaper: [accuracy, colour]\n")
     with pytest.raises(ValueError, match="colour"):
         suite_roles("bad", tmp_path)
     assert "convergence" in PAPER_ROLES and "equal-budget" in PAPER_ROLES

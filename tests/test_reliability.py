@@ -108,7 +108,7 @@ def test_two_concurrent_sweeps_split_the_work(tmp_path, tiny_suite):
     suite = tiny_suite(methods=["slow-svd"], ratios=[2, 3, 4, 6, 8, 12, 16, 24])
     cmd = [sys.executable, "run_all.py", "--plugin", str(plugin), "--suite", str(suite), "--no-progress",
            "--out", str(tmp_path)]
-    first = subprocess.run(cmd + ["--set", "seeds=[0]"], cwd=REPO, capture_output=True)  # the baseline, cached
+    first = subprocess.run(cmd + ["--set", "protocol.seeds=[0]"], cwd=REPO, capture_output=True)  # the baseline, cached
     assert first.returncode == 0, first.stderr.decode()
     (tmp_path / suite.stem / "runs.jsonl").unlink()
     procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
