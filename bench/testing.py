@@ -1,6 +1,6 @@
 """The compressor contract as a check anyone can run on a method, a plugin's included:
 ``check_compressor(method)`` here, ``run_all.py --check-plugin FILE`` on the command line, and
-tests/test_contract.py for every registered method.
+tests/api/test_contract.py for every registered method.
 
 On a Linear and a Conv2d, with and without bias (float64, CPU), for the smallest, a middle and
 the largest knob: the knobs ascend in size; the built module has exactly ``layer_params``

@@ -50,7 +50,7 @@ In ``text``, ``{name}`` renders a value with its format; ``{name:pm}`` a mean as
 ``{name:pairs}`` the pairs of an ``order_changes`` query; any other spec is a Python format
 spec (``{gain:+.2f}``); ``{{`` and ``}}`` are literal braces. A block's text is its claims'
 texts in order. ``python -m plots verdicts --check`` (``--write``) checks (rewrites) the README's
-blocks; ``tests/test_verdicts.py`` runs the check on the committed records.
+blocks; ``tests/report/test_verdicts.py`` runs the check on the committed records.
 
 This module checks claims and keeps the README blocks; values and expressions are
 ``bench.verdict_expr``, record queries ``bench.verdict_query``.

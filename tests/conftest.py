@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,39 @@ def tiny_suite(tmp_path: Path):
         path = tmp_path / f"tiny{len(list(tmp_path.glob('tiny*.yaml')))}.yaml"
         protocol = {**TINY["protocol"], **{k: changes.pop(k) for k in list(changes) if k in PROTOCOL_KEYS}}
         path.write_text(yaml.safe_dump({**TINY, "protocol": protocol, **changes}))
+        return path
+
+    return make
+
+
+SVD_PLUGIN = """{imports}
+from bench.registry import register_method
+from methods.svd import TruncatedSVD
+
+
+@register_method({name!r})
+class Plugin(TruncatedSVD):
+    \"\"\"svd with one step changed by a test.\"\"\"
+{body}
+"""
+
+
+def slow_factorize(seconds: float) -> str:
+    """A plugin body whose factorize sleeps first (jobs long enough to kill or share)."""
+    return f"def factorize(self, layer, rank):\n    time.sleep({seconds})\n    return super().factorize(layer, rank)\n"
+
+
+@pytest.fixture
+def svd_plugin(tmp_path: Path):
+    """Write a plugin file: ``svd_plugin(name, body, imports="", path=None)`` registers ``name``,
+    a TruncatedSVD whose class body is ``body`` (overrides of its steps); returns the file's path.
+    The one plugin text the reliability, runner and bad-input tests share."""
+
+    def make(name: str, body: str = "pass", imports: str = "", path: Path | None = None) -> Path:
+        path = Path(path or tmp_path / f"{name.replace('-', '_')}.py")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = textwrap.indent(textwrap.dedent(body).strip("\n"), "    ")
+        path.write_text(SVD_PLUGIN.format(imports=imports, name=name, body=body))
         return path
 
     return make

@@ -216,7 +216,7 @@ def test_real_cifar10_copy_if_present(monkeypatch):
     """The shared rebuilt copy (see ../shared/data/CIFAR10.md): full counts, known stats."""
     import pathlib
 
-    folder = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    folder = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data"
     if not (folder / "cifar-10-batches-py").is_dir():
         pytest.skip("no ../shared/data/cifar-10-batches-py here")
     spec = cifar.SPECS["cifar10"]  # the autouse fixture shrank the counts: restore them

@@ -122,7 +122,7 @@ def test_key_of_a_known_mnist_job_is_unchanged(tmp_path):
 def _committed_suites():
     from pathlib import Path
 
-    results = Path(__file__).resolve().parent.parent / "results"
+    results = Path(__file__).resolve().parents[2] / "results"
     for name in suite_names():
         for records in ("runs.jsonl", "fit_runs.jsonl"):
             if (results / name / records).exists():

@@ -13,7 +13,7 @@ from bench.report import ci_halfwidth, welch_p
 from bench.verdicts import (Records, check_all, check_claim, evaluate, load_claims, parse_expression, render_blocks,
                             readme_blocks, run, run_query, stale_blocks, write_blocks)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "results"
 
 # accuracies per (label, epochs) over seeds 0, 1, 2

@@ -3,14 +3,13 @@ import json
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 
 from bench.cli import main
 from bench.records import append_record, latest_by_key, read_records
-from tests.conftest import REPO, records_by_budget
+from tests.conftest import REPO, records_by_budget, slow_factorize
 
 RECORD_FIELDS = {
     "suite", "network", "dataset", "method", "options", "target_ratio", "knobs", "seed", "params_dense_layers",
@@ -18,29 +17,12 @@ RECORD_FIELDS = {
     "acc_after_finetune", "fit_rel_error", "flops", "time_compress_s", "time_finetune_s", "status", "error",
     "data_fingerprint", "code_version", "env", "key", "layer_info"}
 
-SLOW_PLUGIN = textwrap.dedent('''
-    import time
-    from bench.registry import register_method
-    from methods.svd import TruncatedSVD
-
-    @register_method("slow-svd")
-    class SlowSVD(TruncatedSVD):
-        def factorize(self, layer, rank):
-            time.sleep(0.4)
-            return super().factorize(layer, rank)
-''')
-
-FAILING_PLUGIN = textwrap.dedent('''
-    from bench.registry import register_method
-    from methods.svd import TruncatedSVD
-
-    @register_method("broken-svd")
-    class Broken(TruncatedSVD):
-        def factorize(self, layer, rank):
-            if rank > 4:
-                raise RuntimeError("deliberate failure")
-            return super().factorize(layer, rank)
-''')
+FAILING = """
+def factorize(self, layer, rank):
+    if rank > 4:
+        raise RuntimeError("deliberate failure")
+    return super().factorize(layer, rank)
+"""
 
 
 def _run(*args) -> int:
@@ -118,9 +100,8 @@ def test_override_changes_job_keys(tmp_path, tiny_suite):
     assert sorted(r["budget"] for r in recs) == ["x1", "x2", "x3", "x8"]
 
 
-def test_killed_run_resumes_to_same_ok_set(tmp_path, tiny_suite):
-    plugin = tmp_path / "slow.py"
-    plugin.write_text(SLOW_PLUGIN)
+def test_killed_run_resumes_to_same_ok_set(tmp_path, tiny_suite, svd_plugin):
+    plugin = svd_plugin("slow-svd", slow_factorize(0.4), imports="import time")
     suite = tiny_suite(methods=["slow-svd"], ratios=[2, 3, 4, 6, 8, 12])
     out_a, out_b = tmp_path / "a", tmp_path / "b"
     records = out_a / suite.stem / "runs.jsonl"
@@ -145,9 +126,8 @@ def test_killed_run_resumes_to_same_ok_set(tmp_path, tiny_suite):
     assert ok_a == ok_b and len(ok_a) == 6 and len(lines) == 6
 
 
-def test_failed_job_is_recorded_and_sweep_goes_on(tmp_path, tiny_suite):
-    plugin = tmp_path / "broken.py"
-    plugin.write_text(FAILING_PLUGIN)
+def test_failed_job_is_recorded_and_sweep_goes_on(tmp_path, tiny_suite, svd_plugin):
+    plugin = svd_plugin("broken-svd", FAILING)
     suite = tiny_suite(methods=["broken-svd"], ratios=[1.2, 16])
     assert _run("--plugin", plugin, "--suite", suite, "--out", tmp_path) == 1
     recs = records_by_budget(tmp_path, suite)
@@ -247,23 +227,16 @@ def test_ray_backend_without_ray_says_how_to_install(tmp_path, tiny_suite, monke
     assert len(err.splitlines()) == 1 and "pip install" in err and "ray" in err
 
 
-UNREACHABLE_PLUGIN = textwrap.dedent('''
-    from bench.compressor import BudgetUnreachable
-    from bench.registry import register_method
-    from methods.svd import TruncatedSVD
-
-    @register_method("picky-svd")
-    class Picky(TruncatedSVD):
-        def allocate(self, layers, target_ratio):
-            if target_ratio > 10:
-                raise BudgetUnreachable(f"ratio {target_ratio} is beyond this method")
-            return super().allocate(layers, target_ratio)
-''')
+UNREACHABLE = """
+def allocate(self, layers, target_ratio):
+    if target_ratio > 10:
+        raise BudgetUnreachable(f"ratio {target_ratio} is beyond this method")
+    return super().allocate(layers, target_ratio)
+"""
 
 
-def test_unreachable_budget_is_skipped_not_failed(tmp_path, tiny_suite):
-    plugin = tmp_path / "picky.py"
-    plugin.write_text(UNREACHABLE_PLUGIN)
+def test_unreachable_budget_is_skipped_not_failed(tmp_path, tiny_suite, svd_plugin):
+    plugin = svd_plugin("picky-svd", UNREACHABLE, imports="from bench.compressor import BudgetUnreachable")
     suite = tiny_suite(methods=["picky-svd"], ratios=[2, 50])
     assert _run("--plugin", plugin, "--suite", suite, "--out", tmp_path) == 0
     recs = records_by_budget(tmp_path, suite)
@@ -290,20 +263,14 @@ def test_lr_is_tuned_on_seed_0_and_reused_by_other_seeds(tmp_path, tiny_suite):
     assert "lr_tuning" not in recs[("dense", 0)]  # nothing to tune
 
 
-FAIL_ON_SEED0_PLUGIN = textwrap.dedent('''
-    from bench.registry import register_method
-    from methods.svd import TruncatedSVD
-
-    @register_method("seed0-fails-svd")
-    class Seed0Fails(TruncatedSVD):
-        def finetune(self, model, ctx):  # seed 1 would say so too, if it were run
-            raise RuntimeError("tuning run fails")
-''')
+FAIL_ON_SEED0 = """
+def finetune(self, model, ctx):  # seed 1 would say so too, if it were run
+    raise RuntimeError("tuning run fails")
+"""
 
 
-def test_seeds_never_tune_themselves_when_the_tuning_job_failed(tmp_path, tiny_suite):
-    plugin = tmp_path / "fails.py"
-    plugin.write_text(FAIL_ON_SEED0_PLUGIN)
+def test_seeds_never_tune_themselves_when_the_tuning_job_failed(tmp_path, tiny_suite, svd_plugin):
+    plugin = svd_plugin("seed0-fails-svd", FAIL_ON_SEED0)
     suite = tiny_suite(methods=["seed0-fails-svd"], ratios=[2], seeds=[0, 1], lr_grid=[0.01, 0.05])
     assert _run("--plugin", plugin, "--suite", suite, "--out", tmp_path) == 1
     recs = {r["seed"]: r for r in read_records(tmp_path / suite.stem / "runs.jsonl")}

@@ -106,7 +106,7 @@ def test_the_readme_plugin_example_keeps_the_contract(tmp_path, capsys):
 
     from bench.cli import main
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     block = re.search(r"<!-- plugin-example:begin -->\n```python\n(.*?)```\n<!-- plugin-example:end -->", readme, re.S)
     assert block, "README lost its plugin example markers"
     code = block.group(1)
@@ -124,7 +124,7 @@ def test_check_plugin_names_a_broken_method_and_exits_1(tmp_path, capsys):
     path = tmp_path / "broken_plugin.py"
     path.write_text(
         "from bench.registry import register_method\n"
-        "from tests.test_contract import _Method\n"
+        "from tests.api.test_contract import _Method\n"
         "register_method('broken-count')(type('Broken', (_Method,), {'__init__': lambda self: _Method.__init__(self, params_off=3)}))\n")
     assert main(["--check-plugin", str(path)]) == 1
     assert "broken-count: breaks the contract:" in capsys.readouterr().out

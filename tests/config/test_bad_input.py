@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from bench.cli import main
+from tests.conftest import slow_factorize
 
 CASES = [
     # names that would leave their roots: reuse reads --out/<name>/, base reads the suites folder
@@ -300,17 +301,14 @@ def test_interruptions_end_in_one_line_with_their_exit_code(how, code, what, tin
     assert signal.getsignal(signal.SIGTERM) is not None
 
 
-def test_a_job_past_its_time_limit_is_recorded_failed_and_the_sweep_goes_on(tiny_suite, tmp_path, capsys):
+def test_a_job_past_its_time_limit_is_recorded_failed_and_the_sweep_goes_on(tiny_suite, tmp_path, capsys, svd_plugin):
     """job_time_limit_s: a plugin whose factorize never returns is stopped and recorded failed
     with the reason; the other jobs still run (it used to run until killed)."""
     import time as _time
 
     from bench.records import read_records
 
-    plugin = _write(tmp_path, "sleepy_plugin.py",
-                    "import time\nfrom bench.registry import register_method\nfrom methods.svd import TruncatedSVD\n\n"
-                    "@register_method('sleepy-svd')\nclass Sleepy(TruncatedSVD):\n"
-                    "    def factorize(self, layer, knob):\n        time.sleep(600)\n")
+    plugin = svd_plugin("sleepy-svd", slow_factorize(600), imports="import time")
     # the limit leaves the real jobs (well under a second alone) room on a machine busy with other work
     suite = tiny_suite(methods=["dense", "sleepy-svd", "svd"], ratios=[2], job_time_limit_s=15)
     out = tmp_path / "out"
@@ -414,7 +412,7 @@ def test_list_into_a_closed_pipe_ends_quietly():
     import sys
 
     proc = subprocess.run(f"{sys.executable} run_all.py --list | head -1", shell=True, capture_output=True,
-                          text=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+                          text=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
     assert proc.stdout.startswith("suites:") and "Traceback" not in proc.stderr, proc.stderr
 
 

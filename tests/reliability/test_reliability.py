@@ -4,61 +4,34 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
 
 from bench.cli import main
 from bench.records import read_records
-from tests.conftest import REPO
+from tests.conftest import REPO, slow_factorize
 
-LEAKY_PLUGIN = textwrap.dedent('''
-    from bench.registry import register_method
-    from methods.svd import TruncatedSVD
-
-    @register_method("leaky-svd")
-    class Leaky(TruncatedSVD):
-        """Keeps a reference to the dense layer inside its module (a plugin bug)."""
-        def factorize(self, layer, rank):
-            module = super().factorize(layer, rank)
-            module.original = layer
-            return module
-''')
-
-DYING_PLUGIN = textwrap.dedent('''
-    import os
-    from bench.registry import register_method
-    from methods.svd import TruncatedSVD
-
-    @register_method("dying-svd")
-    class Dying(TruncatedSVD):
-        def factorize(self, layer, rank):
-            if rank <= 2:
-                os._exit(9)  # the worker process dies without a word, as under kill -9
-            return super().factorize(layer, rank)
-''')
-
-SLOW_PLUGIN = textwrap.dedent('''
-    import time
-    from bench.registry import register_method
-    from methods.svd import TruncatedSVD
-
-    @register_method("slow-svd")
-    class SlowSVD(TruncatedSVD):
-        def factorize(self, layer, rank):
-            time.sleep(0.5)
-            return super().factorize(layer, rank)
-''')
+LEAKY = """
+def factorize(self, layer, rank):
+    module = super().factorize(layer, rank)
+    module.original = layer  # keeps a reference to the dense layer inside its module (a plugin bug)
+    return module
+"""
+DYING = """
+def factorize(self, layer, rank):
+    if rank <= 2:
+        os._exit(9)  # the worker process dies without a word, as under kill -9
+    return super().factorize(layer, rank)
+"""
 
 
 def _run(*args) -> int:
     return main([*map(str, args), "--no-progress"])
 
 
-def test_module_larger_than_layer_params_fails_the_job(tmp_path, tiny_suite):
-    plugin = tmp_path / "leaky.py"
-    plugin.write_text(LEAKY_PLUGIN)
+def test_module_larger_than_layer_params_fails_the_job(tmp_path, tiny_suite, svd_plugin):
+    plugin = svd_plugin("leaky-svd", LEAKY)
     suite = tiny_suite(methods=["leaky-svd"], ratios=[2])
     assert _run("--plugin", plugin, "--suite", suite, "--out", tmp_path) == 1
     (rec,) = read_records(tmp_path / suite.stem / "runs.jsonl")
@@ -66,9 +39,8 @@ def test_module_larger_than_layer_params_fails_the_job(tmp_path, tiny_suite):
     assert "ContractError" in rec["error"] and "layer_params said" in rec["error"]
 
 
-def test_dead_worker_fails_its_jobs_and_the_sweep_exits_1(tmp_path, tiny_suite, capsys):
-    plugin = tmp_path / "dying.py"
-    plugin.write_text(DYING_PLUGIN)
+def test_dead_worker_fails_its_jobs_and_the_sweep_exits_1(tmp_path, tiny_suite, svd_plugin, capsys):
+    plugin = svd_plugin("dying-svd", DYING, imports="import os")
     suite = tiny_suite(methods=["dying-svd"], ratios=[2, 64], seeds=[0, 1])
     assert _run("--plugin", plugin, "--suite", suite, "--out", tmp_path, "--devices", "cpu,cpu") == 1
     out = capsys.readouterr().out
@@ -102,9 +74,8 @@ def test_cuda_devices_on_a_cpu_machine_are_refused_up_front(tmp_path, tiny_suite
     assert not any(tmp_path.glob("*/runs.jsonl"))
 
 
-def test_two_concurrent_sweeps_split_the_work(tmp_path, tiny_suite):
-    plugin = tmp_path / "slow.py"
-    plugin.write_text(SLOW_PLUGIN)
+def test_two_concurrent_sweeps_split_the_work(tmp_path, tiny_suite, svd_plugin):
+    plugin = svd_plugin("slow-svd", slow_factorize(0.5), imports="import time")
     suite = tiny_suite(methods=["slow-svd"], ratios=[2, 3, 4, 6, 8, 12, 16, 24])
     cmd = [sys.executable, "run_all.py", "--plugin", str(plugin), "--suite", str(suite), "--no-progress",
            "--out", str(tmp_path)]
@@ -120,19 +91,17 @@ def test_two_concurrent_sweeps_split_the_work(tmp_path, tiny_suite):
     assert any("left to another sweep" in s for s in summaries), summaries
 
 
-def test_two_plugins_with_the_same_file_name_both_load(tmp_path, tiny_suite):
+def test_two_plugins_with_the_same_file_name_both_load(tmp_path, tiny_suite, svd_plugin):
     a, b = tmp_path / "a" / "plug.py", tmp_path / "b" / "plug.py"
     for path, name in ((a, "plug-a"), (b, "plug-b")):
-        path.parent.mkdir()
-        path.write_text(SLOW_PLUGIN.replace("slow-svd", name).replace("time.sleep(0.5)", "pass"))
+        svd_plugin(name, path=path)
     suite = tiny_suite(methods=["plug-a", "plug-b"], ratios=[2])
     assert _run("--plugin", a, "--plugin", b, "--suite", suite, "--out", tmp_path) == 0
     assert {r["method"] for r in read_records(tmp_path / suite.stem / "runs.jsonl")} == {"plug-a", "plug-b"}
 
 
-def test_methods_accepts_a_plugin_method_beside_the_suite(tmp_path, tiny_suite, capsys):
-    plugin = tmp_path / "fast.py"
-    plugin.write_text(SLOW_PLUGIN.replace("slow-svd", "fast-svd").replace("time.sleep(0.5)", "pass"))
+def test_methods_accepts_a_plugin_method_beside_the_suite(tmp_path, tiny_suite, svd_plugin, capsys):
+    plugin = svd_plugin("fast-svd")
     suite = tiny_suite(methods=["dense", "svd"], ratios=[2])
     assert _run("--suite", suite, "--out", tmp_path) == 0
     assert _run("--plugin", plugin, "--suite", suite, "--out", tmp_path, "--methods", "fast-svd") == 0

@@ -15,7 +15,7 @@ import bench.data
 from bench.cli import main
 from bench.data import cifar
 from bench.records import read_records
-from tests.test_cifar_data import batch_bytes
+from tests.config.test_cifar_data import batch_bytes
 
 ROWS = 40  # per official file: 200 training, 40 test images
 FAST = {"train_img_s": 1e9, "eval_img_s": 1e9, "batch": 32}
