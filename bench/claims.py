@@ -19,9 +19,10 @@ Stale rule: an existing claim may be taken over when
 mtime is the live one, because touching never rewrites a file another process may be taking
 over), so an owner that heartbeats more often than ``stale_after_s`` keeps its claim. Pick ``stale_after_s`` well above the heartbeat interval plus the clock skew
 between machines (mtimes come from the file server's clock, ages from ours). A reused pid looks
-alive, so such a claim waits for the mtime rule. A file that cannot be read (a creator killed
-between create and write, a window of microseconds) is stale once it is ``UNWRITTEN_AFTER_S``
-old.
+alive, so such a claim waits for the mtime rule. A file that cannot be read is stale at once:
+a claim is created and written under the lock, so a reader holding the lock never meets one
+being written; an empty or torn claim was left by a creator killed between create and write
+(a resume right after such a kill used to leave that job "to another sweep" and exit 0).
 """
 from __future__ import annotations
 
@@ -189,14 +190,10 @@ class Claims:
             return True
         if age > self.stale_after_s:
             return True
-        if not info and age > UNWRITTEN_AFTER_S:  # created, never written: its creator died in between
+        if not info:  # created, never written (under the lock, so its creator died in between)
             return True
         pid = info.get("pid")
         return info.get("host") == self._host() and isinstance(pid, int) and not _pid_alive(pid)
-
-
-#: an empty or unparsable claim older than this was left by a creator killed mid-write
-UNWRITTEN_AFTER_S = 10.0
 
 
 def _read(path: Path) -> dict[str, Any] | None:

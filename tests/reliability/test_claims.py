@@ -78,16 +78,44 @@ def test_release_all_mine_keeps_others(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["4"]
 
 
-def test_unwritten_claim_is_live_briefly_then_stale(tmp_path):
-    from bench.claims import UNWRITTEN_AFTER_S
+def test_unwritten_claim_is_taken_over_at_once(tmp_path):
+    """Claims are created and written under the folder's lock, so an empty or torn claim seen
+    under it was left by a creator killed in between: a resume right after the kill runs the job."""
+    for key, left in (("empty", b""), ("torn", b'{"owner": "x", "ho')):
+        (tmp_path / key).write_bytes(left)
+        me = Claims(tmp_path, stale_after_s=3600)
+        assert me.try_claim(key)
+        assert json.loads((tmp_path / key).read_text())["owner"] == me.owner
 
-    (tmp_path / "k").write_bytes(b"")  # a creator killed between create and write
-    me = Claims(tmp_path, stale_after_s=3600)
-    assert not me.try_claim("k")  # it may be being written right now
-    old = time.time() - UNWRITTEN_AFTER_S - 1
-    os.utime(tmp_path / "k", (old, old))
-    assert me.try_claim("k")
-    assert json.loads((tmp_path / "k").read_text())["owner"] == me.owner
+
+def test_a_claim_being_created_is_never_seen_unwritten(tmp_path, monkeypatch):
+    """The premise of taking empty claims at once: while one owner creates and writes its claim
+    (under the lock), another owner's try_claim waits for the lock and then sees it written."""
+    import threading
+
+    import bench.claims as claims_module
+
+    a, b = Claims(tmp_path, stale_after_s=3600), Claims(tmp_path, stale_after_s=3600)
+    real_write, entered, go = claims_module.write_all, threading.Event(), threading.Event()
+
+    def slow_write(fd, blob):
+        entered.set()
+        go.wait(5)
+        return real_write(fd, blob)
+
+    monkeypatch.setattr(claims_module, "write_all", slow_write)
+    won = {}
+    t = threading.Thread(target=lambda: won.setdefault("a", a.try_claim("k")))
+    t.start()
+    assert entered.wait(5)  # a's file exists, empty, and a holds the lock
+    t2 = threading.Thread(target=lambda: won.setdefault("b", b.try_claim("k")))
+    t2.start()
+    t2.join(0.3)
+    assert t2.is_alive()  # b waits for the lock instead of judging the empty file
+    go.set()
+    t.join(5)
+    t2.join(5)
+    assert won == {"a": True, "b": False}
 
 
 def test_pickled_copy_owns_the_same_claims_in_another_process(tmp_path):
