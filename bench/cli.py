@@ -39,8 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = _Parser(prog="tnbench", description="Compare compression methods at equal parameter budgets.")
     p.add_argument("--suite", help="suite name (see --list) or path to a suite .yaml")
     p.add_argument("--list", action="store_true", help="list suites, methods, networks and datasets")
-    p.add_argument("--methods", help="comma-separated methods (names or labels) to run: the suite's, or ones "
-                                     "added by --plugin, which run beside the suite's")
+    p.add_argument("--methods", help="comma-separated methods to run: a label runs that entry; a method name "
+                                     "that is no label runs every entry of that method; ones added by --plugin "
+                                     "run beside the suite's")
     p.add_argument("--networks", help="comma-separated subset of the suite's networks")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a suite key, e.g. --set finetune.epochs=1 --set protocol.seeds=[0]")

@@ -176,7 +176,10 @@ def _select_methods(suite: Suite, methods: list[str] | None) -> list[MethodEntry
     if unknown:
         raise SuiteError(f"--methods {unknown} not in suite {suite.name}; it has: "
                          f"{', '.join(e.label for e in entries)}")
-    return [e for e in entries if e.method in methods or e.label in methods]
+    labels = {e.label for e in entries}
+    # a label names one entry; a method name that is no label names every entry of that method
+    # (``--methods adtn`` used to run adtn-interleaved too, since its method is adtn)
+    return [e for e in entries if e.label in methods or (e.method in methods and e.method not in labels)]
 
 
 def _select_networks(suite: Suite, networks: list[str] | None) -> dict[str, tuple[str, ...]]:

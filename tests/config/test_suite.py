@@ -274,3 +274,15 @@ def test_print_suite_shows_the_suite_as_it_runs(capsys):
     assert printed["protocol"]["seeds"] == [4]
     assert printed["train"]["epochs"] == load_suite("cifar10-headline").train["epochs"]
     assert out.rstrip().endswith(f"# {len(expand(suite))} jobs")
+
+
+def test_methods_selects_a_label_exactly_and_a_bare_method_name_by_method():
+    """lenet5-v3 has entries labelled adtn and adtn-interleaved (both method adtn): --methods adtn
+    is the first only; cp-minmax / cp-paired are reached by their labels, a method name that is
+    no label (none here) would take every entry of it."""
+    suite = load_suite("lenet5-v3")
+    assert {j.label for j in expand(suite, methods=["adtn"])} == {"adtn"}
+    assert {j.label for j in expand(suite, methods=["adtn-interleaved", "cp"])} == {"adtn-interleaved", "cp"}
+    mixed = load_suite("lenet5-v3", ["methods=[dense, {method: cp, label: cp-paired, options: {layout: paired}}, "
+                                     "{method: cp, label: cp-minmax, options: {allocation: minmax}}]"])
+    assert {j.label for j in expand(mixed, methods=["cp"])} == {"cp-paired", "cp-minmax"}
