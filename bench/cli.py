@@ -306,7 +306,7 @@ def cost_model(args, devices: list[str], jobs, check: bool = True):
 
 def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_only: bool) -> int:
     from bench.cost import Budget
-    from bench.records import RecordIndex
+    from bench.records import RecordIndex, mend_records
     from bench.runner import RunSettings, adopt_reused, run_jobs
 
     counts = None
@@ -318,6 +318,11 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
         budget = None
         if args.time_budget is not None:
             budget = Budget(args.time_budget * 60, cost, jobs, baseline_root=settings.baseline_root)
+        try:
+            mend_records(path)  # a torn tail from a killed sweep goes even if nothing is left to run
+        except OutputWriteError as e:
+            print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 2
         records = RecordIndex(path)  # read once for the whole sweep (bench.runner.Sweep)
         if suite.protocol.reuse and not args.rerun:
             copied = adopt_reused(jobs, path, out, list(suite.protocol.reuse), records.refresh())

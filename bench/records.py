@@ -73,8 +73,18 @@ def write_cause(e: BaseException) -> str:
 def append_record(path: Path, record: dict[str, Any]) -> None:
     """Append one record as one line; on any failure the file is left as it was and
     ``RecordWriteError`` is raised."""
-    path = Path(path)
-    line = (json.dumps(record, sort_keys=True, default=_jsonable) + "\n").encode()
+    _write_at_end(Path(path), (json.dumps(record, sort_keys=True, default=_jsonable) + "\n").encode())
+
+
+def mend_records(path: Path) -> None:
+    """Cut a torn last line (a writer killed mid-line) before a sweep starts, so a resume with
+    nothing left to run still leaves whole lines only; no file, nothing to do."""
+    if Path(path).is_file():
+        _write_at_end(Path(path), b"")
+
+
+def _write_at_end(path: Path, line: bytes) -> None:
+    """Under the file's lock: mend its tail, then write ``line`` (may be empty) and fsync."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -88,7 +98,8 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         try:
             prefix = _mend_tail(fd)  # may cut a torn tail: that is garbage, not a record
             size = os.fstat(fd).st_size
-            write_all(fd, prefix + line)
+            if prefix + line:
+                write_all(fd, prefix + line)
             os.fsync(fd)
         except OSError as e:
             _restore_size(fd, size)

@@ -234,3 +234,33 @@ def test_record_index_pickles_to_its_path_only(tmp_path):
     index = RecordIndex(path).refresh()
     copy = pickle.loads(pickle.dumps(index))
     assert copy.path == path and copy.latest == {} and copy.refresh().done() == {KEY_A}
+
+
+def test_mend_cuts_a_torn_tail_keeps_whole_lines_and_creates_nothing(tmp_path):
+    from bench.records import mend_records
+
+    path = tmp_path / "runs.jsonl"
+    mend_records(path)
+    assert not path.exists()
+    append_record(path, {"key": "a", "status": "ok"})
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"key": "torn", "sta')  # a writer killed mid-line
+    mend_records(path)
+    assert path.read_bytes() == whole
+    path.write_bytes(whole + b'{"key": "b", "status": "ok"}')  # whole record, line end missing
+    mend_records(path)
+    assert path.read_bytes() == whole + b'{"key": "b", "status": "ok"}\n'
+
+
+def test_a_resume_with_nothing_to_run_still_cuts_a_torn_tail(tmp_path, tiny_suite):
+    """A sweep killed mid-append after its last job: the resume runs nothing, and its file must
+    still end in whole lines (the chaos 'local' mode met one left behind)."""
+    from bench.cli import main
+
+    suite = tiny_suite(methods=["dense"])
+    assert main(["--suite", str(suite), "--out", str(tmp_path), "--no-progress"]) == 0
+    path = tmp_path / suite.stem / "runs.jsonl"
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"key": "torn", "status": "o')
+    assert main(["--suite", str(suite), "--out", str(tmp_path), "--no-progress"]) == 0
+    assert path.read_bytes() == whole
