@@ -320,16 +320,12 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
             budget = Budget(args.time_budget * 60, cost, jobs, baseline_root=settings.baseline_root)
         try:
             mend_records(path)  # a torn tail from a killed sweep goes even if nothing is left to run
-        except OutputWriteError as e:
-            print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-            return 2
-        records = RecordIndex(path)  # read once for the whole sweep (bench.runner.Sweep)
-        if suite.protocol.reuse and not args.rerun:
-            copied = adopt_reused(jobs, path, out, list(suite.protocol.reuse), records.refresh())
-            if copied:
-                print(f"{suite.name}: took {copied} records of equal jobs from {', '.join(suite.protocol.reuse)} "
-                      f"(reused_from)", file=sys.stderr)
-        try:
+            records = RecordIndex(path)  # read once for the whole sweep (bench.runner.Sweep)
+            if suite.protocol.reuse and not args.rerun:
+                copied = adopt_reused(jobs, path, out, list(suite.protocol.reuse), records.refresh())
+                if copied:
+                    print(f"{suite.name}: took {copied} records of equal jobs from "
+                          f"{', '.join(suite.protocol.reuse)} (reused_from)", file=sys.stderr)
             counts = run_jobs(jobs, settings, devices, path, backend=args.backend, address=args.address,
                               plugins=args.plugin, rerun=args.rerun, budget=budget, cost=cost,
                               ordered=bool(suite.priority), records=records)

@@ -91,18 +91,14 @@ class Suite:
 
     @classmethod
     def build(cls, raw: Mapping[str, Any]) -> Suite:
-        """The spec of a validated suite mapping (``bench.suite_check.validate``)."""
-        proto = dict(raw.get("protocol") or {})
-        seeds = proto.pop("seeds", None)
-        protocol = Protocol(**{k: freeze(v) for k, v in proto.items() if v is not None},
-                            seeds=tuple(int(s) for s in seeds or [0]))
+        """The spec of a suite mapping whose values have their types (``bench.suite_check``)."""
+        proto = {k: v for k, v in (raw.get("protocol") or {}).items() if v is not None}
+        protocol = Protocol(**{k: freeze(v) for k, v in proto.items() if k != "seeds"},
+                            seeds=tuple(int(s) for s in proto.get("seeds") or [0]))
         methods = tuple(MethodEntry(e["method"], e["label"], freeze(e["options"]), freeze(e["knobs"]))
                         for e in map(method_entry, raw["methods"]))
-        scalars = {k: raw[k] for k in ("priority", "headline_ratio", "budget_tolerance", "factorize_time_cap_s",
-                                       "paper") if raw.get(k) is not None}
-        paper = scalars.pop("paper", None)
-        return cls(name=raw["name"], datasets=tuple(raw["datasets"]),
-                   networks=freeze({n: list(layers) for n, layers in raw["networks"].items()}),
+        paper = raw.get("paper")
+        return cls(name=raw["name"], datasets=tuple(raw["datasets"]), networks=freeze(raw["networks"]),
                    methods=methods, description=str(raw.get("description") or "").strip(),
                    ratios=tuple(float(r) for r in raw.get("ratios") or []),
                    train=freeze(raw.get("train") or {}), finetune=freeze(raw.get("finetune") or {}),
@@ -110,8 +106,10 @@ class Suite:
                    data=freeze({**DATA_KEYS, **(raw.get("data") or {})}), protocol=protocol,
                    fit_only=bool(raw.get("fit_only")),
                    paper=None if paper is None else tuple([paper] if isinstance(paper, str) else paper),
-                   job_time_limit_s=float(raw.get("job_time_limit_s") or DEFAULT_JOB_TIME_LIMIT_S),
-                   **{k: freeze(v) for k, v in scalars.items()})
+                   priority=freeze(raw.get("priority")), headline_ratio=raw.get("headline_ratio"),
+                   budget_tolerance=raw.get("budget_tolerance"),
+                   factorize_time_cap_s=raw.get("factorize_time_cap_s"),
+                   job_time_limit_s=float(raw.get("job_time_limit_s") or DEFAULT_JOB_TIME_LIMIT_S))
 
     def recipe(self, part: str, network: str) -> dict[str, Any]:
         """The ``train`` or ``finetune`` recipe a network's jobs get: the suite's, then its own."""

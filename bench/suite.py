@@ -40,23 +40,22 @@ def load_suite(spec: str, overrides: list[str] | None = None) -> Suite:
         path = SUITES_DIR / f"{spec}.yaml"
         if not path.is_file():
             raise SuiteError(f"unknown suite {spec!r}; known: {', '.join(suite_names())} (or a path to a .yaml file)")
-    suite = _read_with_base(path, seen=())
+    suite = _drop_nulls(_read_with_base(path, seen=()))
     suite["name"] = path.stem
     for item in overrides or []:
         apply_override(suite, item)
-    validate(suite)
-    return Suite.build(suite)
+    return validate(suite)
 
 
 def _read_with_base(path: Path, seen: tuple) -> dict[str, Any]:
     """A suite's mapping, merged over its ``base`` suite's: keys of the child win, MERGED_KEYS
-    are merged entry by entry, and a null (at the top or in a merged mapping) deletes the key."""
+    are merged entry by entry (``_drop_nulls`` then deletes the keys set to null)."""
     suite = parse_yaml(read_text(path), str(path)) or {}
     if not isinstance(suite, dict):
         raise SuiteError(f"{path}: a suite is a YAML mapping, got {type(suite).__name__}")
     base = suite.pop("base", None)
     if base is None:
-        return _drop_nulls(suite)
+        return suite
     base_path = SUITES_DIR / f"{base}.yaml" if isinstance(base, str) and SUITE_NAME.fullmatch(base) else None
     if base_path is None or not base_path.is_file() or base in seen:
         raise SuiteError(f"{path}: base suite {base!r} is unknown or circular; known: {', '.join(suite_names())}")
@@ -65,11 +64,12 @@ def _read_with_base(path: Path, seen: tuple) -> dict[str, Any]:
         if key in MERGED_KEYS and isinstance(value, dict) and isinstance(merged.get(key), dict):
             value = {**merged[key], **value}
         merged[key] = value
-    return _drop_nulls(merged)
+    return merged
 
 
 def _drop_nulls(suite: dict[str, Any]) -> dict[str, Any]:
-    """Nulls mean "not set": a child deletes what its base set by writing null."""
+    """Nulls mean "not set": a child deletes what its base set by writing null (at the top or
+    in a merged mapping)."""
     out = {}
     for key, value in suite.items():
         if key in MERGED_KEYS and isinstance(value, dict):

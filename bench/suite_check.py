@@ -10,13 +10,17 @@ import numbers
 from typing import Any
 
 from bench.registry import DATASETS, METHODS, NETWORKS, dataset_names, method_names, network_names
+from bench.spec import Suite
 from bench.suite_schema import (DATA_KEYS, PAPER_ROLES, PROTOCOL_KEYS, STAGES, SUITE_KEYS, SUITE_NAME, SuiteError,
-                                finetune_recipe, method_entry, network_epochs, protocol_of)
+                                method_entry)
 from bench.train import OPTIMIZERS, check_recipe
 
 
-def validate(suite: dict[str, Any]) -> None:
-    """Refuse any bad key or value with a one-line SuiteError naming it and the valid ones."""
+def validate(suite: dict[str, Any]) -> Suite:
+    """Refuse any bad key or value with a one-line SuiteError naming it and the valid ones;
+    the suite's spec once every value has its type. Checks that combine values (a network's
+    layers and recipe, a tune epoch within its sweep) read the spec, so each rule (a network's
+    recipe, its epoch sweep) is written once, in ``bench.spec``."""
     moved = sorted(map(str, set(suite) & set(PROTOCOL_KEYS)))
     if moved:
         raise SuiteError(f"suite {suite['name']}: {', '.join(moved)} belong(s) under protocol: "
@@ -32,8 +36,10 @@ def validate(suite: dict[str, Any]) -> None:
     if suite.get("fit_only") is not None and not isinstance(suite["fit_only"], bool):
         raise SuiteError(f"fit_only {suite['fit_only']!r}: expected true or false")
     _check_priority(suite)
-    _check_layers(suite)
-    _check_reuse(suite)
+    spec = Suite.build(suite)
+    _check_layers(spec)
+    _check_tune_epochs(spec)
+    return spec
 
 
 def _check_protocol(suite: dict[str, Any]) -> None:
@@ -52,17 +58,21 @@ def _check_protocol(suite: dict[str, Any]) -> None:
             raise SuiteError(f"protocol.network_epochs: unknown network {net!r}; known: {', '.join(network_names())}")
         _check_lists({"finetune_epochs": epochs}, {"finetune_epochs": PROTOCOL_LIST_KEYS["finetune_epochs"]},
                      f"protocol.network_epochs.{net}.")
+    _check_grid_and_reuse(suite, proto)
 
 
-def _check_reuse(suite: dict[str, Any]) -> None:
-    """tune_epochs is one of finetune_epochs (and needs an lr_grid); reuse names other suites."""
-    proto = protocol_of(suite)
-    te = proto.get("tune_epochs")
-    for net in suite["networks"] if te is not None else []:
-        sweep = network_epochs(suite, net)
-        if not sweep or te not in sweep or not proto.get("lr_grid"):
-            raise SuiteError(f"protocol.tune_epochs {te!r}: expected one of finetune_epochs {sweep} "
-                             f"(network {net}) in a suite with an lr_grid")
+def _check_tune_epochs(spec: Suite) -> None:
+    """tune_epochs is one of each network's finetune_epochs, in a suite with an lr_grid."""
+    te = spec.protocol.tune_epochs
+    for net in spec.networks if te is not None else []:
+        sweep = spec.protocol.epochs(net)
+        if not sweep or te not in sweep or not spec.protocol.lr_grid:
+            raise SuiteError(f"protocol.tune_epochs {te!r}: expected one of finetune_epochs "
+                             f"{None if sweep is None else list(sweep)} (network {net}) in a suite with an lr_grid")
+
+
+def _check_grid_and_reuse(suite: dict[str, Any], proto: dict[str, Any]) -> None:
+    """optimizer_grid and lr_extend need an lr_grid; reuse names other suites."""
     for key in ("optimizer_grid", "lr_extend"):
         if proto.get(key) is not None and not proto.get("lr_grid"):
             raise SuiteError(f"protocol.{key} {proto[key]!r}: needs an lr_grid to extend or cross with")
@@ -259,15 +269,15 @@ def _input_shape(dataset: str) -> tuple[tuple[int, int, int], int] | None:
     return tuple(spec.shape), int(spec.classes)
 
 
-def _check_layers(suite: dict[str, Any]) -> None:
+def _check_layers(spec: Suite) -> None:
     """Every target layer exists in its network, built (untrained, on the meta device: no
     memory, no random numbers drawn) for every dataset of the suite, and is Linear/Conv2d (what
     the methods replace)."""
     from torch import nn
 
-    for net, layers in suite["networks"].items():
-        for dataset in suite["datasets"]:
-            model = _untrained(net, dataset)
+    for net, layers in spec.networks.items():
+        for dataset in spec.datasets:
+            model = meta_network(net, dataset)
             if model is None:
                 continue
             names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
@@ -275,10 +285,10 @@ def _check_layers(suite: dict[str, Any]) -> None:
                 if name not in names:
                     raise SuiteError(f"networks.{net}: {net} (on {dataset}) has no Linear/Conv2d layer {name!r}; "
                                      f"its layers: {', '.join(names)}")
-            if not suite.get("fit_only") and finetune_recipe(suite, net).get("scope") == "after_frozen_prefix":
+            if not spec.fit_only and spec.recipe("finetune", net).get("scope") == "after_frozen_prefix":
                 from bench.prefix import PrefixError, check_cuttable
                 try:
-                    check_cuttable(model, layers, _input_shape(dataset)[0])
+                    check_cuttable(model, list(layers), _input_shape(dataset)[0])
                 except PrefixError as e:
                     raise SuiteError(f"networks.{net} (on {dataset}): {e}") from None
 

@@ -95,27 +95,3 @@ def method_entry(entry: Any) -> dict[str, Any]:
     options = dict(entry.get("options") or {})
     label = entry.get("label") or entry["method"]
     return {"method": entry["method"], "label": label, "options": options, "knobs": knobs}
-
-
-
-def finetune_recipe(suite: dict[str, Any], net: str) -> dict[str, Any]:
-    """The fine-tuning recipe a network's jobs get, read off a suite mapping before it is
-    validated (``bench.spec.Suite.recipe`` after)."""
-    rec = (suite.get("recipes") or {}).get(net) or {}
-    return {**(suite.get("finetune") or {}), **(rec.get("finetune") or {})}
-
-
-def protocol_of(suite: dict[str, Any]) -> dict[str, Any]:
-    """The ``protocol:`` block of a suite mapping (empty when absent or not a mapping)."""
-    proto = suite.get("protocol")
-    return proto if isinstance(proto, dict) else {}
-
-
-def network_epochs(suite: dict[str, Any], network: str) -> list[float] | None:
-    """The fine-tuning epoch counts a network's jobs sweep, read off a suite mapping before it
-    is validated (``bench.spec.Protocol.epochs`` after)."""
-    proto = protocol_of(suite)
-    own = proto.get("network_epochs")
-    if isinstance(own, dict) and network in own:
-        return own[network]
-    return proto.get("finetune_epochs")
