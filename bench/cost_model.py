@@ -26,12 +26,15 @@ Approximations (said where they are used): a compressed network trains at the de
 network's speed (ADTN adds its generation time per step), the factorisation time ignores the
 knob (measured near 32x; ADTN's grows with its depth), NN-BCD's gradient-free fine-tuning is
 costed as SGD epochs, ``lr_extend``'s extra trials are counted as ``lr_extend`` (``trials``).
+What these approximations miss on a machine, its records measure: each stage is multiplied by
+the calibration's fitted ``corrections`` (``bench.cost_corrections``; ``factor``).
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from bench.cost_calibration import DEFAULT_STEP_FLOOR_S, law
+from bench.cost_corrections import factor
 from bench.cost_job import augments, cache_group, scoped, split_sizes, train_steps
 from bench.cost_steps import PerStepCosts
 
@@ -45,8 +48,11 @@ STAGES = ("baseline", "cache", "factorize", "finetune", "eval")
 class CostModel(PerStepCosts):
     """Seconds of a job (and of its dense baseline) on the calibrated device."""
 
-    def __init__(self, calibration: dict[str, Any]):
+    def __init__(self, calibration: dict[str, Any], corrected: bool = True):
+        """``corrected``: apply the calibration's fitted ``corrections`` (``bench.cost_corrections``);
+        False gives the bare model they are fitted against."""
         self.cal = calibration
+        self.corrections = calibration.get("corrections") if corrected else None
         self.path = calibration.get("path", "?")
         self._layers: dict[tuple, dict[str, int]] = {}
         self._works: dict[tuple, dict[str, tuple[StepWork, float]]] = {}  # (job key, calibrated knob)
@@ -99,6 +105,10 @@ class CostModel(PerStepCosts):
         step = max(share * self.train_s(job.network, min(bs, n_train), recipe.get("precision")), self.step_floor_s())
         return steps * step + self.eval_s(job.network, passes * n_val, recipe.get("precision"), share)
 
+    def factor(self, job, stage: str) -> float:
+        """The fitted correction of ``stage`` for ``job``'s network and method (1 without one)."""
+        return factor(self.corrections, job.network, stage, None if stage == "baseline" else job.method)
+
     # --- the network ---------------------------------------------------------------------------
     def layer_sizes(self, job) -> dict[str, int]:
         """Weights of each target layer, from a network built on the meta device (no memory)."""
@@ -146,7 +156,8 @@ class CostModel(PerStepCosts):
         """Training the dense baseline (steps and a val pass per epoch in the train recipe's
         precision), then its test pass (default precision)."""
         _, _, n_test = split_sizes(job)
-        return self._train_run_s(job, job.train, float(job.train["epochs"]), 1.0) + self.eval_s(job.network, n_test)
+        bare = self._train_run_s(job, job.train, float(job.train["epochs"]), 1.0) + self.eval_s(job.network, n_test)
+        return bare * self.factor(job, "baseline")
 
     def cache_s(self, job) -> float:
         """Building a scoped job's frozen-prefix cache (``bench.prefix.build_cache``): the
@@ -157,8 +168,8 @@ class CostModel(PerStepCosts):
         n_train, n_val, n_test = split_sizes(job)
         views = int(job.finetune.get("cache_views", 4)) if augments(job.dataset) else 1
         prefix = 1.0 - self.cut(job)[1]
-        return (self.eval_s(job.network, views * n_train, job.finetune.get("precision"), prefix)
-                + self.eval_s(job.network, n_val + n_test, None, prefix))
+        return self.factor(job, "cache") * (self.eval_s(job.network, views * n_train, job.finetune.get("precision"), prefix)
+                                            + self.eval_s(job.network, n_val + n_test, None, prefix))
 
     def factorize_s(self, job) -> float | None:
         """Estimated allocation + compression time of the job's layers; None when the
@@ -169,8 +180,10 @@ class CostModel(PerStepCosts):
         if fit is None:
             return None
         if self._per_step(job) is not None:
-            return sum(self._prefit_s(job, fit, n) for n in job.layers)
-        return sum(law(fit, n) for n in self.layer_sizes(job).values()) * self._budget_factor(job, fit)
+            bare = sum(self._prefit_s(job, fit, n) for n in job.layers)
+        else:
+            bare = sum(law(fit, n) for n in self.layer_sizes(job).values()) * self._budget_factor(job, fit)
+        return bare * self.factor(job, "factorize")
 
     def _budget_factor(self, job, fit: dict[str, Any]) -> float:
         """(calibrated ratio / the job's ratio) ** the method's ``factorize_cost_exponent``: the
@@ -206,7 +219,7 @@ class CostModel(PerStepCosts):
         per_trial = sum(self._train_run_s(job, job.finetune, epochs, share) + self._generation_s(job, epochs, gen)
                         for epochs, gen in self._runs(job)) + self._refit_s(job)
         judged = self.eval_s(job.network, split_sizes(job)[1], None, share) if trials > 1 else 0.0
-        return trials * (per_trial + judged)
+        return trials * (per_trial + judged) * self.factor(job, "finetune")
 
     def evals_s(self, job) -> float:
         """What a job does outside its stages (``bench.job.run_job``): test before and after
@@ -214,7 +227,7 @@ class CostModel(PerStepCosts):
         calibration's extra passes (fp32); the per-job overhead (copies, FLOP counts)."""
         overhead = float(self.cal.get("job_overhead_s", {}).get(job.network, 0.0))
         if job.fit_only:
-            return overhead
+            return overhead * self.factor(job, "eval")
         from bench.bias_calibration import CALIBRATION_IMAGES
 
         n_train, n_val, n_test = split_sizes(job)
@@ -224,7 +237,7 @@ class CostModel(PerStepCosts):
             # term, after a lift, after the shift: bench.bias_calibration)
             t += self.eval_s(job.network, n_test + 2 * n_val, None, share)
             t += self.eval_s(job.network, (1 + 4 * len(job.layers)) * min(CALIBRATION_IMAGES, n_train), "fp32", share)
-        return t + overhead
+        return (t + overhead) * self.factor(job, "eval")
 
     def stages(self, job, tuning: bool, with_baseline: bool = False, with_cache: bool = False) -> dict[str, float]:
         """Seconds per stage (``STAGES``); ``with_baseline`` / ``with_cache``: this job pays for

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.cost_corrections import measured_alone
 from bench.cost_model import STAGES, CostModel
 
 
@@ -29,29 +30,34 @@ def record_stages(record: dict[str, Any], baseline_meta: dict[str, Any] | None =
 def compare_records(model: CostModel, jobs: list, records: dict[str, dict], baseline_root: Path
                     ) -> tuple[int, dict[str, float], dict[str, float]]:
     """(jobs compared, estimated and measured seconds per stage) over the jobs with an ok
-    record measured by themselves (not ``same_as`` or ``reused_from``), each estimated as it
-    ran: tuned when its record tuned, the cache when it built one; baselines whose checkpoint
-    summary is under ``baseline_root`` once each."""
-    from bench.baseline import checkpoint_path
-
+    record measured by themselves (``measured_alone``), each estimated as it ran: tuned when
+    its record tuned, the cache when it built one; baselines whose checkpoint summary is under
+    ``baseline_root`` once each."""
     est, got = dict.fromkeys(STAGES, 0.0), dict.fromkeys(STAGES, 0.0)
-    n, bases = 0, set()
-    for j in jobs:
-        rec = records.get(j.key)
-        if not rec or rec.get("status") != "ok" or rec.get("same_as") or rec.get("reused_from"):
-            continue
+    n = 0
+    for j, rec, tuned in measured_alone(records, jobs):
         n += 1
-        tuned = bool((rec.get("lr_tuning") or {}).get("tuned_here"))
         for stage, t in model.stages(j, tuned, with_cache=(rec.get("time_prefix_cache_s") or 0) > 0).items():
             est[stage] += t
         for stage, t in record_stages(rec).items():
             got[stage] += t
-        meta = checkpoint_path(baseline_root, j.baseline_config).with_suffix(".json")
-        if j.baseline_key not in bases and meta.is_file():
-            bases.add(j.baseline_key)
-            est["baseline"] += model.baseline_s(j)
-            got["baseline"] += record_stages({}, json.loads(meta.read_text()))["baseline"]
+    for j, seconds in measured_baselines([j for j, _, _ in measured_alone(records, jobs)], baseline_root).values():
+        est["baseline"] += model.baseline_s(j)
+        got["baseline"] += seconds
     return n, est, got
+
+
+def measured_baselines(jobs: list, root: Path) -> dict[str, tuple[Any, float]]:
+    """Baseline key -> (a job of it, its measured ``time_train_s``) for the jobs' baselines whose
+    checkpoint summary is under ``root``."""
+    from bench.baseline import checkpoint_path
+
+    out: dict[str, tuple[Any, float]] = {}
+    for j in jobs:
+        meta = checkpoint_path(root, j.baseline_config).with_suffix(".json")
+        if j.baseline_key not in out and meta.is_file():
+            out[j.baseline_key] = (j, record_stages({}, json.loads(meta.read_text()))["baseline"])
+    return out
 
 
 def baseline_cached(root: Path, job) -> bool:

@@ -32,7 +32,7 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
         if plan.knobs is None:
             return f"knobs chosen from the trained weights at run time (dense: {dense:,} params)", False
         planned = sum(plan.method.layer_params(plan.layers[n], k) for n, k in plan.knobs.items())
-        return f"params {planned:>10,} of {dense:,} ({dense / planned:8.1f}x)  knobs {plan.knobs}", False
+        return f"params {planned:>10,} of {dense:,} ({dense / planned:8.1f}x)  {plan.method.knob_name} {plan.knobs}", False
 
     networks: dict = {}
     pre = {j.key: planned_skip(j, cost) for j in jobs}
@@ -63,7 +63,8 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
         return
     cal = cost.cal
     print(f"estimated time on {kind} ({cal.get('device_name')}, {cal.get('threads')} threads, calibration "
-          f"{cost.path}{'' if any('precisions' in n for n in cal['networks'].values()) else '; no per-precision speeds'}):")
+          f"{cost.path}{'' if any('precisions' in n for n in cal['networks'].values()) else '; no per-precision speeds'}"
+          f"{_corrections_said(cal)}):")
     shown = ("factorize", "finetune", "eval")
     print(f"  {'network':9s} {'method':15s} {'jobs':>5s} {'skipped':>8s} "
           + " ".join(f"{s:>11s}" for s in shown) + f" {'seconds':>12s}")
@@ -93,3 +94,13 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
         if n:
             print(f"  {n} recorded jobs ({path}), estimated / measured s: "
                   + ", ".join(f"{s} {e[s]:,.0f} / {m[s]:,.0f}" for s in STAGES))
+
+
+def _corrections_said(cal: dict) -> str:
+    """Where the calibration's fitted corrections come from, or that it has none."""
+    src = cal.get("corrections_from")
+    if not cal.get("corrections") or not src:
+        return "; no corrections fitted on records (python -m bench.perf correct)"
+    return (f"; corrected on {src.get('records')} records of {', '.join(src.get('suites', []))}"
+            f" made on {src.get('cpu_model')}")
+

@@ -64,9 +64,24 @@ def code_version() -> str:
         return "unknown"
 
 
+def cpu_model() -> str:
+    """The processor's model name (/proc/cpuinfo; else what ``platform`` says): records made on
+    different processors time differently (bf16 kernels: AMX or not), and the cost model's
+    corrections are fitted per machine kind from them."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict[str, Any]:
     """Versions on the driver; each record adds where it ran (``device``, ``threads``)."""
-    env = {"torch": torch.__version__, "python": platform.python_version(), "host_cpu": platform.machine()}
+    env = {"torch": torch.__version__, "python": platform.python_version(), "host_cpu": platform.machine(),
+           "cpu_model": cpu_model()}
     try:
         import tensorly
         env["tensorly"] = tensorly.__version__

@@ -1,0 +1,113 @@
+"""Fit the cost model's corrections on recorded jobs and write them into a calibration file.
+
+    python -m bench.perf correct --suites lenet5-v3,cifar10-headline --results results
+
+For each (network, stage, method) the median of measured / estimated seconds over the suites'
+ok records (``bench.cost_corrections``), estimated by the bare calibrated model; the file's
+earlier corrections are replaced. Prints each factor, and each suite's estimated / measured
+seconds per stage before and after. Check a fit on records it did not see: a suite left out of
+``--suites``, or records that land later (``run_all.py --dry-run`` sets its estimate beside
+them).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from bench.cost import STAGES, CostModel, compare_records, default_path, device_kind, load_calibration
+from bench.cost_corrections import fit, measured_alone, pool, ratios, same_processor
+from bench.cost_records import measured_baselines
+from bench.errors import InputError
+
+
+def _suite_records(spec: str, results: Path):
+    """(jobs, latest record per key) of a suite's (a name or .yaml path) records under ``results``."""
+    from bench.jobs import expand
+    from bench.records import latest_by_key, read_records
+    from bench.runner import records_path
+    from bench.suite import load_suite
+
+    suite = load_suite(spec)
+    path = records_path(results, suite.name, False)
+    if not path.is_file():
+        raise InputError(f"--suites {spec}: no records at {path}")
+    return expand(suite), latest_by_key(read_records(path))
+
+
+def spread(model: CostModel, jobs: list, records: dict) -> str:
+    """Median and 10th-90th percentile of measured / estimated whole-job seconds per record
+    (a sum over records is dominated by the few that shared the cores or were paused)."""
+    from bench.cost_records import record_stages
+
+    r = sorted(sum(v for k, v in record_stages(rec).items() if k != "baseline")
+               / max(sum(v for k, v in model.stages(j, tuned, with_cache=(rec.get("time_prefix_cache_s") or 0) > 0
+                                                    ).items() if k != "baseline"), 1e-9)
+               for j, rec, tuned in measured_alone(records, jobs))
+    if not r:
+        return "no jobs"
+    q = lambda p: r[min(len(r) - 1, int(p * len(r)))]  # noqa: E731
+    return f"median {statistics.median(r):.2f}, 10-90 % {q(0.1):.2f}-{q(0.9):.2f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.perf correct", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suites", required=True, help="comma-separated suites whose records to fit on")
+    ap.add_argument("--results", default="results", help="results root holding <suite>/runs.jsonl and checkpoints/")
+    ap.add_argument("--calibration", default=None, help="calibration file (default results/calibration/cpu.json)")
+    ap.add_argument("--cpu-model", default=None,
+                    help="fit only records made on this processor (env.cpu_model); default: this machine's")
+    ap.add_argument("--dry", action="store_true", help="print the factors, write nothing")
+    args = ap.parse_args(argv)
+    try:
+        return correct(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def correct(args: argparse.Namespace) -> int:
+    from bench.runner import cpu_model
+
+    path = Path(args.calibration) if args.calibration else default_path(device_kind("cpu"))
+    cal = load_calibration(path)
+    if cal is None:
+        raise InputError(f"no calibration at {path} (python -m bench.perf calibrate makes one)")
+    cpu = args.cpu_model or cpu_model()
+    bare, results = CostModel(cal, corrected=False), Path(args.results)
+    suites = [s.strip() for s in args.suites.split(",") if s.strip()]
+    loaded = {s: _suite_records(s, results) for s in suites}
+    pairs, baselines = [], {}
+    for jobs, records in loaded.values():
+        mine = {k: r for k, r in records.items() if same_processor(r, cpu)}
+        chosen = list(measured_alone(mine, jobs))
+        pairs += chosen
+        baselines.update(measured_baselines([j for j, _, _ in chosen], results))
+    if not pairs:
+        raise InputError(f"no ok records made on {cpu!r} in {', '.join(suites)} under {results}")
+    samples = ratios(bare, pairs, baselines)
+    corrections, counts = fit(samples), pool(samples)
+    print(f"{len(pairs)} records ({cpu}); measured / estimated, median (n):")
+    for net, stages in corrections.items():
+        for stage, per in stages.items():
+            print(f"  {net:8s} {stage:9s} " + ", ".join(
+                f"{m} {f:.2f} ({len(counts[(net, stage, m)])})" for m, f in per.items()))
+    fitted = CostModel({**cal, "corrections": corrections})
+    for name, (jobs, records) in loaded.items():
+        for label, model in (("bare", bare), ("corrected", fitted)):
+            n, est, got = compare_records(model, jobs, records, results)
+            print(f"  {name} {label:9s} {n} jobs, estimated / measured s: "
+                  + ", ".join(f"{s} {est[s]:,.0f} / {got[s]:,.0f}" for s in STAGES)
+                  + f"; per job measured / estimated: {spread(model, jobs, records)}")
+    if args.dry:
+        return 0
+    cal.pop("path", None)
+    cal["corrections"] = corrections
+    cal["corrections_from"] = {"suites": suites, "records": len(pairs), "cpu_model": cpu,
+                               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    path.write_text(json.dumps(cal, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {path}")
+    return 0

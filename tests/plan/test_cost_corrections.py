@@ -1,0 +1,106 @@
+"""The cost model's corrections fitted on records (bench/cost_corrections.py, python -m bench.perf
+correct): medians per network, stage and method, the fallback, and the round trip through a
+calibration file that the dry run then reads."""
+import json
+
+import pytest
+
+from bench.cli import main as cli
+from bench.cost import CostModel, load_calibration
+from bench.cost_corrections import ANY, factor, fit, ratios, same_processor
+from bench.perf.correct import main as correct
+from bench.records import append_record
+from bench.suite import expand, load_suite
+from tests.plan.test_cost import calibration
+
+
+def test_fit_takes_medians_per_method_and_pools_the_rest():
+    samples = {("net", "finetune", "tt"): [1.0, 2.0, 9.0],   # median 2: the 9 (a shared core) does not move it
+               ("net", "finetune", "cp"): [4.0],
+               ("other", "finetune", "tt"): [0.5],
+               ("net", "baseline", ANY): [1.5]}
+    got = fit(samples)
+    assert got["net"] == {"finetune": {"tt": 2.0, "cp": 4.0, ANY: 3.0}, "baseline": {ANY: 1.5}}
+    assert got[ANY]["finetune"] == {"tt": 1.5, "cp": 4.0}    # tt over both networks: median of 1, 2, 9, 0.5
+    assert factor(got, "net", "finetune", "tt") == 2.0        # the method's own on the network
+    assert factor(got, "other", "finetune", "svd") == 0.5     # a method without records: the network's pool
+    assert factor(got, "new", "finetune", "cp") == 4.0        # a network without records: the method's pool
+    assert factor(got, "net", "baseline", None) == 1.5
+    assert factor(got, "net", "eval", "tt") == 1.0 and factor(got, "new", "finetune", "svd") == 1.0
+    assert factor(None, "net", "finetune", "tt") == 1.0
+
+
+def test_model_multiplies_each_stage_by_its_factor(tiny_suite):
+    jobs = expand(load_suite(str(tiny_suite(ratios=[8]))))
+    svd = next(j for j in jobs if j.method == "svd")
+    cal = calibration(factorize={"svd": {"a": 1e-3, "b": 1.0}})
+    bare = CostModel(cal)
+    corrections = {"digitnet": {"finetune": {"svd": 2.0, ANY: 5.0}, "eval": {ANY: 3.0},
+                                "factorize": {"tt": 7.0}, "baseline": {ANY: 4.0}}}
+    fixed = CostModel({**cal, "corrections": corrections})
+    b, f = bare.stages(svd, False, with_baseline=True), fixed.stages(svd, False, with_baseline=True)
+    assert f["finetune"] == pytest.approx(2.0 * b["finetune"])      # the method's own factor
+    assert f["eval"] == pytest.approx(3.0 * b["eval"])              # the network's pooled one
+    assert f["factorize"] == pytest.approx(b["factorize"])          # tt's factor is not svd's
+    assert f["baseline"] == pytest.approx(4.0 * b["baseline"])
+    assert CostModel({**cal, "corrections": corrections}, corrected=False).stages(svd, False) == bare.stages(svd, False)
+
+
+def test_only_records_of_this_processor_count():
+    assert same_processor({"env": {"cpu_model": "AMD EPYC"}}, "AMD EPYC")
+    assert not same_processor({"env": {"cpu_model": "Intel Xeon"}}, "AMD EPYC")
+    assert same_processor({"env": {}}, "AMD EPYC")                  # older records do not say
+
+
+def _record(job, stages, cpu="test cpu"):
+    return {"key": job.key, "status": "ok", "method": job.method, "env": {"cpu_model": cpu},
+            "time_compress_s": stages["factorize"], "time_finetune_s": stages["finetune"],
+            "time_total_s": stages["factorize"] + stages["finetune"] + stages["eval"]}
+
+
+def test_correct_fits_the_records_and_the_dry_run_reads_the_factors(tiny_suite, tmp_path, capsys):
+    """Records that took exactly 3x the bare estimate of each stage (svd) give factors of 3; a
+    record from another processor is ignored; the dry run then estimates 3x."""
+    suite = tiny_suite(ratios=[2, 8], seeds=[0, 1])
+    jobs = expand(load_suite(str(suite)))
+    cal_path = tmp_path / "cal.json"
+    cal_path.write_text(json.dumps(calibration(factorize={"svd": {"a": 1e-3, "b": 1.0}})))
+    bare = CostModel(load_calibration(cal_path))
+    path = tmp_path / "results" / load_suite(str(suite)).name / "runs.jsonl"
+    path.parent.mkdir(parents=True)
+    svd = [j for j in jobs if j.method == "svd"]
+    for j in svd[:3]:
+        st = bare.stages(j, False)
+        append_record(path, _record(j, {k: 3 * v for k, v in st.items()}))
+    append_record(path, _record(svd[3], {k: 100 * v for k, v in bare.stages(svd[3], False).items()}, cpu="other"))
+    assert correct(["--suites", str(suite), "--results", str(tmp_path / "results"),
+                    "--calibration", str(cal_path), "--cpu-model", "test cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "3 records (test cpu)" in out and "wrote" in out
+    cal = load_calibration(cal_path)
+    assert cal["corrections"]["digitnet"]["finetune"] == {"svd": 3.0, ANY: 3.0}
+    assert cal["corrections"]["digitnet"]["eval"]["svd"] == 3.0
+    assert cal["corrections_from"]["records"] == 3 and cal["corrections_from"]["cpu_model"] == "test cpu"
+    j = svd[3]
+    assert CostModel(cal).job_s(j, False) == pytest.approx(3 * bare.job_s(j, False))
+    assert cli(["--suite", str(suite), "--dry-run", "--calibration", str(cal_path)]) == 0
+
+
+def test_correct_says_in_one_line_what_is_missing(tiny_suite, tmp_path, capsys):
+    suite = tiny_suite()
+    cal_path = tmp_path / "cal.json"
+    args = ["--suites", str(suite), "--results", str(tmp_path), "--calibration", str(cal_path)]
+    assert correct(args) == 2
+    assert "no calibration at" in capsys.readouterr().err
+    cal_path.write_text(json.dumps(calibration()))
+    assert correct(args) == 2
+    assert "no records at" in capsys.readouterr().err
+
+
+def test_ratios_skip_stages_either_side_says_nothing_of(tiny_suite):
+    jobs = expand(load_suite(str(tiny_suite(ratios=[8]))))
+    svd = next(j for j in jobs if j.method == "svd")
+    model = CostModel(calibration())  # no factorize law: the estimate of that stage is 0
+    rec = _record(svd, {"factorize": 5.0, "finetune": 0.0, "eval": 1.0})
+    got = ratios(model, [(svd, rec, False)])
+    assert set(got) == {("digitnet", "eval", "svd")}
