@@ -24,7 +24,8 @@ from typing import Any, Iterator
 import torch
 from tqdm.auto import tqdm
 
-from bench.backends.local import CLAIMED, LEFT, run_groups, run_parallel
+from bench.backends import CLAIMED, LEFT, Marker, Outcome, key_of
+from bench.backends.local import run_groups, run_parallel
 from bench.claims import Claims
 from bench.job import failed_record, job_fields
 from bench.records import RecordIndex, latest_by_key, read_records
@@ -238,7 +239,7 @@ def adopt_reused(jobs: list[Job], path: Path, out: Path, suites: list[str], reco
 
 
 def _stream(groups, settings: RunSettings, devices: list[str], backend: str, address, plugins,
-            claimer, picks, gate=None) -> Iterator[dict]:
+            claimer, picks, gate=None) -> Iterator[Outcome]:
     if backend == "ray":
         from bench.backends.ray import run_ray
 
@@ -310,12 +311,12 @@ class Sweep:
                 if rec is None:
                     runnable.append(job)
                 else:
-                    self.finish(rec if claimer(job) else {"key": job.key, "status": CLAIMED})
+                    self.finish(rec if claimer(job) else Marker(job.key, CLAIMED))
             for part in tuning_passes(runnable, set(tuner_of.values())) if runnable else []:
                 waiting = [j for j in part if j.lr_grid and tuner_of[j.tune_key] in left]
                 for job in waiting:  # its lr pick is made by a job left for later: it waits too
                     left.add(job.key)
-                    self.finish({"key": job.key, "status": LEFT})
+                    self.finish(Marker(job.key, LEFT))
                 part = [j for j in part if j.key not in left]
                 orphaned = _tuner_failed(part, tuner_of, self.records)
                 for job in orphaned:  # never tune on a seed that should reuse seed 0's pick
@@ -325,9 +326,9 @@ class Sweep:
                 seen: set[str] = set(j.key for j in waiting) | {j.key for j in orphaned}
                 for rec in _stream(_groups(part, ordered), self.settings, devices, backend, address, plugins,
                                    claimer, lr_picks(self.records), gate=budget) if part else []:
-                    seen.add(rec["key"])
-                    if rec["status"] == LEFT:
-                        left.add(rec["key"])
+                    seen.add(key_of(rec))
+                    if isinstance(rec, Marker) and rec.status == LEFT:
+                        left.add(rec.key)
                     self.finish(rec)
                 for job in part:  # a backend that lost a job must not make the counts lie
                     if job.key not in seen:
@@ -340,11 +341,12 @@ class Sweep:
         assert finished == counts["total"], f"job accounting is off: {counts}"
         return counts
 
-    def finish(self, rec: dict) -> None:
-        """Count one result; record it (stamped) unless another sweep holds the job or it is
-        left for later."""
+    def finish(self, rec: Outcome) -> None:
+        """Count one result; record it (stamped) unless it is a ``Marker`` (another sweep holds
+        the job, or it is left for later)."""
         counts, bar = self.counts, self.bar
-        if rec["status"] not in (CLAIMED, LEFT):
+        status = rec.status if isinstance(rec, Marker) else rec["status"]
+        if not isinstance(rec, Marker):
             job = self.by_key.get(rec["key"])
             if job is not None:
                 rec["tune_key"] = job.tune_key
@@ -354,7 +356,7 @@ class Sweep:
             if rec["status"] == "failed":
                 tqdm.write(f"FAILED {rec['network']}/{rec['dataset']} {rec['label']} {rec['budget']} "
                            f"seed {rec['seed']}: {rec['error']}")
-        counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+        counts[status] = counts.get(status, 0) + 1
         finished = counts["ok"] + counts["failed"] + counts["skipped"] + counts[CLAIMED] + counts[LEFT]
         bar.set_postfix(ok=counts["ok"], failed=counts["failed"], skipped=counts["skipped"],
                         left=bar.total - finished)

@@ -12,7 +12,7 @@ from bench.registry import register_method
 @register_method("dense")
 class Dense(Compressor):
     reference = True  # the row the tables compare every method with
-    knob_name = "none"
+    knob_name = "size"
     allocation_uses_weights = False  # "full" everywhere
     uses_finetune_lr = False  # not fine-tuned at all
     finetunes = False

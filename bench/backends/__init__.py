@@ -1,3 +1,34 @@
 """Backends turn groups of jobs into a stream of records: ``local`` (this process, or one
 worker process per device) and ``ray`` (one task per job on a cluster). Only the driver
-(bench/runner.py) writes records; backends never touch the records file."""
+(bench/runner.py) writes records; backends never touch the records file.
+
+Besides records, a backend yields ``Marker``s: jobs it did not run, which the driver counts and
+never records.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+#: a job another sweep holds (its claim is live)
+CLAIMED = "claimed_elsewhere"
+#: a job ``--time-budget`` did not start (estimated not to finish in the time left): the next
+#: run does it
+LEFT = "left_for_later"
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A job a backend did not run, and why (``CLAIMED`` or ``LEFT``): counted, never recorded."""
+
+    key: str
+    status: str
+
+
+#: what a backend yields per job
+Outcome = Union[dict, Marker]
+
+
+def key_of(item: Outcome) -> str:
+    """The job key of a record or a marker."""
+    return item.key if isinstance(item, Marker) else item["key"]

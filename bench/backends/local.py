@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from bench.backends import CLAIMED, LEFT, Marker, Outcome, key_of
 from bench.baseline import get_baseline
 from bench.data import DataSplits, load_splits
 from bench.job import failed_record, run_job
@@ -19,11 +20,6 @@ from bench.records import OutputWriteError, config_key
 from bench.jobs import Job
 from bench.train import resolve_device
 
-#: a job another sweep holds; yielded so the driver can count it, never recorded
-CLAIMED = "claimed_elsewhere"
-#: a job ``--time-budget`` did not start (estimated not to finish in the time left); counted,
-#: never recorded, so the next run does it
-LEFT = "left_for_later"
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
@@ -37,7 +33,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
 def run_groups(groups: list[list[Job]], settings, device: torch.device,
                claim: Callable[[Job], bool] | None = None,
                lr_picks: dict[str, float] | None = None,
-               gate: Callable[[Job], bool] | None = None) -> Iterator[dict]:
+               gate: Callable[[Job], bool] | None = None) -> Iterator[Outcome]:
     """Yield one record per job, in order, on one device. ``claim(job)`` False means another
     sweep runs it (a ``CLAIMED`` marker is yielded); a group's baseline is loaded only once one
     of its jobs is claimed. ``lr_picks`` maps a job's tune key to the learning rate picked on
@@ -51,10 +47,10 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
         prefix_caches: dict = {}  # the group's frozen-prefix cache (bench.prefix), built by its first job
         for job in group:
             if gate is not None and not gate(job):
-                yield {"key": job.key, "status": LEFT}
+                yield Marker(job.key, LEFT)
                 continue
             if claim is not None and not claim(job):
-                yield {"key": job.key, "status": CLAIMED}
+                yield Marker(job.key, CLAIMED)
                 continue
             if base is None:
                 try:
@@ -128,7 +124,7 @@ def deal(groups: list[list[Job]], n: int) -> list[list[list[Job]]]:
 
 
 def run_parallel(groups, settings, devices: list[str], claims=None, lr_picks=None, plugins=None,
-                 poll_s: float = 1.0, gate=None) -> Iterator[dict]:
+                 poll_s: float = 1.0, gate=None) -> Iterator[Outcome]:
     """One worker process per device; records come back here. A worker that exits without
     saying it is done has died: its jobs with no record yet are yielded as failed. ``gate``:
     each worker gets a copy of the time budget (remaining time is read from the shared
@@ -178,25 +174,25 @@ def run_parallel(groups, settings, devices: list[str], claims=None, lr_picks=Non
                 p.terminate()
 
 
-def _handle(kind, wid, msg, pending, running, errors, devices) -> Iterator[dict]:
+def _handle(kind, wid, msg, pending, running, errors, devices) -> Iterator[Outcome]:
     if kind == "error":
         errors[wid] = f"stopped: {msg}"
     elif kind == "done":
         running.discard(wid)
         yield from _orphans(wid, pending, errors, devices)
     else:
-        pending[wid].pop(msg["key"], None)
+        pending[wid].pop(key_of(msg), None)
         yield msg
 
 
-def _orphans(wid, pending, errors, devices) -> Iterator[dict]:
+def _orphans(wid, pending, errors, devices) -> Iterator[Outcome]:
     """Failed records for the jobs a stopped or dead worker never reported."""
     for job in pending.pop(wid, {}).values():
         yield failed_record(job, f"worker for device {devices[wid]} {errors.get(wid, 'stopped')} "
                                  f"before finishing this job")
 
 
-def _drain(out_queue, pending, running, errors, devices) -> Iterator[dict]:
+def _drain(out_queue, pending, running, errors, devices) -> Iterator[Outcome]:
     """Whatever a finished or dead worker put on the queue before it went."""
     while True:
         try:

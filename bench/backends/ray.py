@@ -24,7 +24,8 @@ from typing import Any, Iterator
 
 import torch
 
-from bench.backends.local import CLAIMED, LEFT, device_info
+from bench.backends import CLAIMED, LEFT, Marker, Outcome
+from bench.backends.local import device_info
 from bench.job import failed_record, memo_key, plan_on_untrained, reused_record, run_job
 from bench.jobs import Job
 
@@ -97,7 +98,7 @@ def planned_memo_key(job: Job, networks: dict, lr_pick: float | None = None) -> 
 
 def run_ray(groups: list[list[Job]], settings, address: str | None,
             plugins: list[str] | None = None, max_retries: int = MAX_RETRIES, claim=None,
-            lr_picks: dict[str, float] | None = None, gate=None) -> Iterator[dict[str, Any]]:
+            lr_picks: dict[str, float] | None = None, gate=None) -> Iterator[Outcome]:
     """Submit every job of ``groups``; yield records as tasks finish (in completion order).
     ``claim(job)`` (the driver's job claims) False: another sweep runs it, a ``CLAIMED`` marker
     is yielded and nothing is submitted."""
@@ -143,7 +144,7 @@ def _result(ray, ref, job: Job, max_retries: int) -> dict[str, Any]:
 
 
 def _submit(ray, groups, settings, plugins, max_retries, mine, picks, baseline_remote, job_remote,
-            gate, slots: int) -> Iterator[dict[str, Any]]:
+            gate, slots: int) -> Iterator[Outcome]:
     """Submit jobs one slot at a time, each only if ``gate`` admits it when a slot frees; a
     job with an allocation identical to a submitted one waits for its result (free)."""
     queue = [job for group in groups for job in group]
@@ -174,13 +175,13 @@ def _submit(ray, groups, settings, plugins, max_retries, mine, picks, baseline_r
                 if mine(job):
                     followers[leader[lkey].key].append(job)
                 else:
-                    yield {"key": job.key, "status": CLAIMED}
+                    yield Marker(job.key, CLAIMED)
                 continue
             if not gate(job):
-                yield {"key": job.key, "status": LEFT}
+                yield Marker(job.key, LEFT)
                 continue
             if not mine(job):
-                yield {"key": job.key, "status": CLAIMED}
+                yield Marker(job.key, CLAIMED)
                 continue
             if mkey is not None:
                 leader[lkey], followers[job.key] = job, []
@@ -195,8 +196,8 @@ def _submit(ray, groups, settings, plugins, max_retries, mine, picks, baseline_r
             if rec["status"] == "ok":
                 yield reused_record(follower, rec)
             elif not gate(follower):
-                yield {"key": follower.key, "status": LEFT}
+                yield Marker(follower.key, LEFT)
             elif not mine(follower):
-                yield {"key": follower.key, "status": CLAIMED}
+                yield Marker(follower.key, CLAIMED)
             else:
                 submit(follower)
