@@ -9,6 +9,7 @@ import pytest
 
 from bench.cli import main
 from bench.records import append_record, latest_by_key, read_records
+from bench.runner import cpu_model
 from tests.conftest import REPO, records_by_budget, slow_factorize
 
 RECORD_FIELDS = {
@@ -36,6 +37,7 @@ def test_suite_runs_records_and_reports(tmp_path, tiny_suite):
     assert len(recs) == 3 and all(r["status"] == "ok" for r in recs)
     for r in recs:
         assert RECORD_FIELDS <= set(r), RECORD_FIELDS - set(r)
+        assert r["env"]["cpu_model"] == cpu_model() != ""  # the cost model's corrections are per processor
     svd = [r for r in recs if r["method"] == "svd"]
     for r in svd:
         assert r["params_compressed_layers"] == sum(v["params"] for v in r["layer_info"].values())
