@@ -22,23 +22,13 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from typing import Any, Iterator
+from typing import Any
 
 #: a method's own factor on a network needs this many records (one record of a method on a
 #: network says more about the next than the pooled median of the other methods does)
 MIN_RECORDS = 1
 #: the pooled factor: over all methods of a network, or (as a network) over all networks
 ANY = "*"
-
-
-def measured_alone(records: dict[str, dict], jobs: list) -> Iterator[tuple[Any, dict, bool]]:
-    """(job, its ok record, whether it tuned) for each job whose record measured the job itself:
-    not a ``same_as`` copy nor ``reused_from`` another suite."""
-    for j in jobs:
-        rec = records.get(j.key)
-        if not rec or rec.get("status") != "ok" or rec.get("same_as") or rec.get("reused_from"):
-            continue
-        yield j, rec, bool((rec.get("lr_tuning") or {}).get("tuned_here"))
 
 
 def same_processor(record: dict[str, Any], cpu: str | None) -> bool:
@@ -53,11 +43,11 @@ def ratios(model, pairs, baselines: dict[str, tuple[Any, float]] | None = None
     """measured / estimated per (network, stage, method) over ``pairs`` of (job, record, tuned),
     the estimate from ``model`` (which should carry no corrections); ``baselines``: baseline key
     -> (a job of it, measured ``time_train_s``). Stages where either side is 0 say nothing."""
-    from bench.cost_records import record_stages
+    from bench.cost_records import estimated_as_ran, record_stages
 
     out: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for job, rec, tuned in pairs:
-        est = model.stages(job, tuned, with_cache=(rec.get("time_prefix_cache_s") or 0) > 0)
+        est = estimated_as_ran(model, job, rec, tuned)
         for stage, got in record_stages(rec).items():
             if stage != "baseline" and est[stage] > 0 and got > 0:
                 out[(job.network, stage, job.method)].append(got / est[stage])

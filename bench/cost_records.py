@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from bench.cost_corrections import measured_alone
 from bench.cost_model import STAGES, CostModel
 
 
@@ -27,6 +26,22 @@ def record_stages(record: dict[str, Any], baseline_meta: dict[str, Any] | None =
             "factorize": fact, "finetune": fine, "eval": max(0.0, total - cache - fact - fine)}
 
 
+def measured_alone(records: dict[str, dict], jobs: list) -> Iterator[tuple[Any, dict, bool]]:
+    """(job, its ok record, whether it tuned) for each job whose record measured the job itself:
+    not a ``same_as`` copy nor ``reused_from`` another suite."""
+    for j in jobs:
+        rec = records.get(j.key)
+        if not rec or rec.get("status") != "ok" or rec.get("same_as") or rec.get("reused_from"):
+            continue
+        yield j, rec, bool((rec.get("lr_tuning") or {}).get("tuned_here"))
+
+
+def estimated_as_ran(model: CostModel, job, record: dict[str, Any], tuned: bool) -> dict[str, float]:
+    """``model``'s seconds per stage of ``job`` as its ``record`` ran it: tuned or not, paying
+    for the frozen-prefix cache when it built one (its baseline apart)."""
+    return model.stages(job, tuned, with_cache=(record.get("time_prefix_cache_s") or 0) > 0)
+
+
 def compare_records(model: CostModel, jobs: list, records: dict[str, dict], baseline_root: Path
                     ) -> tuple[int, dict[str, float], dict[str, float]]:
     """(jobs compared, estimated and measured seconds per stage) over the jobs with an ok
@@ -34,17 +49,16 @@ def compare_records(model: CostModel, jobs: list, records: dict[str, dict], base
     its record tuned, the cache when it built one; baselines whose checkpoint summary is under
     ``baseline_root`` once each."""
     est, got = dict.fromkeys(STAGES, 0.0), dict.fromkeys(STAGES, 0.0)
-    n = 0
-    for j, rec, tuned in measured_alone(records, jobs):
-        n += 1
-        for stage, t in model.stages(j, tuned, with_cache=(rec.get("time_prefix_cache_s") or 0) > 0).items():
+    measured = list(measured_alone(records, jobs))
+    for j, rec, tuned in measured:
+        for stage, t in estimated_as_ran(model, j, rec, tuned).items():
             est[stage] += t
         for stage, t in record_stages(rec).items():
             got[stage] += t
-    for j, seconds in measured_baselines([j for j, _, _ in measured_alone(records, jobs)], baseline_root).values():
+    for j, seconds in measured_baselines([j for j, _, _ in measured], baseline_root).values():
         est["baseline"] += model.baseline_s(j)
         got["baseline"] += seconds
-    return n, est, got
+    return len(measured), est, got
 
 
 def measured_baselines(jobs: list, root: Path) -> dict[str, tuple[Any, float]]:

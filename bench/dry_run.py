@@ -103,4 +103,3 @@ def _corrections_said(cal: dict) -> str:
         return "; no corrections fitted on records (python -m bench.perf correct)"
     return (f"; corrected on {src.get('records')} records of {', '.join(src.get('suites', []))}"
             f" made on {src.get('cpu_model')}")
-

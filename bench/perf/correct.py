@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from bench.cost import STAGES, CostModel, compare_records, default_path, device_kind, load_calibration
-from bench.cost_corrections import fit, measured_alone, pool, ratios, same_processor
-from bench.cost_records import measured_baselines
+from bench.cost_corrections import fit, pool, ratios, same_processor
+from bench.cost_records import estimated_as_ran, measured_alone, measured_baselines, record_stages
 from bench.errors import InputError
 
 
@@ -41,11 +41,10 @@ def _suite_records(spec: str, results: Path):
 def spread(model: CostModel, jobs: list, records: dict) -> str:
     """Median and 10th-90th percentile of measured / estimated whole-job seconds per record
     (a sum over records is dominated by the few that shared the cores or were paused)."""
-    from bench.cost_records import record_stages
+    def job_s(stages: dict[str, float]) -> float:
+        return sum(v for k, v in stages.items() if k != "baseline")
 
-    r = sorted(sum(v for k, v in record_stages(rec).items() if k != "baseline")
-               / max(sum(v for k, v in model.stages(j, tuned, with_cache=(rec.get("time_prefix_cache_s") or 0) > 0
-                                                    ).items() if k != "baseline"), 1e-9)
+    r = sorted(job_s(record_stages(rec)) / max(job_s(estimated_as_ran(model, j, rec, tuned)), 1e-9)
                for j, rec, tuned in measured_alone(records, jobs))
     if not r:
         return "no jobs"

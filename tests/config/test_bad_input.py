@@ -185,12 +185,13 @@ MAKERS = {
 
 
 def _table_row(argv, code, err, out, tmp_path) -> None:
-    """With TNBENCH_HOSTILE_TABLE=FILE, append this case as a Markdown row (command, exit code,
-    first stderr line, files written under --out): the table docs/RELIABILITY.md shows."""
+    """With TNBENCH_HOSTILE_TABLE=FILE, append this case (``argv``: its own flags, not the shared
+    ones) as a Markdown row (command, exit code, first stderr line, files written under --out):
+    the table docs/RELIABILITY.md shows."""
     table = os.environ.get("TNBENCH_HOSTILE_TABLE")
     if not table:
         return
-    cmd = " ".join(a.replace(str(tmp_path), "T") for a in argv[8:]).replace("|", "\\|")
+    cmd = " ".join(a.replace(str(tmp_path), "T") for a in argv).replace("|", "\\|")
     first = (err.splitlines() or [""])[0].replace(str(tmp_path), "T").replace("|", "\\|")
     written = sum(1 for _ in out.rglob("*")) if out.exists() else 0
     with open(table, "a", encoding="utf-8") as f:
@@ -208,7 +209,7 @@ def _check_refused(argv, bad, valid, tiny_suite, tmp_path, capsys):
     argv = [tokens.get(a, a) for a in base + list(argv)]
     code = main(argv)
     err = capsys.readouterr().err.strip()
-    _table_row(argv, code, err, out, tmp_path)
+    _table_row(argv[len(base):], code, err, out, tmp_path)
     assert code == 2, err
     assert len(err.splitlines()) == 1, err
     assert tokens.get(bad, bad) in err and valid in err, err
