@@ -14,6 +14,7 @@ import torch
 
 from bench.backends import CLAIMED, LEFT, Marker, Outcome, key_of
 from bench.baseline import get_baseline
+from bench.cpu_memory import keep_freed_memory
 from bench.data import DataSplits, load_splits
 from bench.job import failed_record, run_job
 from bench.records import OutputWriteError, config_key
@@ -25,6 +26,8 @@ from bench.train import resolve_device
 def device_info(device: torch.device) -> dict[str, Any]:
     """What a worker adds to the driver's environment stamp: where the job ran."""
     info = {"device": str(device), "threads": torch.get_num_threads()}
+    if device.type == "cpu":
+        info["heap_keeps_freed"] = keep_freed_memory()
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
     return info
@@ -40,6 +43,8 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
     its tuning seed. ``gate(job)`` (the time budget, ``bench.cost.Budget``) is asked just
     before a job starts; False yields a ``LEFT`` marker."""
     data_cache: dict[str, DataSplits] = {}
+    if device.type == "cpu":
+        keep_freed_memory()  # large tensors stop page-faulting every step (bench.cpu_memory)
     info = device_info(device)
     for group in groups:
         first, base = group[0], None

@@ -26,6 +26,7 @@ import torch
 
 from bench.backends import CLAIMED, LEFT, Marker, Outcome
 from bench.backends.local import device_info
+from bench.cpu_memory import keep_freed_memory
 from bench.job import failed_record, memo_key, plan_on_untrained, reused_record, run_job
 from bench.jobs import Job
 
@@ -44,7 +45,11 @@ def _import_ray():
 
 
 def _task_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The task's device; on a CPU the heap then keeps freed memory (bench.cpu_memory)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    keep_freed_memory()
+    return torch.device("cpu")
 
 
 def _load_data(job: Job, settings, device: torch.device):

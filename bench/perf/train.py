@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.augment import AUGMENTATIONS, CROP_PADDING
+from bench.cpu_memory import keep_freed_memory
 from bench.models import build_network
 from bench.perf import sync
 from bench import precision as prec
@@ -206,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        print(f"heap keeps freed memory (bench.cpu_memory, as sweeps run): {keep_freed_memory()}")
     if args.precisions is None and device.type == "cpu":
         args.precisions = "fp32,bf16"  # on a CPU the question is what bf16 buys
     if args.precisions and args.precisions != "none":

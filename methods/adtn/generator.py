@@ -52,7 +52,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from methods.adtn.start import HOMOGENEOUS, GeneratorStart  # noqa: F401 - HOMOGENEOUS stays importable here
 
 ACTIVATIONS = ("relu", "leaky_relu", "tanh", "gelu", "sigmoid", "identity")
-#: checkpoint per brick layer by default from this Q on (state of 2^20 entries and more)
+#: checkpoint per brick layer by default from this Q on (state of 2^20 entries and more), depth >= 2
 CHECKPOINT_FROM_Q = 20
 
 
@@ -157,7 +157,7 @@ class ADTNGenerator(GeneratorStart, nn.Module):
     """Generates ``numel`` weights (first entries of a d^Q tensor) from M*(Q-1) gates.
 
     ``impl``: 'fused' (default) or 'loop'; ``fuse``: gates per fused GEMM; ``checkpoint``:
-    True / False / None (auto: on from Q = 20 when gradients are needed).
+    True / False / None (auto: on from Q = 20 and depth 2 when gradients are needed).
     ``init``: 'identity' (uniform product state, identity gates + ``init_noise`` Gaussian noise;
     output norm ~ sqrt(numel / d^Q) at any Q and M) or 'orthogonal' (random unit vectors and
     random orthogonal gates). No scale parameter: ``scale_`` folds a factor into the gates.
@@ -257,7 +257,11 @@ class ADTNGenerator(GeneratorStart, nn.Module):
     def use_checkpoint(self) -> bool:
         if not self.needs_grad():
             return False
-        return self.q >= CHECKPOINT_FROM_Q if self.checkpoint is None else bool(self.checkpoint)
+        if self.checkpoint is not None:
+            return bool(self.checkpoint)
+        # one brick layer: recomputing it in backward saves no memory (its passes are all alive
+        # at once either way) and costs a forward (Q = 24: 1.29 s vs 1.07 s forward + backward)
+        return self.depth > 1 and self.q >= CHECKPOINT_FROM_Q
 
     def full(self, impl: str | None = None, checkpoint: bool | None = None) -> torch.Tensor:
         """The whole d^Q output as a flat vector."""

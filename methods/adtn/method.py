@@ -70,7 +70,7 @@ class ADTN(Compressor):
     rank1, the old default: the best Kronecker-rank-1 fit of the weight, signs in the last
     layer; docs/ADTN_PROTOCOL.md "Pre-fit start" has the measurements), init_noise
     (Gaussian noise on the identity gates; default 0.01 for rank1, 0.05 for identity),
-    fuse (gates per fused GEMM), checkpoint (None = auto from Q = 20), grad_scale (below).
+    fuse (gates per fused GEMM), checkpoint (None = auto from Q = 20 at depth 2 and more), grad_scale (below).
 
     ``layout``: 'padded' (default) pads each weight axis to a power of d so every site carries
     bits of one axis only (``methods.adtn.layout``), falling back to 'rowmajor' (the first N

@@ -154,6 +154,9 @@ def test_checkpoint_auto_setting():
     assert big.use_checkpoint()
     with torch.no_grad():
         assert not big.use_checkpoint()
+    # one brick layer: recomputing it would save no memory, only add a forward
+    assert not ADTNGenerator(2 ** 20, 1).use_checkpoint()
+    assert ADTNGenerator(2 ** 20, 1, checkpoint=True).use_checkpoint()
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])

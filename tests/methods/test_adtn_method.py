@@ -337,6 +337,21 @@ def test_interleaved_layout_explicit_entries():
     assert plan_layout((12, 5), 6, 2, "interleaved").kind == "rowmajor"  # 4 + 3 digits > Q = 6
 
 
+
+def test_interleaved_read_gradient_is_the_permutes():
+    """The gather that reads an interleaved weight (fast path) has the gradient of the plain
+    permute-and-crop: every real entry gets its weight's gradient, padding entries zero."""
+    from methods.adtn.layout import plan_layout
+
+    layout = plan_layout((12, 6), 7, 2, "interleaved")  # 16 x 8 padded: 32 padding entries
+    assert layout.blocks != layout.padded
+    full = torch.randn(2 ** 7, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(12, 6, dtype=torch.float64)
+    fast, = torch.autograd.grad((layout.read(full) * upstream).sum(), full)
+    plain, = torch.autograd.grad((layout._strided_read(full) * upstream).sum(), full)
+    assert torch.equal(fast, plain)
+    assert int((fast != 0).sum()) == 72 and torch.equal(fast[~layout.mask()], torch.zeros(56, dtype=torch.float64))
+
 @pytest.mark.parametrize("layout,rank", [("padded", 4), ("rowmajor", 4), ("interleaved", 32)])
 def test_depth1_rank_across_the_output_input_cut(layout, rank):
     """At depth 1 one gate crosses the out|in cut in the block layouts: rank <= 4. Interleaved,
