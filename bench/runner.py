@@ -79,10 +79,32 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_id() -> str:
+    """The processor beyond its marketing name: family, model and stepping (/proc/cpuinfo, x86)
+    and the vector ISA torch dispatches to. Why: two hosts both named "AMD EPYC" trained the
+    same seed-0 MNIST baseline to different weights (results/lenet5-v3/PARTIAL.md); a
+    baseline is deterministic per processor kind only, and this says which kind made a record."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                name = name.strip()
+                if name in ("cpu family", "model", "stepping") and name not in fields:
+                    fields[name] = value.strip()
+                if not line.strip() and fields:
+                    break
+    except OSError:
+        pass
+    capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "?")()
+    ident = " ".join(f"{k.split()[-1]} {v}" for k, v in fields.items())
+    return f"{ident}, {capability}".strip(", ")
+
+
 def environment() -> dict[str, Any]:
     """Versions on the driver; each record adds where it ran (``device``, ``threads``)."""
     env = {"torch": torch.__version__, "python": platform.python_version(), "host_cpu": platform.machine(),
-           "cpu_model": cpu_model()}
+           "cpu_model": cpu_model(), "cpu_id": cpu_id()}
     try:
         import tensorly
         env["tensorly"] = tensorly.__version__

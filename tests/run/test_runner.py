@@ -9,7 +9,7 @@ import pytest
 
 from bench.cli import main
 from bench.records import append_record, latest_by_key, read_records
-from bench.runner import cpu_model
+from bench.runner import cpu_id, cpu_model
 from tests.conftest import REPO, records_by_budget, slow_factorize
 
 RECORD_FIELDS = {
@@ -38,6 +38,7 @@ def test_suite_runs_records_and_reports(tmp_path, tiny_suite):
     for r in recs:
         assert RECORD_FIELDS <= set(r), RECORD_FIELDS - set(r)
         assert r["env"]["cpu_model"] == cpu_model() != ""  # the cost model's corrections are per processor
+        assert r["env"]["cpu_id"] == cpu_id() != ""  # baselines are deterministic per processor kind
     svd = [r for r in recs if r["method"] == "svd"]
     for r in svd:
         assert r["params_compressed_layers"] == sum(v["params"] for v in r["layer_info"].values())
