@@ -210,12 +210,14 @@ class CostModel(PerStepCosts):
             return 1
         return len(job.optimizer_grid or [None]) * len(job.lr_grid) + int(job.lr_extend or 0)
 
-    def finetune_s(self, job, tuning: bool) -> float:
-        """Fine-tuning (every trial on the tuning seed, and the val pass that judges each)."""
+    def finetune_s(self, job, tuning: bool, trials: int | None = None) -> float:
+        """Fine-tuning (every trial on the tuning seed, and the val pass that judges each);
+        ``trials``: the runs a record says it made (``ran_trials``) instead of ``self.trials``'s
+        expectation, so that a fit on records does not read extension luck as speed."""
         if job.reference or job.fit_only:
             return 0.0  # dense: reported as trained; fit-only: never fine-tuned
         share = self.suffix_share(job)
-        trials = self.trials(job, tuning)
+        trials = self.trials(job, tuning) if trials is None else int(trials)
         per_trial = sum(self._train_run_s(job, job.finetune, epochs, share) + self._generation_s(job, epochs, gen)
                         for epochs, gen in self._runs(job)) + self._refit_s(job)
         judged = self.eval_s(job.network, split_sizes(job)[1], None, share) if trials > 1 else 0.0
@@ -239,13 +241,15 @@ class CostModel(PerStepCosts):
             t += self.eval_s(job.network, (1 + 4 * len(job.layers)) * min(CALIBRATION_IMAGES, n_train), "fp32", share)
         return (t + overhead) * self.factor(job, "eval")
 
-    def stages(self, job, tuning: bool, with_baseline: bool = False, with_cache: bool = False) -> dict[str, float]:
+    def stages(self, job, tuning: bool, with_baseline: bool = False, with_cache: bool = False,
+               trials: int | None = None) -> dict[str, float]:
         """Seconds per stage (``STAGES``); ``with_baseline`` / ``with_cache``: this job pays for
-        its group's baseline / frozen-prefix cache. Compare with a record: ``record_stages``."""
+        its group's baseline / frozen-prefix cache; ``trials``: see ``finetune_s``. Compare with
+        a record: ``record_stages``."""
         return {"baseline": self.baseline_s(job) if with_baseline else 0.0,
                 "cache": self.cache_s(job) if with_cache else 0.0,
                 "factorize": self.factorize_s(job) or 0.0,
-                "finetune": self.finetune_s(job, tuning),
+                "finetune": self.finetune_s(job, tuning, trials),
                 "eval": self.evals_s(job)}
 
     def job_s(self, job, tuning: bool, with_baseline: bool = False, with_cache: bool = False) -> float:

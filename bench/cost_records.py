@@ -36,10 +36,19 @@ def measured_alone(records: dict[str, dict], jobs: list) -> Iterator[tuple[Any, 
         yield j, rec, bool((rec.get("lr_tuning") or {}).get("tuned_here"))
 
 
+def ran_trials(record: dict[str, Any]) -> int | None:
+    """The fine-tuning runs a tuning record made (every optimizer@lr it judged, edge extensions
+    included: 6-9 on the CIFAR records where the model expects 8), or None when it did not tune."""
+    tuning = record.get("lr_tuning") or {}
+    return len(tuning.get("val_acc") or {}) or None if tuning.get("tuned_here") else None
+
+
 def estimated_as_ran(model: CostModel, job, record: dict[str, Any], tuned: bool) -> dict[str, float]:
-    """``model``'s seconds per stage of ``job`` as its ``record`` ran it: tuned or not, paying
-    for the frozen-prefix cache when it built one (its baseline apart)."""
-    return model.stages(job, tuned, with_cache=(record.get("time_prefix_cache_s") or 0) > 0)
+    """``model``'s seconds per stage of ``job`` as its ``record`` ran it: tuned or not, with the
+    trials it made (``ran_trials``), paying for the frozen-prefix cache when it built one (its
+    baseline apart)."""
+    return model.stages(job, tuned, with_cache=(record.get("time_prefix_cache_s") or 0) > 0,
+                        trials=ran_trials(record) if tuned else None)
 
 
 def compare_records(model: CostModel, jobs: list, records: dict[str, dict], baseline_root: Path

@@ -8,6 +8,7 @@ import pytest
 import bench.cost
 from bench.cli import main
 from bench.cost import Budget, CostModel, fit_power_law, split_sizes
+from bench.cost_records import estimated_as_ran, ran_trials
 from bench.suite import tuner_keys
 from bench.records import read_records
 from bench.runner import planned_skip
@@ -72,6 +73,12 @@ def test_job_cost_formula_counts_optimizers_times_lrs_on_the_tuning_seed_only(ti
         {"baseline": 0.0, "cache": 0.0, "factorize": fact, "finetune": one, "eval": evals})
     assert model.job_s(svd[0], tuning=True) == pytest.approx(fact + 8 * (one + N_VAL / 10000) + evals)
     assert model.job_s(svd[0], tuning=True) == pytest.approx(12.8 + 5.3504 + 0.0862)
+    # a record is estimated with the trials it made (6 here, no extension), not the expected 8
+    ran = {"lr_tuning": {"tuned_here": True, "val_acc": {f"{o}@{lr}": 50.0 for o in ("sgd", "adam")
+                                                          for lr in (0.001, 0.01, 0.1)}}}
+    assert ran_trials(ran) == 6 and ran_trials({"lr_tuning": {"tuned_here": False}}) is None
+    assert estimated_as_ran(model, svd[0], ran, True)["finetune"] == pytest.approx(6 * (one + N_VAL / 10000))
+    assert estimated_as_ran(model, svd[1], {}, False)["finetune"] == pytest.approx(one)
     base = 40 * 64 / 1000 + (2 * N_VAL + N_TEST) / 10000  # 2 epochs: 40 steps, 2 val passes, the test
     assert model.baseline_s(dense) == pytest.approx(2.6247)
     assert model.job_s(dense, True, with_baseline=True) == pytest.approx(base + evals)
