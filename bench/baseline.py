@@ -75,7 +75,7 @@ def _file_mode() -> int:
     return 0o666 & ~_UMASK
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """``write(file)`` into a tmp file, fsync it, rename it over ``path``, fsync the dir; any
     failure (a full disk) leaves ``path`` as it was and raises ``OutputWriteError``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -99,7 +99,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def _write_meta(meta_path: Path, meta: dict) -> None:
-    _atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    atomic_write(meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
 
 
 def _read_meta(meta_path: Path) -> dict:
@@ -159,7 +159,7 @@ def load_checkpoint(path: Path, model: nn.Module) -> dict | None:
 def save_checkpoint(path: Path, state: dict[str, torch.Tensor], meta: dict) -> dict:
     """Write weights, then the summary holding their hash; return the summary as written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
     meta = {**meta, "weights_sha256": file_sha256(path), "weights_fingerprint": weights_fingerprint(state)}
     _write_meta(path.with_suffix(".json"), meta)
     return meta

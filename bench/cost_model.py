@@ -260,7 +260,8 @@ class CostModel(PerStepCosts):
                      skipped: set[str] = frozenset()) -> dict[str, dict[str, float]]:
         """Seconds per stage of each job of a list, as one sweep spends them: each baseline once,
         on the first job of its group (none for baseline keys in ``cached``); each frozen-prefix
-        cache once per group, on its first job that runs (never kept between runs); jobs in
+        cache once per group, on its first job that runs (counted built even where a later run
+        will load its file, ``bench.prefix_store``: an estimate that errs long); jobs in
         ``skipped`` (recorded skipped before they run) nothing else; the tuning seed's trials.
         The dry run prints these; ``suite_s`` sums them."""
         from bench.plan import tuner_keys

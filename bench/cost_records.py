@@ -45,10 +45,10 @@ def ran_trials(record: dict[str, Any]) -> int | None:
 
 def estimated_as_ran(model: CostModel, job, record: dict[str, Any], tuned: bool) -> dict[str, float]:
     """``model``'s seconds per stage of ``job`` as its ``record`` ran it: tuned or not, with the
-    trials it made (``ran_trials``), paying for the frozen-prefix cache when it built one (its
-    baseline apart)."""
-    return model.stages(job, tuned, with_cache=(record.get("time_prefix_cache_s") or 0) > 0,
-                        trials=ran_trials(record) if tuned else None)
+    trials it made (``ran_trials``), paying for the frozen-prefix cache when it built one (not
+    when it took it from memory or loaded its file: ``bench.prefix_store``; its baseline apart)."""
+    built = (record.get("time_prefix_cache_s") or 0) > 0 and record.get("prefix_cache_from", "built") == "built"
+    return model.stages(job, tuned, with_cache=built, trials=ran_trials(record) if tuned else None)
 
 
 def compare_records(model: CostModel, jobs: list, records: dict[str, dict], baseline_root: Path

@@ -25,6 +25,7 @@ from bench.data import DataSplits
 from bench.layers import count_params, dense_params, get_layer
 from bench.metrics import fit_errors, forward_flops
 from bench.prefix import Cut, build_cache, cut, first_layer
+from bench.prefix_store import PrefixStore
 from bench.records import config_key
 from bench.registry import dataset_spec, get_method
 from bench.jobs import Job
@@ -163,24 +164,21 @@ def _tuned_finetune(method, model, job: Job, data, originals, knobs, lr_pick, pr
                  job.lr_extend or 0, lr_pick)
 
 
-def _scoped(job: Job, method, base_model, data: DataSplits, caches: dict | None) -> tuple[Any, str | None, float]:
+def _scoped(job: Job, method, base_model, base_meta: dict, data: DataSplits, caches: PrefixStore | None
+            ) -> tuple[Any, str | None, float, str | None]:
     """(data the job trains and evaluates on, layer the network is cut before or None, seconds
-    spent building a frozen-prefix cache). ``caches`` holds the cache of the group's baseline;
-    a method that does not fine-tune (dense) needs none."""
+    spent getting its frozen-prefix cache, where it came from: ``bench.prefix_store``). ``caches``
+    holds the group baseline's cache (None: build one for this job alone); a method that does
+    not fine-tune (dense) needs none."""
     ft = job.finetune or {}
     if job.fit_only or ft.get("scope", "all") == "all" or not method.finetunes:
-        return data, None, 0.0
-    views = int(ft.get("cache_views", 4))
-    key = (tuple(job.layers), views, ft.get("precision"))  # the group fixes the baseline
-    if caches is not None and key in caches:
-        return caches[key].splits, caches[key].layer, 0.0
-    t0 = time.perf_counter()
+        return data, None, 0.0, None
+    views, precision = int(ft.get("cache_views", 4)), ft.get("precision")
     first = first_layer(base_model, job.layers, data.x_val[:1])
-    cache = build_cache(base_model, first, data, seed=job.seed, views=views, precision=ft.get("precision"))
-    if caches is not None:
-        caches.clear()  # one cache at a time: they can be large
-        caches[key] = cache
-    return cache.splits, first, time.perf_counter() - t0
+    cache, seconds, source = (caches or PrefixStore()).get(
+        job, base_meta, first, data, views, precision,
+        lambda: build_cache(base_model, first, data, seed=job.seed, views=views, precision=precision))
+    return cache.splits, first, seconds, source
 
 
 def _calibrate(model, base_model, job: Job, data, cut_at: str | None, names=None) -> dict[str, Any]:
@@ -191,14 +189,14 @@ def _calibrate(model, base_model, job: Job, data, cut_at: str | None, names=None
         return calibrate(model, base_model, list(names or job.layers), x)
 
 
-def _measure_and_finetune(rec, method, model, base_model, job: Job, data: DataSplits, originals, knobs, lr_pick,
-                          progress: bool, prefix_caches: dict | None):
+def _measure_and_finetune(rec, method, model, base_model, base_meta: dict, job: Job, data: DataSplits, originals,
+                          knobs, lr_pick, progress: bool, prefix_caches: PrefixStore | None):
     """Accuracy after compression, bias calibration (when the recipe asks), tuned fine-tuning
     and accuracy after it, on the whole network or after its frozen prefix; fills ``rec`` and
     returns the fine-tuned model (whole)."""
-    run_data, cut_at, cache_s = _scoped(job, method, base_model, data, prefix_caches)
+    run_data, cut_at, cache_s, cache_from = _scoped(job, method, base_model, base_meta, data, prefix_caches)
     if cut_at:
-        rec.update(finetune_cut_before=cut_at, time_prefix_cache_s=cache_s)
+        rec.update(finetune_cut_before=cut_at, time_prefix_cache_s=cache_s, prefix_cache_from=cache_from)
     swap = Cut(model, cut_at) if cut_at else None
     try:
         rec["acc_before_finetune"] = evaluate(model, run_data.x_test, run_data.y_test)
@@ -229,7 +227,7 @@ def _measure_and_finetune(rec, method, model, base_model, job: Job, data: DataSp
 
 def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSplits,
             progress: bool = True, memo: dict | None = None, lr_pick=None,
-            prefix_caches: dict | None = None) -> dict[str, Any]:
+            prefix_caches: PrefixStore | None = None) -> dict[str, Any]:
     """One job's record. Never raises for a method's failure: the record says ``failed``.
 
     ``memo`` maps (method, options, knobs, recipe) to an earlier record of the same baseline: a
@@ -237,7 +235,8 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
     reuses its measurements instead of training the same network again, and says so
     (``same_as``). ``lr_pick``: the fine-tuning learning rate picked on the tuning seed (jobs
     with an ``lr_grid``); None makes this job tune. ``prefix_caches``: where the jobs of one
-    baseline keep its frozen-prefix cache (``finetune.scope: after_frozen_prefix``)."""
+    baseline keep its frozen-prefix cache (``finetune.scope: after_frozen_prefix``;
+    ``bench.prefix_store``), None: built for this job alone."""
     device = data.x_train.device
     rec: dict[str, Any] = {
         **job_fields(job), "data_fingerprint": data.fingerprint, "data_source": data.source, "data_warnings": data.warnings,
@@ -273,7 +272,7 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
             fit, fit_per_layer = fit_errors(originals, {n: get_layer(model, n) for n in job.layers})
             rec.update(fit_rel_error=fit, knobs=knobs, params_counted_as=method.params_counted_as)
             if not job.fit_only:
-                model = _measure_and_finetune(rec, method, model, base_model, job, data, originals, knobs, lr_pick,
+                model = _measure_and_finetune(rec, method, model, base_model, base_meta, job, data, originals, knobs, lr_pick,
                                               progress, prefix_caches)
             final = {n: get_layer(model, n) for n in job.layers}
             per_layer = {}

@@ -17,6 +17,7 @@ from bench.baseline import get_baseline
 from bench.cpu_memory import keep_freed_memory
 from bench.data import DataSplits, load_splits
 from bench.job import failed_record, run_job
+from bench.prefix_store import PrefixStore
 from bench.records import OutputWriteError, config_key
 from bench.jobs import Job
 from bench.train import resolve_device
@@ -49,7 +50,7 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
     for group in groups:
         first, base = group[0], None
         memo: dict[str, dict] = {}
-        prefix_caches: dict = {}  # the group's frozen-prefix cache (bench.prefix), built by its first job
+        prefix_caches = PrefixStore(settings.baseline_root)  # the group's frozen-prefix cache, kept beside its checkpoint
         for job in group:
             if gate is not None and not gate(job):
                 yield Marker(job.key, LEFT)

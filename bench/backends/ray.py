@@ -74,6 +74,7 @@ def _baseline_task(job: Job, settings, plugins: list[str]) -> tuple[dict, dict]:
 def _job_task(job: Job, baseline: tuple[dict, dict], settings, plugins: list[str],
               lr_pick: float | None = None) -> dict[str, Any]:
     from bench.models import build_network
+    from bench.prefix_store import PrefixStore
     from bench.registry import load_plugin
     from bench.train import prepare_model
 
@@ -86,7 +87,9 @@ def _job_task(job: Job, baseline: tuple[dict, dict], settings, plugins: list[str
     model.load_state_dict(state)
     prepare_model(model, device)
     torch.manual_seed(job.seed)
-    rec = run_job(job, model, meta, data, progress=False, lr_pick=lr_pick)
+    # one task per job: the group's frozen-prefix cache comes from the file its first job wrote
+    rec = run_job(job, model, meta, data, progress=False, lr_pick=lr_pick,
+                  prefix_caches=PrefixStore(settings.baseline_root))
     rec.update(env=device_info(device), backend="ray")  # the driver stamps code version and versions
     return rec
 
