@@ -223,10 +223,12 @@ def reported_vs_measured(records: pd.DataFrame) -> pd.DataFrame:
             ci = ci_halfwidth(acc) if len(acc) >= MIN_CI_SEEDS else float("nan")
             return f"{format_acc(acc.mean(), ci)} ({size}n={len(acc)})"
 
-        if len(adtn):
+        if len(adtn):  # one entry per configuration (label: layout, order), best first, never pooled
+            by_label = sorted(adtn.groupby("label"), key=lambda kv: -kv[1].acc_after_finetune.mean())
+            acc = (acc_text(adtn.acc_after_finetune) if len(by_label) == 1 else
+                   "; ".join(f"{label} {acc_text(g.acc_after_finetune)}" for label, g in by_label))
             measured.update({"measured params": int(adtn.params_compressed_layers.iloc[0]),
-                             "measured dense acc": f"{mine.acc_dense.mean():.2f}",
-                             "measured acc": acc_text(adtn.acc_after_finetune)})
+                             "measured dense acc": f"{mine.acc_dense.mean():.2f}", "measured acc": acc})
         others = at[(at.method != r["method"]) & ~reference_rows(at)] if len(at) else at
         if len(others):
             parts = []

@@ -189,3 +189,7 @@ def test_reported_vs_measured_takes_each_rows_suite_and_budget():
     assert head["other methods at this budget"] == "tt 85.00 (8,472 p, n=1)"
     conv = table.loc["cifar10-conv"]
     assert conv["measured acc"] == "—" and conv["reported acc"] == "81.14 → 84.36"
+    # two ADTN configurations at the budget (layouts, orders) are listed apart, never pooled into n=2
+    two = pd.DataFrame([rec("adtn", 0, 80.0, 8616), {**rec("adtn", 0, 85.0, 8616), "label": "adtn-interleaved"}])
+    head = reported_vs_measured(two).set_index("suite").loc["cifar10-headline"]
+    assert head["measured acc"] == "adtn-interleaved 85.00 (n=1); adtn 80.00 (n=1)"
