@@ -175,7 +175,7 @@ def _scoped(job: Job, method, base_model, base_meta: dict, data: DataSplits, cac
         return data, None, 0.0, None
     views, precision = int(ft.get("cache_views", 4)), ft.get("precision")
     first = first_layer(base_model, job.layers, data.x_val[:1])
-    cache, seconds, source = (caches or PrefixStore()).get(
+    cache, seconds, source = (caches if caches is not None else PrefixStore()).get(
         job, base_meta, first, data, views, precision,
         lambda: build_cache(base_model, first, data, seed=job.seed, views=views, precision=precision))
     return cache.splits, first, seconds, source

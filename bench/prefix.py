@@ -28,6 +28,7 @@ Every method of a baseline sees the same cache.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -157,6 +158,13 @@ class PrefixCache:
     fingerprint: str
 
 
+def cached_splits(data: DataSplits, views: torch.Tensor, x_val: torch.Tensor, x_test: torch.Tensor) -> DataSplits:
+    """``data`` with its inputs replaced by a prefix's activations: ``views`` (views, n, ...),
+    view 0 as ``x_train``; nothing left to augment."""
+    return dataclasses.replace(data, x_train=views[0], x_val=x_val, x_test=x_test, augment=None,
+                               x_train_views=views if len(views) > 1 else None)
+
+
 def build_cache(model: nn.Module, layer_name: str, data: DataSplits, seed: int, views: int = 4,
                 precision: str | None = None) -> PrefixCache:
     """Compute the cache for ``model`` (the dense baseline) cut before ``layer_name``; training
@@ -175,13 +183,9 @@ def build_cache(model: nn.Module, layer_name: str, data: DataSplits, seed: int, 
         else:
             train_views.append(layer_inputs(model, layer_name, data.x_train, precision=precision,
                                             augment=lambda xb: aug(xb, gen)))
-    stacked = torch.stack(train_views) if views > 1 else None
-    splits = DataSplits(
-        name=data.name, x_train=stacked[0] if stacked is not None else train_views[0], y_train=data.y_train,
-        x_val=layer_inputs(model, layer_name, data.x_val), y_val=data.y_val,
-        x_test=layer_inputs(model, layer_name, data.x_test), y_test=data.y_test,
-        num_classes=data.num_classes, fingerprint=data.fingerprint, source=data.source,
-        augment=None, warnings=data.warnings, x_train_views=stacked)
+    stacked = torch.stack(train_views) if views > 1 else train_views[0].unsqueeze(0)
+    splits = cached_splits(data, stacked, layer_inputs(model, layer_name, data.x_val),
+                           layer_inputs(model, layer_name, data.x_test))
     check_cut(model, layer_name, data.x_val[:CUT_CHECK_SAMPLES], splits.x_val[:CUT_CHECK_SAMPLES])
     return PrefixCache(layer_name, views, splits, data.fingerprint)
 

@@ -28,7 +28,7 @@ import torch
 from bench import precision as prec
 from bench.baseline import atomic_write, checkpoint_path, weights_fingerprint
 from bench.data import DataSplits
-from bench.prefix import PrefixCache
+from bench.prefix import PrefixCache, cached_splits
 from bench.records import OutputWriteError
 
 #: the tensors of a cache file: training views (or the one plain view), validation, test inputs
@@ -45,9 +45,13 @@ def identity(base_meta: dict[str, Any], layer: str, views: int, seed: int, preci
             "data_fingerprint": str(data.fingerprint), "n": [len(data.y_train), len(data.y_val), len(data.y_test)]}
 
 
+def identity_key(ident: dict[str, Any]) -> str:
+    return json.dumps(ident, sort_keys=True)
+
+
 def cache_file(root: Path, baseline_config: dict[str, Any], ident: dict[str, Any]) -> Path:
     ckpt = checkpoint_path(root, baseline_config)
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(identity_key(ident).encode()).hexdigest()[:16]
     return ckpt.with_name(f"{ckpt.stem}.prefix-{digest}.pt")
 
 
@@ -89,11 +93,7 @@ def load(path: Path, ident: dict[str, Any], data: DataSplits) -> PrefixCache:
     if not all(torch.isfinite(t).all() for t in tensors.values()):
         raise BadPrefixFile("non-finite activations")
     dev = data.x_train.device
-    views, x_val, x_test = views.to(dev), x_val.to(dev), x_test.to(dev)
-    splits = DataSplits(
-        name=data.name, x_train=views[0], y_train=data.y_train, x_val=x_val, y_val=data.y_val,
-        x_test=x_test, y_test=data.y_test, num_classes=data.num_classes, fingerprint=data.fingerprint,
-        source=data.source, augment=None, warnings=data.warnings, x_train_views=views if len(views) > 1 else None)
+    splits = cached_splits(data, views.to(dev), x_val.to(dev), x_test.to(dev))
     return PrefixCache(ident["layer"], ident["views"], splits, data.fingerprint)
 
 
@@ -109,7 +109,7 @@ class PrefixStore:
             precision: str | None, build: Callable[[], PrefixCache]) -> tuple[PrefixCache, float, str]:
         """(cache, seconds spent getting it, where from: ``memory``, ``file`` or ``built``)."""
         ident = identity(base_meta, layer, views, job.seed, precision, data)
-        key = json.dumps(ident, sort_keys=True)
+        key = identity_key(ident)
         if key in self.held:
             return self.held[key], 0.0, "memory"
         t0 = time.perf_counter()
