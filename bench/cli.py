@@ -307,7 +307,7 @@ def cost_model(args, devices: list[str], jobs, check: bool = True):
 def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_only: bool) -> int:
     from bench.cost import Budget
     from bench.records import RecordIndex, mend_records
-    from bench.runner import RunSettings, adopt_reused, run_jobs
+    from bench.runner import RunSettings, adopt_equal, run_jobs
 
     counts = None
     cost = getattr(args, "cost", None)
@@ -321,11 +321,12 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
         try:
             mend_records(path)  # a torn tail from a killed sweep goes even if nothing is left to run
             records = RecordIndex(path)  # read once for the whole sweep (bench.runner.Sweep)
-            if suite.protocol.reuse and not args.rerun:
-                copied = adopt_reused(jobs, path, out, list(suite.protocol.reuse), records.refresh())
+            if not args.rerun:
+                copied = adopt_equal(jobs, path, out, list(suite.protocol.reuse), records.refresh())
                 if copied:
-                    print(f"{suite.name}: took {copied} records of equal jobs from "
-                          f"{', '.join(suite.protocol.reuse)} (reused_from)", file=sys.stderr)
+                    print(f"{suite.name}: took {copied} records of equal jobs instead of running them "
+                          f"(reused_from: {', '.join(suite.protocol.reuse) or 'none'}; same_as: the same "
+                          f"measurement under another key)", file=sys.stderr)
             counts = run_jobs(jobs, settings, devices, path, backend=args.backend, address=args.address,
                               plugins=args.plugin, rerun=args.rerun, budget=budget, cost=cost,
                               ordered=bool(suite.priority), records=records)

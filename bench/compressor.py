@@ -86,6 +86,10 @@ class Compressor:
     #: whether ``finetune`` trains with the suite's learning rate (``ctx.train``): only then is
     #: that rate tuned on the suite's ``lr_grid``; NN-BCD (gradient-free) and dense say False
     uses_finetune_lr: bool = True
+    #: whether the result depends on the fine-tuning epoch count (``finetune.epochs``): NN-BCD's
+    #: sweeps stop by their own rule and say False, so jobs that differ only in that count are
+    #: one measurement, run once and copied (``bench.jobs.measured_recipe``, ``same_as``)
+    uses_finetune_epochs: bool = True
     #: a cost hint (``bench.cost``): factorisation time scales as (calibrated ratio / job's ratio)
     #: to this power at one layer size. 0: the work does not depend on the size asked for (a full
     #: SVD, TT-SVD, HOSVD, a magnitude sort); CP's ALS says 1 (each sweep's work is linear in the rank)

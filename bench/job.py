@@ -28,7 +28,7 @@ from bench.prefix import Cut, build_cache, cut, first_layer
 from bench.prefix_store import PrefixStore
 from bench.records import config_key
 from bench.registry import dataset_spec, get_method
-from bench.jobs import Job
+from bench.jobs import Job, measured_recipe
 from bench.train import evaluate, train
 from bench.tuning import apply_pick, tuned
 
@@ -42,7 +42,8 @@ def job_fields(job: Job) -> dict[str, Any]:
 
 def memo_key(job: Job, knobs: dict[str, Any], lr_pick: float | None = None) -> str:
     """Jobs of one baseline with equal memo keys would train the same network the same way."""
-    return config_key({"method": job.method, "options": job.options, "knobs": knobs, "finetune": job.finetune,
+    return config_key({"method": job.method, "options": job.options, "knobs": knobs,
+                       "finetune": measured_recipe(job.method, job.finetune),
                        "lr_grid": job.lr_grid, "lr_pick": lr_pick, "fit_only": job.fit_only})
 
 

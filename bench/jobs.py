@@ -10,7 +10,7 @@ from typing import Any
 from bench.bias_calibration import CALIBRATION_RULE
 from bench.plan import prioritize
 from bench.records import config_key
-from bench.registry import is_reference
+from bench.registry import METHODS, is_reference
 from bench.spec import MethodEntry, Suite, thaw
 from bench.suite_schema import DEFAULT_JOB_TIME_LIMIT_S, SuiteError
 from bench.train import check_recipe
@@ -109,6 +109,13 @@ class Job:
                 cfg["finetune"]["epochs"] = self.tune_epochs
         return config_key(cfg)
 
+    @functools.cached_property
+    def measurement_key(self) -> str:
+        """The key of what this job measures: its ``key``, but without the fine-tuning epoch
+        count for a method whose result does not depend on it (``measured_recipe``), so that an
+        epoch sweep runs such a job once and copies it (``bench.runner.adopt_equal``)."""
+        return measurement_key(self.config())
+
     @property
     def baseline_config(self) -> dict[str, Any]:
         return {"network": self.network, "dataset": self.dataset, "seed": self.seed,
@@ -122,6 +129,26 @@ class Job:
     @property
     def budget(self) -> str:
         return f"x{self.target_ratio:g}" if self.target_ratio is not None else f"knob={self.knob}"
+
+
+def measured_recipe(method: str, finetune: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The fine-tuning recipe as far as it decides ``method``'s result: without ``epochs`` for a
+    method that is never fine-tuned (dense) or whose training ignores the count (NN-BCD:
+    ``Compressor.uses_finetune_epochs``); whole for the rest, and for a method not loaded yet."""
+    cls = METHODS.get(method) if isinstance(method, str) and method in METHODS else None
+    if finetune is None or cls is None or (cls.finetunes and cls.uses_finetune_epochs):
+        return finetune
+    return {k: v for k, v in finetune.items() if k != "epochs"}
+
+
+def measurement_key(config: dict[str, Any]) -> str:
+    """``config_key`` of a job config (``Job.config``, or ``bench.records.record_config`` of a
+    record) with its recipe as ``measured_recipe`` leaves it; the epoch count the lr was picked
+    at goes too where the epoch count does."""
+    recipe = measured_recipe(config.get("method"), config.get("finetune"))
+    if recipe is config.get("finetune"):
+        return config_key(config)
+    return config_key({**{k: v for k, v in config.items() if k != "tune_epochs"}, "finetune": recipe})
 
 
 def expand(suite: Suite, methods: list[str] | None = None, networks: list[str] | None = None,

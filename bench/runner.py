@@ -236,27 +236,58 @@ def lr_picks(records: RecordIndex) -> dict[str, float]:
     return picks
 
 
-def adopt_reused(jobs: list[Job], path: Path, out: Path, suites: list[str], records: RecordIndex | None = None) -> int:
-    """Copy into ``path`` the ok/skipped records of ``out/<suite>/`` (for each of ``suites``)
-    whose key is that of a job here without a record yet: an equal key means the same network,
-    baseline, method, budget and recipe, so the measurement is the same. Each copy keeps the
-    measurement and its code version, takes this job's fields, and says ``reused_from``.
-    Returns how many were copied. ``records``: the sweep's index of ``path`` (default: read it)."""
+def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], records: RecordIndex | None = None) -> int:
+    """Copy into ``path``, for each job here without a record yet, the ok/skipped record of an
+    equal job instead of running it:
+
+    - one with the same key in ``out/<suite>/`` for each of ``suites`` (the suite's ``reuse``):
+      the same network, baseline, method, budget and recipe, so the same measurement; the copy
+      says ``reused_from``;
+    - one that measured the same thing under another key (``Job.measurement_key``: NN-BCD at
+      another fine-tuning epoch count, which its training ignores), in ``path`` or in those
+      suites; the copy says ``same_as`` (and ``reused_from`` when it came from another suite).
+
+    Each copy keeps the measurement and its code version and takes this job's fields. Returns
+    how many were copied. ``records``: the sweep's index of ``path`` (default: read it)."""
+    from bench.job import reused_record
+    from bench.jobs import measurement_key
+    from bench.records import is_complete, record_config
+
     records = records if records is not None else RecordIndex(path).refresh()
     done = records.done()
-    wanted = {j.key: j for j in jobs if j.key not in done}
-    copied = 0
+    wanted = [j for j in jobs if j.key not in done]
+    if not wanted:
+        return 0
+    same_key: dict[str, tuple[dict, str]] = {}
+    same_measure: dict[str, tuple[dict, str | None]] = {}
+
+    def offer(rec: dict, suite: str | None) -> None:
+        if rec.get("status") not in ("ok", "skipped") or not is_complete(rec):
+            return
+        if suite is not None:
+            same_key.setdefault(rec["key"], (rec, suite))
+        same_measure.setdefault(measurement_key(record_config(rec)), (rec, suite))
+
+    for rec in records.latest.values():
+        offer(rec, None)
     for name in suites:
         sources = [p for p in (records_path(out, name, False), records_path(out, name, True)) if p.exists()]
         if not sources:
             print(f"note: reuse: no records of suite {name} under {out}; its jobs run here", file=sys.stderr)
-        for key, rec in latest_by_key(r for p in sources for r in read_records(p)).items():
-            job = wanted.get(key)
-            if job is None or rec.get("status") not in ("ok", "skipped"):
-                continue
-            records.append({**rec, **job_fields(job), "tune_key": job.tune_key, "reused_from": name})
-            del wanted[key]
-            copied += 1
+        for rec in latest_by_key(r for p in sources for r in read_records(p)).values():
+            offer(rec, name)
+    copied = 0
+    for job in wanted:
+        if job.key in same_key:
+            rec, name = same_key[job.key]
+            copy = {**rec, **job_fields(job), "reused_from": name}
+        elif job.measurement_key in same_measure and same_measure[job.measurement_key][0]["key"] != job.key:
+            rec, name = same_measure[job.measurement_key]
+            copy = {**reused_record(job, rec), **({"reused_from": name} if name else {})}
+        else:
+            continue
+        records.append({**copy, "tune_key": job.tune_key})
+        copied += 1
     return copied
 
 
@@ -285,7 +316,7 @@ def run_jobs(jobs: list[Job], settings: RunSettings, devices: list[str], path: P
     the time left, else it is left for later (counted, not recorded); so is a job whose lr
     pick comes from a tuning job left for later. ``cost`` (``bench.cost.CostModel``): applies
     ``factorize_time_cap_s``. ``ordered``: keep the job order (a suite's ``priority``).
-    ``records``: an index of ``path`` already read (``adopt_reused`` shares the CLI's)."""
+    ``records``: an index of ``path`` already read (``adopt_equal`` shares the CLI's)."""
     sweep = Sweep(jobs, settings, path, rerun=rerun, claims=claims, cost=cost, records=records)
     return sweep.run(devices, backend, address, plugins, budget, ordered)
 

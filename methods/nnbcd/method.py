@@ -91,6 +91,7 @@ class _NNBCD(Compressor):
         raise NotImplementedError
 
     uses_finetune_lr = False  # block coordinate descent: no learning rate to tune
+    uses_finetune_epochs = False  # its sweeps stop by their own rule (ctx.epochs is not used)
 
     def finetune(self, model: nn.Module, ctx: FinetuneContext) -> None:
         reason = mlp_skip_reason(model, ctx.layer_names)

@@ -323,3 +323,33 @@ def test_non_finite_weights_of_a_compressed_layer_fail_naming_the_layer():
         model[2].bias[1] = float("inf")
     with pytest.raises(ContractError, match="layer 2: non-finite values in bias after compress"):
         check_finite(model, ["0", "2"], "after compress")
+
+
+def test_an_epoch_sweep_runs_an_epoch_blind_method_once(tmp_path, tiny_suite, capsys):
+    """NN-BCD's training ignores finetune.epochs (its sweeps stop by their own rule) and dense
+    is never fine-tuned: their jobs at another epoch count are copies (same_as) of the one
+    measured, in the same run and from another suite's records; svd's result depends on the
+    count, so it runs at each."""
+    nnbcd = {"method": "nnbcd-tt", "options": {"subset": 200, "max_sweeps": 2}}
+    common = dict(networks={"digitnet": ["fc1"]}, methods=["dense", nnbcd, "svd"], ratios=[2])
+    first = tiny_suite(**common)  # 0.5 epochs
+    assert _run("--suite", first, "--out", tmp_path) == 0
+    sweep = tiny_suite(**common, finetune_epochs=[0.5, 1, 2], reuse=[first.stem])
+    capsys.readouterr()
+    assert _run("--suite", sweep, "--out", tmp_path) == 0
+    assert "took 7 records of equal jobs" in capsys.readouterr().err  # 3 equal keys, 2 x 2 equal measurements
+    by = {(r["method"], r["finetune"]["epochs"]): r for r in read_records(tmp_path / sweep.stem / "runs.jsonl")}
+    assert len(by) == 9
+    originals = {r["method"]: r for r in read_records(tmp_path / first.stem / "runs.jsonl")}
+    for method in ("dense", "nnbcd-tt"):
+        measured = originals[method]
+        for epochs in (1, 2):
+            copy = by[(method, epochs)]
+            assert copy["same_as"] == measured["key"] != copy["key"] and copy["reused_from"] == first.stem
+            assert copy["acc_after_finetune"] == measured["acc_after_finetune"] and copy["suite"] == sweep.stem
+    assert all("same_as" not in by[("svd", e)] and "reused_from" not in by[("svd", e)] for e in (1, 2))
+    alone = tiny_suite(**common, finetune_epochs=[0.5, 1])  # no reuse: the second count is copied within the run
+    assert _run("--suite", alone, "--out", tmp_path) == 0
+    by = {(r["method"], r["finetune"]["epochs"]): r for r in read_records(tmp_path / alone.stem / "runs.jsonl")}
+    assert by[("nnbcd-tt", 1)]["same_as"] == by[("nnbcd-tt", 0.5)]["key"]
+    assert "same_as" not in by[("svd", 1)]
