@@ -262,14 +262,16 @@ class CostModel(PerStepCosts):
         on the first job of its group (none for baseline keys in ``cached``); each frozen-prefix
         cache once per group, on its first job that runs (counted built even where a later run
         will load its file, ``bench.prefix_store``: an estimate that errs long); jobs in
-        ``skipped`` (recorded skipped before they run) nothing else; the tuning seed's trials.
-        The dry run prints these; ``suite_s`` sums them."""
+        ``skipped`` (recorded skipped before they run) and copies of an earlier job's
+        measurement (``Job.measurement_key``: NN-BCD at another epoch count) nothing else; the
+        tuning seed's trials. The dry run prints these; ``suite_s`` sums them."""
         from bench.plan import tuner_keys
 
         tuners = tuner_keys(jobs)
-        seen, caches, out = set(cached), set(), {}
+        seen, caches, measured, out = set(cached), set(), set(), {}
         for j in jobs:
-            skip = j.key in skipped
+            skip = j.key in skipped or j.measurement_key in measured
+            measured.add(j.measurement_key)
             st = dict.fromkeys(STAGES, 0.0) if skip else self.stages(j, j.key in tuners)
             if j.baseline_key not in seen:
                 seen.add(j.baseline_key)

@@ -364,3 +364,20 @@ def test_datasets_carry_their_sizes():
     assert dataset_sizes("digits") == (1438, 359)
     for name, spec in cifar.SPECS.items():
         assert dataset_sizes(name) == (sum(spec.rows[f] for f, _ in spec.train), sum(spec.rows[f] for f, _ in spec.test))
+
+
+def test_an_epoch_sweep_costs_an_epoch_blind_method_once(tiny_suite):
+    """NN-BCD's training ignores the epoch count and dense is never fine-tuned: the sweep copies
+    their jobs at the other counts (bench.runner.adopt_equal), so the estimate pays for one."""
+    nnbcd = {"method": "nnbcd-tt", "options": {"subset": 200}}
+    suite = load_suite(str(tiny_suite(networks={"digitnet": ["fc1"]}, methods=["dense", nnbcd, "svd"], ratios=[2],
+                                      finetune_epochs=[0.5, 1])))
+    jobs = expand(suite)
+    model = CostModel(calibration(factorize={"svd": {"a": 1e-3, "b": 1.0}, "nnbcd-tt": {"a": 1e-3, "b": 1.0}}))
+    stages = model.suite_stages(jobs)
+    by = {(j.method, j.finetune["epochs"]): sum(v for s, v in stages[j.key].items() if s != "baseline") for j in jobs}
+    assert by[("nnbcd-tt", 0.5)] > 0 and by[("nnbcd-tt", 1)] == 0
+    assert by[("dense", 0.5)] > 0 and by[("dense", 1)] == 0
+    assert by[("svd", 1)] > by[("svd", 0.5)] > 0  # svd trains twice as long at 1 epoch
+    two = {j.key: j for j in jobs}
+    assert len({j.measurement_key for j in two.values()}) == 4 and len(two) == 6
