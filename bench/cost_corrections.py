@@ -10,7 +10,12 @@ new approximation per stage.
 A factor is the median of measured / estimated over the records of that (network, stage,
 method) (median: a record made while another process shared the cores is an outlier, not the
 rule); a method without records on a network takes the network's median over all methods, and a
-network without records the method's median over all networks.
+network without records the method's median over all networks. Finest of all, a job whose
+``cell`` (the same layers, method entry, budget and recipe, any seed or epoch count) has
+records takes their median: a compressed layer's speed depends on its knob and layout (svd's
+thin factors train 5x faster than its model says, tucker-paired's rebuilt weight 2x slower;
+tt's x1024 cell 4x slower than its x2192 one), so a cell's seed 0 predicts its seeds 1 and 2
+better than any pool of other cells does.
 Only records made on the calibrated processor kind count when the records say theirs
 (``env.cpu_model``); older records, which do not, count as this machine's.
 
@@ -29,6 +34,20 @@ from typing import Any
 MIN_RECORDS = 1
 #: the pooled factor: over all methods of a network, or (as a network) over all networks
 ANY = "*"
+#: the prefix of a cell's entry among the methods of a (network, stage)
+CELL = "cell:"
+
+
+def cell(job) -> str:
+    """``CELL`` + a hash of what decides a job's speed per trial and epoch: its config without
+    the seed, the epoch counts and the picked optimizer and lr (the model counts trials and
+    epochs itself)."""
+    from bench.records import config_key
+
+    cfg = {k: v for k, v in job.config().items() if k not in ("seed", "tune_epochs")}
+    if cfg.get("finetune"):
+        cfg["finetune"] = {k: v for k, v in cfg["finetune"].items() if k not in ("epochs", "lr", "optimizer")}
+    return CELL + config_key(cfg)
 
 
 def same_processor(record: dict[str, Any], cpu: str | None) -> bool:
@@ -43,19 +62,27 @@ def ratios(model, pairs, baselines: dict[str, tuple[Any, float]] | None = None
     """measured / estimated per (network, stage, method) over ``pairs`` of (job, record, tuned),
     the estimate from ``model`` (which should carry no corrections); ``baselines``: baseline key
     -> (a job of it, measured ``time_train_s``). Stages where either side is 0 say nothing."""
-    from bench.cost_records import estimated_as_ran, record_stages
-
     out: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for job, rec, tuned in pairs:
-        est = estimated_as_ran(model, job, rec, tuned)
-        for stage, got in record_stages(rec).items():
-            if stage != "baseline" and est[stage] > 0 and got > 0:
-                out[(job.network, stage, job.method)].append(got / est[stage])
+        for k, r in pair_ratios(model, job, rec, tuned).items():
+            out[k].append(r)
     for job, got in (baselines or {}).values():
         est = model.baseline_s(job)
         if est > 0 and got > 0:
             out[(job.network, "baseline", ANY)].append(got / est)
     return dict(out)
+
+
+def pair_ratios(model, job, rec: dict[str, Any], tuned: bool) -> dict[tuple[str, str, str], float]:
+    """One record's measured / estimated per (network, stage, method) and per (network, stage,
+    its ``cell``), the stages either side says nothing of (0) left out."""
+    from bench.cost_records import estimated_as_ran, record_stages
+
+    est, out = estimated_as_ran(model, job, rec, tuned), {}
+    for stage, got in record_stages(rec).items():
+        if stage != "baseline" and est[stage] > 0 and got > 0:
+            out[(job.network, stage, job.method)] = out[(job.network, stage, cell(job))] = got / est[stage]
+    return out
 
 
 def pool(samples: dict[tuple[str, str, str], list[float]]) -> dict[tuple[str, str, str], list[float]]:
@@ -65,7 +92,8 @@ def pool(samples: dict[tuple[str, str, str], list[float]]) -> dict[tuple[str, st
     pooled: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for (net, stage, method), values in samples.items():
         pooled[(net, stage, method)] += values
-        if method != ANY:  # the baseline stage has no method: its samples are already a pool
+        if method != ANY and not method.startswith(CELL):  # the baseline stage has no method: its
+            # samples are already a pool; a cell's are its method's too
             pooled[(net, stage, ANY)] += values
             pooled[(ANY, stage, method)] += values
     return dict(pooled)
@@ -81,13 +109,15 @@ def fit(samples: dict[tuple[str, str, str], list[float]]) -> dict[str, dict[str,
     return out
 
 
-def factor(corrections: dict[str, Any] | None, network: str, stage: str, method: str | None) -> float:
-    """The factor of one (network, stage, method): the method's own on the network, else the
-    network's pooled one, else the method's over all networks, else 1."""
+def factor(corrections: dict[str, Any] | None, network: str, stage: str, method: str | None,
+           cell_id: str | None = None) -> float:
+    """The factor of one (network, stage, method): the job's cell's (``cell_id``, ``cell``) when
+    it has records, else the method's own on the network, else the network's pooled one, else
+    the method's over all networks, else 1."""
     corrections = corrections or {}
     mine = (corrections.get(network) or {}).get(stage) or {}
     across = (corrections.get(ANY) or {}).get(stage) or {}
-    for value in (mine.get(method), mine.get(ANY), across.get(method)):
+    for value in (mine.get(cell_id) if cell_id else None, mine.get(method), mine.get(ANY), across.get(method)):
         if value is not None:
             return float(value)
     return 1.0

@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from bench.cost_calibration import DEFAULT_STEP_FLOOR_S, law
-from bench.cost_corrections import factor
+from bench.cost_corrections import cell, factor
 from bench.cost_job import augments, cache_group, scoped, split_sizes, train_steps
 from bench.cost_steps import PerStepCosts
 
@@ -107,7 +107,9 @@ class CostModel(PerStepCosts):
 
     def factor(self, job, stage: str) -> float:
         """The fitted correction of ``stage`` for ``job``'s network and method (1 without one)."""
-        return factor(self.corrections, job.network, stage, None if stage == "baseline" else job.method)
+        if stage == "baseline":
+            return factor(self.corrections, job.network, stage, None)
+        return factor(self.corrections, job.network, stage, job.method, cell(job) if self.corrections else None)
 
     # --- the network ---------------------------------------------------------------------------
     def layer_sizes(self, job) -> dict[str, int]:

@@ -2,12 +2,15 @@
 
     python -m bench.perf correct --suites lenet5-v3,cifar10-headline --results results
 
-For each (network, stage, method) the median of measured / estimated seconds over the suites'
+For each (network, stage, method), and each cell (a job's layers, entry, budget and recipe
+over its seeds and epoch counts), the median of measured / estimated seconds over the suites'
 ok records (``bench.cost_corrections``), estimated by the bare calibrated model; the file's
 earlier corrections are replaced. Prints each factor, and each suite's estimated / measured
-seconds per stage before and after. Check a fit on records it did not see: a suite left out of
-``--suites``, or records that land later (``run_all.py --dry-run`` sets its estimate beside
-them).
+seconds per stage before (bare) and after (corrected: in-sample, a cell's own records fitted);
+"held out" estimates each record with the factors of all the others, which is how the fit
+predicts a job it has not seen (another seed of a measured cell, or a new cell by its method's
+factor). Records that land later check it too (``run_all.py --dry-run`` sets its estimate
+beside them).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench.cost import STAGES, CostModel, compare_records, default_path, device_kind, load_calibration
-from bench.cost_corrections import fit, pool, ratios, same_processor
+from bench.cost_corrections import CELL, fit, pair_ratios, pool, ratios, same_processor
 from bench.cost_records import estimated_as_ran, measured_alone, measured_baselines, record_stages
 from bench.errors import InputError
 
@@ -44,10 +47,38 @@ def spread(model: CostModel, jobs: list, records: dict) -> str:
     def job_s(stages: dict[str, float]) -> float:
         return sum(v for k, v in stages.items() if k != "baseline")
 
-    r = sorted(job_s(record_stages(rec)) / max(job_s(estimated_as_ran(model, j, rec, tuned)), 1e-9)
-               for j, rec, tuned in measured_alone(records, jobs))
+    return _quantiles([job_s(record_stages(rec)) / max(job_s(estimated_as_ran(model, j, rec, tuned)), 1e-9)
+                       for j, rec, tuned in measured_alone(records, jobs)])
+
+
+def held_out(bare: CostModel, pairs: list, mine: list) -> tuple[dict, dict, list[float]]:
+    """(estimated, measured seconds per stage, measured / estimated per job) of the ``mine``
+    pairs (job, record, tuned), each estimated with the corrections fitted on every pair of
+    ``pairs`` but itself: how the fit predicts a job it has not seen (a cell with one record
+    falls back to its method's factor). Baselines are left out."""
+    contributions = [pair_ratios(bare, *p) for p in pairs]
+    est, got, r = dict.fromkeys(STAGES, 0.0), dict.fromkeys(STAGES, 0.0), []
+    for pair in mine:
+        i = next(i for i, p in enumerate(pairs) if p is pair)
+        samples: dict = {}
+        for k, c in enumerate(contributions):
+            if k != i:
+                for key, value in c.items():
+                    samples.setdefault(key, []).append(value)
+        model = CostModel({**bare.cal, "corrections": fit(samples)})
+        e, m = estimated_as_ran(model, *pair), record_stages(pair[1])
+        for s in STAGES:
+            if s != "baseline":
+                est[s] += e[s]
+                got[s] += m[s]
+        r.append(sum(v for s, v in m.items() if s != "baseline") / max(sum(v for s, v in e.items() if s != "baseline"), 1e-9))
+    return est, got, r
+
+
+def _quantiles(r: list[float]) -> str:
     if not r:
         return "no jobs"
+    r = sorted(r)
     q = lambda p: r[min(len(r) - 1, int(p * len(r)))]  # noqa: E731
     return f"median {statistics.median(r):.2f}, 10-90 % {q(0.1):.2f}-{q(0.9):.2f}"
 
@@ -92,8 +123,10 @@ def correct(args: argparse.Namespace) -> int:
     print(f"{len(pairs)} records ({cpu}); measured / estimated, median (n):")
     for net, stages in corrections.items():
         for stage, per in stages.items():
+            cells = sum(m.startswith(CELL) for m in per)
             print(f"  {net:8s} {stage:9s} " + ", ".join(
-                f"{m} {f:.2f} ({len(counts[(net, stage, m)])})" for m, f in per.items()))
+                f"{m} {f:.2f} ({len(counts[(net, stage, m)])})" for m, f in per.items() if not m.startswith(CELL))
+                + (f"; {cells} cells" if cells else ""))
     fitted = CostModel({**cal, "corrections": corrections})
     for name, (jobs, records) in loaded.items():
         for label, model in (("bare", bare), ("corrected", fitted)):
@@ -101,6 +134,11 @@ def correct(args: argparse.Namespace) -> int:
             print(f"  {name} {label:9s} {n} jobs, estimated / measured s: "
                   + ", ".join(f"{s} {est[s]:,.0f} / {got[s]:,.0f}" for s in STAGES)
                   + f"; per job measured / estimated: {spread(model, jobs, records)}")
+        mine = [p for p in pairs if p[0].suite == jobs[0].suite] if jobs else []
+        est, got, r = held_out(bare, pairs, mine)
+        print(f"  {name} held out  {len(mine)} jobs, each estimated with factors fitted on the other records: "
+              + ", ".join(f"{s} {est[s]:,.0f} / {got[s]:,.0f}" for s in STAGES if s != "baseline")
+              + f"; per job measured / estimated: {_quantiles(r)}")
     if args.dry:
         return 0
     cal.pop("path", None)

@@ -7,7 +7,7 @@ import pytest
 
 from bench.cli import main as cli
 from bench.cost import CostModel, load_calibration
-from bench.cost_corrections import ANY, factor, fit, ratios, same_processor
+from bench.cost_corrections import ANY, CELL, cell, factor, fit, ratios, same_processor
 from bench.perf.correct import main as correct
 from bench.records import append_record
 from bench.suite import expand, load_suite
@@ -78,7 +78,9 @@ def test_correct_fits_the_records_and_the_dry_run_reads_the_factors(tiny_suite, 
     out = capsys.readouterr().out
     assert "3 records (test cpu)" in out and "wrote" in out
     cal = load_calibration(cal_path)
-    assert cal["corrections"]["digitnet"]["finetune"] == {"svd": 3.0, ANY: 3.0}
+    finetune = cal["corrections"]["digitnet"]["finetune"]
+    assert {m: f for m, f in finetune.items() if not m.startswith(CELL)} == {"svd": 3.0, ANY: 3.0}
+    assert {m: f for m, f in finetune.items() if m.startswith(CELL)} == {cell(j): 3.0 for j in svd[:3]}
     assert cal["corrections"]["digitnet"]["eval"]["svd"] == 3.0
     assert cal["corrections_from"]["records"] == 3 and cal["corrections_from"]["cpu_model"] == "test cpu"
     j = svd[3]
@@ -103,4 +105,30 @@ def test_ratios_skip_stages_either_side_says_nothing_of(tiny_suite):
     model = CostModel(calibration())  # no factorize law: the estimate of that stage is 0
     rec = _record(svd, {"factorize": 5.0, "finetune": 0.0, "eval": 1.0})
     got = ratios(model, [(svd, rec, False)])
-    assert set(got) == {("digitnet", "eval", "svd")}
+    assert set(got) == {("digitnet", "eval", "svd"), ("digitnet", "eval", cell(svd))}
+
+
+def test_a_cell_with_records_takes_its_own_factor_and_held_out_predicts_from_the_others(tiny_suite):
+    """svd at 2x ran 2x its estimate on both seeds, svd at 8x 6x: each cell (any seed) takes its
+    own median, the method pools 2, 2, 6, 6; estimated without its own record, a record of a
+    cell with another seed takes that seed's factor, one alone its method's."""
+    from bench.perf.correct import held_out
+
+    jobs = expand(load_suite(str(tiny_suite(ratios=[2, 8], seeds=[0, 1]))))
+    svd = {(j.budget, j.seed): j for j in jobs if j.method == "svd"}
+    assert cell(svd[("x2", 0)]) == cell(svd[("x2", 1)]) != cell(svd[("x8", 0)])
+    bare = CostModel(calibration(factorize={"svd": {"a": 1e-3, "b": 1.0}}))
+    times = {"x2": 2.0, "x8": 6.0}
+    pairs = [(j, _record(j, {k: times[b] * v for k, v in bare.stages(j, False).items()}), False)
+             for (b, _), j in svd.items()]
+    got = fit(ratios(bare, pairs))["digitnet"]["finetune"]
+    assert got["svd"] == 4.0 and got[cell(svd[("x2", 0)])] == 2.0 and got[cell(svd[("x8", 1)])] == 6.0
+    fixed = CostModel({**bare.cal, "corrections": fit(ratios(bare, pairs))})
+    assert fixed.stages(svd[("x8", 1)], False)["finetune"] == pytest.approx(6.0 * bare.stages(svd[("x8", 1)], False)["finetune"])
+    est, measured, r = held_out(bare, pairs, pairs)
+    assert r == pytest.approx([1.0] * 4)  # each seed's cell factor comes from the other seed
+    alone = [p for p in pairs if p[0] is not svd[("x8", 1)]]  # x8 seed 0 without its other seed
+    x8 = [p for p in alone if p[0] is svd[("x8", 0)]]
+    est, measured, r = held_out(bare, alone, x8)
+    assert r == pytest.approx([6.0 / 2.0])  # its cell has no other record: svd's pool of the others is 2, 2
+    assert measured["finetune"] == pytest.approx(3.0 * est["finetune"])
