@@ -57,34 +57,6 @@ def same_processor(record: dict[str, Any], cpu: str | None) -> bool:
     return not cpu or not theirs or theirs == cpu
 
 
-def ratios(model, pairs, baselines: dict[str, tuple[Any, float]] | None = None
-           ) -> dict[tuple[str, str, str], list[float]]:
-    """measured / estimated per (network, stage, method) over ``pairs`` of (job, record, tuned),
-    the estimate from ``model`` (which should carry no corrections); ``baselines``: baseline key
-    -> (a job of it, measured ``time_train_s``). Stages where either side is 0 say nothing."""
-    out: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    for job, rec, tuned in pairs:
-        for k, r in pair_ratios(model, job, rec, tuned).items():
-            out[k].append(r)
-    for job, got in (baselines or {}).values():
-        est = model.baseline_s(job)
-        if est > 0 and got > 0:
-            out[(job.network, "baseline", ANY)].append(got / est)
-    return dict(out)
-
-
-def pair_ratios(model, job, rec: dict[str, Any], tuned: bool) -> dict[tuple[str, str, str], float]:
-    """One record's measured / estimated per (network, stage, method) and per (network, stage,
-    its ``cell``), the stages either side says nothing of (0) left out."""
-    from bench.cost_records import estimated_as_ran, record_stages
-
-    est, out = estimated_as_ran(model, job, rec, tuned), {}
-    for stage, got in record_stages(rec).items():
-        if stage != "baseline" and est[stage] > 0 and got > 0:
-            out[(job.network, stage, job.method)] = out[(job.network, stage, cell(job))] = got / est[stage]
-    return out
-
-
 def pool(samples: dict[tuple[str, str, str], list[float]]) -> dict[tuple[str, str, str], list[float]]:
     """``samples`` (per network, stage, method) with the pools ``fit`` takes medians of added:
     per (network, stage) over all methods (method ``ANY``) and per (stage, method) over all

@@ -8,9 +8,11 @@ estimates themselves (``bench.cost_model``) never do.
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterator
 
+from bench.cost_corrections import ANY, cell
 from bench.cost_model import STAGES, CostModel
 
 
@@ -89,3 +91,29 @@ def baseline_cached(root: Path, job) -> bool:
 
     pt = checkpoint_path(root, job.baseline_config)
     return pt.is_file() and pt.with_suffix(".json").is_file()
+
+
+def ratios(model, pairs, baselines: dict[str, tuple[Any, float]] | None = None
+           ) -> dict[tuple[str, str, str], list[float]]:
+    """measured / estimated per (network, stage, method) over ``pairs`` of (job, record, tuned),
+    the estimate from ``model`` (which should carry no corrections); ``baselines``: baseline key
+    -> (a job of it, measured ``time_train_s``). Stages where either side is 0 say nothing."""
+    out: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for job, rec, tuned in pairs:
+        for k, r in pair_ratios(model, job, rec, tuned).items():
+            out[k].append(r)
+    for job, got in (baselines or {}).values():
+        est = model.baseline_s(job)
+        if est > 0 and got > 0:
+            out[(job.network, "baseline", ANY)].append(got / est)
+    return dict(out)
+
+
+def pair_ratios(model, job, rec: dict[str, Any], tuned: bool) -> dict[tuple[str, str, str], float]:
+    """One record's measured / estimated per (network, stage, method) and per (network, stage,
+    its ``cell``), the stages either side says nothing of (0) left out."""
+    est, out = estimated_as_ran(model, job, rec, tuned), {}
+    for stage, got in record_stages(rec).items():
+        if stage != "baseline" and est[stage] > 0 and got > 0:
+            out[(job.network, stage, job.method)] = out[(job.network, stage, cell(job))] = got / est[stage]
+    return out

@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 from bench.cost import STAGES, CostModel, compare_records, default_path, device_kind, load_calibration
-from bench.cost_corrections import CELL, fit, pair_ratios, pool, ratios, same_processor
-from bench.cost_records import estimated_as_ran, measured_alone, measured_baselines, record_stages
+from bench.cost_corrections import CELL, fit, pool, same_processor
+from bench.cost_records import (estimated_as_ran, measured_alone, measured_baselines, pair_ratios, ratios,
+                                record_stages)
 from bench.errors import InputError
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from bench.cli import main as cli
 from bench.cost import CostModel, load_calibration
-from bench.cost_corrections import ANY, CELL, cell, factor, fit, ratios, same_processor
+from bench.cost_corrections import ANY, CELL, cell, factor, fit, same_processor
+from bench.cost_records import ratios
 from bench.perf.correct import main as correct
 from bench.records import append_record
 from bench.suite import expand, load_suite
