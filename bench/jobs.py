@@ -132,13 +132,14 @@ class Job:
 
 
 def measured_recipe(method: str, finetune: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The fine-tuning recipe as far as it decides ``method``'s result: without ``epochs`` for a
-    method that is never fine-tuned (dense) or whose training ignores the count (NN-BCD:
-    ``Compressor.uses_finetune_epochs``); whole for the rest, and for a method not loaded yet."""
+    """The fine-tuning recipe as far as it decides ``method``'s result: none for a method that is
+    never fine-tuned (dense: the baseline evaluated as it is), without ``epochs`` for one whose
+    training ignores the count (NN-BCD: ``Compressor.uses_finetune_epochs``), whole for the rest
+    and for a method not loaded yet."""
     cls = METHODS.get(method) if isinstance(method, str) and method in METHODS else None
     if finetune is None or cls is None or (cls.finetunes and cls.uses_finetune_epochs):
         return finetune
-    return {k: v for k, v in finetune.items() if k != "epochs"}
+    return None if not cls.finetunes else {k: v for k, v in finetune.items() if k != "epochs"}
 
 
 def measurement_key(config: dict[str, Any]) -> str:
