@@ -57,6 +57,7 @@ class CostModel(PerStepCosts):
         self._layers: dict[tuple, dict[str, int]] = {}
         self._works: dict[tuple, dict[str, tuple[StepWork, float]]] = {}  # (job key, calibrated knob)
         self._cuts: dict[tuple, tuple[str, float]] = {}
+        self._cells: dict[str, str] = {}  # job key -> its cell (``bench.cost_corrections.cell``)
 
     # --- speeds ------------------------------------------------------------------------------
     def _net(self, network: str) -> dict[str, Any]:
@@ -109,7 +110,9 @@ class CostModel(PerStepCosts):
         """The fitted correction of ``stage`` for ``job``'s network and method (1 without one)."""
         if stage == "baseline":
             return factor(self.corrections, job.network, stage, None)
-        return factor(self.corrections, job.network, stage, job.method, cell(job) if self.corrections else None)
+        if self.corrections and job.key not in self._cells:  # a hash of the job's config: once per job
+            self._cells[job.key] = cell(job)
+        return factor(self.corrections, job.network, stage, job.method, self._cells.get(job.key))
 
     # --- the network ---------------------------------------------------------------------------
     def layer_sizes(self, job) -> dict[str, int]:

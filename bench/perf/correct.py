@@ -42,37 +42,43 @@ def _suite_records(spec: str, results: Path):
     return expand(suite), latest_by_key(read_records(path))
 
 
+def _job_s(stages: dict[str, float]) -> float:
+    """A job's own seconds: every stage but its baseline's."""
+    return sum(v for k, v in stages.items() if k != "baseline")
+
+
 def spread(model: CostModel, jobs: list, records: dict) -> str:
     """Median and 10th-90th percentile of measured / estimated whole-job seconds per record
     (a sum over records is dominated by the few that shared the cores or were paused)."""
-    def job_s(stages: dict[str, float]) -> float:
-        return sum(v for k, v in stages.items() if k != "baseline")
-
-    return _quantiles([job_s(record_stages(rec)) / max(job_s(estimated_as_ran(model, j, rec, tuned)), 1e-9)
+    return _quantiles([_job_s(record_stages(rec)) / max(_job_s(estimated_as_ran(model, j, rec, tuned)), 1e-9)
                        for j, rec, tuned in measured_alone(records, jobs)])
 
 
-def held_out(bare: CostModel, pairs: list, mine: list) -> tuple[dict, dict, list[float]]:
+def held_out(bare: CostModel, pairs: list, mine: list, contributions: list | None = None
+             ) -> tuple[dict, dict, list[float]]:
     """(estimated, measured seconds per stage, measured / estimated per job) of the ``mine``
-    pairs (job, record, tuned), each estimated with the corrections fitted on every pair of
-    ``pairs`` but itself: how the fit predicts a job it has not seen (a cell with one record
-    falls back to its method's factor). Baselines are left out."""
-    contributions = [pair_ratios(bare, *p) for p in pairs]
+    pairs (job, record, tuned) among ``pairs``, each estimated with the corrections fitted on
+    every pair of ``pairs`` but itself: how the fit predicts a job it has not seen (a cell with
+    one record falls back to its method's factor). Baselines are left out. ``contributions``:
+    ``pair_ratios`` of each of ``pairs``, when the caller has them already."""
+    contributions = contributions if contributions is not None else [pair_ratios(bare, *p) for p in pairs]
+    chosen = {id(p) for p in mine}
     est, got, r = dict.fromkeys(STAGES, 0.0), dict.fromkeys(STAGES, 0.0), []
-    for pair in mine:
-        i = next(i for i, p in enumerate(pairs) if p is pair)
+    for i, pair in enumerate(pairs):
+        if id(pair) not in chosen:
+            continue
         samples: dict = {}
         for k, c in enumerate(contributions):
             if k != i:
                 for key, value in c.items():
                     samples.setdefault(key, []).append(value)
-        model = CostModel({**bare.cal, "corrections": fit(samples)})
-        e, m = estimated_as_ran(model, *pair), record_stages(pair[1])
+        e = estimated_as_ran(CostModel({**bare.cal, "corrections": fit(samples)}), *pair)
+        m = record_stages(pair[1])
         for s in STAGES:
             if s != "baseline":
                 est[s] += e[s]
                 got[s] += m[s]
-        r.append(sum(v for s, v in m.items() if s != "baseline") / max(sum(v for s, v in e.items() if s != "baseline"), 1e-9))
+        r.append(_job_s(m) / max(_job_s(e), 1e-9))
     return est, got, r
 
 
@@ -129,6 +135,7 @@ def correct(args: argparse.Namespace) -> int:
                 f"{m} {f:.2f} ({len(counts[(net, stage, m)])})" for m, f in per.items() if not m.startswith(CELL))
                 + (f"; {cells} cells" if cells else ""))
     fitted = CostModel({**cal, "corrections": corrections})
+    contributions = [pair_ratios(bare, *p) for p in pairs]  # once for every suite's held-out line
     for name, (jobs, records) in loaded.items():
         for label, model in (("bare", bare), ("corrected", fitted)):
             n, est, got = compare_records(model, jobs, records, results)
@@ -136,7 +143,7 @@ def correct(args: argparse.Namespace) -> int:
                   + ", ".join(f"{s} {est[s]:,.0f} / {got[s]:,.0f}" for s in STAGES)
                   + f"; per job measured / estimated: {spread(model, jobs, records)}")
         mine = [p for p in pairs if p[0].suite == jobs[0].suite] if jobs else []
-        est, got, r = held_out(bare, pairs, mine)
+        est, got, r = held_out(bare, pairs, mine, contributions)
         print(f"  {name} held out  {len(mine)} jobs, each estimated with factors fitted on the other records: "
               + ", ".join(f"{s} {est[s]:,.0f} / {got[s]:,.0f}" for s in STAGES if s != "baseline")
               + f"; per job measured / estimated: {_quantiles(r)}")
