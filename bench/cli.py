@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from bench.errors import InputError
+from bench.errors import InputError, one_line_warnings
 from bench.records import OutputWriteError, write_cause
 from bench.registry import METHODS, PluginError, UnknownNameError, dataset_names, load_plugin, method_names, network_names
 from bench.suite import SuiteError, expand, load_suite, suite_names
@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     """The CLI; exit 0 ok, 1 some job failed, 2 bad input or a record not written, 130 Ctrl-C,
     143 SIGTERM (each interruption one line: finished records are kept, a re-run resumes)."""
     args = parse_args(argv)
-    if args.check_plugin:
+    one_line_warnings()
+    if args.check_plugin is not None:
         try:
             return check_plugin(args.check_plugin)
         except BAD_INPUT as e:
@@ -240,6 +241,7 @@ def _install(signum, handler):
 def prepare(args):
     """Everything checked before anything runs or is written: None when the command is done
     (--list, --dry-run), else (suite, jobs, records path, output root, devices, fit_only)."""
+    _no_empty_values(args)
     for spec in args.plugin:
         load_plugin(spec)
     if args.list:
@@ -361,6 +363,22 @@ def _data_dir(args) -> Path | None:
 def run() -> None:
     """The ``tnbench`` console command."""
     sys.exit(main())
+
+
+#: flags whose value is one path or name: an empty one must not mean "here" or "the default"
+_ONE_VALUE_FLAGS = {"suite": ("--suite", "a suite name or .yaml path"), "out": ("--out", "a folder"),
+                    "data_dir": ("--data-dir", "a folder"), "calibration": ("--calibration", "a .json file"),
+                    "address": ("--address", "a Ray address (auto or HOST:PORT)")}
+
+
+def _no_empty_values(args) -> None:
+    """``--out ''`` used to write into the working folder, ``--data-dir ''`` to read the default one:
+    an empty or blank value of a one-value flag is refused instead (``load_plugin`` refuses an empty
+    ``--plugin``)."""
+    for attr, (flag, what) in _ONE_VALUE_FLAGS.items():
+        value = getattr(args, attr, None)
+        if value is not None and not str(value).strip():
+            raise UsageError(f"{flag} {value!r}: an empty value; give {what}")
 
 
 def _csv(value: str | None, flag: str, unique: bool = True) -> list[str] | None:

@@ -7,6 +7,24 @@ it were. Each module's own error (``SuiteError``, ``UsageError``, ...) subclasse
 its older base, so existing ``except ValueError`` handlers behave as before."""
 from __future__ import annotations
 
+import sys
+import warnings
+
 
 class InputError(Exception):
     """A bad suite, command line, name, plugin or data file; the message says what is valid."""
+
+
+def one_line_warnings() -> None:
+    """Print each distinct warning once, as ``warning: MESSAGE`` on one line: Python's default
+    adds the source file and line of tnbench's own code, and a file read twice in one command
+    (resume, then the report) warned twice."""
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        if text not in shown:
+            shown.add(text)
+            print(f"warning: {text}", file=file or sys.stderr)
+
+    warnings.showwarning = show

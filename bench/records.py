@@ -201,14 +201,20 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     for i, raw in enumerate(_read_locked(path).splitlines(), 1):  # LF, CRLF and lone CR
         rec = _parse_line(raw)
         if isinstance(rec, str):
-            bad.append(f"{path}:{i}: {rec}")
+            bad.append(f"line {i}: {rec}")
         elif rec is not None:
             out.append(rec)
+    _warn_bad_lines(path, bad)
+    return out
+
+
+def _warn_bad_lines(path: Path, bad: list[str]) -> None:
+    """One warning for a file's bad lines: the count and the first few (the same text from
+    ``read_records`` and ``RecordIndex``, so a CLI that prints each warning once prints it once)."""
     if bad:
         more = f"; and {len(bad) - SHOWN_BAD_LINES} more" if len(bad) > SHOWN_BAD_LINES else ""
         warnings.warn(f"{path}: ignoring {len(bad)} bad record line(s): " + "; ".join(bad[:SHOWN_BAD_LINES]) + more,
-                      stacklevel=2)
-    return out
+                      stacklevel=3)
 
 
 #: bad lines named in read_records' warning
@@ -279,7 +285,7 @@ class RecordIndex:
         self._reset()
 
     def _reset(self) -> None:
-        self._offset, self._inode = 0, None
+        self._offset, self._inode, self._lines = 0, None, 0
         self.latest: dict[str, dict[str, Any]] = {}
         self._done: set[str] = set()
         self._untrusted: set[str] = set()
@@ -317,16 +323,14 @@ class RecordIndex:
             end = len(data)
         bad = []
         for raw in data[:end].splitlines():
+            self._lines += 1
             rec = _parse_line(raw)
             if isinstance(rec, str):
-                bad.append(rec)
+                bad.append(f"line {self._lines}: {rec}")
             elif rec is not None:
                 self._take(rec)
         self._offset += end
-        if bad:
-            warnings.warn(f"{self.path}: ignoring {len(bad)} bad record line(s): " + "; ".join(bad[:SHOWN_BAD_LINES])
-                          + (f"; and {len(bad) - SHOWN_BAD_LINES} more" if len(bad) > SHOWN_BAD_LINES else ""),
-                          stacklevel=2)
+        _warn_bad_lines(self.path, bad)
         return self
 
     def _take(self, rec: dict[str, Any]) -> None:

@@ -144,6 +144,8 @@ def load_plugin(spec: str) -> None:
     """Import a plugin given as a .py file path or a dotted import path; it registers itself.
     Every failure is a ``PluginError`` naming the plugin and the cause."""
     METHODS._ensure()
+    if not spec.strip():
+        raise PluginError(f"plugin {spec!r}: an empty value; give a .py file or a dotted import path")
     if spec.endswith(".py"):
         path = Path(spec)
         if not path.is_file():
@@ -167,6 +169,9 @@ def load_plugin(spec: str) -> None:
             del sys.modules[mod_name]
             raise PluginError(f"plugin {spec} failed to load: {_why(e)}") from None
     else:
+        if Path(spec).exists():  # a folder, or a file without .py: not importable as given
+            raise PluginError(f"plugin {spec!r} is a {'folder' if Path(spec).is_dir() else 'file without .py'}; "
+                              "give a .py file or a dotted import path (e.g. mypkg.mymethod)")
         try:
             importlib.import_module(spec)
         except (Exception, SystemExit) as e:  # noqa: BLE001

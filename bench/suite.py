@@ -89,6 +89,11 @@ def apply_override(suite: dict[str, Any], item: str) -> None:
         raise SuiteError(f"--set {dotted}: {keys[0]} belongs under protocol: --set protocol.{dotted}={raw}")
     if keys[0] not in SUITE_KEYS:
         raise SuiteError(f"--set: unknown key {keys[0]!r}; valid: {', '.join(sorted(SUITE_KEYS))}")
+    if keys[0] == "base":  # the base chain is merged when the file is read, before any --set
+        raise SuiteError(f"--set {dotted}: base is read from the suite file; write a suite file with "
+                         f"base: NAME and pass it to --suite")
+    if any(not k for k in keys):
+        raise SuiteError(f"--set {dotted}: an empty key part; e.g. --set finetune.lr=0.01")
     value = parse_yaml(raw, f"--set {item}")
     node = suite
     for k in keys[:-1]:

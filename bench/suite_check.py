@@ -9,8 +9,9 @@ import math
 import numbers
 from typing import Any
 
-from bench.registry import DATASETS, METHODS, NETWORKS, dataset_names, method_names, network_names
-from bench.spec import Suite
+from bench.registry import (DATASETS, METHODS, NETWORKS, dataset_names, is_reference, method_names,
+                            network_names)
+from bench.spec import Suite, thaw
 from bench.suite_schema import (DATA_KEYS, PAPER_ROLES, PROTOCOL_KEYS, STAGES, SUITE_KEYS, SUITE_NAME, SuiteError,
                                 method_entry)
 from bench.train import OPTIMIZERS, check_recipe
@@ -38,6 +39,7 @@ def validate(suite: dict[str, Any]) -> Suite:
     _check_priority(suite)
     spec = Suite.build(suite)
     _check_layers(spec)
+    _check_sizes(spec)
     _check_tune_epochs(spec)
     return spec
 
@@ -67,8 +69,10 @@ def _check_tune_epochs(spec: Suite) -> None:
     for net in spec.networks if te is not None else []:
         sweep = spec.protocol.epochs(net)
         if not sweep or te not in sweep or not spec.protocol.lr_grid:
-            raise SuiteError(f"protocol.tune_epochs {te!r}: expected one of finetune_epochs "
-                             f"{None if sweep is None else list(sweep)} (network {net}) in a suite with an lr_grid")
+            have = "no protocol.finetune_epochs sweep" if not sweep else f"finetune_epochs {list(sweep)}"
+            raise SuiteError(f"protocol.tune_epochs {te!r}: expected one of the network's finetune_epochs, in a suite "
+                             f"with an lr_grid; network {net} has {have}"
+                             f"{'' if spec.protocol.lr_grid else ' and the suite no lr_grid'}")
 
 
 def _check_grid_and_reuse(suite: dict[str, Any], proto: dict[str, Any]) -> None:
@@ -86,6 +90,7 @@ def _check_grid_and_reuse(suite: dict[str, Any], proto: dict[str, Any]) -> None:
             or any(not isinstance(r, str) or not SUITE_NAME.fullmatch(r) or r == suite["name"] for r in reuse)):
         raise SuiteError(f"protocol.reuse {reuse!r}: expected a list of other suites' names (folders of --out, "
                          "no paths), e.g. [mnist]")
+    _no_repeats(reuse, "protocol.reuse")
 
 
 def _check_priority(suite: dict[str, Any]) -> None:
@@ -132,6 +137,7 @@ def _check_names(suite: dict[str, Any]) -> None:
     for d in datasets:
         if d not in DATASETS:
             raise SuiteError(f"unknown dataset {d!r}; known: {', '.join(dataset_names())}")
+    _no_repeats(datasets, "datasets")
     if not isinstance(nets, dict):
         raise SuiteError(f"networks {nets!r}: expected a mapping network -> list of its layers to compress, "
                          "e.g. {fc2: [fc1, fc2]}")
@@ -140,6 +146,7 @@ def _check_names(suite: dict[str, Any]) -> None:
             raise SuiteError(f"unknown network {n!r}; known: {', '.join(network_names())}")
         if not isinstance(layers, list) or not layers or not all(isinstance(x, str) for x in layers):
             raise SuiteError(f"networks.{n} {layers!r}: expected a non-empty list of layer names, e.g. [fc1]")
+        _no_repeats(layers, f"networks.{n}")
     if not isinstance(suite["methods"], list):
         raise SuiteError(f"methods {suite['methods']!r}: expected a list of method names or "
                          "{method, label, options, knobs} entries")
@@ -148,10 +155,33 @@ def _check_names(suite: dict[str, Any]) -> None:
         m = method_entry(entry)
         if not isinstance(m["method"], str) or m["method"] not in METHODS:
             raise SuiteError(f"unknown method {m['method']!r}; known: {', '.join(method_names())}")
+        _check_label(m)
         if m["label"] in labels:
             raise SuiteError(f"method {m['label']!r} is listed twice; give one entry a different label")
         labels.add(m["label"])
         _check_options(m)
+
+
+def _check_label(m: dict[str, Any]) -> None:
+    """A label names the method's rows, plots and ``--methods`` selections: a plain word, and
+    never another method's name (``{method: tt, label: dense}`` would be taken for the dense
+    reference, ``label: svd`` would answer ``--methods svd``)."""
+    label = m["label"]
+    if not isinstance(label, str) or not SUITE_NAME.fullmatch(label):
+        raise SuiteError(f"method {m['method']!r}: label {label!r}: expected a word of letters, digits, "
+                         "'_', '.' or '-', e.g. tt-paired")
+    if label != m["method"] and is_reference(m["method"]):
+        raise SuiteError(f"method {m['method']!r}: label {label!r}: the reference keeps its own name "
+                         "(tables and verdicts find it by it)")
+    if label != m["method"] and label in METHODS:
+        raise SuiteError(f"method {m['method']!r}: label {label!r} is the name of another method; "
+                         f"choose another, e.g. {m['method']}-{label}")
+
+
+def _no_repeats(values: list, where: str) -> None:
+    dup = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if dup is not None:
+        raise SuiteError(f"{where}: {dup!r} is listed twice in {values!r}")
 
 
 def _check_options(m: dict[str, Any]) -> None:
@@ -210,9 +240,7 @@ def _check_lists(suite: dict[str, Any], keys: dict, where: str = "") -> None:
         for v in values:
             if not ok(v):
                 raise SuiteError(f"{where}{key}: bad value {v!r}; expected a list of {what}, e.g. {example}")
-        dup = next((v for i, v in enumerate(values) if v in values[:i]), None)
-        if dup is not None:
-            raise SuiteError(f"{where}{key}: {dup!r} is listed twice in {values!r}")
+        _no_repeats(values, f"{where}{key}")
 
 
 def _check_recipes(suite: dict[str, Any]) -> None:
@@ -259,6 +287,12 @@ def _check_data(suite: dict[str, Any]) -> None:
     sub = data.get("train_subset")
     if sub is not None and not (isinstance(sub, numbers.Integral) and not isinstance(sub, bool) and sub >= 1):
         raise SuiteError(f"data.train_subset {sub!r}: expected an integer >= 1 (or null: the whole training set)")
+    for name in suite["datasets"] if sub is not None else []:
+        sizes = DATASETS.get(name).sizes  # a subset as large as the split is the whole split under another key
+        n_train = None if sizes is None else sizes[0] - int(round(sizes[0] * vf))
+        if n_train is not None and sub >= n_train:
+            raise SuiteError(f"data.train_subset {sub!r}: {name} has {n_train:,} training images after the "
+                             f"validation split; give fewer, or null for all of them")
 
 
 def _input_shape(dataset: str) -> tuple[tuple[int, int, int], int] | None:
@@ -291,6 +325,50 @@ def _check_layers(spec: Suite) -> None:
                     check_cuttable(model, list(layers), _input_shape(dataset)[0])
                 except PrefixError as e:
                     raise SuiteError(f"networks.{net} (on {dataset}): {e}") from None
+
+
+def _check_sizes(spec: Suite) -> None:
+    """Every method sizes every target layer now, on the untrained network, so a method that
+    cannot (an option that makes its size model overflow, a fixed knob it does not take: svd
+    rank 0, tt rank nan) is refused before any baseline trains. A layer the method does not
+    apply to (its ``knobs`` raise ``CompressionError``) stays a skipped record at run time."""
+    from bench.layers import CompressionError
+
+    for net, layers in spec.networks.items():
+        for dataset in spec.datasets:
+            model = meta_network(net, dataset)
+            if model is None:
+                continue
+            modules = dict(model.named_modules())
+            for entry in spec.methods:
+                method = METHODS.get(entry.method)(**thaw(entry.options))
+                for name in layers:
+                    where = f"method {entry.label!r} on {net}.{name} ({dataset})"
+                    try:
+                        smallest = next(iter(method.knobs(modules[name])), None)
+                    except CompressionError:
+                        continue
+                    except Exception as e:  # noqa: BLE001 - a plugin's error, said in one line
+                        raise SuiteError(f"{where}: cannot list its sizes: {_first_line(e)}") from None
+                    knobs = thaw(entry.knobs) if entry.knobs is not None else [] if smallest is None else [smallest]
+                    for knob in knobs:
+                        _check_size(method, modules[name], knob, where)
+
+
+def _check_size(method, layer, knob, where: str) -> None:
+    """``method.layer_params(layer, knob)`` is a whole number of parameters (0 is a size: prune
+    keeping no weight of a layer without bias)."""
+    try:
+        size = method.layer_params(layer, knob)
+    except Exception as e:  # noqa: BLE001 - CompressionError for a bad knob, anything from a plugin
+        raise SuiteError(f"{where}: {method.knob_name} {knob!r}: {_first_line(e)}") from None
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 0:
+        raise SuiteError(f"{where}: {method.knob_name} {knob!r} gives {size!r} parameters; expected a "
+                         "whole number >= 0")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 @functools.lru_cache(maxsize=16)

@@ -93,5 +93,5 @@ def method_entry(entry: Any) -> dict[str, Any]:
     if knobs is not None and (not isinstance(knobs, list) or not knobs):
         raise SuiteError(f"method {entry['method']!r}: knobs {knobs!r}: expected a non-empty list")
     options = dict(entry.get("options") or {})
-    label = entry.get("label") or entry["method"]
+    label = entry["method"] if entry.get("label") is None else entry["label"]  # '' is refused, not "unset"
     return {"method": entry["method"], "label": label, "options": options, "knobs": knobs}

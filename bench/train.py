@@ -44,8 +44,10 @@ SCHEDULES = ("cosine", "constant", "step")
 #: what each recipe value must be: (test, description); checked up front so a bad value is a
 #: one-line error before any job runs, not a failed job
 RECIPE_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "epochs": (lambda v: _real(v) and v >= 0, "a finite number >= 0 (fractions allowed)"),
-    "batch_size": (lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    # the upper bounds are far past any use (a full-batch step on every dataset here; a month of
+    # epochs) and stop a typo (1e9) from meaning "run until the job time limit"
+    "epochs": (lambda v: _real(v) and 0 <= v <= 100_000, "a finite number in 0..100,000 (fractions allowed)"),
+    "batch_size": (lambda v: _integer(v) and 1 <= v <= 2**20, "an integer in 1..1,048,576"),
     "optimizer": (lambda v: v in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
     "lr": (lambda v: _real(v) and v > 0, "a finite number > 0"),
     "momentum": (lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)"),

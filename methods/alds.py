@@ -52,6 +52,7 @@ from torch import nn
 from bench.allocation import Option as _Option, allocate_minmax, frontier as _frontier, working_copy as _work
 from bench.compressor import CompressionError, Compressor, FactorizedLayer, dense_params
 from bench.layers import check_layer
+from bench.options import number
 from bench.registry import register_method
 
 DENSE = "dense"
@@ -212,10 +213,10 @@ class _ALDSBase(Compressor):
         self.group_error = group_error
         if search not in ("exact", "alternate"):
             raise ValueError(f"search must be 'exact' or 'alternate', got {search!r}")
-        if int(max_groups) < 1:
-            raise ValueError(f"max_groups must be >= 1, got {max_groups}")
-        self.max_groups, self.search = int(max_groups), search
-        self.restarts, self.seed = int(restarts), int(seed)
+        self.max_groups = number("alds", "max_groups", max_groups, integer=True, lo=1, hi=4096)
+        self.search = search
+        self.restarts = number("alds", "restarts", restarts, integer=True, lo=1, hi=1000)
+        self.seed = number("alds", "seed", seed, integer=True, lo=0, hi=2**32 - 1)
 
     def groups(self, layer: nn.Module) -> list[int]:
         return candidate_groups(layer, self.max_groups)

@@ -48,6 +48,7 @@ from torch import nn
 from bench.compressor import Compressor, FactorizedLayer
 from bench.registry import register_method
 from bench.layers import ConvSpec, bias_params, check_layer
+from bench.options import number
 from methods._tensorize import (as_float64, bias_param, check_layout, clip_knob, flatten_batch, from_paired,
                                 paired_shape, pointwise, side_modes, to_paired, to_param, tt_modes,
                                 with_torch_backend)
@@ -249,10 +250,10 @@ class CP(Compressor):
             raise TypeError(f"cp: modes_per_side must be a positive integer, got {modes_per_side!r}")
         if not isinstance(n_iter_max, int) or n_iter_max < 1:
             raise TypeError(f"cp: n_iter_max must be a positive integer, got {n_iter_max!r}")
-        self.modes_per_side, self.n_iter_max, self.tol = modes_per_side, n_iter_max, float(tol)
-        if not l2_reg >= 0:
-            raise TypeError(f"cp: l2_reg must be >= 0, got {l2_reg!r}")
-        self.max_als_flops, self.l2_reg = float(max_als_flops), float(l2_reg)
+        self.modes_per_side, self.n_iter_max = modes_per_side, n_iter_max
+        self.tol = number("cp", "tol", tol, lo=0)
+        self.max_als_flops = number("cp", "max_als_flops", max_als_flops, lo=0, lo_open=True)
+        self.l2_reg = number("cp", "l2_reg", l2_reg, lo=0)
 
     def _shape(self, layer: nn.Module) -> tuple[int, ...]:
         check_layer(layer, "cp")

@@ -13,6 +13,7 @@ from bench.allocation import working_copy
 from bench.compressor import CompressionError, Compressor, FactorizedLayer
 from bench.registry import register_method
 from bench.layers import check_layer
+from methods._tensorize import clip_knob
 
 
 def _fold(layer: nn.Module) -> torch.Tensor:
@@ -90,6 +91,9 @@ class TruncatedSVD(Compressor):
     def layer_params(self, layer: nn.Module, rank: int) -> int:
         check_layer(layer, "svd")
         out, fan_in = _fold(layer).shape
+        rank, clipped = clip_knob(rank, min(out, fan_in), "svd")  # refuses a non-integer or one below 1
+        if clipped:  # as factorize does: there is no rank above full rank
+            raise CompressionError(f"svd rank above full rank {rank} for {layer}")
         return rank * (out + fan_in) + (out if layer.bias is not None else 0)
 
     # --- minmax allocation: the error of rank r is sigma_{r+1} / sigma_1 (Eckart-Young) ---------

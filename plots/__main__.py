@@ -7,6 +7,9 @@ from pathlib import Path
 
 
 def main(argv=None) -> int:
+    from bench.errors import one_line_warnings
+
+    one_line_warnings()
     p = argparse.ArgumentParser(prog="python -m plots")
     sub = p.add_subparsers(dest="command", required=True)
     paper = sub.add_parser("paper", help="every paper figure and table from recorded results")

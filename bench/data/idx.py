@@ -77,7 +77,9 @@ def parse_idx(data: bytes) -> np.ndarray:
     dims = np.frombuffer(data, dtype=">u4", count=nd, offset=4).astype(int)
     payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * nd)
     if payload.size != int(np.prod(dims)):
-        raise ValueError(f"wrong size: IDX payload has {payload.size} bytes, header says {tuple(dims)}")
+        shape = " x ".join(str(d) for d in dims.tolist())
+        raise ValueError(f"wrong size: IDX payload has {payload.size:,} bytes, header says {shape} = "
+                         f"{int(np.prod(dims)):,}")
     return payload.reshape(tuple(dims))
 
 

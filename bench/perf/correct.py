@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def correct(args: argparse.Namespace) -> int:
-    from bench.runner import cpu_model
+    from bench.environment import cpu_model
 
     path = Path(args.calibration) if args.calibration else default_path(device_kind("cpu"))
     cal = load_calibration(path)

@@ -27,6 +27,7 @@ goes stage by stage, the first stage reusing the pre-fit done in ``compress``.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -35,8 +36,10 @@ from torch import nn
 from bench.compressor import (CompressionError, Compressor, FinetuneContext, StepWork, dense_params, get_layer,
                               replace_layer)
 from bench.layers import ConvSpec, check_layer
+from bench.options import number
 from bench.registry import register_method
 from methods.adtn.generator import ACTIVATIONS, ADTNGenerator, num_sites, param_count
+from methods._tensorize import clip_knob
 from methods.adtn.prefit import SCHEDULES, prefit, sgd_gain
 from methods.adtn.layer import ADTNLayer
 from methods.adtn.layout import LAYOUTS, image_axes, plan_layout
@@ -104,8 +107,18 @@ class ADTN(Compressor):
             raise ValueError(f"adtn order {order!r}; valid: {', '.join(ORDERS)}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"adtn activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
-        if int(max_depth) < 1 or int(local_dim) < 2 or int(prefit_steps) < 0 or int(fuse) < 1:
-            raise ValueError("adtn needs max_depth >= 1, local_dim >= 2, prefit_steps >= 0, fuse >= 1")
+        # local_dim d: each gate is a d^2 x d^2 matrix; 16 (65,536 entries a gate) is far past the
+        # paper's d = 2 and keeps the size model and a meta-device generator from overflowing
+        max_depth = number("adtn", "max_depth", max_depth, integer=True, lo=1, hi=64)
+        local_dim = number("adtn", "local_dim", local_dim, integer=True, lo=2, hi=16)
+        prefit_steps = number("adtn", "prefit_steps", prefit_steps, integer=True, lo=0, hi=10**7)
+        fuse = number("adtn", "fuse", fuse, integer=True, lo=1, hi=64)
+        prefit_lr = number("adtn", "prefit_lr", prefit_lr, lo=0, lo_open=True)
+        prefit_patience = number("adtn", "prefit_patience", prefit_patience, integer=True, lo=0)
+        prefit_polish = number("adtn", "prefit_polish", prefit_polish, integer=True, lo=0, hi=10**6)
+        negative_slope = number("adtn", "negative_slope", negative_slope)
+        if init_noise is not None:
+            init_noise = number("adtn", "init_noise", init_noise, lo=0)
         if layout not in LAYOUTS:
             raise ValueError(f"adtn layout {layout!r}; valid: {', '.join(LAYOUTS)}")
         if prefit_schedule not in SCHEDULES:
@@ -120,7 +133,8 @@ class ADTN(Compressor):
         self.activation, self.negative_slope, self.order = activation, float(negative_slope), order
         self.prefit_steps, self.prefit_lr, self.prefit_patience = int(prefit_steps), float(prefit_lr), int(prefit_patience)
         self.prefit_polish = int(prefit_polish)
-        if not (grad_scale in ("auto", "sqrt") or (isinstance(grad_scale, (int, float)) and grad_scale > 0)):
+        if not (grad_scale in ("auto", "sqrt") or (isinstance(grad_scale, (int, float)) and not isinstance(grad_scale, bool)
+                                                  and math.isfinite(grad_scale) and grad_scale > 0)):
             raise ValueError(f"adtn grad_scale must be 'auto', 'sqrt' or a positive number, got {grad_scale!r}")
         self.grad_scale = grad_scale
         if init_noise is None:
@@ -150,7 +164,9 @@ class ADTN(Compressor):
     def layer_params(self, layer: nn.Module, depth: int) -> int:
         check_layer(layer, "adtn", grouped_ok=True)
         bias = layer.bias.numel() if layer.bias is not None else 0
-        return param_count(self.sites(layer), int(depth), self.local_dim) + bias
+        d, clipped = clip_knob(depth, self.max_depth, "adtn", "depth")  # refuses a non-integer or one below 1
+        d = int(depth) if clipped else d  # above max_depth: sized as asked (a fixed knob may pass it)
+        return param_count(self.sites(layer), d, self.local_dim) + bias
 
     def factorize(self, layer: nn.Module, depth: int) -> nn.Module:
         check_layer(layer, "adtn", grouped_ok=True)

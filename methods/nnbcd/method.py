@@ -50,6 +50,7 @@ from bench.compressor import (BudgetUnreachable, CompressionError, Compressor, F
                               dense_params, effective_weight, get_layer)
 from bench.registry import register_method
 from bench.layers import bias_params, check_layer
+from bench.options import number
 from methods.nnbcd.head import _capture_head_input, mlp_head, mlp_skip_reason
 from methods.nnbcd.solver import BCDProblem, head_forward
 from methods.prune import PrunedLayer, pruned_params, top_k_mask
@@ -73,12 +74,15 @@ class _NNBCD(Compressor):
             raise ValueError("give max_sweeps or its old name iterations, not both")
         max_sweeps = 300 if max_sweeps is None and iterations is None else (
             iterations if max_sweeps is None else max_sweeps)
-        if int(subset) < 1 or int(max_sweeps) < 0 or int(patience) < 0 or not min_delta >= 0:
-            raise ValueError(f"need subset >= 1, max_sweeps >= 0, patience >= 0 and min_delta >= 0, "
-                             f"got {subset}, {max_sweeps}, {patience}, {min_delta}")
+        subset = number("nnbcd", "subset", subset, integer=True, lo=1)
+        max_sweeps = number("nnbcd", "max_sweeps", max_sweeps, integer=True, lo=0, hi=10**6)
+        patience = number("nnbcd", "patience", patience, integer=True, lo=0)
+        min_delta = number("nnbcd", "min_delta", min_delta, lo=0)
+        seed = number("nnbcd", "seed", seed, integer=True, lo=0, hi=2**32 - 1)
         self.subset, self.max_sweeps, self.select, self.seed = int(subset), int(max_sweeps), select, int(seed)
         self.patience, self.min_delta = int(patience), float(min_delta)
-        self.gamma, self.rho, self.alpha, self.tau = float(gamma), float(rho), float(alpha), float(tau)
+        self.gamma, self.rho, self.alpha, self.tau = (number("nnbcd", k, v, lo=0, lo_open=True) for k, v in
+                                                      (("gamma", gamma), ("rho", rho), ("alpha", alpha), ("tau", tau)))
 
     def skip_reason(self, model: nn.Module, layer_names: list[str]) -> str | None:
         return mlp_skip_reason(model, layer_names)

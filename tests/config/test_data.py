@@ -103,7 +103,7 @@ def _mnist_folder(tmp_path, first: bytes):
     (gzip.compress(_idx_bytes(np.ones((6, 28, 28))))[:-12], "truncated or corrupt gzip"),
     (b"\x1f\x8b" + b"not gzip at all", "truncated or corrupt gzip"),
     (gzip.compress(b"\x00\x00\x0d\x03" + bytes(20)), "bad magic 0x00000d03"),
-    (gzip.compress(_idx_bytes(np.ones((6, 28, 28)))[:-5]), "wrong size: IDX payload has 4699 bytes"),
+    (gzip.compress(_idx_bytes(np.ones((6, 28, 28)))[:-5]), "wrong size: IDX payload has 4,699 bytes, header says 6 x 28 x 28 = 4,704"),
     (gzip.compress(b"\x00\x00\x08\x03\x00"), "wrong size: 5 bytes, shorter than the header"),
     (gzip.compress(_idx_bytes(np.ones((6, 28, 28)))), "checksum mismatch: decompressed MD5"),
 ])

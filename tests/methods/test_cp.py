@@ -181,8 +181,10 @@ def test_rejects():
         get_method("cp", n_iter_max=0)
     with pytest.raises(TypeError):
         get_method("cp", init="svd")
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="l2_reg -1.0: expected a finite number >= 0"):
         get_method("cp", l2_reg=-1.0)
+    with pytest.raises(ValueError, match="max_als_flops 0: expected a finite number > 0"):
+        get_method("cp", max_als_flops=0)
 
 
 # --- batch sizes, dtypes, devices -------------------------------------------------------------

@@ -37,8 +37,8 @@ def test_read_records_skips_every_bad_line_with_one_warning_for_the_file(tmp_pat
         recs = read_records(path)
     assert [r["status"] for r in recs] == ["failed", "ok"]
     [msg] = [str(w.message) for w in caught]
-    assert msg.startswith(f"{path}: ignoring {len(BAD_LINES)} bad record line(s): {path}:2: ")
-    assert f"{path}:3: " in msg and f"{path}:4: " in msg and f"{path}:5: " not in msg
+    assert msg.startswith(f"{path}: ignoring {len(BAD_LINES)} bad record line(s): line 2: ")
+    assert "; line 3: " in msg and "; line 4: " in msg and "line 5: " not in msg
     assert msg.endswith(f"and {len(BAD_LINES) - 3} more")
 
 
@@ -48,6 +48,25 @@ def test_twenty_thousand_bad_lines_give_one_short_warning(tmp_path):
     with pytest.warns(UserWarning) as caught:
         assert len(read_records(path)) == 1
     assert len(caught) == 1 and len(str(caught[0].message)) < 500
+
+
+def test_a_warning_prints_once_on_one_line(capsys):
+    """The CLIs' warnings: ``warning: MESSAGE``, no source line of tnbench's own code, and a
+    message given twice in one command (a file read by the resume and by the report) once."""
+    import warnings
+
+    from bench.errors import one_line_warnings
+
+    before = warnings.showwarning
+    try:
+        one_line_warnings()
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            for _ in range(2):
+                warnings.warn("r.jsonl: ignoring 1 bad\n record line(s)")
+    finally:
+        warnings.showwarning = before
+    assert capsys.readouterr().err == "warning: r.jsonl: ignoring 1 bad record line(s)\n"
 
 
 def _signed(**fields) -> dict:
@@ -103,7 +122,7 @@ def test_torn_tail_cut_in_a_file_with_invalid_utf8(tmp_path):
     append_record(path, {"key": "c", "status": "ok"})
     assert path.read_bytes().endswith(b'\n{"key": "c", "status": "ok"}\n')
     assert b'"b"' not in path.read_bytes()
-    with pytest.warns(UserWarning, match="ignoring 1 bad record line.*:2: "):
+    with pytest.warns(UserWarning, match="ignoring 1 bad record line.*line 2: "):
         assert [r["key"] for r in read_records(path)] == ["a", "c"]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from bench.cli import main
 from bench.records import append_record, latest_by_key, read_records
-from bench.runner import cpu_id, cpu_model
+from bench.environment import cpu_id, cpu_model
 from tests.conftest import REPO, records_by_budget, slow_factorize
 
 RECORD_FIELDS = {
