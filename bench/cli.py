@@ -108,9 +108,17 @@ def add_plugin_methods(suite: Suite, wanted: list[str] | None) -> Suite:
     return suite.with_methods([n for n in dict.fromkeys(wanted or []) if n not in have and n in METHODS])
 
 
+#: workers one sweep may start: a device may repeat (two workers on one GPU), but a list that
+#: forks hundreds of processes is a typo, not a plan
+MAX_WORKERS = 64
+
+
 def check_devices(devices: list[str]) -> None:
     import torch
 
+    if len(devices) > MAX_WORKERS:
+        raise UsageError(f"--devices: {len(devices)} workers asked for; at most {MAX_WORKERS} (one per device "
+                         "entry; repeat a device for two workers on it)")
     for d in devices:
         try:
             dev = torch.device("cuda" if d == "auto" and torch.cuda.is_available() else

@@ -132,6 +132,7 @@ CLI_CASES = [
     (["--methods", "svd,,dense"], "--methods 'svd,,dense'", "an empty value"),
     (["--networks", " "], "--networks ' '", "an empty value"),
     (["--methods", "svd,svd"], "--methods 'svd,svd'", "svd given twice"),
+    (["--devices", ",".join(["cpu"] * 65)], "65 workers asked for", "at most 64"),
     (["--out", ""], "--out ''", "an empty value; give a folder"),
     (["--data-dir", " "], "--data-dir ' '", "an empty value; give a folder"),
     (["--calibration", ""], "--calibration ''", "an empty value"),
