@@ -180,6 +180,14 @@ class Compressor:
         network's speed."""
         return None
 
+    def finetune_cost_scale(self) -> float:
+        """How much longer than the method's default options this method object's training
+        takes (1.0: the same). The calibration's corrections are fitted on records of the
+        defaults; a method whose options change its training length by a known factor (NN-BCD's
+        ``max_sweeps`` with the plateau rule off) says so here, so a dry run of a new option
+        is not costed as the default."""
+        return 1.0
+
     def stage_order(self, names: list[str]) -> list[str] | None:
         """The layers (given in forward order) in the order a staged ``finetune`` compresses and
         trains them one more at a time (ADTN's ``order``); None: all at once."""

@@ -223,8 +223,8 @@ class CostModel(PerStepCosts):
             return 0.0  # dense: reported as trained; fit-only: never fine-tuned
         share = self.suffix_share(job)
         trials = self.trials(job, tuning) if trials is None else int(trials)
-        per_trial = sum(self._train_run_s(job, job.finetune, epochs, share) + self._generation_s(job, epochs, gen)
-                        for epochs, gen in self._runs(job)) + self._refit_s(job)
+        per_trial = (sum(self._train_run_s(job, job.finetune, epochs, share) + self._generation_s(job, epochs, gen)
+                         for epochs, gen in self._runs(job)) + self._refit_s(job)) * self._method(job).finetune_cost_scale()
         judged = self.eval_s(job.network, split_sizes(job)[1], None, share) if trials > 1 else 0.0
         return trials * (per_trial + judged) * self.factor(job, "finetune")
 

@@ -381,3 +381,18 @@ def test_an_epoch_sweep_costs_an_epoch_blind_method_once(tiny_suite):
     assert by[("svd", 1)] > by[("svd", 0.5)] > 0  # svd trains twice as long at 1 epoch
     two = {j.key: j for j in jobs}
     assert len({j.measurement_key for j in two.values()}) == 4 and len(two) == 6
+
+
+def test_nnbcd_with_a_fixed_sweep_count_costs_its_sweeps(tiny_suite):
+    """NN-BCD says how long its options make it (``Compressor.finetune_cost_scale``): with the
+    plateau rule off it runs every one of ``max_sweeps`` (cifar10-nnbcd: 60 sweeps were costed
+    as a default job's ~15 and ran four times the estimate); the defaults cost as before."""
+    entries = [{"method": "nnbcd-tt", "options": {"subset": 200}},
+               {"method": "nnbcd-tt", "label": "fixed-60", "options": {"subset": 200, "patience": 0, "max_sweeps": 60}},
+               {"method": "nnbcd-tt", "label": "plateau-5", "options": {"subset": 200, "max_sweeps": 5}}]
+    suite = load_suite(str(tiny_suite(networks={"digitnet": ["fc1"]}, methods=entries, ratios=[2])))
+    model = CostModel(calibration(factorize={"nnbcd-tt": {"a": 1e-3, "b": 1.0}}))
+    ft = {j.label: model.finetune_s(j, tuning=True) for j in expand(suite)}
+    assert get_method("nnbcd-tt").finetune_cost_scale() == 1.0
+    assert ft["fixed-60"] == pytest.approx(4 * ft["nnbcd-tt"])
+    assert ft["plateau-5"] == pytest.approx(ft["nnbcd-tt"] / 3)
