@@ -19,7 +19,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -27,8 +27,20 @@ from torch import nn
 
 from bench.layers import CompressionError, dense_params
 
-if TYPE_CHECKING:
-    from bench.compressor import Compressor
+
+class Sizable(Protocol):
+    """What an allocation reads of a method (a ``bench.compressor.Compressor`` is one): its
+    knobs, their sizes and their errors. Named here so the allocation rules need not import the
+    compressor that offers them."""
+
+    name: str
+    knob_error_is_cheap: bool
+
+    def knobs(self, layer: nn.Module) -> Sequence[Any]: ...
+
+    def layer_params(self, layer: nn.Module, knob: Any) -> int: ...
+
+    def knob_error(self, layer: nn.Module, knob: Any) -> float: ...
 
 ALLOCATIONS = ("uniform", "minmax")
 #: at most this many knobs per layer are scored for ``minmax`` when scoring means building the
@@ -61,7 +73,7 @@ def spectral_error(dense: nn.Module, approx: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(r, ord=2) / norm) if norm > 0 else float(torch.linalg.matrix_norm(r, ord=2))
 
 
-def uniform_ratio(method: "Compressor", layers: dict[str, nn.Module], target_ratio: float) -> dict[str, Any]:
+def uniform_ratio(method: Sizable, layers: dict[str, nn.Module], target_ratio: float) -> dict[str, Any]:
     """Knobs whose total parameter count is as close (in log) to dense/target_ratio as the
     grid allows, compressing all layers by about the same ratio.
 
@@ -102,7 +114,7 @@ def scored_knobs(knobs: list[Any], sizes: list[int], limit: int = MAX_SCORED_KNO
     return [knobs[i] for i in sorted(picked)]
 
 
-def minmax_error(method: "Compressor", layers: dict[str, nn.Module], target_ratio: float) -> dict[str, Any]:
+def minmax_error(method: Sizable, layers: dict[str, nn.Module], target_ratio: float) -> dict[str, Any]:
     """ALDS's min-max relative error allocation over ``method``'s knobs, scored by
     ``method.knob_error``; one replacement is built per scored knob (``scored_knobs``), so the
     cost is that many factorisations per layer."""

@@ -4,15 +4,15 @@ of its ``config``: what determines its result, nothing about how it is scheduled
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench.bias_calibration import CALIBRATION_RULE
-from bench.plan import prioritize
 from bench.records import config_key
 from bench.registry import METHODS, is_reference
 from bench.spec import MethodEntry, Suite, thaw
-from bench.suite_schema import DEFAULT_JOB_TIME_LIMIT_S, SuiteError
+from bench.suite_schema import DEFAULT_JOB_TIME_LIMIT_S, STAGES, SuiteError
 from bench.train import check_recipe
 
 
@@ -185,6 +185,37 @@ def expand(suite: Suite, methods: list[str] | None = None, networks: list[str] |
                                             job_time_limit_s=suite.job_time_limit_s,
                                             tune_epochs=proto.tune_epochs if lr_grid else None))
     return prioritize(jobs, suite)
+
+
+def prioritize(jobs: list[Job], suite: Suite) -> list[Job]:
+    """Jobs in the suite's ``priority`` order (stable: the expansion order within a stage);
+    unchanged without one. Stages not listed come after the listed ones. Within ``seeds``,
+    seed by seed, each in the order of the other stages. Returns copies with ``Job.stage`` set."""
+    prio = suite.priority
+    first = min(suite.protocol.seeds)
+    head = suite.headline_ratio
+
+    def own_stage(j: Job) -> str:
+        if j.reference:
+            return "baselines"
+        if head is not None and j.target_ratio is not None and math.isclose(j.target_ratio, float(head),
+                                                                            rel_tol=1e-9):
+            return "headline"
+        return "budgets"
+
+    staged = [replace(j, stage="seeds" if prio and "seeds" in prio and j.seed != first else own_stage(j))
+              for j in jobs]
+    if not prio:
+        return staged
+    order = list(prio) + [s for s in STAGES if s not in prio]
+    inner = [s for s in order if s != "seeds"]
+
+    def rank(j: Job) -> tuple:
+        if j.stage != "seeds":
+            return (order.index(j.stage), 0, 0)
+        return (order.index("seeds"), j.seed, inner.index(own_stage(j)))
+
+    return sorted(staged, key=rank)
 
 
 def _budgets(suite: Suite, entry: MethodEntry) -> list[tuple[float | None, Any]]:

@@ -10,17 +10,17 @@ Every bad value is refused by ``validate`` (called by ``load_suite``) with a one
 This module loads (name or path, ``base:`` chain, ``--set`` overrides), validates and returns
 the frozen spec (``bench.spec.Suite``) every reader uses; the rest lives by job:
 ``bench.suite_schema`` (the keys), ``bench.suite_yaml`` (safe YAML), ``bench.suite_check``
-(validation), ``bench.spec`` (the typed spec), ``bench.jobs`` (``Job``, ``expand``),
-``bench.plan`` (priority, lr tuning plan). Their public names are re-exported here.
+(validation), ``bench.spec`` (the typed spec), ``bench.jobs`` (``Job``, ``expand``, the
+priority order), ``bench.plan`` (the lr tuning plan). Their public names are re-exported here.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from bench.jobs import Job, expand  # noqa: F401  (re-exported)
+from bench.jobs import Job, expand, prioritize  # noqa: F401  (re-exported)
 from bench.spec import MethodEntry, Protocol, Suite  # noqa: F401
-from bench.plan import prioritize, tuner_keys, tuning_jobs  # noqa: F401
+from bench.plan import tuner_keys, tuning_jobs  # noqa: F401
 from bench.suite_check import _check_options, _input_shape, _untrained, meta_network, validate  # noqa: F401
 from bench.suite_schema import (DATA_KEYS, DEFAULT_JOB_TIME_LIMIT_S, MERGED_KEYS, METHOD_ENTRY_KEYS,  # noqa: F401
                                 PAPER_ROLES, PROTOCOL_KEYS, STAGES, SUITE_KEYS, SUITE_NAME, SUITES_DIR, SuiteError,
