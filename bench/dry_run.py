@@ -31,7 +31,10 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
             return f"skipped: {plan.skip_reason}", True
         if plan.knobs is None:
             return f"knobs chosen from the trained weights at run time (dense: {dense:,} params)", False
-        planned = sum(plan.method.layer_params(plan.layers[n], k) for n, k in plan.knobs.items())
+        try:
+            planned = sum(plan.method.layer_params(plan.layers[n], k) for n, k in plan.knobs.items())
+        except Exception as e:  # noqa: BLE001 - a knob the method refuses: the run records it failed
+            return f"cannot size: {type(e).__name__}: {e}", False
         return f"params {planned:>10,} of {dense:,} ({dense / planned:8.1f}x)  {plan.method.knob_name} {plan.knobs}", False
 
     networks: dict = {}

@@ -507,3 +507,18 @@ def test_a_malformed_command_line_is_one_line_not_the_usage_block(argv, says, ca
         main(["--suite", "smoke", *argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {says}"), err
+
+
+def test_fixed_knobs_of_a_plugin_reading_its_weights_are_left_to_the_run(svd_plugin, tiny_suite, tmp_path, capsys):
+    """Validation sizes fixed knobs on the untrained (meta) network; a plugin whose ``knobs``
+    reads the weights cannot run there, and is not refused for it (its jobs run as before)."""
+    plugin = svd_plugin("svd-reads", "def knobs(self, layer):\n    float(layer.weight.sum())\n"
+                                     "    return super().knobs(layer)\n")
+    suite = tiny_suite(methods=[{"method": "svd-reads", "knobs": [2]}])
+    code = main(["--suite", str(suite), "--plugin", str(plugin), "--out", str(tmp_path / "out"), "--dry-run",
+                 "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    bad = tiny_suite(methods=[{"method": "svd-reads", "knobs": [0]}])
+    assert main(["--suite", str(bad), "--plugin", str(plugin), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert "cannot size: CompressionError: svd: rank must be >= 1, got 0" in capsys.readouterr().out
