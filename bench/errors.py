@@ -7,7 +7,6 @@ it were. Each module's own error (``SuiteError``, ``UsageError``, ...) subclasse
 its older base, so existing ``except ValueError`` handlers behave as before."""
 from __future__ import annotations
 
-import sys
 import warnings
 
 
@@ -18,13 +17,15 @@ class InputError(Exception):
 def one_line_warnings() -> None:
     """Print each distinct warning once, as ``warning: MESSAGE`` on one line: Python's default
     adds the source file and line of tnbench's own code, and a file read twice in one command
-    (resume, then the report) warned twice."""
+    (resume, then the report) warned twice. Only the text is changed (``formatwarning``), so
+    whoever records warnings (``warnings.catch_warnings``, pytest) still gets every one."""
     shown: set[str] = set()
 
-    def show(message, category, filename, lineno, file=None, line=None) -> None:
-        text = " ".join(str(message).split())
-        if text not in shown:
-            shown.add(text)
-            print(f"warning: {text}", file=file or sys.stderr)
+    def text(message, category, filename, lineno, line=None) -> str:
+        one = " ".join(str(message).split())
+        if one in shown:
+            return ""
+        shown.add(one)
+        return f"warning: {one}\n"
 
-    warnings.showwarning = show
+    warnings.formatwarning = text
