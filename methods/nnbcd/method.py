@@ -85,7 +85,7 @@ class _NNBCD(Compressor):
                                                       (("gamma", gamma), ("rho", rho), ("alpha", alpha), ("tau", tau)))
 
     #: sweeps the plateau rule ran at the defaults on VGG-16's head (results/cifar10-headline:
-    #: 12, 12, 39) and FC-2: the sweeps the cost model's corrections were fitted on
+    #: 11, 11, 38) and FC-2: the sweeps the cost model's corrections were fitted on
     TYPICAL_SWEEPS = 15
 
     def finetune_cost_scale(self) -> float:
