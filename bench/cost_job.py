@@ -31,7 +31,9 @@ def augments(name: str) -> bool:
 def split_sizes(job) -> tuple[int, int, int]:
     """(train, val, test) images of a job's data config, as ``bench.data.load_splits`` cuts them."""
     n, n_test = dataset_sizes(job.dataset)
-    n_val = int(round(n * job.data.get("val_fraction", 0.1)))
+    from bench.data import val_count
+
+    n_val = val_count(n, job.data.get("val_fraction", 0.1))
     n_train = n - n_val
     if job.data.get("train_subset"):
         n_train = min(n_train, int(job.data["train_subset"]))

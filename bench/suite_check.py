@@ -278,6 +278,8 @@ def _sub_mapping(suite: dict[str, Any], key: str, known) -> dict[str, Any] | Non
 
 
 def _check_data(suite: dict[str, Any]) -> None:
+    from bench.data import val_count
+
     data = _sub_mapping(suite, "data", DATA_KEYS)
     if data is None:
         return
@@ -289,7 +291,7 @@ def _check_data(suite: dict[str, Any]) -> None:
         raise SuiteError(f"data.train_subset {sub!r}: expected an integer >= 1 (or null: the whole training set)")
     for name in suite["datasets"] if sub is not None else []:
         sizes = DATASETS.get(name).sizes  # a subset as large as the split is the whole split under another key
-        n_train = None if sizes is None else sizes[0] - int(round(sizes[0] * vf))
+        n_train = None if sizes is None else sizes[0] - val_count(sizes[0], vf)
         if n_train is not None and sub >= n_train:
             raise SuiteError(f"data.train_subset {sub!r}: {name} has {n_train:,} training images after the "
                              f"validation split; give fewer, or null for all of them")

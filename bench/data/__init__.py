@@ -117,6 +117,12 @@ def load_raw(name: str, data_dir: Path | None = None, download: bool = True) -> 
     return _CACHE[key]
 
 
+def val_count(n: int, val_fraction: float) -> int:
+    """Images the validation split takes of ``n`` training images (``load_splits``' cut; the
+    cost model and validation size the splits with it)."""
+    return int(round(n * val_fraction))
+
+
 def load_splits(name: str, data_dir: Path | None = None, val_fraction: float = 0.1,
                 train_subset: int | None = None, download: bool = True) -> DataSplits:
     """Normalised train/val/test tensors. ``train_subset`` keeps the first n training images
@@ -126,7 +132,7 @@ def load_splits(name: str, data_dir: Path | None = None, val_fraction: float = 0
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     n = raw.x_train.shape[0]
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
-    n_val = int(round(n * val_fraction))
+    n_val = val_count(n, val_fraction)
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     if train_subset:
         train_idx = train_idx[: int(train_subset)]
