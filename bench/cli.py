@@ -4,7 +4,6 @@ Every bad input is refused here, in one line naming the bad value and the valid 
 exit code 2, before any job runs or any file is written. Exit 1: some job failed."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
@@ -12,71 +11,12 @@ import sys
 import threading
 from pathlib import Path
 
+from bench.cli_args import CUSTOM_OUT, DEFAULT_OUT, UsageError, csv_values, no_empty_values, parse_args
 from bench.errors import InputError, one_line_warnings
 from bench.records import OutputWriteError, write_cause
-from bench.registry import METHODS, PluginError, UnknownNameError, dataset_names, load_plugin, method_names, network_names
+from bench.registry import METHODS, dataset_names, load_plugin, method_names, network_names
 from bench.suite import SuiteError, expand, load_suite, suite_names
 from bench.spec import Suite
-
-DEFAULT_OUT = Path("results")
-#: where a subset or override of a committed suite writes unless --out says otherwise, so it
-#: never rewrites the committed tables, plots or records (baselines stay shared)
-CUSTOM_OUT = DEFAULT_OUT / "_custom"
-
-
-class UsageError(InputError, ValueError):
-    """A command line that does not make sense; exit 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line (it prints the whole usage block otherwise)."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(prog="tnbench", description="Compare compression methods at equal parameter budgets.")
-    p.add_argument("--suite", help="suite name (see --list) or path to a suite .yaml")
-    p.add_argument("--list", action="store_true", help="list suites, methods, networks and datasets")
-    p.add_argument("--methods", help="comma-separated methods to run: a label runs that entry; a method name "
-                                     "that is no label runs every entry of that method; ones added by --plugin "
-                                     "run beside the suite's")
-    p.add_argument("--networks", help="comma-separated subset of the suite's networks")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a suite key, e.g. --set finetune.epochs=1 --set protocol.seeds=[0]")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--devices", help="comma-separated devices to run jobs on concurrently, e.g. cuda:0,cuda:1")
-    p.add_argument("--backend", choices=("local", "ray"), default="local",
-                   help="local (default) or ray: one Ray task per job on a cluster")
-    p.add_argument("--address", default=None, help="Ray cluster address (auto, HOST:PORT); default: a local instance")
-    p.add_argument("--out", default=None,
-                   help=f"results root (default: {DEFAULT_OUT}/; a subset or override of a committed suite "
-                        f"defaults to {CUSTOM_OUT}/)")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: $TNBENCH_DATA or ./data)")
-    p.add_argument("--no-download", action="store_true", help="never download missing datasets")
-    p.add_argument("--dry-run", action="store_true", help="print the jobs and their planned parameter counts")
-    p.add_argument("--print-suite", action="store_true",
-                   help="print the suite as it runs (base: merged, --set applied, validated) as YAML, and its job count")
-    p.add_argument("--report-only", action="store_true", help="rebuild tables and plots from the records")
-    p.add_argument("--fit-only", action="store_true", help="weight-space fit study: compress, measure, no training")
-    p.add_argument("--rerun", action="store_true",
-                   help="run the selected jobs again even if recorded (e.g. after changing a method's code); "
-                        "the new records supersede the old ones, which stay in the file")
-    p.add_argument("--plugin", action="append", default=[], help="extra method module: import path or .py file")
-    p.add_argument("--check-plugin", metavar="PLUGIN", default=None,
-                   help="run the compressor contract (bench.testing) on every method PLUGIN (a .py file or "
-                        "import path) registers, then exit: 0 all pass, 1 a method breaks it")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (they are off anyway when "
-                                                              "stderr is not a terminal)")
-    p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
-                   help="start no job the cost model says would not finish in the time left; the rest is "
-                        "left for later (a re-run does it); needs a calibration")
-    p.add_argument("--calibration", default=None, metavar="FILE",
-                   help="cost-model calibration (default results/calibration/<cpu|cuda>.json for the device; "
-                        "made by python -m bench.perf calibrate)")
-    return p.parse_args(argv)
-
 
 def print_list() -> None:
     print("suites:")
@@ -249,7 +189,7 @@ def _install(signum, handler):
 def prepare(args):
     """Everything checked before anything runs or is written: None when the command is done
     (--list, --dry-run), else (suite, jobs, records path, output root, devices, fit_only)."""
-    _no_empty_values(args)
+    no_empty_values(args)
     for spec in args.plugin:
         load_plugin(spec)
     if args.list:
@@ -258,14 +198,14 @@ def prepare(args):
     if not args.suite:
         raise UsageError("--suite NAME is required (or --list)")
     suite = load_suite(args.suite, args.overrides)
-    wanted = _csv(args.methods, "--methods")
+    wanted = csv_values(args.methods, "--methods")
     suite = add_plugin_methods(suite, wanted)
     fit_only = suite.fit_only or args.fit_only
-    jobs = expand(suite, wanted, _csv(args.networks, "--networks"), fit_only)
+    jobs = expand(suite, wanted, csv_values(args.networks, "--networks"), fit_only)
     if args.print_suite:
         print_suite(suite, jobs)
         return None
-    devices = _csv(args.devices, "--devices", unique=False) or [args.device]  # a device twice: two workers on it
+    devices = csv_values(args.devices, "--devices", unique=False) or [args.device]  # a device twice: two workers on it
     if args.time_budget is not None and not (args.time_budget > 0 and args.time_budget < float("inf")):
         raise UsageError(f"--time-budget {args.time_budget:g}: expected a number of minutes > 0")
     if args.dry_run:  # estimating a device's run needs no such device here: the syntax is checked
@@ -371,35 +311,3 @@ def _data_dir(args) -> Path | None:
 def run() -> None:
     """The ``tnbench`` console command."""
     sys.exit(main())
-
-
-#: flags whose value is one path or name: an empty one must not mean "here" or "the default"
-_ONE_VALUE_FLAGS = {"suite": ("--suite", "a suite name or .yaml path"), "out": ("--out", "a folder"),
-                    "data_dir": ("--data-dir", "a folder"), "calibration": ("--calibration", "a .json file"),
-                    "address": ("--address", "a Ray address (auto or HOST:PORT)")}
-
-
-def _no_empty_values(args) -> None:
-    """``--out ''`` used to write into the working folder, ``--data-dir ''`` to read the default one:
-    an empty or blank value of a one-value flag is refused instead (``load_plugin`` refuses an empty
-    ``--plugin``)."""
-    for attr, (flag, what) in _ONE_VALUE_FLAGS.items():
-        value = getattr(args, attr, None)
-        if value is not None and not str(value).strip():
-            raise UsageError(f"{flag} {value!r}: an empty value; give {what}")
-
-
-def _csv(value: str | None, flag: str, unique: bool = True) -> list[str] | None:
-    """The comma-separated values of ``flag``; None when the flag is absent. An empty value
-    (``--devices ''``, ``tt,,cp``) is refused rather than read as "all" or "here", and so is a
-    value given twice where that would mean nothing more (``unique``)."""
-    if value is None:
-        return None
-    items = [v.strip() for v in value.split(",")]
-    if not all(items):
-        raise UsageError(f"{flag} {value!r}: an empty value; give comma-separated names, or leave {flag} out")
-    if unique:
-        twice = sorted({v for v in items if items.count(v) > 1})
-        if twice:
-            raise UsageError(f"{flag} {value!r}: {', '.join(twice)} given twice")
-    return items
