@@ -257,9 +257,15 @@ def _check_recipes(suite: dict[str, Any]) -> None:
     try:
         for part in ("train", "finetune"):
             base = {} if suite.get(part) is None else suite[part]
-            check_recipe(base, part)
-            for net, rec in recipes.items():
-                check_recipe({**base, **((rec or {}).get(part) or {})}, f"recipes.{net}.{part}")
+            wheres = [(part, base)] + [(f"recipes.{net}.{part}", {**base, **((rec or {}).get(part) or {})})
+                                       for net, rec in recipes.items()]
+            for where, recipe in wheres:
+                full = check_recipe(recipe, where)
+                if part == "train" and full["epochs"] == 0:
+                    # fine-tuning may be skipped (epochs 0), the baseline may not: every method
+                    # would then compress a random network and the table would not say so
+                    raise ValueError(f"{where}.epochs 0: the dense baseline must train; give epochs > 0 "
+                                     "(fractions allowed)")
     except ValueError as e:
         raise SuiteError(str(e)) from None
 

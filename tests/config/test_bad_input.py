@@ -45,6 +45,8 @@ CASES = [
     (["--set", "finetune.batch_size=0"], "finetune.batch_size 0", "integer in 1..1,048,576"),
     (["--set", "train.batch_size=1000000000000"], "train.batch_size 1000000000000", "integer in 1..1,048,576"),
     (["--set", "train.epochs=1e9"], "train.epochs 1000000000.0", "0..100,000"),
+    (["--set", "train.epochs=0"], "train.epochs 0", "the dense baseline must train"),  # an untrained baseline
+    (["--set", "recipes={digitnet: {train: {epochs: 0}}}"], "recipes.digitnet.train.epochs 0", "epochs > 0"),
     (["--set", "data.train_subset=1000000"], "data.train_subset 1000000", "digits has 1,294 training images"),
     (["--set", "data.val_fraction=1.5"], "data.val_fraction 1.5", "[0, 1)"),
     (["--set", "ratios=[inf]"], "inf", "finite numbers >= 1"),
