@@ -44,7 +44,7 @@ class PerStepCosts:
         key = (job.key, fit.get("depth"))
         if key not in self._works:
             from bench.layers import get_layer
-            from bench.suite_check import meta_network
+            from bench.meta_network import meta_network
 
             m, model = self._method(job), meta_network(job.network, job.dataset)
             layers = {n: get_layer(model, n) for n in job.layers}
@@ -74,7 +74,7 @@ class PerStepCosts:
         None when it replaces all at once or has no per-step law."""
         if self._per_step(job) is None:
             return None
-        from bench.suite_check import meta_network
+        from bench.meta_network import meta_network
 
         position = {n: i for i, (n, _) in enumerate(meta_network(job.network, job.dataset).named_modules())}
         return self._method(job).stage_order(sorted(job.layers, key=lambda n: position.get(n, len(position))))

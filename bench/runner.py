@@ -83,7 +83,7 @@ def planned_skip(job: Job, cost=None) -> dict[str, Any] | None:
     if job.budget_tolerance and job.target_ratio is not None:
         from bench.layers import dense_params, get_layer
         from bench.registry import get_method
-        from bench.suite_check import meta_network
+        from bench.meta_network import meta_network
 
         method = get_method(job.method, **job.options)
         model = meta_network(job.network, job.dataset)

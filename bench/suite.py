@@ -21,7 +21,8 @@ from typing import Any
 from bench.jobs import Job, expand, prioritize  # noqa: F401  (re-exported)
 from bench.spec import MethodEntry, Protocol, Suite  # noqa: F401
 from bench.plan import tuner_keys, tuning_jobs  # noqa: F401
-from bench.suite_check import _check_options, _input_shape, _untrained, meta_network, validate  # noqa: F401
+from bench.meta_network import input_shape, meta_network  # noqa: F401
+from bench.suite_check import _check_options, validate  # noqa: F401
 from bench.suite_schema import (DATA_KEYS, DEFAULT_JOB_TIME_LIMIT_S, MERGED_KEYS, METHOD_ENTRY_KEYS,  # noqa: F401
                                 PAPER_ROLES, PROTOCOL_KEYS, STAGES, SUITE_KEYS, SUITE_NAME, SUITES_DIR, SuiteError,
                                 method_entry)

@@ -3,7 +3,6 @@ naming it and the valid ones, before any job runs; and the untrained networks on
 device it (and the cost model) reads layer names and sizes from."""
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 import numbers
@@ -14,7 +13,8 @@ from bench.registry import (DATASETS, METHODS, NETWORKS, dataset_names, is_refer
 from bench.spec import Suite, thaw
 from bench.suite_schema import (DATA_KEYS, PAPER_ROLES, PROTOCOL_KEYS, STAGES, SUITE_KEYS, SUITE_NAME, SuiteError,
                                 method_entry)
-from bench.train import OPTIMIZERS, check_recipe
+from bench.meta_network import input_shape, meta_network
+from bench.train import OPTIMIZERS, RECIPE_DEFAULTS, check_recipe
 
 
 def validate(suite: dict[str, Any]) -> Suite:
@@ -41,6 +41,7 @@ def validate(suite: dict[str, Any]) -> Suite:
     _check_layers(spec)
     _check_sizes(spec)
     _check_tune_epochs(spec)
+    _check_warmup(spec)
     return spec
 
 
@@ -61,6 +62,23 @@ def _check_protocol(suite: dict[str, Any]) -> None:
         _check_lists({"finetune_epochs": epochs}, {"finetune_epochs": PROTOCOL_LIST_KEYS["finetune_epochs"]},
                      f"protocol.network_epochs.{net}.")
     _check_grid_and_reuse(suite, proto)
+
+
+def _check_warmup(spec: Suite) -> None:
+    """A warm-up shorter than the run it warms: ``warmup_epochs`` at or past a run's epochs
+    would leave the whole run ramping up (train.py clips it to all steps but one), under a key
+    that says otherwise."""
+    for net in spec.networks:
+        for part in ("train", "finetune"):
+            recipe = spec.recipe(part, net)
+            warm = recipe.get("warmup_epochs") or 0
+            runs = [recipe.get("epochs", RECIPE_DEFAULTS["epochs"])]
+            if part == "finetune" and spec.protocol.epochs(net):
+                runs = list(spec.protocol.epochs(net))
+            for epochs in runs:
+                if warm and epochs and warm >= epochs:
+                    raise SuiteError(f"{part}.warmup_epochs {warm!r} ({net}): not shorter than the run it warms "
+                                     f"up ({epochs!r} epochs); give warmup_epochs < epochs")
 
 
 def _check_tune_epochs(spec: Suite) -> None:
@@ -159,6 +177,8 @@ def _check_names(suite: dict[str, Any]) -> None:
         if m["label"] in labels:
             raise SuiteError(f"method {m['label']!r} is listed twice; give one entry a different label")
         labels.add(m["label"])
+        if m["knobs"] is not None:
+            _no_repeats(m["knobs"], f"method {m['label']!r} knobs")  # one key, run twice
         _check_options(m)
 
 
@@ -303,14 +323,6 @@ def _check_data(suite: dict[str, Any]) -> None:
                              f"validation split; give fewer, or null for all of them")
 
 
-def _input_shape(dataset: str) -> tuple[tuple[int, int, int], int] | None:
-    """(input shape, classes) of a dataset without reading it, from what it registered."""
-    from bench.registry import dataset_spec
-
-    spec = dataset_spec(dataset)
-    return tuple(spec.shape), int(spec.classes)
-
-
 def _check_layers(spec: Suite) -> None:
     """Every target layer exists in its network, built (untrained, on the meta device: no
     memory, no random numbers drawn) for every dataset of the suite, and is Linear/Conv2d (what
@@ -330,7 +342,7 @@ def _check_layers(spec: Suite) -> None:
             if not spec.fit_only and spec.recipe("finetune", net).get("scope") == "after_frozen_prefix":
                 from bench.prefix import PrefixError, check_cuttable
                 try:
-                    check_cuttable(model, list(layers), _input_shape(dataset)[0])
+                    check_cuttable(model, list(layers), input_shape(dataset)[0])
                 except PrefixError as e:
                     raise SuiteError(f"networks.{net} (on {dataset}): {e}") from None
 
@@ -373,27 +385,3 @@ def _check_size(method, layer, knob, where: str) -> None:
 
 def _first_line(e: BaseException) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]
-
-
-@functools.lru_cache(maxsize=16)
-def meta_network(net: str, dataset: str):
-    """``_untrained``, built once per (network, dataset): layer sizes for the cost model and
-    the pre-run skips (never run; its parameters hold no memory)."""
-    return _untrained(net, dataset)
-
-
-def _untrained(net: str, dataset: str):
-    import torch
-
-    from bench.models import build_network
-
-    shape = _input_shape(dataset)
-    if shape is None:
-        return None
-    try:
-        with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            return build_network(net, *shape)
-    except Exception as e:  # noqa: BLE001 - a network that cannot take this input, said in one line
-        why = (str(e).splitlines() or [type(e).__name__])[0]
-        raise SuiteError(f"network {net} cannot be built for dataset {dataset} (input {shape[0]}, "
-                         f"{shape[1]} classes): {why}") from None

@@ -54,7 +54,8 @@ RECIPE_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "nesterov": (lambda v: isinstance(v, bool), "true or false"),
     "weight_decay": (lambda v: _real(v) and v >= 0, "a finite number >= 0"),
     "schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
-    "label_smoothing": (lambda v: _real(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    # 1 would make every target uniform: nothing left to learn
+    "label_smoothing": (lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)"),
     "compile": (lambda v: isinstance(v, bool), "true or false"),
     "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
     "warmup_epochs": (lambda v: _real(v) and v >= 0, "a finite number >= 0"),

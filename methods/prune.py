@@ -17,6 +17,7 @@ the kept count is exact and reproducible.
 from __future__ import annotations
 
 import copy
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -106,11 +107,11 @@ class GlobalMagnitudePrune(Compressor):
 
     def layer_params(self, layer: nn.Module, kept: int) -> int:
         check_layer(layer, "prune", grouped_ok=True)
-        return int(kept) + bias_params(layer)
+        return kept_count(kept, layer, "prune") + bias_params(layer)
 
     def factorize(self, layer: nn.Module, kept: int) -> nn.Module:
         check_layer(layer, "prune", grouped_ok=True)
-        return PrunedLayer(layer, top_k_mask(layer.weight, int(kept)))
+        return PrunedLayer(layer, top_k_mask(layer.weight, kept_count(kept, layer, "prune")))
 
     def module_params(self, module: nn.Module) -> int:
         return pruned_params(module)
@@ -119,6 +120,22 @@ class GlobalMagnitudePrune(Compressor):
         """One global threshold: the ``K`` largest |w| over all target layers, where ``K`` is
         round(dense / target_ratio) minus the biases (which stay dense)."""
         return global_magnitude_allocation(layers, target_ratio)
+
+
+def kept_count(kept, layer: nn.Module, method: str) -> int:
+    """A kept-weight count as a whole number in 0..numel: ``int(1.5)`` would plan and build one
+    weight under a key that says 1.5."""
+    n = layer.weight.numel()
+    value = int(kept) if isinstance(kept, float) and kept.is_integer() else kept
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        value = None
+    if value is None or not 0 <= value <= n:
+        raise CompressionError(f"{method}: kept weights must be a whole number in 0..{n:,}, got {kept!r}")
+    return value
 
 
 def global_magnitude_allocation(layers: dict[str, nn.Module], target_ratio: float) -> dict[str, int]:

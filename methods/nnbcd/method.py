@@ -53,7 +53,7 @@ from bench.layers import bias_params, check_layer
 from bench.options import number
 from methods.nnbcd.head import _capture_head_input, mlp_head, mlp_skip_reason
 from methods.nnbcd.solver import BCDProblem, head_forward
-from methods.prune import PrunedLayer, pruned_params, top_k_mask
+from methods.prune import PrunedLayer, kept_count, pruned_params, top_k_mask
 from methods.tt import TensorTrain, TTLayer, tt_matrix, tt_svd
 
 
@@ -265,11 +265,11 @@ class NNBCDPrune(_NNBCD):
 
     def layer_params(self, layer: nn.Module, kept: int) -> int:
         check_layer(layer, self.name, kinds=(nn.Linear,))
-        return int(kept) + bias_params(layer)
+        return kept_count(kept, layer, self.name) + bias_params(layer)
 
     def factorize(self, layer: nn.Module, kept: int) -> nn.Module:
         check_layer(layer, self.name, kinds=(nn.Linear,))
-        return PrunedLayer(layer, top_k_mask(layer.weight, int(kept)))
+        return PrunedLayer(layer, top_k_mask(layer.weight, kept_count(kept, layer, self.name)))
 
     def module_params(self, module: nn.Module) -> int:
         return pruned_params(module)

@@ -246,10 +246,10 @@ def test_every_built_in_suite_validates():
 
 
 def test_input_shape_of_known_datasets():
-    from bench.suite import _input_shape
+    from bench.meta_network import input_shape
 
-    assert _input_shape("mnist") == ((1, 28, 28), 10)
-    assert _input_shape("cifar100") == ((3, 32, 32), 100)
+    assert input_shape("mnist") == ((1, 28, 28), 10)
+    assert input_shape("cifar100") == ((3, 32, 32), 100)
 
 
 def test_optional_recipe_keys_stay_out_of_keys_until_set():
