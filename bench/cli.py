@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from bench.cli_args import CUSTOM_OUT, DEFAULT_OUT, UsageError, csv_values, no_empty_values, parse_args
+from bench.cli_args import CUSTOM_OUT, DEFAULT_OUT, UsageError, csv_values, no_empty_values, no_unread_flags, parse_args
 from bench.errors import InputError, one_line_warnings
 from bench.records import OutputWriteError, write_cause
 from bench.registry import METHODS, dataset_names, load_plugin, method_names, network_names
@@ -127,19 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     143 SIGTERM (each interruption one line: finished records are kept, a re-run resumes)."""
     args = parse_args(argv)
     one_line_warnings()
-    if args.check_plugin is not None:
-        try:
+    try:
+        no_unread_flags(args)
+        if args.check_plugin is not None:
             return check_plugin(args.check_plugin)
-        except BAD_INPUT as e:
-            print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-            return 2
+    except BAD_INPUT as e:
+        return _refused(e)
     previous = _install(signal.SIGTERM, _raise_terminated)
     try:
         try:
             prepared = prepare(args)
         except BAD_INPUT as e:
-            print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-            return 2
+            return _refused(e)
         return 0 if prepared is None else execute(args, *prepared)
     except BrokenPipeError:  # ``--list | head``: the reader left; say nothing more, as a killed-by-SIGPIPE tool would
         with contextlib.suppress(OSError, ValueError):
@@ -152,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         return code
     finally:
         _install(signal.SIGTERM, previous)
+
+
+def _refused(e: BaseException) -> int:
+    """A bad input: its first line after ``error:``, exit 2."""
+    print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+    return 2
 
 
 def check_plugin(spec: str) -> int:
@@ -205,7 +210,7 @@ def prepare(args):
     if args.print_suite:
         print_suite(suite, jobs)
         return None
-    devices = csv_values(args.devices, "--devices", unique=False) or [args.device]  # a device twice: two workers on it
+    devices = csv_values(args.devices, "--devices", unique=False) or [args.device or "auto"]  # a device twice: two workers on it
     if args.time_budget is not None and not (args.time_budget > 0 and args.time_budget < float("inf")):
         raise UsageError(f"--time-budget {args.time_budget:g}: expected a number of minutes > 0")
     if args.dry_run:  # estimating a device's run needs no such device here: the syntax is checked

@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--networks", help="comma-separated subset of the suite's networks")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a suite key, e.g. --set finetune.epochs=1 --set protocol.seeds=[0]")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--devices", help="comma-separated devices to run jobs on concurrently, e.g. cuda:0,cuda:1")
     p.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="local (default) or ray: one Ray task per job on a cluster")
@@ -99,3 +99,30 @@ def csv_values(value: str | None, flag: str, unique: bool = True) -> list[str] |
         if twice:
             raise UsageError(f"{flag} {value!r}: {', '.join(twice)} given twice")
     return items
+
+
+#: flags that make the command do one thing and stop; two of them would leave one unread
+_MODES = {"list": "--list", "print_suite": "--print-suite", "dry_run": "--dry-run", "report_only": "--report-only",
+          "check_plugin": "--check-plugin"}
+#: flags that only a run reads
+_RUN_ONLY = {"rerun": "--rerun", "time_budget": "--time-budget"}
+
+
+def no_unread_flags(args) -> None:
+    """A flag the command would not read is refused rather than ignored: ``--rerun
+    --report-only`` re-ran nothing, ``--devices`` beside ``--device`` or under ``--backend ray``
+    (Ray places the jobs) was dropped, ``--address`` without Ray meant nothing."""
+    given = lambda attr: getattr(args, attr, None) not in (None, False)  # noqa: E731
+    modes = [flag for attr, flag in _MODES.items() if given(attr)]
+    if len(modes) > 1:
+        raise UsageError(f"{' and '.join(modes)}: each does one thing and stops; give one")
+    run_only = [flag for attr, flag in _RUN_ONLY.items() if given(attr)]
+    if modes and run_only:
+        raise UsageError(f"{', '.join(run_only)} with {modes[0]}: only a run reads it; leave it out")
+    if given("devices") and given("device"):
+        raise UsageError("--device and --devices: give one (--devices cpu,cpu runs two workers)")
+    if given("devices") and args.backend == "ray":
+        raise UsageError("--devices with --backend ray: Ray places the jobs on its own workers; leave --devices out")
+    if given("address") and args.backend != "ray":
+        raise UsageError(f"--address {args.address}: only --backend ray reads it")
+

@@ -136,6 +136,13 @@ CLI_CASES = [
     (["--time-budget", "5", "--calibration", "@out_dir"], "@out_dir", "not a regular file"),
     # empty values meant "all" or "here"; a method or network given twice
     (["--devices", ""], "--devices ''", "an empty value"),
+    # flags the command would not read: refused, not ignored
+    (["--rerun", "--report-only"], "--rerun with --report-only", "only a run reads it"),
+    (["--dry-run", "--report-only"], "--dry-run and --report-only", "give one"),
+    (["--time-budget", "5", "--dry-run"], "--time-budget with --dry-run", "only a run reads it"),
+    (["--device", "cpu", "--devices", "cpu,cpu"], "--device and --devices", "give one"),
+    (["--backend", "ray", "--devices", "cpu"], "--devices with --backend ray", "leave --devices out"),
+    (["--address", "auto"], "--address auto", "only --backend ray reads it"),
     (["--methods", ""], "--methods ''", "an empty value"),
     (["--methods", "svd,,dense"], "--methods 'svd,,dense'", "an empty value"),
     (["--networks", " "], "--networks ' '", "an empty value"),
