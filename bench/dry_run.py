@@ -93,7 +93,7 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
           "factorize = time_compress_s, finetune = time_finetune_s, eval = the rest of time_total_s")
     path = records_path(baseline_root, jobs[0].suite, jobs[0].fit_only) if jobs else None
     if path is not None and path.is_file():
-        n, e, m = compare_records(cost, jobs, latest_by_key(read_records(path)), baseline_root)
+        n, e, m = compare_records(cost, jobs, latest_by_key(read_records(path), where=path), baseline_root)
         if n:
             print(f"  {n} recorded jobs ({path}), estimated / measured s: "
                   + ", ".join(f"{s} {e[s]:,.0f} / {m[s]:,.0f}" for s in STAGES))

@@ -221,39 +221,68 @@ def _warn_bad_lines(path: Path, bad: list[str]) -> None:
 SHOWN_BAD_LINES = 3
 
 
-def latest_by_key(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def latest_by_key(records: Iterable[dict[str, Any]], where: Path | str | None = None) -> dict[str, dict[str, Any]]:
     """The last record of each job key (a re-run after a failure supersedes it). Entries that
-    are not records are skipped with a warning, never raised on."""
+    are not records are skipped with a warning, never raised on; so is a record marked done
+    that this code did not write (not ``trusted``) coming after one it did: it never
+    supersedes it, in a resume or in a table."""
     latest: dict[str, dict[str, Any]] = {}
-    bad = []
+    bad, shadowed = [], 0
     for i, r in enumerate(records):
-        if _is_record(r):
-            latest[r["key"]] = r
-        else:
+        if not _is_record(r):
             bad.append(f"#{i} ({type(r).__name__})")
+        elif _shadows(r, latest.get(r["key"])):
+            shadowed += 1
+        else:
+            latest[r["key"]] = r
     if bad:
         warnings.warn(f"ignoring {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} without a string 'key': "
                       + ", ".join(bad[:SHOWN_BAD_LINES]) + (" ..." if len(bad) > SHOWN_BAD_LINES else ""), stacklevel=2)
+    _warn_shadowed(where, shadowed)
     return latest
+
+
+def trusted(rec: dict[str, Any]) -> bool:
+    """Whether a record is one this code writes: one marked done (ok, skipped) must be
+    ``is_complete``; a failed one always is (at worst its job runs again)."""
+    return rec.get("status") not in ("ok", "skipped") or is_complete(rec)
+
+
+def _shadows(rec: dict[str, Any], before: dict[str, Any] | None) -> bool:
+    """An untrusted record after a trusted one of the same job (a copy with a NaN accuracy,
+    fields edited by hand): ignored, so that the trusted one stands."""
+    return before is not None and trusted(before) and not trusted(rec)
+
+
+def _warn_shadowed(where: Path | str | None, n: int) -> None:
+    if n:
+        warnings.warn(f"{where or 'records'}: {n} record(s) marked done after a trusted record of the same job lack "
+                      "the fields a record has or do not hash to their key; ignored (the trusted one stands)",
+                      stacklevel=3)
 
 
 def done_keys(path: Path) -> set[str]:
     """Keys of jobs that need no re-run: finished ok, or skipped as not applicable, by a record
     that has what this code writes into one (``is_complete``). Anything less (a forged
     ``{"key": K, "status": "ok"}``, a record whose fields do not hash to its key, a foreign
-    tool's line) is not trusted: its job runs again, with one warning for them all."""
+    tool's line) is not trusted: its job runs again, with one warning for them all (after a
+    trusted record of the same job it is ignored instead: ``latest_by_key``)."""
     done, untrusted = set(), 0
-    for k, r in latest_by_key(read_records(path)).items():
+    for k, r in latest_by_key(read_records(path), where=path).items():
         if r.get("status") in ("ok", "skipped"):
             if is_complete(r):
                 done.add(k)
             else:
                 untrusted += 1
-    if untrusted:
-        warnings.warn(f"{path}: {untrusted} record(s) marked done lack the fields a record has or do not hash to "
-                      "their key; not trusted, their jobs run again (records written before 2026-12-02: "
-                      "python scripts/migrate_records.py --write first)", stacklevel=2)
+    _warn_untrusted(path, untrusted)
     return done
+
+
+def _warn_untrusted(where: Path | str | None, n: int) -> None:
+    if n:
+        warnings.warn(f"{where}: {n} record(s) marked done lack the fields a record has or do not hash to "
+                      "their key; not trusted, their jobs run again (records written before 2026-12-02: "
+                      "python scripts/migrate_records.py --write first)", stacklevel=3)
 
 
 def is_complete(rec: dict[str, Any]) -> bool:
@@ -289,6 +318,7 @@ class RecordIndex:
         self.latest: dict[str, dict[str, Any]] = {}
         self._done: set[str] = set()
         self._untrusted: set[str] = set()
+        self._shadowed = 0  # untrusted records after a trusted one of their job: ignored
         self.reads = self.bytes_read = 0  # how often the file was opened, and how much was read
 
     def __getstate__(self) -> dict[str, Any]:
@@ -335,6 +365,9 @@ class RecordIndex:
 
     def _take(self, rec: dict[str, Any]) -> None:
         key = rec["key"]
+        if _shadows(rec, self.latest.get(key)):  # as latest_by_key: the trusted one stands
+            self._shadowed += 1
+            return
         self.latest[key] = rec
         self._done.discard(key)
         self._untrusted.discard(key)
@@ -343,9 +376,8 @@ class RecordIndex:
 
     def done(self) -> set[str]:
         """Keys whose jobs need no re-run (``done_keys``), as of the last ``refresh``."""
-        if self._untrusted:
-            warnings.warn(f"{self.path}: {len(self._untrusted)} record(s) marked done lack the fields a record has or "
-                          "do not hash to their key; not trusted, their jobs run again", stacklevel=2)
+        _warn_shadowed(self.path, self._shadowed)
+        _warn_untrusted(self.path, len(self._untrusted))
         return set(self._done)
 
     def is_done(self, key: str) -> bool:

@@ -25,9 +25,9 @@ def records_frame(path: Path, keys: set[str] | None = None, all_baselines: bool 
     suite's current jobs, so records of an edited suite's old configurations stay out). Records
     of an older dense baseline are left out unless ``all_baselines`` (see ``baseline_split``)."""
     records = read_records(path)
-    latest = latest_by_key(records)
-    position = {r["key"]: i for i, r in enumerate(records) if isinstance(r, dict) and r.get("key") in latest}
-    rows = sorted((r for k, r in latest.items() if keys is None or k in keys), key=lambda r: position[r["key"]])
+    latest = latest_by_key(records, where=path)
+    position = {id(r): i for i, r in enumerate(records)}  # where each kept record stands in the file
+    rows = sorted((r for k, r in latest.items() if keys is None or k in keys), key=lambda r: position[id(r)])
     frame = pd.DataFrame(rows)
     if len(frame) and "options" in frame:
         # one label must mean one configuration: set apart rows of other option sets

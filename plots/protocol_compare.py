@@ -19,7 +19,7 @@ CHANCE_NOTE = "‡: within 1.5 points of chance (10 %: a constant prediction sco
 
 def _frame(path: Path) -> pd.DataFrame:
     rows = []
-    for r in latest_by_key(read_records(path)).values():
+    for r in latest_by_key(read_records(path), where=path).values():
         if is_reference(r.get("method")) or r.get("fit_only"):
             continue
         rows.append({"network": r.get("network"), "dataset": r.get("dataset"), "label": r.get("label", r.get("method")),

@@ -39,7 +39,7 @@ def _suite_records(spec: str, results: Path):
     path = records_path(results, suite.name, False)
     if not path.is_file():
         raise InputError(f"--suites {spec}: no records at {path}")
-    return expand(suite), latest_by_key(read_records(path))
+    return expand(suite), latest_by_key(read_records(path), where=path)
 
 
 def _job_s(stages: dict[str, float]) -> float:

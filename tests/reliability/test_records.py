@@ -117,6 +117,25 @@ def test_latest_by_key_skips_non_records():
     assert list(latest) == ["a"]
 
 
+def test_an_untrusted_record_never_supersedes_a_trusted_one(tmp_path):
+    """A record marked done that this code did not write (here: an ok record of job A copied
+    with a NaN accuracy, appended after A's real one) is ignored by the resume, the sweep's
+    index and the report alike: A stays done, with its real accuracy, and does not run again."""
+    from bench.records import RecordIndex
+    from bench.report_frames import records_frame
+
+    path = tmp_path / "r.jsonl"
+    nan = {**REC_A, "acc_after_finetune": float("nan")}
+    _write(path, [OK_A, _line(nan), b'{"key": "forged", "status": "ok"}'])
+    with pytest.warns(UserWarning, match="1 record\\(s\\) marked done after a trusted record .*the trusted one stands"):
+        assert done_keys(path) == {KEY_A}
+    with pytest.warns(UserWarning, match="1 record\\(s\\) marked done after a trusted record"):
+        assert RecordIndex(path).refresh().done() == {KEY_A}
+    with pytest.warns(UserWarning, match="1 record\\(s\\) marked done after a trusted record"):
+        frame = records_frame(path).set_index("key")
+    assert frame.loc[KEY_A, "acc_after_finetune"] == REC_A["acc_after_finetune"]
+
+
 def test_torn_tail_cut_in_a_file_with_invalid_utf8(tmp_path):
     path = tmp_path / "r.jsonl"
     _write(path, [b'{"key": "a", "status": "ok"}', b"\xff\xfe junk"], tail=b'{"key": "b", "st\xe2\x82')
