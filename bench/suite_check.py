@@ -8,12 +8,12 @@ import math
 import numbers
 from typing import Any
 
+from bench.meta_network import input_shape, meta_network
 from bench.registry import (DATASETS, METHODS, NETWORKS, dataset_names, is_reference, method_names,
                             network_names)
 from bench.spec import Suite, thaw
 from bench.suite_schema import (DATA_KEYS, PAPER_ROLES, PROTOCOL_KEYS, STAGES, SUITE_KEYS, SUITE_NAME, SuiteError,
                                 method_entry)
-from bench.meta_network import input_shape, meta_network
 from bench.train import OPTIMIZERS, RECIPE_DEFAULTS, check_recipe
 
 
