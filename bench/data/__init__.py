@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from bench.errors import InputError
 from bench.registry import DATASETS
 
 VAL_SPLIT_SEED = 20260501  # fixed: every job of a suite shares the same validation split
@@ -85,7 +86,14 @@ class TrainValSplits:
 
 
 def default_data_dir() -> Path:
-    return Path(os.environ.get("TNBENCH_DATA", "data"))
+    """``$TNBENCH_DATA``, else ``./data``. Set but blank it is refused: ``Path("")`` would
+    quietly mean the working folder, neither the default nor a folder anyone named."""
+    value = os.environ.get("TNBENCH_DATA")
+    if value is None:
+        return Path("data")
+    if not value.strip():
+        raise InputError(f"TNBENCH_DATA {value!r}: an empty value; give a folder, or unset it for ./data")
+    return Path(value)
 
 
 def fingerprint(*arrays: torch.Tensor) -> str:

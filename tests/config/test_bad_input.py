@@ -309,6 +309,18 @@ def test_an_out_that_cannot_hold_records_is_refused_before_anything_runs(make, s
     assert not (tmp_path / "checkpoints").exists() and not any(tmp_path.rglob("*.pt"))
 
 
+@pytest.mark.parametrize("value", ["", "  "])
+def test_a_blank_data_folder_variable_is_refused_not_read_as_here(value, tiny_suite, tmp_path, capsys, monkeypatch):
+    """``TNBENCH_DATA=`` used to mean the working folder (``Path("")``): neither the default
+    ``./data`` nor a folder anyone named. It is an empty value, refused as ``--data-dir ''`` is."""
+    monkeypatch.setenv("TNBENCH_DATA", value)
+    out = tmp_path / "out"
+    assert main(["--suite", str(tiny_suite()), "--out", str(out), "--no-progress", "--no-download"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: TNBENCH_DATA {value!r}: an empty value; give a folder, or unset it for ./data"], err
+    assert not out.exists() or not any(out.rglob("*"))
+
+
 def test_a_record_that_cannot_be_written_stops_the_sweep_in_one_line(tiny_suite, tmp_path, capsys, monkeypatch):
     """A full disk at the first append: exit 2, one line naming the records file and the cause,
     and no record reported as kept (the sweep used to print "1 ok" and exit 0)."""
