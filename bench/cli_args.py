@@ -19,7 +19,7 @@ class UsageError(InputError, ValueError):
     """A command line that does not make sense; exit 2."""
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line (it prints the whole usage block otherwise)."""
 
     def error(self, message: str):
@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(prog="tnbench", description="Compare compression methods at equal parameter budgets.")
+    p = OneLineParser(prog="tnbench", description="Compare compression methods at equal parameter budgets.")
     p.add_argument("--suite", help="suite name (see --list) or path to a suite .yaml")
     p.add_argument("--list", action="store_true", help="list suites, methods, networks and datasets")
     p.add_argument("--methods", help="comma-separated methods to run: a label runs that entry; a method name "
@@ -85,7 +85,7 @@ def no_empty_values(args) -> None:
             raise UsageError(f"{flag} {value!r}: an empty value; give {what}")
 
 
-def csv_values(value: str | None, flag: str, unique: bool = True) -> list[str] | None:
+def csv_values(value: str | None, flag: str, unique: bool = True, optional: bool = True) -> list[str] | None:
     """The comma-separated values of ``flag``; None when the flag is absent. An empty value
     (``--devices ''``, ``tt,,cp``) is refused rather than read as "all" or "here", and so is a
     value given twice where that would mean nothing more (``unique``)."""
@@ -93,7 +93,8 @@ def csv_values(value: str | None, flag: str, unique: bool = True) -> list[str] |
         return None
     items = [v.strip() for v in value.split(",")]
     if not all(items):
-        raise UsageError(f"{flag} {value!r}: an empty value; give comma-separated names, or leave {flag} out")
+        raise UsageError(f"{flag} {value!r}: an empty value; give comma-separated names"
+                         + (f", or leave {flag} out" if optional else ""))
     if unique:
         twice = sorted({v for v in items if items.count(v) > 1})
         if twice:

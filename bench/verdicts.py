@@ -63,9 +63,9 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from bench.errors import InputError
 from bench.report import welch_p
+from bench.suite_yaml import parse_yaml, read_text
 # the values, expressions and queries live in their own modules; these names stay importable from here
 from bench.verdict_expr import ClaimError, Value, evaluate, parse_expression  # noqa: F401
 from bench.verdict_query import FILTERS, QUERY_KEYS, STATS, Records, run_query, select  # noqa: F401
@@ -136,14 +136,26 @@ def render_text(template: str, values: dict[str, Value]) -> str:
     return "".join(out)
 
 
+class VerdictsInputError(InputError, ValueError):
+    """A claims file or README that cannot be read as one: exit 2, one line."""
+
+
+def _existing_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise VerdictsInputError(f"{what} {path}: {'not a regular file' if path.exists() else 'no such file'}")
+    return path
+
+
 def load_claims(path: Path | str) -> dict[str, list[dict]]:
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
-        raise ValueError(f"{path}: a mapping of block name to a list of claims")
+    path = _existing_file(Path(path), "claims file")
+    data = parse_yaml(read_text(path), str(path)) or {}
+    if (not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values())
+            or not all(isinstance(c, dict) for v in data.values() for c in v)):
+        raise VerdictsInputError(f"{path}: expected a mapping of block name to a list of claims")
     ids = [c.get("id") for v in data.values() for c in v]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
+    dup = sorted({str(i) for i in ids if ids.count(i) > 1})
     if dup:
-        raise ValueError(f"{path}: duplicate claim ids {dup}")
+        raise VerdictsInputError(f"{path}: duplicate claim ids {dup}")
     return data
 
 
@@ -192,7 +204,7 @@ def run(results: Path | str = "results", claims: Path | str | None = None, readm
     for v in bad:
         out(f"FAIL {v.block}/{v.id}: " + "; ".join(v.failures))
     blocks = render_blocks(verdicts)
-    text = readme_path.read_text()
+    text = read_text(_existing_file(readme_path, "README"))
     if write:
         new = write_blocks(text, blocks)
         if new != text:
