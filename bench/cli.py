@@ -11,7 +11,8 @@ import sys
 import threading
 from pathlib import Path
 
-from bench.cli_args import CUSTOM_OUT, DEFAULT_OUT, UsageError, csv_values, no_empty_values, no_unread_flags, parse_args
+from bench.cli_args import (CUSTOM_OUT, DEFAULT_OUT, UsageError, csv_values, no_empty_values, no_unread_flags,
+                            parse_args, refused)
 from bench.errors import InputError, one_line_warnings
 from bench.records import OutputWriteError, write_cause
 from bench.registry import METHODS, dataset_names, load_plugin, method_names, network_names
@@ -132,13 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.check_plugin is not None:
             return check_plugin(args.check_plugin)
     except BAD_INPUT as e:
-        return _refused(e)
+        return refused(e)
     previous = _install(signal.SIGTERM, _raise_terminated)
     try:
         try:
             prepared = prepare(args)
         except BAD_INPUT as e:
-            return _refused(e)
+            return refused(e)
         return 0 if prepared is None else execute(args, *prepared)
     except BrokenPipeError:  # ``--list | head``: the reader left; say nothing more, as a killed-by-SIGPIPE tool would
         with contextlib.suppress(OSError, ValueError):
@@ -151,12 +152,6 @@ def main(argv: list[str] | None = None) -> int:
         return code
     finally:
         _install(signal.SIGTERM, previous)
-
-
-def _refused(e: BaseException) -> int:
-    """A bad input: its first line after ``error:``, exit 2."""
-    print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-    return 2
 
 
 def check_plugin(spec: str) -> int:

@@ -5,6 +5,7 @@ so that each reads in one sitting."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from bench.errors import InputError
@@ -17,6 +18,13 @@ CUSTOM_OUT = DEFAULT_OUT / "_custom"
 
 class UsageError(InputError, ValueError):
     """A command line that does not make sense; exit 2."""
+
+
+def refused(e: BaseException) -> int:
+    """A bad input, said as both command lines say it: its first line after ``error:`` on
+    stderr; exit code 2."""
+    print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+    return 2
 
 
 class OneLineParser(argparse.ArgumentParser):

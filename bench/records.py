@@ -226,32 +226,44 @@ def latest_by_key(records: Iterable[dict[str, Any]], where: Path | str | None = 
     are not records are skipped with a warning, never raised on; so is a record marked done
     that this code did not write (not ``trusted``) coming after one it did: it never
     supersedes it, in a resume or in a table."""
+    return _latest(records, where)[0]
+
+
+def _latest(records: Iterable[dict[str, Any]], where) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """``latest_by_key``, and the keys whose latest record is marked done but not trusted."""
     latest: dict[str, dict[str, Any]] = {}
+    untrusted: set[str] = set()
     bad, shadowed = [], 0
     for i, r in enumerate(records):
         if not _is_record(r):
             bad.append(f"#{i} ({type(r).__name__})")
-        elif _shadows(r, latest.get(r["key"])):
+        elif not _fold(latest, untrusted, r):
             shadowed += 1
-        else:
-            latest[r["key"]] = r
     if bad:
         warnings.warn(f"ignoring {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} without a string 'key': "
-                      + ", ".join(bad[:SHOWN_BAD_LINES]) + (" ..." if len(bad) > SHOWN_BAD_LINES else ""), stacklevel=2)
+                      + ", ".join(bad[:SHOWN_BAD_LINES]) + (" ..." if len(bad) > SHOWN_BAD_LINES else ""), stacklevel=3)
     _warn_shadowed(where, shadowed)
-    return latest
+    return latest, untrusted
+
+
+def _fold(latest: dict[str, dict[str, Any]], untrusted: set[str], rec: dict[str, Any]) -> bool:
+    """Take ``rec`` as its key's latest record (``untrusted`` kept in step: the keys whose
+    latest record is not ``trusted``); False, taking nothing, for an untrusted record after a
+    trusted one of the same job (a copy with a NaN accuracy, fields edited by hand), so that
+    the trusted one stands. Each record's trust (a hash of its config) is computed once."""
+    key = rec["key"]
+    good = trusted(rec)
+    if not good and key in latest and key not in untrusted:
+        return False
+    latest[key] = rec
+    (untrusted.discard if good else untrusted.add)(key)
+    return True
 
 
 def trusted(rec: dict[str, Any]) -> bool:
     """Whether a record is one this code writes: one marked done (ok, skipped) must be
     ``is_complete``; a failed one always is (at worst its job runs again)."""
     return rec.get("status") not in ("ok", "skipped") or is_complete(rec)
-
-
-def _shadows(rec: dict[str, Any], before: dict[str, Any] | None) -> bool:
-    """An untrusted record after a trusted one of the same job (a copy with a NaN accuracy,
-    fields edited by hand): ignored, so that the trusted one stands."""
-    return before is not None and trusted(before) and not trusted(rec)
 
 
 def _warn_shadowed(where: Path | str | None, n: int) -> None:
@@ -267,15 +279,9 @@ def done_keys(path: Path) -> set[str]:
     ``{"key": K, "status": "ok"}``, a record whose fields do not hash to its key, a foreign
     tool's line) is not trusted: its job runs again, with one warning for them all (after a
     trusted record of the same job it is ignored instead: ``latest_by_key``)."""
-    done, untrusted = set(), 0
-    for k, r in latest_by_key(read_records(path), where=path).items():
-        if r.get("status") in ("ok", "skipped"):
-            if is_complete(r):
-                done.add(k)
-            else:
-                untrusted += 1
-    _warn_untrusted(path, untrusted)
-    return done
+    latest, untrusted = _latest(read_records(path), path)
+    _warn_untrusted(path, len(untrusted))
+    return {k for k, r in latest.items() if r.get("status") in ("ok", "skipped") and k not in untrusted}
 
 
 def _warn_untrusted(where: Path | str | None, n: int) -> None:
@@ -365,14 +371,12 @@ class RecordIndex:
 
     def _take(self, rec: dict[str, Any]) -> None:
         key = rec["key"]
-        if _shadows(rec, self.latest.get(key)):  # as latest_by_key: the trusted one stands
+        if not _fold(self.latest, self._untrusted, rec):  # as latest_by_key: the trusted one stands
             self._shadowed += 1
             return
-        self.latest[key] = rec
         self._done.discard(key)
-        self._untrusted.discard(key)
-        if rec.get("status") in ("ok", "skipped"):
-            (self._done if is_complete(rec) else self._untrusted).add(key)
+        if rec.get("status") in ("ok", "skipped") and key not in self._untrusted:
+            self._done.add(key)
 
     def done(self) -> set[str]:
         """Keys whose jobs need no re-run (``done_keys``), as of the last ``refresh``."""

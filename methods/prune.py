@@ -17,7 +17,6 @@ the kept count is exact and reproducible.
 from __future__ import annotations
 
 import copy
-import operator
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +25,7 @@ from torch import nn
 from bench.compressor import BudgetUnreachable, CompressionError, Compressor, FactorizedLayer
 from bench.registry import register_method
 from bench.layers import bias_params, check_layer, count_params
+from bench.options import number
 
 
 
@@ -126,16 +126,10 @@ def kept_count(kept, layer: nn.Module, method: str) -> int:
     """A kept-weight count as a whole number in 0..numel: ``int(1.5)`` would plan and build one
     weight under a key that says 1.5."""
     n = layer.weight.numel()
-    value = int(kept) if isinstance(kept, float) and kept.is_integer() else kept
     try:
-        if isinstance(value, bool):
-            raise TypeError
-        value = operator.index(value)
-    except TypeError:
-        value = None
-    if value is None or not 0 <= value <= n:
-        raise CompressionError(f"{method}: kept weights must be a whole number in 0..{n:,}, got {kept!r}")
-    return value
+        return number(method, "kept weights", kept, integer=True, lo=0, hi=n)
+    except ValueError:
+        raise CompressionError(f"{method}: kept weights must be a whole number in 0..{n:,}, got {kept!r}") from None
 
 
 def global_magnitude_allocation(layers: dict[str, nn.Module], target_ratio: float) -> dict[str, int]:

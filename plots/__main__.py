@@ -7,7 +7,7 @@ keeps its traceback."""
 import sys
 from pathlib import Path
 
-from bench.cli_args import OneLineParser, UsageError, csv_values
+from bench.cli_args import OneLineParser, UsageError, csv_values, refused
 from bench.errors import InputError
 
 
@@ -118,8 +118,7 @@ def main(argv=None) -> int:
     try:
         return command(args)
     except InputError as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        return 2
+        return refused(e)
 
 
 if __name__ == "__main__":
