@@ -15,6 +15,7 @@ from bench.cli_args import (CUSTOM_OUT, DEFAULT_OUT, UsageError, csv_values, no_
                             parse_args, refused)
 from bench.errors import InputError, one_line_warnings
 from bench.records import OutputWriteError, write_cause
+from bench.plan import TUNE_SEED
 from bench.registry import METHODS, dataset_names, load_plugin, method_names, network_names
 from bench.suite import SuiteError, expand, load_suite, suite_names
 from bench.spec import Suite
@@ -285,11 +286,14 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
             return 2
         left = counts.get("claimed_elsewhere", 0)
         later = counts.get("left_for_later", 0)
+        unpicked = counts.get("waiting_for_pick", 0)
         print(f"{suite.name}: {counts['total']} jobs, {counts['already_done']} already done, "
               f"{counts['ok']} ok, {counts['failed']} failed, {counts['skipped']} skipped"
               + (f", {left} left to another sweep holding them" if left else "")
               + (f", {later} left for later (time budget {args.time_budget:g} min; run again to do them)"
-                 if later else ""))
+                 if later else "")
+              + (f", {unpicked} waiting for the lr pick of seed {TUNE_SEED}, which has no record yet (another sweep is "
+                 f"making it, or seed {TUNE_SEED} was not run: run it, then run again)" if unpicked else ""))
     from plots.suite_report import write_reports
 
     full = expand(suite, fit_only=fit_only)  # report on the whole suite, not only --methods

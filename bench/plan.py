@@ -3,19 +3,31 @@
 ``bench.jobs.prioritize``'s."""
 from __future__ import annotations
 
+from dataclasses import replace
+
+
+#: the seed whose validation split picks the fine-tuning lr (and optimizer) of every seed of a
+#: setting. Fixed, not "the lowest seed of this run": a run of ``--set protocol.seeds=[1]`` adds
+#: seed 1 with seed 0's pick, instead of quietly tuning on seed 1 under the key of a reusing job.
+TUNE_SEED = 0
+
+
+def tuner_key(job) -> str:
+    """Key of the job that picks ``job``'s lr: its setting on ``TUNE_SEED`` at the tuning epoch
+    count (the suite's tune_epochs, when it has one). Computed, so it is known even when that
+    job is not in the run (``--set protocol.seeds=[1]``)."""
+    finetune = {**job.finetune, "epochs": job.tune_epochs} if job.borrows_pick else job.finetune
+    return replace(job, seed=TUNE_SEED, finetune=finetune).key
+
 
 def tuning_jobs(jobs) -> dict[str, str]:
-    """Tune key -> key of the job that picks the lr for it: of the jobs with an ``lr_grid``
-    sharing a tune key (same config but the seed), the one of the lowest seed (and, with a
-    suite's tune_epochs, the one at that epoch count)."""
-    tuner: dict[str, str] = {}
-    for j in sorted(jobs, key=lambda j: (j.borrows_pick, j.seed)):
-        if j.lr_grid:
-            tuner.setdefault(j.tune_key, j.key)
-    return tuner
+    """Tune key -> key of the job that picks the lr for it (``tuner_key``), for every tune key
+    of the jobs with an ``lr_grid``; that job may or may not be one of ``jobs``."""
+    return {j.tune_key: tuner_key(j) for j in jobs if j.lr_grid}
 
 
 def tuner_keys(jobs) -> set[str]:
-    """Keys of the jobs that pick their lr from ``lr_grid`` (``tuning_jobs``)."""
-    return set(tuning_jobs(jobs).values())
+    """Keys of the jobs among ``jobs`` that pick their lr from ``lr_grid`` (``tuning_jobs``)."""
+    keys = {j.key for j in jobs}
+    return {k for k in tuning_jobs(jobs).values() if k in keys}
 

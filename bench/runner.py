@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from tqdm.auto import tqdm
 
-from bench.backends import CLAIMED, LEFT, Marker, Outcome, key_of
+from bench.backends import CLAIMED, LEFT, WAITING, Marker, Outcome, key_of
 from bench.backends.local import run_groups, run_parallel
 from bench.claims import Claims
 from bench.environment import code_version, environment
@@ -274,7 +274,8 @@ class Sweep:
         self.records.refresh()
         self.claims = claims if claims is not None else Claims(self.path.parent / f"{self.path.stem}.claims")
         self.by_key = {j.key: j for j in jobs}
-        self.counts = {"total": len(jobs), "already_done": 0, "ok": 0, "failed": 0, "skipped": 0, CLAIMED: 0, LEFT: 0}
+        self.counts = {"total": len(jobs), "already_done": 0, "ok": 0, "failed": 0, "skipped": 0, CLAIMED: 0, LEFT: 0,
+                       WAITING: 0}
         self.bar = None
         self.version, self.env = "unknown", {}
 
@@ -315,7 +316,11 @@ class Sweep:
                     self.finish(failed_record(job, "the lr pick of its tuning seed is missing: that job failed "
                                                    "(run again to retry both)"))
                 part = [j for j in part if j not in orphaned]
-                seen: set[str] = set(j.key for j in waiting) | {j.key for j in orphaned}
+                unpicked = _tuner_unrecorded(part, tuner_of, self.records.refresh())
+                for job in unpicked:  # its tuning job runs in another sweep, or has not run: tuning
+                    self.finish(Marker(job.key, WAITING))  # here would tune on a reusing seed
+                part = [j for j in part if j not in unpicked]
+                seen: set[str] = set(j.key for j in waiting) | {j.key for j in orphaned} | {j.key for j in unpicked}
                 for rec in _stream(_groups(part, ordered), self.settings, devices, backend, address, plugins,
                                    claimer, lr_picks(self.records), gate=budget) if part else []:
                     seen.add(key_of(rec))
@@ -329,7 +334,7 @@ class Sweep:
             self.claims.release_all_mine()
             self.bar.close()
         finished = (counts["already_done"] + counts["ok"] + counts["failed"] + counts["skipped"] + counts[CLAIMED]
-                    + counts[LEFT])
+                    + counts[LEFT] + counts[WAITING])
         assert finished == counts["total"], f"job accounting is off: {counts}"
         return counts
 
@@ -349,13 +354,24 @@ class Sweep:
                 tqdm.write(f"FAILED {rec['network']}/{rec['dataset']} {rec['label']} {rec['budget']} "
                            f"seed {rec['seed']}: {rec['error']}")
         counts[status] = counts.get(status, 0) + 1
-        finished = counts["ok"] + counts["failed"] + counts["skipped"] + counts[CLAIMED] + counts[LEFT]
+        finished = counts["ok"] + counts["failed"] + counts["skipped"] + counts[CLAIMED] + counts[LEFT] + counts[WAITING]
         bar.set_postfix(ok=counts["ok"], failed=counts["failed"], skipped=counts["skipped"],
                         left=bar.total - finished)
         bar.update(1)
 
 
+def _reusers(part: list[Job], tuner_of: dict[str, str]) -> list[Job]:
+    """The jobs of ``part`` that take the lr pick of another job (``bench.plan.tuner_key``)."""
+    return [j for j in part if j.lr_grid and tuner_of[j.tune_key] != j.key]
+
+
 def _tuner_failed(part: list[Job], tuner_of: dict[str, str], records: RecordIndex) -> list[Job]:
     """Jobs that reuse an lr pick whose tuning job's latest record is ``failed``."""
-    reusers = [j for j in part if j.lr_grid and tuner_of[j.tune_key] != j.key]
-    return [j for j in reusers if records.latest.get(tuner_of[j.tune_key], {}).get("status") == "failed"]
+    return [j for j in _reusers(part, tuner_of)
+            if records.latest.get(tuner_of[j.tune_key], {}).get("status") == "failed"]
+
+
+def _tuner_unrecorded(part: list[Job], tuner_of: dict[str, str], records: RecordIndex) -> list[Job]:
+    """Jobs that reuse an lr pick whose tuning job has no record yet: another sweep holds it, or
+    it is not in this run (``--set protocol.seeds=[1]`` before seed 0 ran)."""
+    return [j for j in _reusers(part, tuner_of) if tuner_of[j.tune_key] not in records.latest]

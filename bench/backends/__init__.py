@@ -15,11 +15,14 @@ CLAIMED = "claimed_elsewhere"
 #: a job ``--time-budget`` did not start (estimated not to finish in the time left): the next
 #: run does it
 LEFT = "left_for_later"
+#: a job that reuses the lr pick of its tuning seed (``bench.plan.TUNE_SEED``) while that pick is
+#: not recorded yet (another sweep is making it, or that seed was not run): the next run does it
+WAITING = "waiting_for_pick"
 
 
 @dataclass(frozen=True)
 class Marker:
-    """A job a backend did not run, and why (``CLAIMED`` or ``LEFT``): counted, never recorded."""
+    """A job a backend did not run, and why (``CLAIMED``, ``LEFT`` or ``WAITING``): counted, never recorded."""
 
     key: str
     status: str

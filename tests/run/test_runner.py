@@ -266,6 +266,24 @@ def test_lr_is_tuned_on_seed_0_and_reused_by_other_seeds(tmp_path, tiny_suite):
     assert "lr_tuning" not in recs[("dense", 0)]  # nothing to tune
 
 
+def test_a_run_of_later_seeds_takes_seed_0s_pick_and_never_tunes_itself(tmp_path, tiny_suite, capsys):
+    """Seed 0 tunes even when a run names other seeds only: before it, ``--set protocol.seeds=[1]``
+    made seed 1 its own tuning seed, under the key of the seed-1 job that must reuse seed 0's pick."""
+    suite = tiny_suite(methods=["svd"], ratios=[2], seeds=[0, 1], lr_grid=[0.001, 0.05])
+    records = tmp_path / suite.stem / "runs.jsonl"
+    assert _run("--suite", suite, "--out", tmp_path, "--set", "protocol.seeds=[1]") == 0
+    assert "1 waiting for the lr pick of seed 0" in capsys.readouterr().out
+    assert not records.exists() or read_records(records) == []  # nothing tuned on seed 1, nothing recorded
+    assert _run("--suite", suite, "--out", tmp_path, "--set", "protocol.seeds=[0]") == 0
+    assert _run("--suite", suite, "--out", tmp_path, "--set", "protocol.seeds=[1]") == 0
+    recs = {r["seed"]: r for r in read_records(records)}
+    assert recs[0]["lr_tuning"]["tuned_here"] and not recs[1]["lr_tuning"]["tuned_here"]
+    assert recs[1]["lr_tuning"]["pick"] == recs[0]["lr_tuning"]["pick"]
+    capsys.readouterr()
+    assert _run("--suite", suite, "--out", tmp_path) == 0  # the whole suite: both seeds already done
+    assert "2 already done, 0 ok" in capsys.readouterr().out
+
+
 FAIL_ON_SEED0 = """
 def finetune(self, model, ctx):  # seed 1 would say so too, if it were run
     raise RuntimeError("tuning run fails")
