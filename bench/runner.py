@@ -28,7 +28,7 @@ from bench.environment import code_version, environment
 from bench.job import failed_record, job_fields
 from bench.records import RecordIndex, latest_by_key, read_records
 from bench.jobs import Job
-from bench.plan import tuner_keys, tuning_jobs
+from bench.plan import tuning_jobs
 from bench.train import resolve_device
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,7 +156,7 @@ class JobClaimer:
 
 def tuning_passes(todo: list[Job], tuners: set[str]) -> list[list[Job]]:
     """[jobs that pick their fine-tuning lr, jobs that reuse a pick]: ``tuners`` are the keys
-    of the tuning jobs of the whole job list (``bench.suite.tuner_keys``)."""
+    of the tuning jobs of the whole job list (``bench.plan.tuner_keys``)."""
     if not any(j.lr_grid for j in todo):
         return [todo]
     first = [j for j in todo if not j.lr_grid or j.key in tuners]
@@ -354,7 +354,7 @@ class Sweep:
                 tqdm.write(f"FAILED {rec['network']}/{rec['dataset']} {rec['label']} {rec['budget']} "
                            f"seed {rec['seed']}: {rec['error']}")
         counts[status] = counts.get(status, 0) + 1
-        finished = counts["ok"] + counts["failed"] + counts["skipped"] + counts[CLAIMED] + counts[LEFT] + counts[WAITING]
+        finished = sum(counts[k] for k in ("ok", "failed", "skipped", CLAIMED, LEFT, WAITING))
         bar.set_postfix(ok=counts["ok"], failed=counts["failed"], skipped=counts["skipped"],
                         left=bar.total - finished)
         bar.update(1)
