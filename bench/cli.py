@@ -11,11 +11,11 @@ import sys
 import threading
 from pathlib import Path
 
-from bench.cli_args import (CUSTOM_OUT, DEFAULT_OUT, UsageError, csv_values, no_empty_values, no_unread_flags,
-                            parse_args, refused)
+from bench.cli_args import (CUSTOM_OUT, DEFAULT_OUT, UsageError, csv_values, no_empty_values, no_file_for_a_folder,
+                            no_unread_flags, parse_args, refused)
 from bench.errors import InputError, one_line_warnings
-from bench.records import OutputWriteError, write_cause
 from bench.plan import TUNE_SEED
+from bench.records import OutputWriteError, write_cause
 from bench.registry import METHODS, dataset_names, load_plugin, method_names, network_names
 from bench.suite import SuiteError, expand, load_suite, suite_names
 from bench.spec import Suite
@@ -209,6 +209,12 @@ def prepare(args):
     devices = csv_values(args.devices, "--devices", unique=False) or [args.device or "auto"]  # a device twice: two workers on it
     if args.time_budget is not None and not (args.time_budget > 0 and args.time_budget < float("inf")):
         raise UsageError(f"--time-budget {args.time_budget:g}: expected a number of minutes > 0")
+    if not args.report_only:  # the folders a run reads and writes: a file there is refused, dry run too
+        no_file_for_a_folder(args)
+        if args.data_dir is None:
+            from bench.data import default_data_dir  # torch: imported only by the commands that need it
+
+            default_data_dir()
     if args.dry_run:  # estimating a device's run needs no such device here: the syntax is checked
         kind, cost, cal_path = cost_model(args, devices, jobs, check=False)
         from bench.dry_run import dry_run

@@ -93,6 +93,15 @@ def no_empty_values(args) -> None:
             raise UsageError(f"{flag} {value!r}: an empty value; give {what}")
 
 
+def no_file_for_a_folder(args) -> None:
+    """``--out`` and ``--data-dir`` name folders: an existing file there is refused in every mode.
+    A dry run used to accept ``--data-dir /etc/hosts`` or ``--out`` a file that the run then refused."""
+    for attr in ("out", "data_dir"):
+        value = getattr(args, attr, None)
+        if value and Path(value).exists() and not Path(value).is_dir():
+            raise UsageError(f"{_ONE_VALUE_FLAGS[attr][0]} {value}: a file, not a folder; give {_ONE_VALUE_FLAGS[attr][1]}")
+
+
 def csv_values(value: str | None, flag: str, unique: bool = True, optional: bool = True) -> list[str] | None:
     """The comma-separated values of ``flag``; None when the flag is absent. An empty value
     (``--devices ''``, ``tt,,cp``) is refused rather than read as "all" or "here", and so is a

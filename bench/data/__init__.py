@@ -93,6 +93,8 @@ def default_data_dir() -> Path:
         return Path("data")
     if not value.strip():
         raise InputError(f"TNBENCH_DATA {value!r}: an empty value; give a folder, or unset it for ./data")
+    if Path(value).exists() and not Path(value).is_dir():
+        raise InputError(f"TNBENCH_DATA {value}: a file, not a folder; give a folder, or unset it for ./data")
     return Path(value)
 
 

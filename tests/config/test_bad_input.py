@@ -154,6 +154,9 @@ CLI_CASES = [
     (["--plugin", ""], "plugin ''", "an empty value"),
     (["--check-plugin", ""], "plugin ''", "an empty value"),
     (["--plugin", "@out_dir"], "@out_dir", "is a folder; give a .py file or a dotted import path"),
+    # a file where a folder goes: refused by the dry run too, which used to plan what the run refused
+    (["--dry-run", "--data-dir", "@a_file"], "@a_file", "a file, not a folder; give a folder"),
+    (["--dry-run", "--out", "@a_file"], "@a_file", "a file, not a folder; give a folder"),
     # damaged dataset files, with --no-download: bench.data.verify_dataset up front
     (["--set", "datasets=[mnist]", "--set", "networks={fc2: [fc1]}", "--data-dir", "@mnist_truncated_gzip"],
      "train-images-idx3-ubyte.gz", "truncated or corrupt gzip"),
@@ -228,6 +231,7 @@ MAKERS = {
     "@mnist_gzip_bomb": lambda t: _mnist(t, gzip.compress(bytes(64 << 20), 1)),  # 64 MiB of zeros in ~0.3 MB
     "@cifar_garbage": _cifar_garbage,
     "@out_dir": lambda t: (t / "a_folder").mkdir() or t / "a_folder",
+    "@a_file": lambda t: _write(t, "a_file.txt", "not a folder\n"),
 }
 
 
@@ -318,6 +322,20 @@ def test_a_blank_data_folder_variable_is_refused_not_read_as_here(value, tiny_su
     assert main(["--suite", str(tiny_suite()), "--out", str(out), "--no-progress", "--no-download"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: TNBENCH_DATA {value!r}: an empty value; give a folder, or unset it for ./data"], err
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+@pytest.mark.parametrize("mode", [[], ["--dry-run"]])
+def test_a_data_folder_variable_naming_a_file_is_refused_by_runs_and_dry_runs(mode, tiny_suite, tmp_path, capsys,
+                                                                            monkeypatch):
+    """``TNBENCH_DATA=/etc/hosts``: the dry run planned the run, which then refused it."""
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("not a folder\n")
+    monkeypatch.setenv("TNBENCH_DATA", str(a_file))
+    out = tmp_path / "out"
+    assert main(["--suite", str(tiny_suite()), "--out", str(out), "--no-progress", "--no-download", *mode]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: TNBENCH_DATA {a_file}: a file, not a folder; give a folder, or unset it for ./data"], err
     assert not out.exists() or not any(out.rglob("*"))
 
 
