@@ -16,8 +16,9 @@ records takes their median: a compressed layer's speed depends on its knob and l
 thin factors train 5x faster than its model says, tucker-paired's rebuilt weight 2x slower;
 tt's x1024 cell 4x slower than its x2192 one), so a cell's seed 0 predicts its seeds 1 and 2
 better than any pool of other cells does.
-Only records made on the calibrated processor kind count when the records say theirs
-(``env.cpu_model``); older records, which do not, count as this machine's.
+Only records made on the calibrated processor kind with the calibration's thread count count
+when the records say theirs (``env.cpu_model``, ``env.threads``); older records, which do not,
+count as this machine's.
 
 Stored in the calibration file as ``corrections: {network | "*": {stage: {method | "*": factor}}}``
 with ``corrections_from`` (suites, records, processor, when); ``python -m bench.perf correct``
@@ -50,11 +51,13 @@ def cell(job) -> str:
     return CELL + config_key(cfg)
 
 
-def same_processor(record: dict[str, Any], cpu: str | None) -> bool:
-    """Whether ``record`` ran on processor ``cpu`` (a record that does not say, or no ``cpu``
-    to compare with, counts as the same)."""
-    theirs = (record.get("env") or {}).get("cpu_model")
-    return not cpu or not theirs or theirs == cpu
+def same_processor(record: dict[str, Any], cpu: str | None, threads: int | None = None) -> bool:
+    """Whether ``record`` ran on processor ``cpu`` with the calibration's ``threads`` (a record
+    that does not say, or nothing to compare with, counts as the same): a job run on 1 thread
+    beside another sweep is no sample of the 2-thread speed the calibration estimates."""
+    env = record.get("env") or {}
+    theirs, their_threads = env.get("cpu_model"), env.get("threads")
+    return (not cpu or not theirs or theirs == cpu) and (not threads or not their_threads or their_threads == threads)
 
 
 def pool(samples: dict[tuple[str, str, str], list[float]]) -> dict[tuple[str, str, str], list[float]]:

@@ -119,7 +119,7 @@ def correct(args: argparse.Namespace) -> int:
     loaded = {s: _suite_records(s, results) for s in suites}
     pairs, baselines = [], {}
     for jobs, records in loaded.values():
-        mine = {k: r for k, r in records.items() if same_processor(r, cpu)}
+        mine = {k: r for k, r in records.items() if same_processor(r, cpu, cal.get("threads"))}
         chosen = list(measured_alone(mine, jobs))
         pairs += chosen
         baselines.update(measured_baselines([j for j, _, _ in chosen], results))

@@ -51,6 +51,8 @@ def test_only_records_of_this_processor_count():
     assert same_processor({"env": {"cpu_model": "AMD EPYC"}}, "AMD EPYC")
     assert not same_processor({"env": {"cpu_model": "Intel Xeon"}}, "AMD EPYC")
     assert same_processor({"env": {}}, "AMD EPYC")                  # older records do not say
+    assert same_processor({"env": {"cpu_model": "AMD EPYC", "threads": 2}}, "AMD EPYC", threads=2)
+    assert not same_processor({"env": {"cpu_model": "AMD EPYC", "threads": 1}}, "AMD EPYC", threads=2)
 
 
 def _record(job, stages, cpu="test cpu"):
