@@ -20,6 +20,7 @@ from bench.report_equal_budget import equal_budget, measured_points  # noqa: F40
 from bench.report_frames import (UNKNOWN_BASELINE, baseline_split, budget_order, finetune_epochs,  # noqa: F401
                                  fold_budgets, longest_finetune, records_frame, reference_rows)
 from bench.report_sizes import (INDEX_BITS, SIZE_MARK, SIZE_TOLERANCE, SPARSE_COUNT, SPARSE_METHODS,  # noqa: F401
-                                VALUE_BITS, is_sparse, layer_storage, ratio_text, record_storage, target_ratios)
+                                VALUE_BITS, is_sparse, layer_storage, network_ratio, ratio_text, record_storage,
+                                target_ratios)
 from bench.report_tables import (TABLE_NOTE, accuracy_summary, accuracy_table, convergence_table,  # noqa: F401
                                  fit_summary, markdown_table, status_line)

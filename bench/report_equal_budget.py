@@ -14,7 +14,11 @@ import pandas as pd
 
 from bench.report_cells import CELL, ci_halfwidth, seed_counts, welch_p
 from bench.report_frames import fold_budgets, reference_rows, seed_frames
-from bench.report_sizes import target_ratios
+from bench.report_sizes import record_storage, target_ratios
+
+#: what the comparison holds equal: parameters of the compressed layers, or their storage
+#: (``record_storage``: pruned layers also store the positions of their kept weights)
+SIZES = ("params", "storage")
 
 
 def _log_interp(x: np.ndarray, y: np.ndarray, at: np.ndarray) -> np.ndarray:
@@ -48,11 +52,11 @@ def _point_state(ok: int, run: int, collapsed: int) -> str:
 
 
 def measured_points(ok: pd.DataFrame, failed: pd.DataFrame) -> pd.DataFrame:
-    """Each cell of ``seed_counts`` as a point of its method's curve: ``position`` (mean params
-    over the ok seeds; where every seed failed, the label's dense size / target ratio) and
-    ``state`` (``_point_state``)."""
+    """Each cell of ``seed_counts`` as a point of its method's curve: ``position`` (mean size,
+    ``size_``, over the ok seeds; where every seed failed, the label's dense size / target ratio)
+    and ``state`` (``_point_state``)."""
     counts = seed_counts(ok, failed).reset_index()
-    measured = ok.groupby(CELL, sort=False).params_compressed_layers.mean()
+    measured = ok.groupby(CELL, sort=False).size_.mean()
     dense = ok.groupby(["network", "dataset", "label"], sort=False).params_dense_layers.first()
     keys = list(zip(*(counts[c] for c in CELL)))
     target = target_ratios(counts)
@@ -68,7 +72,8 @@ def _neighbours(points: pd.DataFrame, n: float) -> pd.DataFrame:
     return pd.concat([below.tail(1), above.head(1)]).drop_duplicates(subset="budget")
 
 
-def equal_budget(df: pd.DataFrame, counts=None, points: int = 8, alpha: float = 0.05) -> pd.DataFrame:
+def equal_budget(df: pd.DataFrame, counts=None, points: int = 8, alpha: float = 0.05,
+                 size: str = "params") -> pd.DataFrame:
     """Accuracy of every method at common parameter counts, per (network, dataset): each seed's
     curve is interpolated log-linearly in parameters between its own measured points (never
     extrapolated: NaN where any of the method's seeds lacks a measurement on either side), then
@@ -79,10 +84,15 @@ def equal_budget(df: pd.DataFrame, counts=None, points: int = 8, alpha: float = 
     (``seeds_collapsed`` from it, for ``format_cell``), never withheld. ``best`` marks the highest
     mean at a count; ``not_significant`` marks a best whose Welch t-test against the second gives
     p >= ``alpha`` (or cannot be done: under two seeds); bimodal points are not ranked. ``counts``
-    overrides the grid."""
+    overrides the grid. ``size`` (``SIZES``): "storage" compares at equal storage instead; the
+    counts stay in the column ``params``."""
+    if size not in SIZES:
+        raise ValueError(f"size {size!r}: expected one of {', '.join(SIZES)}")
     ok, failed = seed_frames(df)
     if ok.empty:
         return pd.DataFrame()
+    ok = ok.assign(size_=[record_storage(r) for r in ok.to_dict("records")] if size == "storage"
+                   else ok.params_compressed_layers)
     ok = fold_budgets(ok[~reference_rows(ok)])
     failed = failed[~reference_rows(failed)] if len(failed) else failed
     if ok.empty:
@@ -92,7 +102,7 @@ def equal_budget(df: pd.DataFrame, counts=None, points: int = 8, alpha: float = 
     for (net, ds), g in ok.groupby(["network", "dataset"], sort=False):
         curves = {}
         for label, h in g.groupby("label", sort=True):
-            per_seed = {s: k.groupby("params_compressed_layers").acc.mean() for s, k in h.groupby("seed")}
+            per_seed = {s: k.groupby("size_").acc.mean() for s, k in h.groupby("seed")}
             if any(len(c) >= 2 for c in per_seed.values()):
                 curves[label] = (h.method.iloc[0], {s: c for s, c in per_seed.items() if len(c) >= 2})
         # a method's range: where every one of its seeds has measurements on both sides

@@ -49,6 +49,14 @@ def record_storage(r: dict) -> float:
     return float(sum(layer_storage(info) for info in layers.values()))
 
 
+def network_ratio(r: dict) -> float:
+    """The whole network's compression: its dense parameter count over the compressed network's
+    (``params_total``, the layers left dense included); NaN for a record without it."""
+    total, mine, dense = (float(r.get(k, np.nan)) for k in ("params_total", "params_compressed_layers",
+                                                               "params_dense_layers"))
+    return (total - mine + dense) / total if total > 0 else np.nan
+
+
 def target_ratios(frame: pd.DataFrame) -> pd.Series:
     """Each record's target compression ratio: ``target_ratio``, else read from an "xN" budget."""
     from_budget = frame.budget.map(lambda b: budget_order(b) if str(b).startswith("x") else np.nan)

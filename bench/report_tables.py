@@ -13,8 +13,8 @@ from scipy import stats
 
 from bench.report_cells import CELL, SEED_RULE, ci_halfwidth, ci_shown, format_acc, format_cell, seed_counts
 from bench.report_frames import budget_order, finetune_epochs, fold_budgets, ok_with_acc, reference_rows, seed_frames
-from bench.report_sizes import (INDEX_BITS, SIZE_MARK, SIZE_TOLERANCE, VALUE_BITS, is_sparse, layer_storage, ratio_text,
-                                record_storage, target_ratios)
+from bench.report_sizes import (INDEX_BITS, SIZE_MARK, SIZE_TOLERANCE, VALUE_BITS, is_sparse, layer_storage,
+                                network_ratio, ratio_text, record_storage, target_ratios)
 
 
 def accuracy_summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -28,12 +28,15 @@ def accuracy_summary(df: pd.DataFrame) -> pd.DataFrame:
     if ok.empty:
         return pd.DataFrame()
     ok = fold_budgets(ok)
-    ok = ok.assign(storage=[record_storage(r) for r in ok.to_dict("records")], target_ratio=target_ratios(ok))
+    rows = ok.to_dict("records")
+    ok = ok.assign(storage=[record_storage(r) for r in rows], net_ratio=[network_ratio(r) for r in rows],
+                   target_ratio=target_ratios(ok))
     g = ok.groupby(["network", "dataset", "label", "method", "budget"], sort=False)
     out = g.agg(acc_mean=("acc", "mean"), acc_std=("acc", "std"), acc_ci=("acc", ci_halfwidth),
                 acc_before=("acc_before_finetune", "mean"),
                 params=("params_compressed_layers", "mean"), params_dense=("params_dense_layers", "first"),
-                storage=("storage", "mean"), ratio=("achieved_ratio", "mean"), target_ratio=("target_ratio", "first"),
+                storage=("storage", "mean"), ratio=("achieved_ratio", "mean"), net_ratio=("net_ratio", "mean"),
+                target_ratio=("target_ratio", "first"),
                 fit=("fit_rel_error", "mean"), seeds=("seed", "nunique"),
                 flops=("flops", "mean"), folded=("folded", "first")).reset_index()
     out = out.join(seed_counts(ok, failed), on=CELL)
@@ -48,11 +51,13 @@ def accuracy_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 def accuracy_table(summary: pd.DataFrame) -> pd.DataFrame:
     """One (network, dataset)'s rows of ``accuracy_summary`` as table.md shows them: achieved size
-    and ratio (``SIZE_MARK`` when off target), storage, accuracy by ``SEED_RULE``, ok/run seeds."""
+    and ratio (``SIZE_MARK`` when off target), the whole network's ratio, storage, accuracy by
+    ``SEED_RULE``, ok/run seeds."""
     s = summary
     return pd.DataFrame({
         "method": s.label, "budget": s.budget, "params": s.params.round().astype(int),
         "ratio": [ratio_text(r, off) for r, off in zip(s.ratio, s.size_off)],
+        "network ratio": s.net_ratio.map(lambda r: "" if r != r else f"{r:.2f}x"),
         "storage (values + index)": s.storage.round().astype(int),
         "acc before ft": s.acc_before.map(lambda a: "" if a != a else f"{a:.2f}"),
         "accuracy (95 % CI)": s.accuracy,
@@ -64,7 +69,9 @@ def accuracy_table(summary: pd.DataFrame) -> pd.DataFrame:
 #: what the columns of ``accuracy_table`` mean
 TABLE_NOTE = (f"Accuracy is test accuracy (%) after fine-tuning: {SEED_RULE}. Params: parameters of the compressed "
               "layers, achieved (mean over ok seeds; pruning counts non-zero weights), with the achieved ratio, "
-              f"marked {SIZE_MARK} when it is more than {SIZE_TOLERANCE:.0%} off the budget's target ratio. Storage "
+              f"marked {SIZE_MARK} when it is more than {SIZE_TOLERANCE:.0%} off the budget's target ratio. Network "
+              "ratio: the whole network's parameters, dense over compressed (the layers left dense count in "
+              "both). Storage "
               f"(values + index): the same in {VALUE_BITS}-bit values, plus for pruned layers the positions of the "
               f"kept weights (the cheaper of a 1-bit-per-weight mask and a {INDEX_BITS}-bit index per kept weight).")
 

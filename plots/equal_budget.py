@@ -43,27 +43,36 @@ def _seeds(at_count: pd.DataFrame) -> str:
     return f"{usual}" + (f" ({', '.join(others)})" if others else "")
 
 
-def equal_budget_view(long: pd.DataFrame) -> pd.DataFrame:
-    """One (network, dataset)'s rows of ``equal_budget`` as a wide table: a row per count."""
+#: the equal-storage view (``equal_budget(..., size="storage")``): what differs from ``NOTE``
+STORAGE_NOTE = ("The same comparison at equal storage instead of equal parameters: a method's size is its "
+                "storage in 32-bit values (the table's \"storage (values + index)\" column), which for pruned "
+                "layers adds the positions of the kept weights (the cheaper of a 1-bit-per-weight mask and a "
+                "32-bit index per kept weight) and for factorisations equals their parameters. " + NOTE)
+
+
+def equal_budget_view(long: pd.DataFrame, size: str = "params") -> pd.DataFrame:
+    """One (network, dataset)'s rows of ``equal_budget`` as a wide table: a row per count
+    (headed ``size``: the counts are parameters or storage)."""
     cells = long.assign(cell=[_cell(r) for r in long.itertuples()])
     wide = cells.pivot(index="params", columns="label", values="cell").fillna("")
     wide.columns.name = None
     wide.insert(0, "seeds", [_seeds(long[long.params == p]) for p in wide.index])
     wide.index = [f"{int(round(p)):,}" for p in wide.index]
-    return wide.rename_axis("params").reset_index()
+    return wide.rename_axis(size).reset_index()
 
 
-def equal_budget_markdown(long: pd.DataFrame, title: str) -> str:
-    parts = [f"# {title}\n\n{NOTE}\n"]
+def equal_budget_markdown(long: pd.DataFrame, title: str, size: str = "params") -> str:
+    parts = [f"# {title}\n\n{STORAGE_NOTE if size == 'storage' else NOTE}\n"]
     for (net, ds), g in long.groupby(["network", "dataset"], sort=False):
-        parts.append(f"\n## {net} / {ds}\n\n" + markdown_table(equal_budget_view(g)) + "\n")
+        parts.append(f"\n## {net} / {ds}\n\n" + markdown_table(equal_budget_view(g, size)) + "\n")
     return "".join(parts)
 
 
-def write_equal_budget(long: pd.DataFrame, stem: Path, title: str) -> list[Path]:
+def write_equal_budget(long: pd.DataFrame, stem: Path, title: str, size: str = "params") -> list[Path]:
     """``stem``.md (tables) and ``stem``.csv (the numbers, one row per count and method)."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     md, csv = stem.with_suffix(".md"), stem.with_suffix(".csv")
-    md.write_text(equal_budget_markdown(long, title) if len(long) else f"# {title}\n\n(no common parameter counts)\n")
+    md.write_text(equal_budget_markdown(long, title, size) if len(long)
+                  else f"# {title}\n\n(no common {'storage sizes' if size == 'storage' else 'parameter counts'})\n")
     long.to_csv(csv, index=False)
     return [md, csv]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.report import (TABLE_NOTE, accuracy_summary, accuracy_table, baseline_split, equal_budget,
-                          finetune_epochs, fit_summary, longest_finetune, markdown_table, records_frame, status_line)
+                          finetune_epochs, fit_summary, is_sparse, longest_finetune, markdown_table, records_frame,
+                          status_line)
 from plots.accuracy import plot_accuracy_vs_params, plot_fit_error
 from plots.equal_budget import write_equal_budget
 
@@ -60,6 +61,13 @@ def write_accuracy_reports(suite_dir: Path, keys: set[str] | None = None) -> lis
         written += write_equal_budget(eb, suite_dir / "equal_budget", f"{suite_dir.name}: accuracy at equal budgets")
         parts.append("\nEqual-budget comparison (interpolated at common parameter counts): "
                      "[equal_budget.md](equal_budget.md).\n")
+    if any(is_sparse(r) for r in df.to_dict("records")):  # pruning also stores where its weights are
+        es = equal_budget(longest_finetune(df), size="storage")
+        if not es.empty:
+            written += write_equal_budget(es, suite_dir / "equal_storage", f"{suite_dir.name}: accuracy at equal storage",
+                                          size="storage")
+            parts.append("Equal-storage comparison (the same, with pruning's index cost counted): "
+                         "[equal_storage.md](equal_storage.md).\n")
     bad = df[df.status != "ok"]
     if len(bad):
         parts.append("\n## Jobs not ok\n\n" + markdown_table(

@@ -320,3 +320,41 @@ def test_pruning_storage_counts_values_plus_the_cheaper_index():
     f = fit_summary(pd.DataFrame([prune, svd, _failed("s1", "svd", "x10", 1)])).set_index("label")
     assert f.loc["prune", "storage"] == 131.25 and f.loc["svd", "storage"] == 100.0
     assert f.loc["svd", ["seeds", "seeds_run"]].tolist() == [1, 2]
+
+
+def test_equal_storage_places_pruning_at_its_values_plus_index():
+    """The equal-storage view (issue: pruning's index cost) moves a pruned point from its non-zero
+    count to its storage; a factorisation's stays where it is (storage = parameters)."""
+    def info(params):
+        return {"fc1": {"params": params, "params_dense": 1000, "total": 1000, "knob": params}}
+
+    recs = []
+    for seed, d in enumerate((-1.0, 0.0, 1.0)):
+        recs += [_rec(f"p100-{seed}", "prune", "x10", seed, 80.0 + d, 100, layer_info=info(100),
+                      params_counted_as="non-zero weights"),
+                 _rec(f"p200-{seed}", "prune", "x5", seed, 90.0 + d, 200, layer_info=info(200),
+                      params_counted_as="non-zero weights"),
+                 _rec(f"s100-{seed}", "svd", "x10", seed, 70.0 + d, 100), _rec(f"s300-{seed}", "svd", "x3", seed, 85.0 + d, 300)]
+    frame = pd.DataFrame(recs)
+    by_params = equal_budget(frame, counts=[100, 200]).set_index(["label", "params"])
+    assert by_params.loc[("prune", 100), "acc_mean"] == pytest.approx(80.0)
+    # storage: 100 kept of 1000 -> 100 + 1000 / 32 (mask) = 131.25; 200 kept -> 231.25
+    by_storage = equal_budget(frame, counts=[131.25, 231.25], size="storage").set_index(["label", "params"])
+    assert by_storage.loc[("prune", 131.25), "acc_mean"] == pytest.approx(80.0)
+    assert by_storage.loc[("prune", 231.25), "acc_mean"] == pytest.approx(90.0)
+    frac = np.log(131.25 / 100) / np.log(3)   # svd is unchanged: interpolated at its parameters
+    assert by_storage.loc[("svd", 131.25), "acc_mean"] == pytest.approx(70.0 + frac * 15.0)
+    assert equal_budget_view(equal_budget(frame, counts=[231.25], size="storage"), "storage").columns[0] == "storage"
+    with pytest.raises(ValueError, match="size 'flops'"):
+        equal_budget(frame, size="flops")
+
+
+def test_network_ratio_counts_the_layers_left_dense():
+    from bench.report import accuracy_table, network_ratio
+
+    # 1,000 compressed to 100 in a network of 1,500: 1,500 / 600
+    r = _rec("t", "svd", "x10", 0, 90.0, 100, params_total=600)
+    assert network_ratio(r) == pytest.approx(2.5)
+    assert math.isnan(network_ratio({k: v for k, v in r.items() if k != "params_total"}))
+    s = accuracy_summary(pd.DataFrame([r, {**r, "key": "t1", "seed": 1}]))
+    assert accuracy_table(s).loc[0, "network ratio"] == "2.50x"
