@@ -12,6 +12,11 @@ from dataclasses import replace
 TUNE_SEED = 0
 
 
+def picks_lr(job) -> bool:
+    """Whether ``job``'s fine-tuning lr comes from ``lr_grid`` (a fit-only job never fine-tunes)."""
+    return bool(job.lr_grid) and not job.fit_only
+
+
 def tuner_key(job) -> str:
     """Key of the job that picks ``job``'s lr: its setting on ``TUNE_SEED`` at the tuning epoch
     count (the suite's tune_epochs, when it has one). Computed, so it is known even when that
@@ -22,8 +27,8 @@ def tuner_key(job) -> str:
 
 def tuning_jobs(jobs) -> dict[str, str]:
     """Tune key -> key of the job that picks the lr for it (``tuner_key``), for every tune key
-    of the jobs with an ``lr_grid``; that job may or may not be one of ``jobs``."""
-    return {j.tune_key: tuner_key(j) for j in jobs if j.lr_grid}
+    of the jobs that pick their lr (``picks_lr``); that job may or may not be one of ``jobs``."""
+    return {j.tune_key: tuner_key(j) for j in jobs if picks_lr(j)}
 
 
 def tuner_keys(jobs) -> set[str]:

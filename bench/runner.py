@@ -28,7 +28,7 @@ from bench.environment import code_version, environment
 from bench.job import failed_record, job_fields
 from bench.records import RecordIndex, latest_by_key, read_records
 from bench.jobs import Job
-from bench.plan import tuning_jobs
+from bench.plan import picks_lr, tuning_jobs
 from bench.train import resolve_device
 
 REPO = Path(__file__).resolve().parent.parent
@@ -157,9 +157,9 @@ class JobClaimer:
 def tuning_passes(todo: list[Job], tuners: set[str]) -> list[list[Job]]:
     """[jobs that pick their fine-tuning lr, jobs that reuse a pick]: ``tuners`` are the keys
     of the tuning jobs of the whole job list (``bench.plan.tuner_keys``)."""
-    if not any(j.lr_grid for j in todo):
+    if not any(picks_lr(j) for j in todo):
         return [todo]
-    first = [j for j in todo if not j.lr_grid or j.key in tuners]
+    first = [j for j in todo if not picks_lr(j) or j.key in tuners]
     second = [j for j in todo if j not in first]
     return [p for p in (first, second) if p]
 
@@ -306,7 +306,7 @@ class Sweep:
                 else:
                     self.finish(rec if claimer(job) else Marker(job.key, CLAIMED))
             for part in tuning_passes(runnable, set(tuner_of.values())) if runnable else []:
-                waiting = [j for j in part if j.lr_grid and tuner_of[j.tune_key] in left]
+                waiting = [j for j in part if picks_lr(j) and tuner_of[j.tune_key] in left]
                 for job in waiting:  # its lr pick is made by a job left for later: it waits too
                     left.add(job.key)
                     self.finish(Marker(job.key, LEFT))
@@ -362,7 +362,7 @@ class Sweep:
 
 def _reusers(part: list[Job], tuner_of: dict[str, str]) -> list[Job]:
     """The jobs of ``part`` that take the lr pick of another job (``bench.plan.tuner_key``)."""
-    return [j for j in part if j.lr_grid and tuner_of[j.tune_key] != j.key]
+    return [j for j in part if picks_lr(j) and tuner_of[j.tune_key] != j.key]
 
 
 def _tuner_failed(part: list[Job], tuner_of: dict[str, str], records: RecordIndex) -> list[Job]:

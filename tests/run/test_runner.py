@@ -284,6 +284,13 @@ def test_a_run_of_later_seeds_takes_seed_0s_pick_and_never_tunes_itself(tmp_path
     assert "2 already done, 0 ok" in capsys.readouterr().out
 
 
+def test_a_fit_only_run_of_a_later_seed_waits_for_nothing(tmp_path, tiny_suite, capsys):
+    """A fit-only job never fine-tunes: it takes no lr pick, so it never waits for one."""
+    suite = tiny_suite(methods=["svd"], ratios=[2], seeds=[0, 1], lr_grid=[0.001, 0.05])
+    assert _run("--suite", suite, "--out", tmp_path, "--fit-only", "--set", "protocol.seeds=[1]") == 0
+    assert "1 ok" in capsys.readouterr().out
+
+
 FAIL_ON_SEED0 = """
 def finetune(self, model, ctx):  # seed 1 would say so too, if it were run
     raise RuntimeError("tuning run fails")
