@@ -298,7 +298,7 @@ def _records_to_null(tmp_path, suite):
 
 
 @pytest.mark.parametrize("make, says", [
-    (lambda t, s: _out_file(t), "is not a folder"),
+    (lambda t, s: _out_file(t), "a file, not a folder"),  # refused up front, dry runs too (no_file_for_a_folder)
     (lambda t, s: _records_dir(t, s), "is not a regular file"),
     (lambda t, s: _records_to_null(t, s), "is not a regular file (a link to /dev/null)"),
 ])
