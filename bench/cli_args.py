@@ -99,7 +99,8 @@ def no_file_for_a_folder(args) -> None:
     for attr in ("out", "data_dir"):
         value = getattr(args, attr, None)
         if value and Path(value).exists() and not Path(value).is_dir():
-            raise UsageError(f"{_ONE_VALUE_FLAGS[attr][0]} {value}: a file, not a folder; give {_ONE_VALUE_FLAGS[attr][1]}")
+            flag, what = _ONE_VALUE_FLAGS[attr]
+            raise UsageError(f"{flag} {value}: a file, not a folder; give {what}")
 
 
 def csv_values(value: str | None, flag: str, unique: bool = True, optional: bool = True) -> list[str] | None:

@@ -64,8 +64,8 @@ def write_accuracy_reports(suite_dir: Path, keys: set[str] | None = None) -> lis
     if any(is_sparse(r) for r in df.to_dict("records")):  # pruning also stores where its weights are
         es = equal_budget(longest_finetune(df), size="storage")
         if not es.empty:
-            written += write_equal_budget(es, suite_dir / "equal_storage", f"{suite_dir.name}: accuracy at equal storage",
-                                          size="storage")
+            title = f"{suite_dir.name}: accuracy at equal storage"
+            written += write_equal_budget(es, suite_dir / "equal_storage", title, size="storage")
             parts.append("Equal-storage comparison (the same, with pruning's index cost counted): "
                          "[equal_storage.md](equal_storage.md).\n")
     bad = df[df.status != "ok"]
