@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench.cli_args import (CUSTOM_OUT, DEFAULT_OUT, UsageError, csv_values, no_empty_values, no_file_for_a_folder,
                             no_unread_flags, parse_args, refused)
-from bench.errors import InputError, one_line_warnings
+from bench.errors import InputError, existing_file, one_line_warnings
 from bench.plan import TUNE_SEED
 from bench.records import OutputWriteError, write_cause
 from bench.registry import METHODS, dataset_names, load_plugin, method_names, network_names
@@ -249,8 +249,8 @@ def cost_model(args, devices: list[str], jobs, check: bool = True):
         raise UsageError(f"unknown device {spec!r}; valid: cpu, cuda, cuda:N, auto")
     kind = device_kind(spec)
     path = Path(args.calibration) if args.calibration else default_path(kind)
-    if args.calibration and not path.is_file():
-        raise UsageError(f"--calibration {path}: {'not a regular file' if path.exists() else 'no such file'}")
+    if args.calibration:
+        existing_file(path, "--calibration", UsageError)
     cal = load_calibration(path)
     if cal is None:
         return kind, None, path

@@ -14,6 +14,14 @@ class InputError(Exception):
     """A bad suite, command line, name, plugin or data file; the message says what is valid."""
 
 
+def existing_file(path, what: str, error: type[InputError] = InputError):
+    """``path`` when it is a regular file; else ``error`` saying "WHAT PATH: not a regular file"
+    (or "no such file"), the wording of every file flag."""
+    if not path.is_file():
+        raise error(f"{what} {path}: {'not a regular file' if path.exists() else 'no such file'}")
+    return path
+
+
 def one_line_warnings() -> None:
     """Print each distinct warning once, as ``warning: MESSAGE`` on one line: Python's default
     adds the source file and line of tnbench's own code, and a file read twice in one command

@@ -63,7 +63,7 @@ import string
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.errors import InputError
+from bench.errors import InputError, existing_file
 from bench.report import welch_p
 from bench.suite_yaml import parse_yaml, read_text
 # the values, expressions and queries live in their own modules; these names stay importable from here
@@ -140,14 +140,8 @@ class VerdictsInputError(InputError, ValueError):
     """A claims file or README that cannot be read as one: exit 2, one line."""
 
 
-def _existing_file(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise VerdictsInputError(f"{what} {path}: {'not a regular file' if path.exists() else 'no such file'}")
-    return path
-
-
 def load_claims(path: Path | str) -> dict[str, list[dict]]:
-    path = _existing_file(Path(path), "claims file")
+    path = existing_file(Path(path), "claims file", VerdictsInputError)
     data = parse_yaml(read_text(path), str(path)) or {}
     if (not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values())
             or not all(isinstance(c, dict) for v in data.values() for c in v)):
@@ -204,7 +198,7 @@ def run(results: Path | str = "results", claims: Path | str | None = None, readm
     for v in bad:
         out(f"FAIL {v.block}/{v.id}: " + "; ".join(v.failures))
     blocks = render_blocks(verdicts)
-    text = read_text(_existing_file(readme_path, "README"))
+    text = read_text(existing_file(readme_path, "README", VerdictsInputError))
     if write:
         new = write_blocks(text, blocks)
         if new != text:

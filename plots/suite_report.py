@@ -56,13 +56,14 @@ def write_accuracy_reports(suite_dir: Path, keys: set[str] | None = None) -> lis
                      + markdown_table(view) + "\n")
         written += plot_accuracy_vs_params(g, f"{net} on {ds}",
                                            suite_dir / "plots" / f"accuracy_vs_params_{net}_{ds}")
-    eb = equal_budget(longest_finetune(df))
+    longest = longest_finetune(df)
+    eb = equal_budget(longest)
     if not eb.empty:
         written += write_equal_budget(eb, suite_dir / "equal_budget", f"{suite_dir.name}: accuracy at equal budgets")
         parts.append("\nEqual-budget comparison (interpolated at common parameter counts): "
                      "[equal_budget.md](equal_budget.md).\n")
     if any(is_sparse(r) for r in df.to_dict("records")):  # pruning also stores where its weights are
-        es = equal_budget(longest_finetune(df), size="storage")
+        es = equal_budget(longest, size="storage")
         if not es.empty:
             title = f"{suite_dir.name}: accuracy at equal storage"
             written += write_equal_budget(es, suite_dir / "equal_storage", title, size="storage")
