@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from bench.bias_calibration import calibrate, calibration_images
+from bench.chance import at_chance
 from bench.compressor import BudgetUnreachable, ContractError, FinetuneContext
 from bench.data import DataSplits
 from bench.layers import count_params, dense_params, get_layer
@@ -40,8 +41,11 @@ def job_fields(job: Job) -> dict[str, Any]:
             "finetune": job.finetune}
 
 
-def memo_key(job: Job, knobs: dict[str, Any], lr_pick: float | None = None) -> str:
-    """Jobs of one baseline with equal memo keys would train the same network the same way."""
+def memo_key(job: Job, knobs: dict[str, Any], lr_pick=None) -> str:
+    """Jobs of one baseline with equal memo keys would train the same network the same way.
+    ``lr_pick``: a pick, or the tuning seed's picks best first (its first decides)."""
+    if isinstance(lr_pick, list):
+        lr_pick = lr_pick[0] if lr_pick else None
     return config_key({"method": job.method, "options": job.options, "knobs": knobs,
                        "finetune": measured_recipe(job.method, job.finetune),
                        "lr_grid": job.lr_grid, "lr_pick": lr_pick, "fit_only": job.fit_only})
@@ -162,7 +166,8 @@ def _tuned_finetune(method, model, job: Job, data, originals, knobs, lr_pick, pr
     grid = job.lr_grid if method.uses_finetune_lr else None
     return tuned(lambda m, pick: _finetune(method, m, job, data, originals, knobs, pick, progress, calibrate),
                  lambda m: evaluate(m, data.x_val, data.y_val), model, grid, job.optimizer_grid,
-                 job.lr_extend or 0, lr_pick)
+                 job.lr_extend or 0, lr_pick, fallbacks=job.pick_fallbacks or 0,
+                 collapsed=lambda acc: at_chance(acc, data.num_classes))
 
 
 def _scoped(job: Job, method, base_model, base_meta: dict, data: DataSplits, caches: PrefixStore | None
@@ -234,8 +239,9 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
     ``memo`` maps (method, options, knobs, recipe) to an earlier record of the same baseline: a
     budget whose allocation equals an earlier one (a ratio beyond what a method can reach)
     reuses its measurements instead of training the same network again, and says so
-    (``same_as``). ``lr_pick``: the fine-tuning learning rate picked on the tuning seed (jobs
-    with an ``lr_grid``); None makes this job tune. ``prefix_caches``: where the jobs of one
+    (``same_as``). ``lr_pick``: the fine-tuning pick made on the tuning seed (jobs with an
+    ``lr_grid``), or its picks best first (``bench.tuning.ranked_picks``: the job's
+    ``pick_fallbacks`` fall back on them); None makes this job tune. ``prefix_caches``: where the jobs of one
     baseline keep its frozen-prefix cache (``finetune.scope: after_frozen_prefix``;
     ``bench.prefix_store``), None: built for this job alone."""
     device = data.x_train.device

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bench.bias_calibration import CALIBRATION_RULE
+from bench.plan import TUNE_SEED
 from bench.records import config_key
-from bench.registry import METHODS, is_reference
+from bench.registry import METHODS, is_reference, tunes_lr
 from bench.spec import MethodEntry, Suite, thaw
 from bench.suite_schema import DEFAULT_JOB_TIME_LIMIT_S, STAGES, SuiteError
 from bench.train import check_recipe
@@ -42,6 +43,10 @@ class Job:
     lr_grid: list[float] | None = None
     optimizer_grid: list[str] | None = None
     lr_extend: int | None = None
+    #: the suite's ``pick_fallbacks``: how many of the tuning seed's next-best picks a job that
+    #: borrows its pick tries when its run diverges or ends at chance (``bench.tuning.borrowed``);
+    #: in the key of the borrowing jobs only (the tuning job has nothing to fall back on)
+    pick_fallbacks: int | None = None
     #: not part of the key (how a job is scheduled or capped, not what it computes):
     #: its priority stage (``STAGES``), the suite's budget_tolerance and factorize_time_cap_s
     stage: str | None = field(default=None, compare=False)
@@ -69,6 +74,8 @@ class Job:
             cfg["lr_extend"] = self.lr_extend
         if self.borrows_pick:
             cfg["tune_epochs"] = self.tune_epochs
+        if self.pick_fallbacks is not None and self.reuses_pick:
+            cfg["pick_fallbacks"] = self.pick_fallbacks
         if self.calibrates_bias:  # a new rule gives new results: records of the old one stay apart
             cfg["bias_calibration_rule"] = CALIBRATION_RULE
         return cfg
@@ -92,6 +99,13 @@ class Job:
         return (self.tune_epochs is not None and not self.fit_only
                 and self.finetune.get("epochs") != self.tune_epochs)
 
+    @property
+    def reuses_pick(self) -> bool:
+        """Whether this job takes its pick from another job (``bench.plan.tuner_key``): another
+        seed's, or its own seed's at the suite's tune_epochs. Dense and NN-BCD take none."""
+        return (bool(self.lr_grid) and not self.fit_only and tunes_lr(self.method)
+                and (self.seed != TUNE_SEED or self.borrows_pick))
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", config_key(self.config()))
 
@@ -102,6 +116,7 @@ class Job:
         cfg = self.config()
         del cfg["seed"]
         cfg.pop("tune_epochs", None)
+        cfg.pop("pick_fallbacks", None)
         if cfg["finetune"] is not None:
             picked = ("lr", "optimizer") if self.optimizer_grid else ("lr",)
             cfg["finetune"] = {k: v for k, v in cfg["finetune"].items() if k not in picked}
@@ -164,6 +179,7 @@ def expand(suite: Suite, methods: list[str] | None = None, networks: list[str] |
     lr_grid = [float(x) for x in proto.lr_grid] if proto.lr_grid and not fit else None
     optimizer_grid = list(proto.optimizer_grid) if lr_grid and proto.optimizer_grid else None
     lr_extend = int(proto.lr_extend) if lr_grid and proto.lr_extend is not None else None
+    fallbacks = int(proto.pick_fallbacks) if lr_grid and proto.pick_fallbacks is not None else None
     jobs = []
     for network, layers in nets.items():
         train = check_recipe(suite.recipe("train", network))
@@ -180,7 +196,8 @@ def expand(suite: Suite, methods: list[str] | None = None, networks: list[str] |
                             jobs.append(Job(suite.name, network, dataset, list(layers), e.method, e.label,
                                             thaw(e.options), ratio, knob, int(seed), train,
                                             ft, data_cfg, fit, lr_grid=lr_grid, optimizer_grid=optimizer_grid,
-                                            lr_extend=lr_extend, budget_tolerance=suite.budget_tolerance,
+                                            lr_extend=lr_extend, pick_fallbacks=fallbacks,
+                                            budget_tolerance=suite.budget_tolerance,
                                             factorize_time_cap_s=suite.factorize_time_cap_s,
                                             job_time_limit_s=suite.job_time_limit_s,
                                             tune_epochs=proto.tune_epochs if lr_grid else None))

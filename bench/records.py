@@ -32,7 +32,8 @@ def config_key(config: dict[str, Any]) -> str:
 #: hashes); the optional ones are in a config only when the job sets them
 CONFIG_FIELDS = ("network", "dataset", "layers", "method", "options", "target_ratio", "knob", "seed", "train",
                  "finetune", "data", "fit_only")
-OPTIONAL_CONFIG_FIELDS = ("lr_grid", "optimizer_grid", "lr_extend", "tune_epochs", "bias_calibration_rule")
+OPTIONAL_CONFIG_FIELDS = ("lr_grid", "optimizer_grid", "lr_extend", "pick_fallbacks", "tune_epochs",
+                          "bias_calibration_rule")
 
 
 def record_config(rec: dict[str, Any]) -> dict[str, Any]:

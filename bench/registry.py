@@ -217,6 +217,13 @@ def is_reference(method: str) -> bool:
     return isinstance(method, str) and method in METHODS and bool(getattr(METHODS.get(method), "reference", False))
 
 
+def tunes_lr(method: str) -> bool:
+    """Whether ``method``'s fine-tuning takes a picked lr (``Compressor.uses_finetune_lr``: not
+    dense, not NN-BCD). A name not registered counts as one that does, as a new plugin would."""
+    return not (isinstance(method, str) and method in METHODS
+                and not getattr(METHODS.get(method), "uses_finetune_lr", True))
+
+
 def network_names() -> list[str]:
     return NETWORKS.names()
 

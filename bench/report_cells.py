@@ -13,13 +13,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from bench.chance import CHANCE_MARGIN  # one definition of "at chance" for the runs and the tables
+
 #: what ``format_acc``'s strings mean (mean ± CI of whatever values it is given)
 ACC_NOTE = "mean ± 95 % CI half-width over seeds (Student t; one seed: the mean only)"
 
-#: a seed whose accuracy is within this many points of chance (100 / classes) has collapsed.
-#: A network that predicts one class scores that class's share of the test set: on MNIST up to
-#: 11.35 % (the digit 1), 1.35 points above chance, so a 1-point margin would miss it.
-CHANCE_MARGIN = 1.5
 #: a cell's mean ± CI needs this many ok seeds (and no failed one, and not bimodal)
 MIN_CI_SEEDS = 3
 CELL = ["network", "dataset", "label", "budget"]

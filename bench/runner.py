@@ -29,6 +29,7 @@ from bench.job import failed_record, job_fields
 from bench.records import RecordIndex, latest_by_key, read_records
 from bench.jobs import Job
 from bench.plan import picks_lr, tuning_jobs
+from bench.tuning import ranked_picks
 from bench.train import resolve_device
 
 REPO = Path(__file__).resolve().parent.parent
@@ -164,14 +165,15 @@ def tuning_passes(todo: list[Job], tuners: set[str]) -> list[list[Job]]:
     return [p for p in (first, second) if p]
 
 
-def lr_picks(records: RecordIndex) -> dict[str, float]:
-    """Tune key -> learning rate picked, from the records of tuning jobs (as the sweep has them:
-    its own appends are in the index as they land, no re-read)."""
+def lr_picks(records: RecordIndex) -> dict[str, list]:
+    """Tune key -> the tuning job's picks, best first (``bench.tuning.ranked_picks``: its pick,
+    then what a job with ``pick_fallbacks`` falls back on), from the records of tuning jobs (as
+    the sweep has them: its own appends are in the index as they land, no re-read)."""
     picks = {}
     for r in records.latest.values():
         t = r.get("lr_tuning")
         if r.get("status") == "ok" and t and t.get("tuned_here") and r.get("tune_key"):
-            picks[r["tune_key"]] = t["pick"]
+            picks[r["tune_key"]] = ranked_picks(t)
     return picks
 
 

@@ -57,6 +57,7 @@ class Protocol:
     lr_grid: tuple[float, ...] | None = None
     optimizer_grid: tuple[str, ...] | None = None
     lr_extend: int | None = None
+    pick_fallbacks: int | None = None
     reuse: tuple[str, ...] = ()
 
     def epochs(self, network: str) -> tuple | None:

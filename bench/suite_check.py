@@ -94,13 +94,14 @@ def _check_tune_epochs(spec: Suite) -> None:
 
 
 def _check_grid_and_reuse(suite: dict[str, Any], proto: dict[str, Any]) -> None:
-    """optimizer_grid and lr_extend need an lr_grid; reuse names other suites."""
-    for key in ("optimizer_grid", "lr_extend"):
+    """optimizer_grid, lr_extend and pick_fallbacks need an lr_grid; reuse names other suites."""
+    for key in ("optimizer_grid", "lr_extend", "pick_fallbacks"):
         if proto.get(key) is not None and not proto.get("lr_grid"):
-            raise SuiteError(f"protocol.{key} {proto[key]!r}: needs an lr_grid to extend or cross with")
-    ext = proto.get("lr_extend")
-    if ext is not None and (isinstance(ext, bool) or not isinstance(ext, int) or not 0 <= ext <= 5):
-        raise SuiteError(f"protocol.lr_extend {ext!r}: expected an integer in 0..5")
+            raise SuiteError(f"protocol.{key} {proto[key]!r}: needs an lr_grid to extend, cross with or fall back on")
+    for key in ("lr_extend", "pick_fallbacks"):
+        n = proto.get(key)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 5):
+            raise SuiteError(f"protocol.{key} {n!r}: expected an integer in 0..5")
     reuse = proto.get("reuse")
     if reuse is None:
         return

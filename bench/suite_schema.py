@@ -30,6 +30,8 @@ PROTOCOL_KEYS = {
                       f"{', '.join(OPTIMIZERS)}; bench/tuning.py)",
     "lr_extend": "integer >= 0: times an optimizer's best lr at an edge of lr_grid tries the next value out "
                  "(x3 or /3; bench/tuning.py)",
+    "pick_fallbacks": "integer 0..5: a seed that borrows the tuning seed's pick and diverges or ends at chance "
+                      "on validation tries up to this many of the tuning seed's next-best picks (bench/tuning.py)",
     "tune_epochs": "one of finetune_epochs: the epoch count whose lr pick (on the tuning seed) every epoch "
                    "count uses (default: each epoch count picks its own)",
     "reuse": "suites whose records in the same output a job with an equal key takes instead of running "

@@ -13,6 +13,14 @@ The same rule for every gradient method (protocol v3):
 Every value tried is in the record (``lr_tuning``). A pick is a float (the lr) when the suite
 has no ``optimizer_grid`` — the records made before it keep their form — else
 ``{"optimizer": ..., "lr": ...}``.
+
+The other seeds take the tuning seed's pick. One pick can suit seed 0 and still leave another
+seed's run at chance (LeNet-5 under v3: 4 of 56 cells had one such seed, three of them ADTN).
+With ``pick_fallbacks`` F, a seed whose run with the borrowed pick diverges or ends at chance on
+its *validation* split tries the tuning seed's next-best picks, in the order of the tuning seed's
+validation accuracy, up to F of them, from the same start; it keeps the first run that is not at
+chance, else the best on validation. Test accuracy never decides; every run tried is in the
+record (``fallbacks``).
 """
 from __future__ import annotations
 
@@ -29,6 +37,21 @@ def apply_pick(recipe: dict[str, Any], pick: float | dict | None) -> dict[str, A
     if isinstance(pick, dict):
         return {**recipe, **pick}
     return {**recipe, "lr": float(pick)}
+
+
+def parse_label(label: str) -> float | dict:
+    """The pick a ``val_acc`` label names ("0.01" or "adam@0.01"): ``_label``'s inverse."""
+    opt, _, lr = label.rpartition("@")
+    return float(lr) if not opt else {"optimizer": opt, "lr": float(lr)}
+
+
+def ranked_picks(tuning: dict[str, Any]) -> list:
+    """A tuning record's picks, best first: its pick, then every other value that did not
+    diverge by validation accuracy (ties: the order tried). What a borrowing seed falls back on."""
+    pick = tuning["pick"]
+    others = sorted(((acc, i, parse_label(lab)) for i, (lab, acc) in enumerate((tuning.get("val_acc") or {}).items())),
+                    key=lambda t: (-t[0], t[1]))
+    return [pick] + [p for _, _, p in others if p != pick]
 
 
 def _best(tried: dict[float, float | None]) -> tuple[float, float] | None:
@@ -109,18 +132,60 @@ def search(run: Callable[[dict | float], tuple[float, Any]], lrs: list[float], o
     return kept, rec
 
 
+def borrowed(finetune: Callable[[Any, Any], Any], evaluate_val: Callable[[Any], float], model, ranked: list,
+             fallbacks: int, collapsed: Callable[[float], bool]) -> tuple[Any, Any, Any, list[dict] | None]:
+    """Fine-tune with the tuning seed's pick ``ranked[0]``; when that run diverges or ends
+    ``collapsed`` on validation, try ``ranked[1:]`` in order, up to ``fallbacks`` of them, each
+    from a copy of the same start. Returns (model, context, pick kept, the runs tried or None
+    when only the first ran)."""
+    candidates = ranked[:1 + max(0, int(fallbacks))]
+    if len(candidates) == 1:  # nothing to fall back on: a divergence fails the job, as it always did
+        return model, finetune(model, candidates[0]), candidates[0], None
+    start = copy.deepcopy(model)
+    tried: list[dict] = []
+    best = None
+    for i, pick in enumerate(candidates):
+        trial = model if i == 0 else copy.deepcopy(start)
+        try:
+            ctx = finetune(trial, pick)
+        except FloatingPointError:
+            tried.append({"pick": pick, "val_acc": None})
+            continue
+        acc = evaluate_val(trial)
+        tried.append({"pick": pick, "val_acc": acc})
+        if best is None or acc > best[0]:
+            best = (acc, trial, ctx, pick)
+        if not collapsed(acc):
+            break
+    if best is None:
+        raise FloatingPointError(f"fine-tuning diverged with the tuning seed's pick and its {len(tried) - 1} "
+                                 f"next-best ({[_label_of(t['pick']) for t in tried]})")
+    _, trial, ctx, pick = best
+    return trial, ctx, pick, (tried if len(tried) > 1 else None)
+
+
+def _label_of(pick) -> str:
+    return _label(pick.get("optimizer"), pick["lr"]) if isinstance(pick, dict) else _label(None, pick)
+
+
 def tuned(finetune: Callable[[Any, float | dict | None], Any], evaluate_val: Callable[[Any], float], model,
-          lrs: list[float] | None, optimizers: list[str] | None, extend: int, pick: Any) -> tuple[Any, Any, dict | None]:
-    """Fine-tune ``model`` with the pick made on the tuning seed (``pick`` given), or search the
-    grid on copies and keep the best. ``finetune(model, pick)`` returns the method's context.
-    Returns (model, context, tuning record or None when there is no grid)."""
+          lrs: list[float] | None, optimizers: list[str] | None, extend: int, pick: Any,
+          fallbacks: int = 0, collapsed: Callable[[float], bool] | None = None) -> tuple[Any, Any, dict | None]:
+    """Fine-tune ``model`` with the pick made on the tuning seed (``pick`` given: one pick, or
+    the tuning seed's picks best first, ``ranked_picks``), or search the grid on copies and keep
+    the best. ``finetune(model, pick)`` returns the method's context. ``fallbacks``/``collapsed``:
+    ``borrowed``'s. Returns (model, context, tuning record or None when there is no grid)."""
     if not lrs:
         return model, finetune(model, None), None
     if pick is not None:
-        ctx = finetune(model, pick)
-        rec = {"grid": [float(x) for x in lrs], "pick": pick, "tuned_here": False}
+        ranked = pick if isinstance(pick, list) else [pick]
+        model, ctx, kept, tried = borrowed(finetune, evaluate_val, model, ranked,
+                                           fallbacks if collapsed is not None else 0, collapsed or (lambda a: False))
+        rec = {"grid": [float(x) for x in lrs], "pick": kept, "tuned_here": False}
         if optimizers:
             rec["optimizers"] = list(optimizers)
+        if tried is not None:
+            rec.update(borrowed_pick=ranked[0], fallbacks=tried)
         return model, ctx, rec
 
     def run(p):

@@ -36,12 +36,12 @@ def device_info(device: torch.device) -> dict[str, Any]:
 
 def run_groups(groups: list[list[Job]], settings, device: torch.device,
                claim: Callable[[Job], bool] | None = None,
-               lr_picks: dict[str, float] | None = None,
+               lr_picks: dict[str, list] | None = None,
                gate: Callable[[Job], bool] | None = None) -> Iterator[Outcome]:
     """Yield one record per job, in order, on one device. ``claim(job)`` False means another
     sweep runs it (a ``CLAIMED`` marker is yielded); a group's baseline is loaded only once one
-    of its jobs is claimed. ``lr_picks`` maps a job's tune key to the learning rate picked on
-    its tuning seed. ``gate(job)`` (the time budget, ``bench.cost.Budget``) is asked just
+    of its jobs is claimed. ``lr_picks`` maps a job's tune key to the picks of its tuning
+    seed, best first (``bench.runner.lr_picks``). ``gate(job)`` (the time budget, ``bench.cost.Budget``) is asked just
     before a job starts; False yields a ``LEFT`` marker."""
     data_cache: dict[str, DataSplits] = {}
     if device.type == "cpu":

@@ -72,7 +72,7 @@ def _baseline_task(job: Job, settings, plugins: list[str]) -> tuple[dict, dict]:
 
 
 def _job_task(job: Job, baseline: tuple[dict, dict], settings, plugins: list[str],
-              lr_pick: float | None = None) -> dict[str, Any]:
+              lr_pick=None) -> dict[str, Any]:
     from bench.models import build_network
     from bench.prefix_store import PrefixStore
     from bench.registry import load_plugin
@@ -94,7 +94,7 @@ def _job_task(job: Job, baseline: tuple[dict, dict], settings, plugins: list[str
     return rec
 
 
-def planned_memo_key(job: Job, networks: dict, lr_pick: float | None = None) -> str | None:
+def planned_memo_key(job: Job, networks: dict, lr_pick=None) -> str | None:
     """``job``'s memo key when its allocation can be planned without trained weights, else None
     (then the job runs as its own task)."""
     try:
@@ -106,7 +106,7 @@ def planned_memo_key(job: Job, networks: dict, lr_pick: float | None = None) -> 
 
 def run_ray(groups: list[list[Job]], settings, address: str | None,
             plugins: list[str] | None = None, max_retries: int = MAX_RETRIES, claim=None,
-            lr_picks: dict[str, float] | None = None, gate=None) -> Iterator[Outcome]:
+            lr_picks: dict[str, list] | None = None, gate=None) -> Iterator[Outcome]:
     """Submit every job of ``groups``; yield records as tasks finish (in completion order).
     ``claim(job)`` (the driver's job claims) False: another sweep runs it, a ``CLAIMED`` marker
     is yielded and nothing is submitted."""

@@ -1,0 +1,124 @@
+"""A seed that borrows seed 0's pick and collapses to chance tries seed 0's next-best picks
+(``protocol.pick_fallbacks``), judged on validation only; keys, records and suite checks."""
+from __future__ import annotations
+
+import pytest
+
+from bench.cli import main
+from bench.jobs import expand
+from bench.plan import tuner_key
+from bench.records import key_matches, read_records
+from bench.suite import load_suite
+from bench.suite_schema import SuiteError
+from bench.tuning import borrowed, ranked_picks, tuned
+
+TUNING = {"grid": [0.01, 0.03], "pick": {"optimizer": "adam", "lr": 0.01}, "tuned_here": True,
+          "val_acc": {"sgd@0.01": 60.0, "sgd@0.03": 70.0, "adam@0.01": 80.0, "adam@0.03": 70.0, "adam@0.003": 75.0},
+          "diverged": ["sgd@0.09"]}
+
+
+def test_ranked_picks_are_the_pick_then_the_rest_by_validation_accuracy():
+    assert ranked_picks(TUNING) == [{"optimizer": "adam", "lr": 0.01}, {"optimizer": "adam", "lr": 0.003},
+                                    {"optimizer": "sgd", "lr": 0.03}, {"optimizer": "adam", "lr": 0.03},
+                                    {"optimizer": "sgd", "lr": 0.01}]  # ties: the order tried; diverged: never
+    assert ranked_picks({"pick": 0.03, "val_acc": {"0.01": 50.0, "0.03": 60.0, "0.1": 55.0}}) == [0.03, 0.1, 0.01]
+
+
+class Net:
+    """A stand-in model: ``finetune`` appends its pick to ``history``; accuracy depends on the pick."""
+
+    def __init__(self):
+        self.history: list = []
+
+
+def _runner(acc_of):
+    def finetune(model, pick):
+        if acc_of(pick) is None:
+            raise FloatingPointError("diverged")
+        model.history.append(pick)
+        return f"ctx-{pick}"
+    return finetune, (lambda model: acc_of(model.history[-1]))
+
+
+def test_a_collapsed_seed_falls_back_to_the_next_pick_from_the_same_start():
+    finetune, val = _runner({0.03: 10.2, 0.01: 80.0, 0.1: 85.0}.get)
+    start = Net()
+    model, ctx, kept, tried = borrowed(finetune, val, start, [0.03, 0.01, 0.1], 2, lambda a: abs(a - 10) <= 1.5)
+    assert kept == 0.01 and ctx == "ctx-0.01"  # the first pick not at chance, not the best of all three
+    assert model.history == [0.01]  # fine-tuned from the start, not on top of the collapsed run
+    assert tried == [{"pick": 0.03, "val_acc": 10.2}, {"pick": 0.01, "val_acc": 80.0}]
+
+
+def test_divergence_falls_back_and_all_collapsed_keeps_the_best_on_validation():
+    finetune, val = _runner({0.03: None, 0.01: 10.9, 0.1: 11.3}.get)
+    model, _, kept, tried = borrowed(finetune, val, Net(), [0.03, 0.01, 0.1], 2, lambda a: abs(a - 10) <= 1.5)
+    assert kept == 0.1 and [t["val_acc"] for t in tried] == [None, 10.9, 11.3]
+    finetune, val = _runner({0.03: None, 0.01: None}.get)
+    with pytest.raises(FloatingPointError, match="next-best"):
+        borrowed(finetune, val, Net(), [0.03, 0.01], 1, lambda a: False)
+
+
+def test_without_fallbacks_the_borrowed_pick_runs_once_and_its_divergence_fails_the_job():
+    finetune, val = _runner({0.03: 10.0, 0.01: 80.0}.get)
+    model, _, rec = tuned(finetune, val, Net(), [0.01, 0.03], None, 0, [0.03, 0.01])
+    assert model.history == [0.03] and rec == {"grid": [0.01, 0.03], "pick": 0.03, "tuned_here": False}
+    finetune, val = _runner({0.01: 80.0}.get)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        tuned(finetune, val, Net(), [0.01, 0.03], None, 0, 0.03)
+    finetune, val = _runner({0.03: 10.0, 0.01: 80.0}.get)  # with fallbacks, the record says what ran
+    _, _, rec = tuned(finetune, val, Net(), [0.01, 0.03], None, 0, [0.03, 0.01], fallbacks=1,
+                      collapsed=lambda a: a < 11.5)
+    assert rec["pick"] == 0.01 and rec["borrowed_pick"] == 0.03 and len(rec["fallbacks"]) == 2
+
+
+def _suite_jobs(tiny_suite, **proto):
+    path = tiny_suite(methods=["dense", "svd", "nnbcd-tt"], ratios=[2], seeds=[0, 1], lr_grid=[0.01, 0.05], **proto)
+    return {(j.method, j.seed): j for j in expand(load_suite(str(path)))}
+
+
+def test_pick_fallbacks_keys_the_borrowing_seeds_only(tiny_suite):
+    plain, fb = _suite_jobs(tiny_suite), _suite_jobs(tiny_suite, pick_fallbacks=2)
+    assert fb["svd", 0].key == plain["svd", 0].key  # the tuning job has nothing to fall back on
+    assert fb["svd", 1].key != plain["svd", 1].key and fb["svd", 1].config()["pick_fallbacks"] == 2
+    assert fb["svd", 1].tune_key == fb["svd", 0].tune_key and tuner_key(fb["svd", 1]) == fb["svd", 0].key
+    for method in ("dense", "nnbcd-tt"):  # no lr to pick: their records stay valid on every seed
+        assert fb[method, 1].key == plain[method, 1].key
+
+
+@pytest.mark.parametrize("value, message", [(True, "integer in 0..5"), (6, "integer in 0..5"), ("2", "integer")])
+def test_pick_fallbacks_must_be_a_small_integer(tiny_suite, value, message):
+    with pytest.raises(SuiteError, match=f"pick_fallbacks.*{message}"):
+        load_suite(str(tiny_suite(lr_grid=[0.01], pick_fallbacks=value)))
+
+
+def test_pick_fallbacks_needs_an_lr_grid(tiny_suite):
+    with pytest.raises(SuiteError, match="pick_fallbacks 1: needs an lr_grid"):
+        load_suite(str(tiny_suite(pick_fallbacks=1)))
+
+
+COLLAPSE_SEED1_ONCE = """
+def finetune(self, model, ctx):  # seed 1's first fine-tuning ends predicting one class
+    super().finetune(model, ctx)
+    if torch.initial_seed() == 1 and not COLLAPSED:
+        COLLAPSED.append(True)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.zero_()
+"""
+
+
+def test_a_seed_that_collapses_with_seed_0s_pick_runs_again_with_the_runner_up(tmp_path, tiny_suite, svd_plugin):
+    plugin = svd_plugin("collapse-once-svd", COLLAPSE_SEED1_ONCE, imports="import torch\nCOLLAPSED = []")
+    suite = tiny_suite(methods=["collapse-once-svd"], ratios=[2], seeds=[0, 1], lr_grid=[0.01, 0.05],
+                       pick_fallbacks=2)
+    assert main(["--plugin", str(plugin), "--suite", str(suite), "--out", str(tmp_path), "--no-progress"]) == 0
+    recs = {r["seed"]: r for r in read_records(tmp_path / suite.stem / "runs.jsonl")}
+    seed0, seed1 = recs[0]["lr_tuning"], recs[1]["lr_tuning"]
+    assert seed0["tuned_here"] and "fallbacks" not in seed0
+    runner_up = ranked_picks(seed0)[1]
+    assert seed1["borrowed_pick"] == seed0["pick"] and seed1["pick"] == runner_up
+    assert [t["pick"] for t in seed1["fallbacks"]] == [seed0["pick"], runner_up]
+    assert abs(seed1["fallbacks"][0]["val_acc"] - 10) <= 1.5 < abs(seed1["fallbacks"][1]["val_acc"] - 10)
+    assert recs[1]["acc_val_after_finetune"] == seed1["fallbacks"][1]["val_acc"]  # the kept run is the one recorded
+    assert recs[1]["pick_fallbacks"] == 2 and "pick_fallbacks" not in recs[0]
+    assert all(key_matches(r) for r in recs.values())
