@@ -13,6 +13,7 @@ the calibration changes).
 """
 from __future__ import annotations
 
+import math
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, replace
@@ -23,12 +24,14 @@ from tqdm.auto import tqdm
 
 from bench.backends import CLAIMED, LEFT, WAITING, Marker, Outcome, key_of
 from bench.backends.local import run_groups, run_parallel
+from bench.chance import at_chance
 from bench.claims import Claims
 from bench.environment import code_version, environment
 from bench.job import failed_record, job_fields
 from bench.records import RecordIndex, latest_by_key, read_records
 from bench.jobs import Job
 from bench.plan import picks_lr, tuning_jobs
+from bench.registry import UnknownNameError, dataset_spec
 from bench.tuning import ranked_picks
 from bench.train import resolve_device
 
@@ -186,7 +189,11 @@ def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], recor
       says ``reused_from``;
     - one that measured the same thing under another key (``Job.measurement_key``: NN-BCD at
       another fine-tuning epoch count, which its training ignores), in ``path`` or in those
-      suites; the copy says ``same_as`` (and ``reused_from`` when it came from another suite).
+      suites; the copy says ``same_as`` (and ``reused_from`` when it came from another suite);
+    - for a job with ``pick_fallbacks``, the record of the same job without them whose run with
+      the borrowed pick did not need one (ok and not at chance on validation, or skipped before
+      fine-tuning): the fallback rule would have kept that very run. A failed or collapsed one
+      is not taken: that job runs, with its fallbacks. The copy says ``same_as``.
 
     Each copy keeps the measurement and its code version and takes this job's fields. Returns
     how many were copied. ``records``: the sweep's index of ``path`` (default: read it)."""
@@ -201,6 +208,7 @@ def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], recor
         return 0
     same_key: dict[str, tuple[dict, str]] = {}
     same_measure: dict[str, tuple[dict, str | None]] = {}
+    no_fallback_needed: dict[str, tuple[dict, str | None]] = {}
 
     def offer(rec: dict, suite: str | None) -> None:
         if rec.get("status") not in ("ok", "skipped") or not is_complete(rec):
@@ -208,6 +216,8 @@ def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], recor
         if suite is not None:
             same_key.setdefault(rec["key"], (rec, suite))
         same_measure.setdefault(measurement_key(record_config(rec)), (rec, suite))
+        if "pick_fallbacks" not in rec and not _collapsed_on_validation(rec):
+            no_fallback_needed.setdefault(rec["key"], (rec, suite))
 
     for rec in records.latest.values():
         offer(rec, None)
@@ -225,11 +235,28 @@ def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], recor
         elif job.measurement_key in same_measure and same_measure[job.measurement_key][0]["key"] != job.key:
             rec, name = same_measure[job.measurement_key]
             copy = {**reused_record(job, rec), **({"reused_from": name} if name else {})}
+        elif job.pick_fallbacks is not None and (plain := replace(job, pick_fallbacks=None).key) in no_fallback_needed:
+            rec, name = no_fallback_needed[plain]
+            copy = {**reused_record(job, rec), **({"reused_from": name} if name else {})}
         else:
             continue
         records.append({**copy, "tune_key": job.tune_key})
         copied += 1
     return copied
+
+
+def _collapsed_on_validation(rec: dict) -> bool:
+    """Whether an ok record's fine-tuned validation accuracy is at chance (or missing): a run
+    that ``pick_fallbacks`` would not have kept. Skipped records never fine-tuned: False."""
+    if rec.get("status") != "ok":
+        return False
+    acc = rec.get("acc_val_after_finetune")
+    if acc is None or not math.isfinite(acc):
+        return True
+    try:
+        return at_chance(acc, dataset_spec(rec["dataset"]).classes)
+    except UnknownNameError:
+        return True
 
 
 def _stream(groups, settings: RunSettings, devices: list[str], backend: str, address, plugins,

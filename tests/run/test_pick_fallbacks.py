@@ -107,11 +107,15 @@ def finetune(self, model, ctx):  # seed 1's first fine-tuning ends predicting on
 """
 
 
+def _run(plugin, suite, out, *more) -> int:
+    return main(["--plugin", str(plugin), "--suite", str(suite), "--out", str(out), "--no-progress", *more])
+
+
 def test_a_seed_that_collapses_with_seed_0s_pick_runs_again_with_the_runner_up(tmp_path, tiny_suite, svd_plugin):
     plugin = svd_plugin("collapse-once-svd", COLLAPSE_SEED1_ONCE, imports="import torch\nCOLLAPSED = []")
     suite = tiny_suite(methods=["collapse-once-svd"], ratios=[2], seeds=[0, 1], lr_grid=[0.01, 0.05],
                        pick_fallbacks=2)
-    assert main(["--plugin", str(plugin), "--suite", str(suite), "--out", str(tmp_path), "--no-progress"]) == 0
+    assert _run(plugin, suite, tmp_path) == 0
     recs = {r["seed"]: r for r in read_records(tmp_path / suite.stem / "runs.jsonl")}
     seed0, seed1 = recs[0]["lr_tuning"], recs[1]["lr_tuning"]
     assert seed0["tuned_here"] and "fallbacks" not in seed0
@@ -122,3 +126,29 @@ def test_a_seed_that_collapses_with_seed_0s_pick_runs_again_with_the_runner_up(t
     assert recs[1]["acc_val_after_finetune"] == seed1["fallbacks"][1]["val_acc"]  # the kept run is the one recorded
     assert recs[1]["pick_fallbacks"] == 2 and "pick_fallbacks" not in recs[0]
     assert all(key_matches(r) for r in recs.values())
+
+
+def test_adding_fallbacks_reruns_only_the_seeds_that_needed_one(tmp_path, tiny_suite, svd_plugin, capsys):
+    """Records made without ``pick_fallbacks`` whose run was not at chance are what the rule would
+    have kept: taken as they are (``same_as``). A collapsed seed runs again, with its fallbacks."""
+    plugin = svd_plugin("collapse-once-svd-2", COLLAPSE_SEED1_ONCE, imports="import torch\nCOLLAPSED = []")
+    grid = dict(ratios=[2, 4], seeds=[0, 1], lr_grid=[0.01, 0.05])
+    plain = tiny_suite(methods=["collapse-once-svd-2"], **grid)
+    assert _run(plugin, plain, tmp_path) == 0  # seed 1 collapses at the first budget it runs
+    before = read_records(tmp_path / plain.stem / "runs.jsonl")
+    collapsed = [r for r in before if abs(r["acc_val_after_finetune"] - 10) <= 1.5]
+    assert [r["seed"] for r in collapsed] == [1]
+    (tmp_path / "fb").mkdir()
+    fb_suite = tmp_path / "fb" / plain.name  # the same suite name, with pick_fallbacks: 2
+    fb_suite.write_text(plain.read_text().replace("lr_grid:", "pick_fallbacks: 2\n  lr_grid:"))
+    assert "pick_fallbacks: 2" in fb_suite.read_text()
+    capsys.readouterr()
+    assert _run(plugin, fb_suite, tmp_path) == 0
+    assert "took 1 records of equal jobs" in capsys.readouterr().err  # the other seed-1 budget
+    after = [r for r in read_records(tmp_path / plain.stem / "runs.jsonl")][len(before):]
+    copied = [r for r in after if r.get("same_as")]
+    ran = [r for r in after if not r.get("same_as")]
+    assert len(copied) == 1 and copied[0]["seed"] == 1 and copied[0]["pick_fallbacks"] == 2
+    assert copied[0]["same_as"] != collapsed[0]["key"] and key_matches(copied[0])
+    assert len(ran) == 1 and ran[0]["budget"] == collapsed[0]["budget"] and ran[0]["seed"] == 1
+    assert "fallbacks" not in ran[0]["lr_tuning"]  # the plugin collapses once per process: no need this time
