@@ -204,6 +204,19 @@ def expand(suite: Suite, methods: list[str] | None = None, networks: list[str] |
     return prioritize(jobs, suite)
 
 
+def current_keys(name: str, fit_only: bool = False) -> set[str] | None:
+    """Keys of the jobs a committed suite defines now (fit-only jobs for a ``fit_runs.jsonl``),
+    or None when no suite of that name exists. Tables, figures and claims read only these: a
+    record made under an older definition (another recipe, no ``pick_fallbacks``) stays in
+    runs.jsonl as history, as the suite report already had it."""
+    from bench.suite import load_suite, suite_names
+
+    if name not in suite_names():
+        return None
+    suite = load_suite(name)
+    return {j.key for j in expand(suite, fit_only=suite.fit_only or fit_only)}
+
+
 def prioritize(jobs: list[Job], suite: Suite) -> list[Job]:
     """Jobs in the suite's ``priority`` order (stable: the expansion order within a stage);
     unchanged without one. Stages not listed come after the listed ones. Within ``seeds``,
