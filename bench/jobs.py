@@ -204,16 +204,18 @@ def expand(suite: Suite, methods: list[str] | None = None, networks: list[str] |
     return prioritize(jobs, suite)
 
 
-def current_keys(name: str, fit_only: bool = False) -> set[str] | None:
-    """Keys of the jobs a committed suite defines now (fit-only jobs for a ``fit_runs.jsonl``),
-    or None when no suite of that name exists. Tables, figures and claims read only these: a
-    record made under an older definition (another recipe, no ``pick_fallbacks``) stays in
-    runs.jsonl as history, as the suite report already had it."""
-    from bench.suite import load_suite, suite_names
+def current_keys(name: str, fit_only: bool = False, suites_dir=None) -> set[str] | None:
+    """Keys of the jobs the suite ``name`` of ``suites_dir`` (default: the project's) defines
+    now (fit-only jobs for a ``fit_runs.jsonl``), or None when there is no such suite."""
+    from pathlib import Path
 
-    if name not in suite_names():
+    from bench.suite import load_suite
+    from bench.suite_schema import SUITES_DIR
+
+    path = Path(suites_dir or SUITES_DIR) / f"{name}.yaml"
+    if not path.is_file():
         return None
-    suite = load_suite(name)
+    suite = load_suite(str(path))
     return {j.key for j in expand(suite, fit_only=suite.fit_only or fit_only)}
 
 

@@ -13,9 +13,9 @@ from typing import Any
 import pandas as pd
 from scipy import stats
 
-from bench.report import (ci_halfwidth, equal_budget, finetune_epochs, longest_finetune, records_frame,
+from bench.report import (ci_halfwidth, equal_budget, finetune_epochs, longest_finetune,
                           reference_rows, welch_p)
-from bench.jobs import current_keys
+from bench.report_frames import suite_records_frame
 from bench.verdict_expr import ClaimError, Value
 
 FILTERS = ("network", "dataset", "label", "method", "budget", "seed")
@@ -38,7 +38,7 @@ class Records:
         if path not in self._frames:
             if not path.exists():
                 raise ClaimError(f"no records {path}")
-            df = records_frame(path, current_keys(suite, fit_only=path.name == "fit_runs.jsonl"))
+            df = suite_records_frame(path, suite, fit_only=path.name == "fit_runs.jsonl")
             if len(df) and "finetune" in df:
                 df = df.assign(_epochs=finetune_epochs(df))
             self._frames[path] = df

@@ -16,9 +16,9 @@ import pandas as pd
 import yaml
 
 from bench.report import (ACC_NOTE, MIN_CI_SEEDS, accuracy_summary, budget_order, ci_halfwidth, convergence_table,
-                          equal_budget, finetune_epochs, fit_summary, format_acc, longest_finetune, records_frame,
+                          equal_budget, finetune_epochs, fit_summary, format_acc, longest_finetune,
                           reference_rows)
-from bench.jobs import current_keys
+from bench.report_frames import suite_records_frame
 from bench.suite_schema import SUITES_DIR
 from plots.accuracy import plot_fit_error
 from plots.equal_budget import write_equal_budget
@@ -267,14 +267,14 @@ def build(results: Path, out: Path, suites: list[str] | None = None,
     for name, roles in sorted(paper_suites(suites, suites_dir).items()):
         runs, fits = results / name / "runs.jsonl", results / name / "fit_runs.jsonl"
         if "fit" in roles and fits.exists():
-            f = fit_summary(records_frame(fits, current_keys(name, fit_only=True)))
+            f = fit_summary(suite_records_frame(fits, name, suites_dir, fit_only=True))
             for (net, ds), g in (f.groupby(["network", "dataset"], sort=False) if len(f) else []):
                 for p in plot_fit_error(g, f"{net} on {ds}: weight-space fit", out / f"fig2_fit_{name}_{net}_{ds}"):
                     made.append((p, f"{name}: relative weight-space error per layer vs its parameters (log-log), "
                                     f"{net} on {ds}, no training."))
         if not runs.exists():
             continue
-        df = records_frame(runs, current_keys(name))
+        df = suite_records_frame(runs, name, suites_dir)
         if df.empty:
             continue
         # every figure and table but the convergence study's: each network at its protocol epochs
