@@ -6,14 +6,13 @@ the claims' verdicts all state a cell by this one rule.
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bench.chance import CHANCE_MARGIN  # one definition of "at chance" for the runs and the tables
+from bench.chance import CHANCE_MARGIN, chance_accuracy  # noqa: F401 - "at chance" once, for runs and tables
 
 #: what ``format_acc``'s strings mean (mean ± CI of whatever values it is given)
 ACC_NOTE = "mean ± 95 % CI half-width over seeds (Student t; one seed: the mean only)"
@@ -36,18 +35,6 @@ def ci_halfwidth(values) -> float:
     if len(x) < 2:
         return float("nan")
     return float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-
-
-@functools.lru_cache(maxsize=None)
-def chance_accuracy(dataset: str) -> float:
-    """100 / classes (%) of a registered dataset; NaN for one the registry does not know (its
-    seeds are then never called collapsed)."""
-    from bench.registry import UnknownNameError, dataset_spec  # loads the dataset modules: only when asked
-
-    try:
-        return 100.0 / dataset_spec(dataset).classes
-    except (UnknownNameError, ImportError):
-        return float("nan")
 
 
 def collapsed_seeds(ok: pd.DataFrame) -> pd.Series:

@@ -48,9 +48,8 @@ def suite_records_frame(path: Path, name: str, suites_dir=None, fit_only: bool =
     from bench.jobs import current_keys  # torch: only when a suite is read this way
 
     keys = current_keys(name, fit_only=fit_only, suites_dir=suites_dir)
-    if keys is not None and not any(r.get("key") in keys for r in read_records(path)):
-        keys = None
-    return records_frame(path, keys)
+    frame = records_frame(path, keys)
+    return records_frame(path) if keys is not None and frame.empty else frame
 
 
 def baseline_split(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

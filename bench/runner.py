@@ -24,14 +24,13 @@ from tqdm.auto import tqdm
 
 from bench.backends import CLAIMED, LEFT, WAITING, Marker, Outcome, key_of
 from bench.backends.local import run_groups, run_parallel
-from bench.chance import at_chance
+from bench.chance import CHANCE_MARGIN, chance_accuracy
 from bench.claims import Claims
 from bench.environment import code_version, environment
 from bench.job import failed_record, job_fields
 from bench.records import RecordIndex, latest_by_key, read_records
 from bench.jobs import Job
 from bench.plan import picks_lr, tuning_jobs
-from bench.registry import UnknownNameError, dataset_spec
 from bench.tuning import ranked_picks
 from bench.train import resolve_device
 
@@ -250,13 +249,10 @@ def _collapsed_on_validation(rec: dict) -> bool:
     that ``pick_fallbacks`` would not have kept. Skipped records never fine-tuned: False."""
     if rec.get("status") != "ok":
         return False
-    acc = rec.get("acc_val_after_finetune")
-    if acc is None or not math.isfinite(acc):
-        return True
-    try:
-        return at_chance(acc, dataset_spec(rec["dataset"]).classes)
-    except UnknownNameError:
-        return True
+    acc, chance = rec.get("acc_val_after_finetune"), chance_accuracy(rec["dataset"])
+    if acc is None or not math.isfinite(acc) or math.isnan(chance):
+        return True  # nothing shows that the run was fine: it runs again
+    return abs(acc - chance) <= CHANCE_MARGIN
 
 
 def _stream(groups, settings: RunSettings, devices: list[str], backend: str, address, plugins,
