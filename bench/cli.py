@@ -298,8 +298,8 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
               + (f", {left} left to another sweep holding them" if left else "")
               + (f", {later} left for later (time budget {args.time_budget:g} min; run again to do them)"
                  if later else "")
-              + (f", {unpicked} waiting for the lr pick of seed {TUNE_SEED}, which has no record yet (another sweep is "
-                 f"making it, or seed {TUNE_SEED} was not run: run it, then run again)" if unpicked else ""))
+              + (f", {unpicked} waiting for the lr pick of seed {TUNE_SEED}, which has no record yet on the cached "
+                 f"baseline (another sweep is making it, or seed {TUNE_SEED} was not run: run it, then run again)" if unpicked else ""))
     from plots.suite_report import write_reports
 
     full = expand(suite, fit_only=fit_only)  # report on the whole suite, not only --methods

@@ -17,12 +17,17 @@ def picks_lr(job) -> bool:
     return bool(job.lr_grid) and not job.fit_only
 
 
-def tuner_key(job) -> str:
-    """Key of the job that picks ``job``'s lr: its setting on ``TUNE_SEED`` at the tuning epoch
-    count (the suite's tune_epochs, when it has one). Computed, so it is known even when that
-    job is not in the run (``--set protocol.seeds=[1]``)."""
+def tuning_job(job):
+    """The job that picks ``job``'s lr: its setting on ``TUNE_SEED`` at the tuning epoch count
+    (the suite's tune_epochs, when it has one). Built, so it is known even when that job is not
+    in the run (``--set protocol.seeds=[1]``)."""
     finetune = {**job.finetune, "epochs": job.tune_epochs} if job.borrows_pick else job.finetune
-    return replace(job, seed=TUNE_SEED, finetune=finetune).key
+    return replace(job, seed=TUNE_SEED, finetune=finetune)
+
+
+def tuner_key(job) -> str:
+    """Key of the job that picks ``job``'s lr (``tuning_job``)."""
+    return tuning_job(job).key
 
 
 def tuning_jobs(jobs) -> dict[str, str]:
@@ -36,3 +41,9 @@ def tuner_keys(jobs) -> set[str]:
     keys = {j.key for j in jobs}
     return {k for k in tuning_jobs(jobs).values() if k in keys}
 
+
+def pick_for(job, lr_picks: dict[str, list] | None):
+    """The tuning seed's picks, best first, for a job that reuses them (``Job.reuses_pick``);
+    None for every other job: the tuning job itself searches the grid even when an older record
+    of it (``--rerun``, another baseline) left picks under its tune key."""
+    return (lr_picks or {}).get(job.tune_key) if job.reuses_pick else None

@@ -54,7 +54,8 @@ def suite_records_frame(path: Path, name: str, suites_dir=None, fit_only: bool =
 
 def baseline_split(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(kept, left out): measurements of one (network, dataset, seed) must come from one dense
-    baseline, the one of its latest ``ok`` record (frame order = file order). Records without a
+    baseline, the one of its latest ``ok`` record (frame order = file order); a seed that
+    reused a pick must have started from its tuning seed's current pick (``stale_picks``). Records without a
     ``baseline_fingerprint`` count as one unknown fingerprint; records not ``ok`` carry no
     measurement and are always kept."""
     if df.empty or "network" not in df:
@@ -66,7 +67,31 @@ def baseline_split(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     for _, idx in df[ok].groupby(["network", "dataset", "seed"], sort=False).groups.items():
         current = fp[idx[-1]]
         drop[idx] = fp[idx] != current
+    drop |= stale_picks(df, drop)
     return df[~drop], df[drop]
+
+
+def stale_picks(df: pd.DataFrame, dropped: pd.Series) -> pd.Series:
+    """Rows of seeds that reused their tuning seed's lr pick (``lr_tuning.tuned_here`` false)
+    whose tuning row is among ``dropped`` (made on an older baseline) or now ranks another pick
+    first than the one that seed started from (``bench.tuning.pick_changed``): measurements of a
+    pick the protocol no longer makes, left out as ``bench/stale.py`` runs them again."""
+    from bench.tuning import pick_changed
+
+    stale = pd.Series(False, index=df.index)
+    if "lr_tuning" not in df or "tune_key" not in df:
+        return stale
+    rows = df.to_dict("records")
+    tuner = {}  # tune key -> index of its latest tuning row
+    for i, r in zip(df.index, rows):
+        if r.get("status") == "ok" and isinstance(r.get("lr_tuning"), dict) and r["lr_tuning"].get("tuned_here"):
+            tuner[r["tune_key"]] = i
+    for i, r in zip(df.index, rows):
+        t = tuner.get(r.get("tune_key"))
+        if t is None or t == i or not isinstance(r.get("lr_tuning"), dict) or r["lr_tuning"].get("tuned_here"):
+            continue
+        stale[i] = bool(dropped[t]) or pick_changed(r, rows[df.index.get_loc(t)])
+    return stale
 
 
 def budget_order(b: str) -> float:

@@ -30,7 +30,8 @@ from bench.environment import code_version, environment
 from bench.job import failed_record, job_fields
 from bench.records import RecordIndex, latest_by_key, read_records
 from bench.jobs import Job
-from bench.plan import picks_lr, tuning_jobs
+from bench.plan import picks_lr, tuning_job, tuning_jobs
+from bench.stale import CachedBaselines, on_other_baseline, stale_keys
 from bench.tuning import ranked_picks
 from bench.train import resolve_device
 
@@ -308,7 +309,14 @@ class Sweep:
             plugins: list[str] | None = None, budget=None, ordered: bool = False) -> dict[str, int]:
         jobs, counts = self.jobs, self.counts
         done = set() if self.rerun else self.records.done()
+        baselines = CachedBaselines(self.settings.baseline_root)
         redo = set() if self.rerun else _reconsidered(jobs, self.records, self.cost)
+        stale = set() if self.rerun else stale_keys(jobs, self.records.latest, baselines) & done & set(self.by_key)
+        if stale:
+            print(f"note: {len(stale)} records were made on another dense baseline than the cached checkpoint, "
+                  f"or with a pick their tuning job no longer makes (bench/stale.py): running them again",
+                  file=sys.stderr)
+        redo |= stale
         done -= redo
         todo = [j for j in jobs if j.key not in done]
         counts["already_done"] = len(jobs) - len(todo)
@@ -336,18 +344,19 @@ class Sweep:
                     left.add(job.key)
                     self.finish(Marker(job.key, LEFT))
                 part = [j for j in part if j.key not in left]
-                orphaned = _tuner_failed(part, tuner_of, self.records)
-                for job in orphaned:  # never tune on a seed that should reuse seed 0's pick
-                    self.finish(failed_record(job, "the lr pick of its tuning seed is missing: that job failed "
-                                                   "(run again to retry both)"))
-                part = [j for j in part if j not in orphaned]
-                unpicked = _tuner_unrecorded(part, tuner_of, self.records.refresh())
+                unpicked = _tuner_unrecorded(part, tuner_of, self.records.refresh(), baselines)
                 for job in unpicked:  # its tuning job runs in another sweep, or has not run: tuning
                     self.finish(Marker(job.key, WAITING))  # here would tune on a reusing seed
                 part = [j for j in part if j not in unpicked]
-                seen: set[str] = set(j.key for j in waiting) | {j.key for j in orphaned} | {j.key for j in unpicked}
+                picks = lr_picks(self.records)
+                orphaned = _without_pick(part, tuner_of, self.records, picks)
+                for job in part:  # never tune on a seed that should reuse seed 0's pick
+                    if job.key in orphaned:
+                        self.finish(failed_record(job, f"the lr pick of its tuning seed is missing: {orphaned[job.key]}"))
+                part = [j for j in part if j.key not in orphaned]
+                seen: set[str] = set(j.key for j in waiting) | set(orphaned) | {j.key for j in unpicked}
                 for rec in _stream(_groups(part, ordered), self.settings, devices, backend, address, plugins,
-                                   claimer, lr_picks(self.records), gate=budget) if part else []:
+                                   claimer, picks, gate=budget) if part else []:
                     seen.add(key_of(rec))
                     if isinstance(rec, Marker) and rec.status == LEFT:
                         left.add(rec.key)
@@ -390,13 +399,25 @@ def _reusers(part: list[Job], tuner_of: dict[str, str]) -> list[Job]:
     return [j for j in part if picks_lr(j) and tuner_of[j.tune_key] != j.key]
 
 
-def _tuner_failed(part: list[Job], tuner_of: dict[str, str], records: RecordIndex) -> list[Job]:
-    """Jobs that reuse an lr pick whose tuning job's latest record is ``failed``."""
+def _without_pick(part: list[Job], tuner_of: dict[str, str], records: RecordIndex,
+                  picks: dict[str, list]) -> dict[str, str]:
+    """Keys of the jobs that reuse an lr pick whose tuning job is recorded (on the cached baseline) but gives
+    none, each with why: it failed, or its record holds no pick (a skip that is seed 0's alone)."""
+    out = {}
+    for j in _reusers(part, tuner_of):
+        status = records.latest.get(tuner_of[j.tune_key], {}).get("status")
+        if status == "failed":
+            out[j.key] = "that job failed (run again to retry both)"
+        elif j.reuses_pick and j.tune_key not in picks:
+            out[j.key] = f"that job's record ({status}) holds none"
+    return out
+
+
+def _tuner_unrecorded(part: list[Job], tuner_of: dict[str, str], records: RecordIndex,
+                      baselines: CachedBaselines) -> list[Job]:
+    """Jobs that reuse an lr pick whose tuning job has no record yet, or only one made on
+    another baseline than the cached one (``bench.stale``): another sweep holds it, or it is not
+    in this run (``--set protocol.seeds=[1]`` before seed 0 ran)."""
     return [j for j in _reusers(part, tuner_of)
-            if records.latest.get(tuner_of[j.tune_key], {}).get("status") == "failed"]
-
-
-def _tuner_unrecorded(part: list[Job], tuner_of: dict[str, str], records: RecordIndex) -> list[Job]:
-    """Jobs that reuse an lr pick whose tuning job has no record yet: another sweep holds it, or
-    it is not in this run (``--set protocol.seeds=[1]`` before seed 0 ran)."""
-    return [j for j in _reusers(part, tuner_of) if tuner_of[j.tune_key] not in records.latest]
+            if tuner_of[j.tune_key] not in records.latest
+            or on_other_baseline(records.latest[tuner_of[j.tune_key]], tuning_job(j), baselines)]

@@ -54,6 +54,22 @@ def ranked_picks(tuning: dict[str, Any]) -> list:
     return [pick] + [p for _, _, p in others if p != pick]
 
 
+def picks_started(tuning: dict[str, Any]) -> list:
+    """The picks a reusing run started from, in order: the borrowed pick, then its fallbacks."""
+    tried = tuning.get("fallbacks")
+    return [t["pick"] for t in tried] if tried else [tuning.get("pick")]
+
+
+def pick_changed(rec: dict[str, Any], tuning_rec: dict[str, Any]) -> bool:
+    """Whether the reusing record ``rec`` started from other picks than ``tuning_rec`` ranks
+    first now (both ok, both with an lr tuning record)."""
+    mine, theirs = rec.get("lr_tuning"), tuning_rec.get("lr_tuning")
+    if rec.get("status") != "ok" or tuning_rec.get("status") != "ok" or not mine or not theirs:
+        return False
+    started = picks_started(mine)
+    return started != ranked_picks(theirs)[:len(started)]
+
+
 def _best(tried: dict[float, float | None]) -> tuple[float, float] | None:
     """(lr, accuracy) of the best value that did not diverge (ties: the smaller lr), or None."""
     ok = {lr: a for lr, a in tried.items() if a is not None}

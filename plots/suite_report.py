@@ -20,7 +20,8 @@ def baseline_note(left_out: pd.DataFrame) -> str:
         return ""
     return (f"{len(left_out)} record(s) left out: made on an older dense baseline (their "
             "`baseline_fingerprint` differs from that of the latest record of the same network, "
-            "dataset and seed; records without one count as one unknown baseline).\n")
+            "dataset and seed; records without one count as one unknown baseline), or with an lr "
+            "pick borrowed from such a record or no longer its tuning seed's (bench/stale.py).\n")
 
 
 def label_epochs(df: pd.DataFrame) -> pd.DataFrame:

@@ -20,6 +20,7 @@ from bench.job import failed_record, run_job
 from bench.prefix_store import PrefixStore
 from bench.records import OutputWriteError, config_key
 from bench.jobs import Job
+from bench.plan import pick_for
 from bench.train import resolve_device
 
 
@@ -70,7 +71,7 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
                 continue
             model, meta, data = base
             torch.manual_seed(job.seed)
-            pick = (lr_picks or {}).get(job.tune_key)
+            pick = pick_for(job, lr_picks)
             with claim.holding(job) if claim is not None else contextlib.nullcontext():
                 rec = run_job(job, model, meta, data, settings.progress, memo, lr_pick=pick,
                               prefix_caches=prefix_caches)

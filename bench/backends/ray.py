@@ -29,6 +29,7 @@ from bench.backends.local import device_info
 from bench.cpu_memory import keep_freed_memory
 from bench.job import failed_record, memo_key, plan_on_untrained, reused_record, run_job
 from bench.jobs import Job
+from bench.plan import pick_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -163,7 +164,7 @@ def _submit(ray, groups, settings, plugins, max_retries, mine, picks, baseline_r
     untrained: dict = {}
 
     def pick_of(job: Job):
-        return picks.get(job.tune_key)
+        return pick_for(job, picks)
 
     def submit(job: Job) -> None:
         bkey = job.baseline_key

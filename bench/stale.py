@@ -1,0 +1,72 @@
+"""Records whose key still matches their job but which no longer measure it, so a sweep runs
+the job again (the old record stays in the file as history; reports already read only the
+latest record of a key and one baseline per seed, ``bench.report_frames.baseline_split``):
+
+- **made on another dense baseline** than the checkpoint now in the cache. A baseline's key is
+  its recipe; its weights are only reproducible on one machine and thread count, so a
+  checkpoint retrained elsewhere keeps the key and changes the weights. Such a record measures
+  a network nobody has any more.
+- **made with a pick its tuning job no longer makes** (a job that reuses seed 0's pick,
+  ``Job.reuses_pick``): the tuning job's record was re-made (on a new baseline, or by
+  ``--rerun``) and ranks another pick first, or it is itself stale and will be re-made.
+
+When no checkpoint is cached for a baseline (records copied without their checkpoints) nothing
+can be compared and the records count as they are.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.baseline import checkpoint_path
+from bench.plan import tuning_job
+from bench.tuning import pick_changed
+
+
+class CachedBaselines:
+    """The weights fingerprint of each baseline's checkpoint under ``root`` (read from its
+    summary, no weights loaded). A found fingerprint is kept for the sweep; a missing one is
+    looked up again, since the sweep may train that baseline."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._found: dict[str, str] = {}
+
+    def fingerprint(self, job) -> str | None:
+        key = job.baseline_key
+        if key not in self._found:
+            try:
+                meta = json.loads(checkpoint_path(self.root, job.baseline_config).with_suffix(".json").read_text())
+            except (OSError, ValueError):
+                return None
+            fp = meta.get("weights_fingerprint") if isinstance(meta, dict) else None
+            if not isinstance(fp, str):
+                return None
+            self._found[key] = fp
+        return self._found[key]
+
+
+def on_other_baseline(rec: dict[str, Any] | None, job, baselines: CachedBaselines) -> bool:
+    """Whether ``rec`` (``job``'s record) is an ok measurement made on a baseline other than
+    the cached checkpoint's."""
+    if not rec or rec.get("status") != "ok" or not rec.get("baseline_fingerprint"):
+        return False
+    now = baselines.fingerprint(job)
+    return now is not None and now != rec["baseline_fingerprint"]
+
+
+def stale_keys(jobs: list, latest: dict[str, dict], baselines: CachedBaselines) -> set[str]:
+    """Keys among ``jobs`` (and of the tuning jobs they take a pick from, in the run or not)
+    whose latest record is stale in one of the two ways the module names."""
+    stale = {j.key for j in jobs if on_other_baseline(latest.get(j.key), j, baselines)}
+    tuners = {j.tune_key: tuning_job(j) for j in jobs if j.reuses_pick}
+    stale |= {t.key for t in tuners.values() if on_other_baseline(latest.get(t.key), t, baselines)}
+    for job in jobs:
+        rec = latest.get(job.key)
+        if job.key in stale or not job.reuses_pick or not rec or rec.get("status") != "ok":
+            continue
+        tuner = tuners[job.tune_key]
+        if tuner.key in stale or pick_changed(rec, latest.get(tuner.key) or {}):
+            stale.add(job.key)
+    return stale
