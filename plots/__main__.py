@@ -20,6 +20,10 @@ def parse_args(argv=None):
     paper.add_argument("--suites", default=None,
                        help="comma-separated suite names (default: the suites whose YAML declares `paper:`)")
     paper.add_argument("--suites-dir", default=None, help="where the suite YAML files are (default bench/suites)")
+    paper.add_argument("--check", action="store_true",
+                       help="write nothing: rebuild into a temporary folder and exit 1 when a table (.md, .csv, "
+                            ".tex) or the index differs from --out's (images are not compared byte for byte; "
+                            "the index names them)")
     verdicts = sub.add_parser("verdicts", help="check results/claims.yaml against the records and the README's "
                                                "claims blocks (--check, the default) or rewrite the blocks (--write)")
     verdicts.add_argument("--results", default="results")
@@ -79,12 +83,40 @@ def paper(args) -> int:
         if not (suites_dir / f"{name}.yaml").is_file() and not (results / name).is_dir():
             raise UsageError(f"--suites: unknown suite {name!r}: no {suites_dir / (name + '.yaml')} and no "
                              f"records folder {results / name}")
+    if args.check:
+        return _check_paper(results, out, suites, suites_dir)
     try:
         made = build(results, out, suites, suites_dir)
     except ValueError as e:
         raise UsageError(str(e)) from None
     for path, _ in made:
         print(f"wrote {path}")
+    return 0
+
+
+TABLE_SUFFIXES = (".md", ".csv", ".tex")
+
+
+def _check_paper(results: Path, out: Path, suites, suites_dir) -> int:
+    """``paper --check``: whether the committed tables are what the records give now."""
+    import tempfile
+
+    from plots.paper import build
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = Path(tmp)
+        try:
+            build(results, fresh, suites, suites_dir, index_for=out)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        names = {p.name for d in (fresh, out) if d.is_dir() for p in d.iterdir() if p.suffix in TABLE_SUFFIXES}
+        stale = sorted(n for n in names if not (fresh / n).is_file() or not (out / n).is_file()
+                       or (fresh / n).read_bytes() != (out / n).read_bytes())
+    if stale:
+        print(f"{out}: {len(stale)} table(s) differ from what the records give now: {', '.join(stale)} "
+              f"(run: python -m plots paper --results {results} --out {out})")
+        return 1
+    print(f"{out}: every table matches the records")
     return 0
 
 

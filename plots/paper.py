@@ -9,6 +9,7 @@ read, so a left-over results folder (a smoke run) stays out of the paper.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -258,9 +259,10 @@ def _accuracy_views(name: str, s: pd.DataFrame, roles: frozenset[str], out: Path
 
 
 def build(results: Path, out: Path, suites: list[str] | None = None,
-          suites_dir: Path = SUITES_DIR) -> list[tuple[Path, str]]:
+          suites_dir: Path = SUITES_DIR, index_for: Path | None = None) -> list[tuple[Path, str]]:
     """Write every figure and table of the suites (``paper_suites``) found under ``results``;
-    returns (path, caption) for the index."""
+    returns (path, caption) for the index. ``index_for``: the folder the index names
+    ``results`` from (default ``out``; ``paper --check`` builds elsewhere for ``out``)."""
     out.mkdir(parents=True, exist_ok=True)
     made: list[tuple[Path, str]] = []
     summaries, measured = [], []
@@ -314,7 +316,8 @@ def build(results: Path, out: Path, suites: list[str] | None = None,
     for p in write_table(reported_vs_measured(records), out / "table_reported_vs_measured",
                          "ADTN: reported (arXiv 2305.06058) vs measured"):
         made.append((p, "The ADTN paper's reported numbers beside ours (— where not measured)."))
-    index = ["# tnbench figures and tables\n", f"Generated from the records under `{results}`.\n"]
+    where = os.path.relpath(results, index_for or out)  # the same text wherever the checkout is (``paper --check``)
+    index = ["# tnbench figures and tables\n", f"Generated from the records under `{where}` (relative to this folder).\n"]
     index += [f"- [{p.name}]({p.name}): {caption}" for p, caption in made]
     (out / "index.md").write_text("\n".join(index) + "\n")
     return made + [(out / "index.md", "this index")]

@@ -193,3 +193,30 @@ def test_reported_vs_measured_takes_each_rows_suite_and_budget():
     two = pd.DataFrame([rec("adtn", 0, 80.0, 8616), {**rec("adtn", 0, 85.0, 8616), "label": "adtn-interleaved"}])
     head = reported_vs_measured(two).set_index("suite").loc["cifar10-headline"]
     assert head["measured acc"] == "adtn-interleaved 85.00 (n=1); adtn 80.00 (n=1)"
+
+
+@pytest.mark.skipif(not (REPO / "results" / "figures" / "index.md").exists(), reason="no committed figures")
+def test_committed_tables_are_what_the_records_give(capsys):
+    """results/figures is regenerated whenever records land: ``paper --check`` says when not."""
+    code = plots_main(["paper", "--results", str(REPO / "results"), "--out", str(REPO / "results" / "figures"),
+                       "--check"])
+    assert code == 0, capsys.readouterr().out
+
+
+def test_paper_check_names_stale_tables_and_writes_nothing(tmp_path, capsys):
+    results, out = tmp_path / "results", tmp_path / "fig"
+    _write_synthetic(results)
+    args = ["paper", "--results", str(results), "--out", str(out), "--suites-dir", str(_write_suites(tmp_path / "s"))]
+    assert plots_main(args) == 0
+    assert plots_main([*args, "--check"]) == 0
+    append_record(results / "mnist" / "runs.jsonl", _rec(key="a2", method="svd", label="svd", budget="x2", seed=2,
+                  acc_after_finetune=92.0, params_compressed_layers=500, achieved_ratio=2.0))  # a seed lands
+    (out / "table_from_an_old_run.csv").write_text("x\n")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert plots_main([*args, "--check"]) == 1
+    said = capsys.readouterr().out
+    assert "4 table(s) differ" in said and "table_from_an_old_run.csv" in said
+    assert all(f"table_headline.{ext}" in said for ext in ("md", "csv", "tex"))
+    assert "index.md" not in said  # the same figures and tables exist: only their numbers changed
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
