@@ -265,6 +265,7 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
     from bench.cost import Budget
     from bench.records import RecordIndex, mend_records
     from bench.runner import RunSettings, adopt_equal, run_jobs
+    from bench.stale import CachedBaselines
 
     counts = None
     cost = getattr(args, "cost", None)
@@ -279,7 +280,8 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
             mend_records(path)  # a torn tail from a killed sweep goes even if nothing is left to run
             records = RecordIndex(path)  # read once for the whole sweep (bench.runner.Sweep)
             if not args.rerun:
-                copied = adopt_equal(jobs, path, out, list(suite.protocol.reuse), records.refresh())
+                copied = adopt_equal(jobs, path, out, list(suite.protocol.reuse), records.refresh(),
+                                     CachedBaselines(settings.baseline_root))
                 if copied:
                     print(f"{suite.name}: took {copied} records of equal jobs instead of running them "
                           f"(reused_from: {', '.join(suite.protocol.reuse) or 'none'}; same_as: the same "

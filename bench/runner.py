@@ -180,7 +180,8 @@ def lr_picks(records: RecordIndex) -> dict[str, list]:
     return picks
 
 
-def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], records: RecordIndex | None = None) -> int:
+def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], records: RecordIndex | None = None,
+                baselines: CachedBaselines | None = None) -> int:
     """Copy into ``path``, for each job here without a record yet, the ok/skipped record of an
     equal job instead of running it:
 
@@ -195,8 +196,10 @@ def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], recor
       fine-tuning): the fallback rule would have kept that very run. A failed or collapsed one
       is not taken: that job runs, with its fallbacks. The copy says ``same_as``.
 
-    Each copy keeps the measurement and its code version and takes this job's fields. Returns
-    how many were copied. ``records``: the sweep's index of ``path`` (default: read it)."""
+    Each copy keeps the measurement and its code version and takes this job's fields. A record
+    made on another baseline than the cached checkpoint (``baselines``, ``bench.stale``) is not
+    taken: the sweep would run it again anyway. Returns how many were copied. ``records``: the
+    sweep's index of ``path`` (default: read it)."""
     from bench.job import reused_record
     from bench.jobs import measurement_key
     from bench.records import is_complete, record_config
@@ -239,6 +242,8 @@ def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], recor
             rec, name = no_fallback_needed[plain]
             copy = {**reused_record(job, rec), **({"reused_from": name} if name else {})}
         else:
+            continue
+        if baselines is not None and on_other_baseline(rec, job, baselines):
             continue
         records.append({**copy, "tune_key": job.tune_key})
         copied += 1

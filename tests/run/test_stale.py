@@ -102,3 +102,16 @@ def test_tables_leave_out_seeds_whose_borrowed_pick_is_stale():
     df.at[2, "lr_tuning"] = {**tuner, "pick": 0.05, "val_acc": {"0.01": 60.0, "0.05": 70.0}}
     kept, left = baseline_split(df)  # seed 0 now ranks 0.05 first: seed 2 started from a pick it no longer makes
     assert sorted(left.index) == [0, 3]
+
+
+def test_reuse_takes_no_record_made_on_another_baseline(tmp_path, tiny_suite, capsys):
+    plain = tiny_suite(methods=["dense", "svd"], ratios=[2], seeds=[0])
+    assert _run(plain, tmp_path) == 0
+    _forge_baseline(tmp_path / plain.stem / "runs.jsonl", "svd", 0)
+    twin = tiny_suite(methods=["dense", "svd"], ratios=[2], seeds=[0], reuse=[plain.stem])
+    capsys.readouterr()
+    assert _run(twin, tmp_path) == 0
+    assert "took 1 records of equal jobs" in capsys.readouterr().err  # dense only
+    recs = {r["method"]: r for r in read_records(tmp_path / twin.stem / "runs.jsonl")}
+    assert recs["dense"]["reused_from"] == plain.stem
+    assert "reused_from" not in recs["svd"] and recs["svd"]["baseline_fingerprint"] == recs["dense"]["baseline_fingerprint"]
