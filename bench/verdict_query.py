@@ -84,20 +84,35 @@ def select(records: Records, q: dict) -> pd.DataFrame:
     return df[keep]
 
 
-def _samples(df: pd.DataFrame, field_name: str) -> list[float]:
-    head, *rest = field_name.split(".")
+def field_path(field) -> list[str]:
+    """A query's ``field`` as path parts: a dotted string, or a list of parts for keys that hold
+    a dot themselves (``[layer_info, classifier.0, params]``)."""
+    if isinstance(field, list) and field and all(isinstance(p, (str, int)) and not isinstance(p, bool) for p in field):
+        return [str(p) for p in field]
+    if isinstance(field, str) and field:
+        return field.split(".")
+    raise ClaimError(f"field {field!r}: expected a dotted path or a list of its parts")
+
+
+def _samples(df: pd.DataFrame, field) -> list[float]:
+    """The numbers ``field`` holds over the rows; a boolean counts 1 or 0 (its ``mean`` is a
+    fraction, ``stat: n`` counts the records that have it)."""
+    head, *rest = field_path(field)
     if head not in df:
         return []
     out = []
     for v in df[head]:
         v = _field(v, rest) if rest else v
         for x in v if isinstance(v, list) else [v]:  # a list field (a curve) gives each of its numbers
-            if isinstance(x, (int, float)) and not isinstance(x, bool) and not math.isnan(x):
+            if isinstance(x, bool):
+                out.append(float(x))
+            elif isinstance(x, (int, float)) and not math.isnan(x):
                 out.append(float(x))
     return out
 
 
-def _default_fmt(field_name: str, stat: str) -> str:
+def _default_fmt(field, stat: str) -> str:
+    field_name = ".".join(field_path(field))
     if stat in ("n", "order_changes"):
         return "d"
     if stat == "kendall_tau":

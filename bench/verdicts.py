@@ -24,8 +24,10 @@ baseline) of ``results/<suite>/runs.jsonl`` (``fit_runs.jsonl`` when there is no
   (``finetune.epochs``): a value or a list of values; ``status`` (default ``ok``; ``any``);
   ``error_contains``: a substring of the record's ``error``;
 * ``field``: a column, or a dotted path into it (``extras.nnbcd_sweeps``,
-  ``extras.nnbcd_val_acc.10``, ``.-1`` the last); a list (a curve) gives each of its numbers;
-  default ``acc_after_finetune``;
+  ``extras.nnbcd_val_acc.10``, ``.-1`` the last), or the path as a list of parts when a key
+  holds a dot (``[layer_info, classifier.0, params]``); a list (a curve) gives each of its
+  numbers, a boolean counts 1 or 0 (``lr_tuning.pick_at_edge`` with ``stat: mean``: the
+  fraction at an edge); default ``acc_after_finetune``;
 * ``stat``: ``mean`` (default), ``ci`` (95 % Student-t half-width), ``std``, ``min``, ``max``,
   ``n`` (numbers found; 0 when nothing matches), ``value`` (exactly one number must match);
   any other stat fails when nothing matches;

@@ -68,6 +68,19 @@ def test_query_mean_ci_and_counts(results):
         q(r, lable="tt")
 
 
+def test_a_field_path_with_dotted_keys_and_boolean_fields(tmp_path):
+    for seed, edge in enumerate([True, False, True]):
+        append_record(tmp_path / "s" / "runs.jsonl", _rec("tt", 1, seed, 90.0, lr_tuning={"pick_at_edge": edge},
+                                                          layer_info={"classifier.0": {"params": 4296 + seed}}))
+    r = Records(tmp_path)
+    assert q(r, field=["layer_info", "classifier.0", "params"], stat="max").value == 4298  # a key with a dot in it
+    assert q(r, field="layer_info.classifier.0.params", stat="n").value == 0  # the dotted string splits it
+    edge = q(r, field="lr_tuning.pick_at_edge")
+    assert edge.value == pytest.approx(2 / 3) and edge.n == 3  # booleans count 1 or 0: a fraction
+    with pytest.raises(ValueError, match="dotted path or a list"):
+        q(r, field=["layer_info", None])
+
+
 def test_order_changes_and_welch(results):
     r = Records(results)
     changes = q(r, stat="order_changes", between=[1, 3])
