@@ -27,6 +27,7 @@ from bench.layers import count_params, dense_params, get_layer
 from bench.metrics import fit_errors, forward_flops
 from bench.prefix import Cut, build_cache, cut, first_layer
 from bench.prefix_store import PrefixStore
+from bench.trial_journal import TrialJournals
 from bench.records import config_key
 from bench.registry import dataset_spec, get_method
 from bench.jobs import Job, measured_recipe
@@ -159,15 +160,18 @@ def _finetune(method, model, job: Job, data, originals, knobs, pick, progress: b
     return ctx
 
 
-def _tuned_finetune(method, model, job: Job, data, originals, knobs, lr_pick, progress: bool, calibrate=None):
+def _tuned_finetune(method, model, job: Job, data, originals, knobs, lr_pick, progress: bool, calibrate=None,
+                    journal=None):
     """Fine-tune, picking the optimizer and lr (``bench.tuning``) on the validation split when
-    this job tunes (``lr_pick`` None), or with the pick made on the tuning seed. Returns the
-    model, the context of the kept run and the record's ``lr_tuning`` (None: not tuned)."""
+    this job tunes (``lr_pick`` None; its finished trials kept in ``journal``), or with the pick
+    made on the tuning seed. Returns the model, the context of the kept run and the record's
+    ``lr_tuning`` (None: not tuned)."""
     grid = job.lr_grid if method.uses_finetune_lr else None
     return tuned(lambda m, pick: _finetune(method, m, job, data, originals, knobs, pick, progress, calibrate),
                  lambda m: evaluate(m, data.x_val, data.y_val), model, grid, job.optimizer_grid,
                  job.lr_extend or 0, lr_pick, fallbacks=job.pick_fallbacks or 0,
-                 collapsed=lambda acc: at_chance(acc, data.num_classes))
+                 collapsed=lambda acc: at_chance(acc, data.num_classes),
+                 journal=journal if grid and lr_pick is None else None)
 
 
 def _scoped(job: Job, method, base_model, base_meta: dict, data: DataSplits, caches: PrefixStore | None
@@ -196,7 +200,7 @@ def _calibrate(model, base_model, job: Job, data, cut_at: str | None, names=None
 
 
 def _measure_and_finetune(rec, method, model, base_model, base_meta: dict, job: Job, data: DataSplits, originals,
-                          knobs, lr_pick, progress: bool, prefix_caches: PrefixStore | None):
+                          knobs, lr_pick, progress: bool, prefix_caches: PrefixStore | None, journal=None):
     """Accuracy after compression, bias calibration (when the recipe asks), tuned fine-tuning
     and accuracy after it, on the whole network or after its frozen prefix; fills ``rec`` and
     returns the fine-tuned model (whole)."""
@@ -216,8 +220,9 @@ def _measure_and_finetune(rec, method, model, base_model, base_meta: dict, job: 
         recalibrate = ((lambda m, names: _calibrate(m, base_model, job, run_data, cut_at, names))
                        if job.calibrates_bias else None)
         model, ctx, tuning = _tuned_finetune(method, model, job, run_data, originals, knobs, lr_pick, progress,
-                                             recalibrate)
-        rec["time_finetune_s"] = time.perf_counter() - t0
+                                             recalibrate, journal)
+        # trials a killed sweep finished (``bench.trial_journal``) cost their time then, not now
+        rec["time_finetune_s"] = time.perf_counter() - t0 + sum(((tuning or {}).get("resumed") or {}).values())
         check_sizes(method, originals, model, knobs, "after fine-tuning")
         check_finite(model, job.layers, "after fine-tuning")
         rec["acc_after_finetune"] = evaluate(model, run_data.x_test, run_data.y_test)
@@ -233,7 +238,7 @@ def _measure_and_finetune(rec, method, model, base_model, base_meta: dict, job: 
 
 def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSplits,
             progress: bool = True, memo: dict | None = None, lr_pick=None,
-            prefix_caches: PrefixStore | None = None) -> dict[str, Any]:
+            prefix_caches: PrefixStore | None = None, journals: TrialJournals | None = None) -> dict[str, Any]:
     """One job's record. Never raises for a method's failure: the record says ``failed``.
 
     ``memo`` maps (method, options, knobs, recipe) to an earlier record of the same baseline: a
@@ -243,8 +248,10 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
     ``lr_grid``), or its picks best first (``bench.tuning.ranked_picks``: the job's
     ``pick_fallbacks`` fall back on them); None makes this job tune. ``prefix_caches``: where the jobs of one
     baseline keep its frozen-prefix cache (``finetune.scope: after_frozen_prefix``;
-    ``bench.prefix_store``), None: built for this job alone."""
+    ``bench.prefix_store``), None: built for this job alone. ``journals``: where a tuning job
+    keeps its finished trials (``bench.trial_journal``), None: nowhere."""
     device = data.x_train.device
+    journal = journals.for_job(job.key, base_meta.get("weights_fingerprint")) if journals is not None else None
     rec: dict[str, Any] = {
         **job_fields(job), "data_fingerprint": data.fingerprint, "data_source": data.source, "data_warnings": data.warnings,
         "acc_dense": base_meta["acc_test"], "acc_dense_val": base_meta.get("acc_val"),
@@ -280,7 +287,7 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
             rec.update(fit_rel_error=fit, knobs=knobs, params_counted_as=method.params_counted_as)
             if not job.fit_only:
                 model = _measure_and_finetune(rec, method, model, base_model, base_meta, job, data, originals, knobs, lr_pick,
-                                              progress, prefix_caches)
+                                              progress, prefix_caches, journal)
             final = {n: get_layer(model, n) for n in job.layers}
             per_layer = {}
             for n in job.layers:
@@ -299,7 +306,10 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
         rec.update(status="failed", error=f"{type(e).__name__}: {e}",
                    traceback=traceback.format_exc(limit=6)[-3000:])
     finally:
-        rec["time_total_s"] = time.perf_counter() - t_start
+        rec["time_total_s"] = time.perf_counter() - t_start + sum(((rec.get("lr_tuning") or {}).get("resumed")
+                                                                   or {}).values())
+    if journal is not None and rec["status"] in ("ok", "skipped"):
+        journal.clear()  # recorded: its trials are in the record now
     if memo is not None and rec["status"] == "ok" and mkey is not None:
         memo[mkey] = rec
     return rec

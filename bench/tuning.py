@@ -25,6 +25,8 @@ record (``fallbacks``).
 from __future__ import annotations
 
 import copy
+import time
+from types import SimpleNamespace
 from typing import Any, Callable
 
 EXTEND_FACTOR = 3.0
@@ -186,11 +188,14 @@ def _label_of(pick) -> str:
 
 def tuned(finetune: Callable[[Any, float | dict | None], Any], evaluate_val: Callable[[Any], float], model,
           lrs: list[float] | None, optimizers: list[str] | None, extend: int, pick: Any,
-          fallbacks: int = 0, collapsed: Callable[[float], bool] | None = None) -> tuple[Any, Any, dict | None]:
+          fallbacks: int = 0, collapsed: Callable[[float], bool] | None = None,
+          journal=None) -> tuple[Any, Any, dict | None]:
     """Fine-tune ``model`` with the pick made on the tuning seed (``pick`` given: one pick, or
     the tuning seed's picks best first, ``ranked_picks``), or search the grid on copies and keep
-    the best. ``finetune(model, pick)`` returns the method's context. ``fallbacks``/``collapsed``:
-    ``borrowed``'s. Returns (model, context, tuning record or None when there is no grid)."""
+    the best. ``finetune(model, pick)`` returns the method's context (its ``extras`` go into the
+    record). ``fallbacks``/``collapsed``: ``borrowed``'s. ``journal``: a search's
+    ``bench.trial_journal.TrialJournal`` (trials a killed sweep finished are taken from it).
+    Returns (model, context, tuning record or None when there is no grid)."""
     if not lrs:
         return model, finetune(model, None), None
     if pick is not None:
@@ -204,10 +209,59 @@ def tuned(finetune: Callable[[Any, float | dict | None], Any], evaluate_val: Cal
             rec.update(borrowed_pick=ranked[0], fallbacks=tried)
         return model, ctx, rec
 
-    def run(p):
-        trial = copy.deepcopy(model)
-        ctx = finetune(trial, p)
-        return evaluate_val(trial), (trial, ctx)
+    if journal is None:
+        def run(p):
+            trial = copy.deepcopy(model)
+            ctx = finetune(trial, p)
+            return evaluate_val(trial), (trial, ctx)
 
-    (trial, ctx), rec = search(run, lrs, optimizers, extend)
+        (trial, ctx), rec = search(run, lrs, optimizers, extend)
+        return trial, ctx, rec
+    return _journaled_search(finetune, evaluate_val, model, lrs, optimizers, extend, journal)
+
+
+class _Journaled:
+    """What ``search`` keeps for a trial taken from the journal: restored only if it wins."""
+
+    def __init__(self, pick):
+        self.pick = pick
+
+
+def _journaled_search(finetune, evaluate_val, model, lrs, optimizers, extend, journal):
+    resumed: dict[str, float] = {}
+
+    def run(p):
+        label = _label_of(p)
+        done = journal.get(label)
+        if done is not None:
+            resumed[label] = done["seconds"]
+            if done["val_acc"] is None:
+                raise FloatingPointError(f"diverged ({label}, journal)")
+            return done["val_acc"], _Journaled(p)
+        best = journal.best_accuracy()
+        t0 = time.perf_counter()
+        trial = copy.deepcopy(model)
+        try:
+            ctx = finetune(trial, p)
+        except FloatingPointError:
+            journal.put(label, None, time.perf_counter() - t0)
+            raise
+        acc = evaluate_val(trial)
+        wins = best is None or acc > best  # search keeps the first best: so does the journal
+        journal.put(label, acc, time.perf_counter() - t0, trial if wins else None,
+                    getattr(ctx, "extras", None) if wins else None)
+        return acc, (trial, ctx)
+
+    kept, rec = search(run, lrs, optimizers, extend)
+    if isinstance(kept, _Journaled):
+        trial = copy.deepcopy(model)
+        extras = journal.restore(_label_of(kept.pick), trial)
+        if extras is None:  # weights not there: run that trial again (seeded: the same run)
+            ctx = finetune(trial, kept.pick)
+        else:
+            ctx = SimpleNamespace(extras=extras)
+        kept = (trial, ctx)
+    if resumed:
+        rec["resumed"] = resumed
+    trial, ctx = kept
     return trial, ctx, rec

@@ -18,6 +18,7 @@ from bench.cpu_memory import keep_freed_memory
 from bench.data import DataSplits, load_splits
 from bench.job import failed_record, run_job
 from bench.prefix_store import PrefixStore
+from bench.trial_journal import TrialJournals
 from bench.records import OutputWriteError, config_key
 from bench.jobs import Job
 from bench.plan import pick_for
@@ -74,7 +75,7 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
             pick = pick_for(job, lr_picks)
             with claim.holding(job) if claim is not None else contextlib.nullcontext():
                 rec = run_job(job, model, meta, data, settings.progress, memo, lr_pick=pick,
-                              prefix_caches=prefix_caches)
+                              prefix_caches=prefix_caches, journals=TrialJournals(settings.baseline_root))
             rec["env"] = info
             yield rec
 

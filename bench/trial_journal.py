@@ -1,0 +1,88 @@
+"""Tuning trials that outlive their sweep. A job that picks its fine-tuning optimizer and lr
+runs one fine-tuning per grid value; on a CPU that can take hours (VGG-16's ADTN tuning: 6 to
+10 trials of 10 to 20 minutes each), longer than a machine may be held. The journal keeps each
+finished trial's validation accuracy and time, and the weights of the best one so far, under
+``<checkpoints root>/tuning/<job key>-<baseline fingerprint>/``; a sweep that runs the job again
+takes those trials as they are and runs only the rest.
+
+Every trial starts from a copy of the same model and ``bench.train`` seeds each run with the
+job's seed, so a resumed search makes the decisions, and keeps the weights, that one run from
+start to end would. The record lists the trials taken from the journal and their seconds
+(``lr_tuning.resumed``), which count in its fine-tuning time. The folder is removed once the
+job's record is ok or skipped.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.baseline import atomic_write
+
+INDEX = "trials.json"
+BEST = "best.pt"
+
+
+class TrialJournal:
+    """The finished trials of one tuning job (label -> val accuracy or None when it diverged,
+    seconds) and the weights and extras of the best one."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        try:
+            index = json.loads((self.folder / INDEX).read_text())
+        except (OSError, ValueError):
+            index = {}
+        self.trials: dict[str, dict[str, Any]] = index.get("trials", {}) if isinstance(index, dict) else {}
+        self.best_label: str | None = index.get("best") if isinstance(index, dict) else None
+
+    def get(self, label: str) -> dict[str, Any] | None:
+        return self.trials.get(label)
+
+    def put(self, label: str, val_acc: float | None, seconds: float, model: torch.nn.Module | None = None,
+            extras: dict | None = None) -> None:
+        """Keep a finished trial; with ``model``, also its weights as the best so far (written
+        before the index names it, so the index never names weights that are not there)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if model is not None:
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+            atomic_write(self.folder / BEST, lambda f: torch.save({"label": label, "state": state,
+                                                                   "extras": extras or {}}, f))
+            self.best_label = label
+        self.trials[label] = {"val_acc": val_acc, "seconds": seconds}
+        atomic_write(self.folder / INDEX, lambda f: f.write(
+            json.dumps({"trials": self.trials, "best": self.best_label}, indent=1).encode()))
+
+    def best_accuracy(self) -> float | None:
+        accs = [t["val_acc"] for t in self.trials.values() if t.get("val_acc") is not None]
+        return max(accs) if accs else None
+
+    def restore(self, label: str, model: torch.nn.Module) -> dict | None:
+        """Load the weights of trial ``label`` into ``model`` and return its extras; None when
+        the journal does not hold them (or they do not fit: then the trial runs again)."""
+        if label != self.best_label:
+            return None
+        try:
+            saved = torch.load(self.folder / BEST, map_location="cpu", weights_only=True)
+            if saved.get("label") != label:
+                return None
+            model.load_state_dict(saved["state"])
+        except Exception:  # noqa: BLE001 - a missing, torn or foreign file: run the trial again
+            return None
+        return saved.get("extras") or {}
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class TrialJournals:
+    """Where the tuning jobs of one checkpoint cache keep their journals."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root) / "checkpoints" / "tuning"
+
+    def for_job(self, job_key: str, baseline_fingerprint: str | None) -> TrialJournal:
+        return TrialJournal(self.root / f"{job_key}-{baseline_fingerprint or 'unknown'}")

@@ -1,0 +1,106 @@
+"""A tuning job killed between trials resumes at the next trial: finished trials come from the
+journal (bench.trial_journal), and the search ends as one uninterrupted run would."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.cli import main
+from bench.records import read_records
+from bench.trial_journal import TrialJournal
+from bench.tuning import tuned
+
+ACC = {"sgd@0.01": 70.0, "sgd@0.03": 80.0, "adam@0.01": 75.0, "adam@0.03": 60.0, "sgd@0.09": None,
+       "adam@0.00333333": 74.0}
+
+
+class Killed(BaseException):
+    """The machine going away mid-sweep (not an Exception: nothing records it)."""
+
+
+def _finetune(calls: list, kill_at: str | None = None):
+    def finetune(model, pick):
+        label = f"{pick['optimizer']}@{pick['lr']!r}"
+        if label == kill_at:
+            raise Killed()
+        calls.append(label)
+        if ACC[label] is None:
+            raise FloatingPointError("diverged")
+        with torch.no_grad():
+            model.weight.fill_(pick["lr"])  # the trial's "weights" say which pick made them
+        ctx = type("Ctx", (), {})()
+        ctx.extras = {"made_by": label}
+        return ctx
+    return finetune
+
+
+def _search(journal, finetune):
+    val = {}
+
+    def evaluate(model):  # the accuracy of the last pick fine-tuned on this model
+        return ACC[val["label"]]
+
+    def ft(model, pick):
+        val["label"] = f"{pick['optimizer']}@{pick['lr']!r}"
+        return finetune(model, pick)
+    return tuned(ft, evaluate, torch.nn.Linear(1, 1), [0.01, 0.03], ["sgd", "adam"], 1, None, journal=journal)
+
+
+def test_a_killed_search_resumes_where_it_stopped_and_ends_as_an_uninterrupted_one(tmp_path):
+    whole_calls: list = []
+    whole_model, whole_ctx, whole_rec = _search(TrialJournal(tmp_path / "whole"), _finetune(whole_calls))
+    assert whole_calls == ["sgd@0.01", "sgd@0.03", "sgd@0.09", "adam@0.01", "adam@0.03", "adam@0.00333333"]
+    assert whole_rec["pick"] == {"optimizer": "sgd", "lr": 0.03} and "resumed" not in whole_rec
+
+    journal = tmp_path / "killed"
+    with pytest.raises(Killed):
+        _search(TrialJournal(journal), _finetune([], kill_at="adam@0.01"))
+    assert set(TrialJournal(journal).trials) == {"sgd@0.01", "sgd@0.03", "sgd@0.09"}  # diverged ones too
+    calls: list = []
+    model, ctx, rec = _search(TrialJournal(journal), _finetune(calls))
+    assert calls == ["adam@0.01", "adam@0.03", "adam@0.00333333"]  # only what the killed run had not finished
+    assert set(rec["resumed"]) == {"sgd@0.01", "sgd@0.03", "sgd@0.09"}
+    assert {k: v for k, v in rec.items() if k != "resumed"} == whole_rec
+    assert model.weight.item() == pytest.approx(0.03) == whole_model.weight.item()  # the winner's weights, restored
+    assert ctx.extras == whole_ctx.extras == {"made_by": "sgd@0.03"}
+
+
+def test_a_winner_whose_weights_are_gone_runs_again(tmp_path):
+    journal = tmp_path / "j"
+    with pytest.raises(Killed):
+        _search(TrialJournal(journal), _finetune([], kill_at="adam@0.01"))
+    (journal / "best.pt").write_bytes(b"torn")
+    calls: list = []
+    model, _, rec = _search(TrialJournal(journal), _finetune(calls))
+    assert calls == ["adam@0.01", "adam@0.03", "adam@0.00333333", "sgd@0.03"]  # the winner again, seeded
+    assert rec["pick"] == {"optimizer": "sgd", "lr": 0.03} and model.weight.item() == pytest.approx(0.03)
+
+
+KILL_SECOND_TRIAL_ONCE = """
+def finetune(self, model, ctx):  # the machine goes away during the sweep's second trial
+    TRIALS.append(1)
+    if len(TRIALS) == 2 and not os.environ.get("TNBENCH_TEST_RESUMED"):
+        raise KeyboardInterrupt
+    super().finetune(model, ctx)
+"""
+
+
+def test_a_sweep_killed_mid_tuning_resumes_the_job_and_clears_its_journal(tmp_path, tiny_suite, svd_plugin,
+                                                                          monkeypatch):
+    plugin = svd_plugin("killed-once-svd", KILL_SECOND_TRIAL_ONCE, imports="import os\nTRIALS = []")
+    suite = tiny_suite(methods=["killed-once-svd"], ratios=[2], seeds=[0], lr_grid=[0.01, 0.05])
+    args = ["--plugin", str(plugin), "--suite", str(suite), "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 130  # interrupted: the job has no record
+    runs = tmp_path / "whole" / suite.stem / "runs.jsonl"
+    assert not runs.exists() or read_records(runs) == []
+    journals = list((tmp_path / "whole" / "checkpoints" / "tuning").iterdir())
+    assert len(journals) == 1 and set(TrialJournal(journals[0]).trials) == {"0.01"}
+    monkeypatch.setenv("TNBENCH_TEST_RESUMED", "1")
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    rec = read_records(tmp_path / "whole" / suite.stem / "runs.jsonl")[-1]
+    assert rec["status"] == "ok" and set(rec["lr_tuning"]["resumed"]) == {"0.01"}
+    assert not journals[0].exists()  # recorded: the journal goes
+    assert main([*args, "--out", str(tmp_path / "clean")]) == 0  # the same job, never killed
+    clean = read_records(tmp_path / "clean" / suite.stem / "runs.jsonl")[-1]
+    assert clean["lr_tuning"]["val_acc"] == rec["lr_tuning"]["val_acc"]
+    assert clean["acc_after_finetune"] == rec["acc_after_finetune"]
