@@ -7,7 +7,8 @@ takes those trials as they are and runs only the rest.
 
 Every trial starts from a copy of the same model and ``bench.train`` seeds each run with the
 job's seed, so a resumed search makes the decisions, and keeps the weights, that one run from
-start to end would. The record lists the trials taken from the journal and their seconds
+start to end would. The journal holds the fingerprint of that start: trials of another start
+(the compression re-run on another thread count) are dropped. The record lists the trials taken from the journal and their seconds
 (``lr_tuning.resumed``), which count in its fine-tuning time. The folder is removed once the
 job's record is ok or skipped.
 """
@@ -38,6 +39,15 @@ class TrialJournal:
             index = {}
         self.trials: dict[str, dict[str, Any]] = index.get("trials", {}) if isinstance(index, dict) else {}
         self.best_label: str | None = index.get("best") if isinstance(index, dict) else None
+        self.start: str | None = index.get("start") if isinstance(index, dict) else None
+
+    def start_from(self, start: str) -> None:
+        """Use the trials only if they started from the model whose weights fingerprint is
+        ``start``: a compression that ran again on another thread count (or code) can start
+        elsewhere by a rounding, and trials from two starts are not one search."""
+        if self.trials and self.start != start:
+            self.trials, self.best_label = {}, None
+        self.start = start
 
     def get(self, label: str) -> dict[str, Any] | None:
         return self.trials.get(label)
@@ -54,7 +64,7 @@ class TrialJournal:
             self.best_label = label
         self.trials[label] = {"val_acc": val_acc, "seconds": seconds}
         atomic_write(self.folder / INDEX, lambda f: f.write(
-            json.dumps({"trials": self.trials, "best": self.best_label}, indent=1).encode()))
+            json.dumps({"trials": self.trials, "best": self.best_label, "start": self.start}, indent=1).encode()))
 
     def best_accuracy(self) -> float | None:
         accs = [t["val_acc"] for t in self.trials.values() if t.get("val_acc") is not None]

@@ -228,6 +228,9 @@ class _Journaled:
 
 
 def _journaled_search(finetune, evaluate_val, model, lrs, optimizers, extend, journal):
+    from bench.baseline import weights_fingerprint
+
+    journal.start_from(weights_fingerprint(model.state_dict()))
     resumed: dict[str, float] = {}
 
     def run(p):

@@ -34,6 +34,15 @@ def _finetune(calls: list, kill_at: str | None = None):
     return finetune
 
 
+def _start() -> torch.nn.Module:
+    """The compressed model every trial starts from: the same weights on every call."""
+    model = torch.nn.Linear(1, 1)
+    with torch.no_grad():
+        model.weight.fill_(0.5)
+        model.bias.zero_()
+    return model
+
+
 def _search(journal, finetune):
     val = {}
 
@@ -43,7 +52,7 @@ def _search(journal, finetune):
     def ft(model, pick):
         val["label"] = f"{pick['optimizer']}@{pick['lr']!r}"
         return finetune(model, pick)
-    return tuned(ft, evaluate, torch.nn.Linear(1, 1), [0.01, 0.03], ["sgd", "adam"], 1, None, journal=journal)
+    return tuned(ft, evaluate, _start(), [0.01, 0.03], ["sgd", "adam"], 1, None, journal=journal)
 
 
 def test_a_killed_search_resumes_where_it_stopped_and_ends_as_an_uninterrupted_one(tmp_path):
@@ -104,3 +113,21 @@ def test_a_sweep_killed_mid_tuning_resumes_the_job_and_clears_its_journal(tmp_pa
     clean = read_records(tmp_path / "clean" / suite.stem / "runs.jsonl")[-1]
     assert clean["lr_tuning"]["val_acc"] == rec["lr_tuning"]["val_acc"]
     assert clean["acc_after_finetune"] == rec["acc_after_finetune"]
+
+
+def test_trials_of_another_start_are_dropped(tmp_path):
+    journal = tmp_path / "j"
+    with pytest.raises(Killed):
+        _search(TrialJournal(journal), _finetune([], kill_at="adam@0.01"))
+    calls: list = []
+    val = {}
+
+    def ft(model, pick):
+        val["label"] = f"{pick['optimizer']}@{pick['lr']!r}"
+        return _finetune(calls)(model, pick)
+    other_start = _start()
+    with torch.no_grad():
+        other_start.bias.add_(1.0)  # the compression landed elsewhere this time
+    tuned(ft, lambda m: ACC[val["label"]], other_start, [0.01, 0.03], ["sgd", "adam"], 1, None,
+          journal=TrialJournal(journal))
+    assert calls[:3] == ["sgd@0.01", "sgd@0.03", "sgd@0.09"]  # every trial again, from this start
