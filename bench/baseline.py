@@ -133,6 +133,16 @@ def _load_weights(path: Path, meta: dict) -> dict[str, torch.Tensor]:
     return state
 
 
+def cached_fingerprint(root: Path, config: dict[str, Any]) -> str | None:
+    """The weights fingerprint the summary of ``config``'s cached checkpoint states (no weights
+    loaded); None when there is no readable summary or it predates fingerprints."""
+    try:
+        fp = _read_meta(checkpoint_path(root, config).with_suffix(".json")).get("weights_fingerprint")
+    except BadCheckpoint:
+        return None
+    return fp if isinstance(fp, str) else None
+
+
 def load_checkpoint(path: Path, model: nn.Module) -> dict | None:
     """Load a verified checkpoint into ``model`` and return its summary (with a
     ``weights_fingerprint``); None when there is none. Raises BadCheckpoint."""

@@ -27,7 +27,7 @@ from bench.layers import count_params, dense_params, get_layer
 from bench.metrics import fit_errors, forward_flops
 from bench.prefix import Cut, build_cache, cut, first_layer
 from bench.prefix_store import PrefixStore
-from bench.trial_journal import TrialJournals
+from bench.trial_journal import TrialJournals, resumed_seconds
 from bench.records import config_key
 from bench.registry import dataset_spec, get_method
 from bench.jobs import Job, measured_recipe
@@ -222,7 +222,7 @@ def _measure_and_finetune(rec, method, model, base_model, base_meta: dict, job: 
         model, ctx, tuning = _tuned_finetune(method, model, job, run_data, originals, knobs, lr_pick, progress,
                                              recalibrate, journal)
         # trials a killed sweep finished (``bench.trial_journal``) cost their time then, not now
-        rec["time_finetune_s"] = time.perf_counter() - t0 + sum(((tuning or {}).get("resumed") or {}).values())
+        rec["time_finetune_s"] = time.perf_counter() - t0 + resumed_seconds(tuning)
         check_sizes(method, originals, model, knobs, "after fine-tuning")
         check_finite(model, job.layers, "after fine-tuning")
         rec["acc_after_finetune"] = evaluate(model, run_data.x_test, run_data.y_test)
@@ -251,7 +251,8 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
     ``bench.prefix_store``), None: built for this job alone. ``journals``: where a tuning job
     keeps its finished trials (``bench.trial_journal``), None: nowhere."""
     device = data.x_train.device
-    journal = journals.for_job(job.key, base_meta.get("weights_fingerprint")) if journals is not None else None
+    may_tune = journals is not None and lr_pick is None and bool(job.lr_grid) and not job.fit_only
+    journal = journals.for_job(job.key, base_meta.get("weights_fingerprint")) if may_tune else None
     rec: dict[str, Any] = {
         **job_fields(job), "data_fingerprint": data.fingerprint, "data_source": data.source, "data_warnings": data.warnings,
         "acc_dense": base_meta["acc_test"], "acc_dense_val": base_meta.get("acc_val"),
@@ -306,8 +307,7 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
         rec.update(status="failed", error=f"{type(e).__name__}: {e}",
                    traceback=traceback.format_exc(limit=6)[-3000:])
     finally:
-        rec["time_total_s"] = time.perf_counter() - t_start + sum(((rec.get("lr_tuning") or {}).get("resumed")
-                                                                   or {}).values())
+        rec["time_total_s"] = time.perf_counter() - t_start + resumed_seconds(rec.get("lr_tuning"))
     if journal is not None and rec["status"] in ("ok", "skipped"):
         journal.clear()  # recorded: its trials are in the record now
     if memo is not None and rec["status"] == "ok" and mkey is not None:

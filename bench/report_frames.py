@@ -81,16 +81,13 @@ def stale_picks(df: pd.DataFrame, dropped: pd.Series) -> pd.Series:
     stale = pd.Series(False, index=df.index)
     if "lr_tuning" not in df or "tune_key" not in df:
         return stale
-    rows = df.to_dict("records")
-    tuner = {}  # tune key -> index of its latest tuning row
-    for i, r in zip(df.index, rows):
-        if r.get("status") == "ok" and isinstance(r.get("lr_tuning"), dict) and r["lr_tuning"].get("tuned_here"):
-            tuner[r["tune_key"]] = i
-    for i, r in zip(df.index, rows):
-        t = tuner.get(r.get("tune_key"))
-        if t is None or t == i or not isinstance(r.get("lr_tuning"), dict) or r["lr_tuning"].get("tuned_here"):
-            continue
-        stale[i] = bool(dropped[t]) or pick_changed(r, rows[df.index.get_loc(t)])
+    rows = list(zip(df.index, df.to_dict("records")))
+    tuner = {r["tune_key"]: (i, r) for i, r in rows  # tune key -> its latest tuning row
+             if r.get("status") == "ok" and isinstance(r.get("lr_tuning"), dict) and r["lr_tuning"].get("tuned_here")}
+    for i, r in rows:
+        if r.get("tune_key") in tuner and isinstance(r.get("lr_tuning"), dict) and not r["lr_tuning"].get("tuned_here"):
+            t, tuning_row = tuner[r["tune_key"]]
+            stale[i] = bool(dropped[t]) or pick_changed(r, tuning_row)
     return stale
 
 

@@ -15,11 +15,10 @@ can be compared and the records count as they are.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from bench.baseline import checkpoint_path
+from bench.baseline import cached_fingerprint
 from bench.plan import tuning_job
 from bench.tuning import pick_changed
 
@@ -36,12 +35,8 @@ class CachedBaselines:
     def fingerprint(self, job) -> str | None:
         key = job.baseline_key
         if key not in self._found:
-            try:
-                meta = json.loads(checkpoint_path(self.root, job.baseline_config).with_suffix(".json").read_text())
-            except (OSError, ValueError):
-                return None
-            fp = meta.get("weights_fingerprint") if isinstance(meta, dict) else None
-            if not isinstance(fp, str):
+            fp = cached_fingerprint(self.root, job.baseline_config)
+            if fp is None:
                 return None
             self._found[key] = fp
         return self._found[key]

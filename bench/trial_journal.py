@@ -27,6 +27,12 @@ INDEX = "trials.json"
 BEST = "best.pt"
 
 
+def resumed_seconds(tuning: dict | None) -> float:
+    """Seconds of the trials a record's tuning took from a journal (``lr_tuning.resumed``):
+    spent by an earlier sweep, they count in the record's times all the same."""
+    return float(sum(((tuning or {}).get("resumed") or {}).values()))
+
+
 class TrialJournal:
     """The finished trials of one tuning job (label -> val accuracy or None when it diverged,
     seconds) and the weights and extras of the best one."""

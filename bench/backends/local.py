@@ -49,6 +49,7 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
     if device.type == "cpu":
         keep_freed_memory()  # large tensors stop page-faulting every step (bench.cpu_memory)
     info = device_info(device)
+    journals = TrialJournals(settings.baseline_root)  # where tuning jobs keep finished trials
     for group in groups:
         first, base = group[0], None
         memo: dict[str, dict] = {}
@@ -75,7 +76,7 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
             pick = pick_for(job, lr_picks)
             with claim.holding(job) if claim is not None else contextlib.nullcontext():
                 rec = run_job(job, model, meta, data, settings.progress, memo, lr_pick=pick,
-                              prefix_caches=prefix_caches, journals=TrialJournals(settings.baseline_root))
+                              prefix_caches=prefix_caches, journals=journals)
             rec["env"] = info
             yield rec
 
