@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.cost import STAGES, baseline_cached, compare_records
-from bench.job import plan_on_untrained
+from bench.job import plan_on_untrained, planned_copies
 from bench.layers import dense_params
 from bench.records import latest_by_key, read_records
 from bench.runner import planned_skip, records_path
@@ -17,7 +17,9 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
     """Plan each job on an untrained network of the right shape (no data, no training) and,
     with a calibration (``cost``), estimate each job's time per stage (``bench.cost.STAGES``),
     each baseline and frozen-prefix cache once, and the suite's total; where the suite has
-    records, set the estimate of the recorded jobs beside their measured times."""
+    records, set the estimate of the recorded jobs beside their measured times. A job whose
+    allocation and recipe equal an earlier one's copies its measurement (``same_as``) and is
+    costed nothing (``bench.job.planned_copies``)."""
     def plan_line(j, pre) -> tuple[str, bool]:
         """What the job would do, and whether it is recorded skipped (in no time)."""
         if pre is not None:
@@ -40,14 +42,19 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
     networks: dict = {}
     pre = {j.key: planned_skip(j, cost) for j in jobs}
     lines = {j.key: plan_line(j, pre[j.key]) for j in jobs}
+    copies = planned_copies([j for j in jobs if not lines[j.key][1]], networks)
     costs = {} if cost is None else cost.suite_stages(
         jobs, cached={j.baseline_key for j in jobs if baseline_cached(baseline_root, j)},
-        skipped={k for k, (_, skip) in lines.items() if skip})
+        skipped={k for k, (_, skip) in lines.items() if skip} | set(copies))
     est: dict[tuple[str, str], list[dict[str, float]]] = {}
     group_est: dict[tuple[str, str], list[float]] = {}  # (network, baselines | prefix caches)
     skipped: Counter = Counter()
+    copied: Counter = Counter()
     for j in jobs:
         line, skip = lines[j.key]
+        if j.key in copies:
+            line = f"same as {copies[j.key]}: {line}"
+            copied[(j.network, j.label)] += 1
         timing = ""
         if cost is not None:
             st = dict(costs[j.key])
@@ -59,7 +66,8 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
             skipped[(j.network, j.label)] += skip
             timing = f"  est {sum(st.values()):9.1f} s"
         print(f"{j.key}  {j.network}/{j.dataset} {j.label:12s} {j.budget:>10s} seed {j.seed}{timing}  {line}")
-    print(f"{len(jobs)} jobs")
+    print(f"{len(jobs)} jobs" + (f", {len(copies)} of them copies of an earlier job's measurement (same allocation "
+                                 f"and recipe: run once, recorded same_as)" if copies else ""))
     if cost is None:
         print(f"no time estimates: no calibration for {kind} ({cal_path} does not exist; "
               f"python -m bench.perf calibrate --device {kind} makes it)")
@@ -69,21 +77,21 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
           f"{cost.path}{'' if any('precisions' in n for n in cal['networks'].values()) else '; no per-precision speeds'}"
           f"{_corrections_said(cal)}):")
     shown = ("factorize", "finetune", "eval")
-    print(f"  {'network':9s} {'method':15s} {'jobs':>5s} {'skipped':>8s} "
+    print(f"  {'network':9s} {'method':15s} {'jobs':>5s} {'skipped':>8s} {'copies':>7s} "
           + " ".join(f"{s:>11s}" for s in shown) + f" {'seconds':>12s}")
     by_stage = dict.fromkeys(STAGES, 0.0)
     for net in dict.fromkeys(j.network for j in jobs):
         for (n, label), ts in group_est.items():
             if n == net:
                 by_stage["baseline" if label == "(baselines)" else "cache"] += sum(ts)
-                print(f"  {net:9s} {label:15s} {len(ts):>5d} {'':>8s} " + " ".join(f"{'':>11s}" for _ in shown)
+                print(f"  {net:9s} {label:15s} {len(ts):>5d} {'':>8s} {'':>7s} " + " ".join(f"{'':>11s}" for _ in shown)
                       + f" {sum(ts):>12,.1f}")
         for (n, label), sts in est.items():
             if n == net:
                 sums = {s: sum(st[s] for st in sts) for s in STAGES}
                 for s in STAGES:
                     by_stage[s] += sums[s]
-                print(f"  {net:9s} {label:15s} {len(sts):>5d} {skipped[(n, label)]:>8d} "
+                print(f"  {net:9s} {label:15s} {len(sts):>5d} {skipped[(n, label)]:>8d} {copied[(n, label)]:>7d} "
                       + " ".join(f"{sums[s]:>11,.1f}" for s in shown) + f" {sum(sums.values()):>12,.1f}")
     total = sum(by_stage.values())
     print("  by stage: " + ", ".join(f"{s} {by_stage[s]:,.0f} s" for s in STAGES))

@@ -43,13 +43,74 @@ def job_fields(job: Job) -> dict[str, Any]:
 
 
 def memo_key(job: Job, knobs: dict[str, Any], lr_pick=None) -> str:
-    """Jobs of one baseline with equal memo keys would train the same network the same way.
-    ``lr_pick``: a pick, or the tuning seed's picks best first (its first decides)."""
+    """Jobs of one baseline with equal memo keys would train the same network the same way:
+    their whole config but the budget (``target_ratio``, ``knob``, the ``allocation`` option) in
+    favour of the ``knobs`` it resolved to, the recipe as far as it decides the result (``measured_recipe``), and the lr
+    pick. ``lr_pick``: a pick, or the tuning seed's picks best first (its first decides)."""
     if isinstance(lr_pick, list):
         lr_pick = lr_pick[0] if lr_pick else None
-    return config_key({"method": job.method, "options": job.options, "knobs": knobs,
-                       "finetune": measured_recipe(job.method, job.finetune),
-                       "lr_grid": job.lr_grid, "lr_pick": lr_pick, "fit_only": job.fit_only})
+    cfg = {k: v for k, v in job.config().items() if k not in ("target_ratio", "knob")}
+    # the budget split (bench.allocation) acts only through the knobs it picks: tt with the
+    # min-max split on a network with one compressed layer is tt's uniform job
+    cfg["options"] = {k: v for k, v in job.options.items() if k != "allocation"}
+    recipe = measured_recipe(job.method, job.finetune)
+    if not job.fit_only and recipe is not job.finetune:  # NN-BCD: the epoch count goes, so does the tuning one
+        cfg.pop("tune_epochs", None)
+        cfg["finetune"] = recipe
+    return config_key({**cfg, "knobs": knobs, "lr_pick": lr_pick})
+
+
+def recorded_memos(jobs: list[Job], latest: dict[str, dict], lr_picks: dict[str, list] | None,
+                   left_out: set[str] = frozenset()) -> dict[str, dict[str, dict]]:
+    """Per baseline key, the memo (``run_job``) of the jobs already recorded ok, from the knobs
+    their records hold: so a budget whose allocation equals a recorded one is copied across runs
+    too (a sweep resumed after an interruption, records adopted from another suite), not only
+    within one. ``left_out``: keys whose records run again (stale, ``bench.stale``)."""
+    from bench.plan import pick_for
+
+    memos: dict[str, dict[str, dict]] = {}
+    for job in jobs:
+        rec = latest.get(job.key)
+        if job.key in left_out or not rec or rec.get("status") != "ok" or not rec.get("knobs"):
+            continue
+        mkey = memo_key(job, rec["knobs"], pick_for(job, lr_picks))
+        memos.setdefault(job.baseline_key, {}).setdefault(mkey, rec)
+    return memos
+
+
+def planned_copies(jobs: list[Job], networks: dict) -> dict[str, str]:
+    """Job key -> the key of an earlier job of the list whose measurement it would copy
+    (``same_as``), as far as allocations can be planned on untrained weights (``plan_on_untrained``;
+    not ALDS's or global pruning's). A job that reuses its tuning seed's pick is a copy when its
+    tuning job is one too: equal tuning jobs pick the same. For dry runs and their estimates."""
+    from bench.plan import tuning_job
+
+    planned: dict[str, str | None] = {}
+
+    def key_of(job: Job) -> str | None:
+        if job.key not in planned:
+            try:
+                knobs = plan_on_untrained(job, networks).knobs
+            except Exception:  # noqa: BLE001 - the run records what goes wrong; here: no copy
+                knobs = None
+            pick = None
+            if knobs is not None and job.reuses_pick:
+                tuner = key_of(tuning_job(job))
+                knobs, pick = (None, None) if tuner is None else (knobs, f"the picks of {tuner}")
+            planned[job.key] = None if knobs is None else f"{job.baseline_key}/{memo_key(job, knobs, pick)}"
+        return planned[job.key]
+
+    first: dict[str, str] = {}
+    copies = {}
+    for job in jobs:
+        mkey = key_of(job)
+        if mkey is None:
+            continue
+        if mkey in first:
+            copies[job.key] = first[mkey]
+        else:
+            first[mkey] = job.key
+    return copies
 
 
 def failed_record(job: Job, error: str) -> dict[str, Any]:

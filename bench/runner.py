@@ -27,7 +27,7 @@ from bench.backends.local import run_groups, run_parallel
 from bench.chance import CHANCE_MARGIN, chance_accuracy
 from bench.claims import Claims
 from bench.environment import code_version, environment
-from bench.job import failed_record, job_fields
+from bench.job import failed_record, job_fields, recorded_memos
 from bench.records import RecordIndex, latest_by_key, read_records
 from bench.jobs import Job
 from bench.plan import picks_lr, tuning_job, tuning_jobs
@@ -262,14 +262,14 @@ def _collapsed_on_validation(rec: dict) -> bool:
 
 
 def _stream(groups, settings: RunSettings, devices: list[str], backend: str, address, plugins,
-            claimer, picks, gate=None) -> Iterator[Outcome]:
+            claimer, picks, gate=None, memos=None) -> Iterator[Outcome]:
     if backend == "ray":
         from bench.backends.ray import run_ray
 
-        return run_ray(groups, settings, address, plugins, claim=claimer, lr_picks=picks, gate=gate)
+        return run_ray(groups, settings, address, plugins, claim=claimer, lr_picks=picks, gate=gate, memos=memos)
     if len(devices) == 1:
-        return run_groups(groups, settings, resolve_device(devices[0]), claimer, picks, gate=gate)
-    return run_parallel(groups, settings, devices, claimer, picks, plugins, gate=gate)
+        return run_groups(groups, settings, resolve_device(devices[0]), claimer, picks, gate=gate, memos=memos)
+    return run_parallel(groups, settings, devices, claimer, picks, plugins, gate=gate, memos=memos)
 
 
 def run_jobs(jobs: list[Job], settings: RunSettings, devices: list[str], path: Path,
@@ -354,6 +354,7 @@ class Sweep:
                     self.finish(Marker(job.key, WAITING))  # here would tune on a reusing seed
                 part = [j for j in part if j not in unpicked]
                 picks = lr_picks(self.records)
+                memos = {} if self.rerun else recorded_memos(jobs, self.records.latest, picks, redo)
                 orphaned = _without_pick(part, tuner_of, self.records, picks)
                 for job in part:  # never tune on a seed that should reuse seed 0's pick
                     if job.key in orphaned:
@@ -361,7 +362,7 @@ class Sweep:
                 part = [j for j in part if j.key not in orphaned]
                 seen: set[str] = set(j.key for j in waiting) | set(orphaned) | {j.key for j in unpicked}
                 for rec in _stream(_groups(part, ordered), self.settings, devices, backend, address, plugins,
-                                   claimer, picks, gate=budget) if part else []:
+                                   claimer, picks, gate=budget, memos=memos) if part else []:
                     seen.add(key_of(rec))
                     if isinstance(rec, Marker) and rec.status == LEFT:
                         left.add(rec.key)

@@ -39,20 +39,24 @@ def device_info(device: torch.device) -> dict[str, Any]:
 def run_groups(groups: list[list[Job]], settings, device: torch.device,
                claim: Callable[[Job], bool] | None = None,
                lr_picks: dict[str, list] | None = None,
-               gate: Callable[[Job], bool] | None = None) -> Iterator[Outcome]:
+               gate: Callable[[Job], bool] | None = None,
+               memos: dict[str, dict[str, dict]] | None = None) -> Iterator[Outcome]:
     """Yield one record per job, in order, on one device. ``claim(job)`` False means another
     sweep runs it (a ``CLAIMED`` marker is yielded); a group's baseline is loaded only once one
     of its jobs is claimed. ``lr_picks`` maps a job's tune key to the picks of its tuning
     seed, best first (``bench.runner.lr_picks``). ``gate(job)`` (the time budget, ``bench.cost.Budget``) is asked just
-    before a job starts; False yields a ``LEFT`` marker."""
+    before a job starts; False yields a ``LEFT`` marker. ``memos``: per baseline key, the records
+    a job with an equal allocation copies (``bench.job.recorded_memos``); kept across the groups
+    of one baseline, and what runs here is added."""
     data_cache: dict[str, DataSplits] = {}
     if device.type == "cpu":
         keep_freed_memory()  # large tensors stop page-faulting every step (bench.cpu_memory)
     info = device_info(device)
+    memos = {k: dict(v) for k, v in (memos or {}).items()}  # the caller's stay as they were
     journals = TrialJournals(settings.baseline_root)  # where tuning jobs keep finished trials
     for group in groups:
         first, base = group[0], None
-        memo: dict[str, dict] = {}
+        memo = memos.setdefault(first.baseline_key, {})
         prefix_caches = PrefixStore(settings.baseline_root)  # the group's frozen-prefix cache, kept beside its checkpoint
         for job in group:
             if gate is not None and not gate(job):
@@ -91,7 +95,7 @@ def _baseline(job: Job, settings, device: torch.device, cache: dict) -> tuple[An
 
 
 def _worker(wid: int, device_spec: str, groups, settings, out_queue, threads: int, claims, lr_picks,
-            plugins, gate=None) -> None:
+            plugins, gate=None, memos=None) -> None:
     from bench.registry import load_plugin
 
     _die_with_parent()
@@ -100,7 +104,8 @@ def _worker(wid: int, device_spec: str, groups, settings, out_queue, threads: in
     try:
         for spec in plugins or []:  # a spawned worker starts from scratch: methods from plugins too
             load_plugin(spec)
-        for rec in run_groups(groups, settings.quiet(), resolve_device(device_spec), claim, lr_picks, gate):
+        for rec in run_groups(groups, settings.quiet(), resolve_device(device_spec), claim, lr_picks, gate,
+                              memos):
             out_queue.put(("rec", wid, rec))
     except BaseException as e:  # noqa: BLE001 - the driver fails this worker's remaining jobs with it
         out_queue.put(("error", wid, f"{type(e).__name__}: {e}"))
@@ -133,7 +138,7 @@ def deal(groups: list[list[Job]], n: int) -> list[list[list[Job]]]:
 
 
 def run_parallel(groups, settings, devices: list[str], claims=None, lr_picks=None, plugins=None,
-                 poll_s: float = 1.0, gate=None) -> Iterator[Outcome]:
+                 poll_s: float = 1.0, gate=None, memos=None) -> Iterator[Outcome]:
     """One worker process per device; records come back here. A worker that exits without
     saying it is done has died: its jobs with no record yet are yielded as failed. ``gate``:
     each worker gets a copy of the time budget (remaining time is read from the shared
@@ -151,7 +156,7 @@ def run_parallel(groups, settings, devices: list[str], claims=None, lr_picks=Non
         if share:
             queues[wid] = ctx.Queue()
             procs[wid] = ctx.Process(target=_worker, args=(wid, d, share, settings, queues[wid], threads, claims,
-                                                           lr_picks, plugins, gate), daemon=True)
+                                                           lr_picks, plugins, gate, memos), daemon=True)
             pending[wid] = {j.key: j for g in share for j in g}
     for p in procs.values():
         p.start()

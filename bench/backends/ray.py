@@ -108,10 +108,12 @@ def planned_memo_key(job: Job, networks: dict, lr_pick=None) -> str | None:
 
 def run_ray(groups: list[list[Job]], settings, address: str | None,
             plugins: list[str] | None = None, max_retries: int = MAX_RETRIES, claim=None,
-            lr_picks: dict[str, list] | None = None, gate=None) -> Iterator[Outcome]:
+            lr_picks: dict[str, list] | None = None, gate=None,
+            memos: dict[str, dict[str, dict]] | None = None) -> Iterator[Outcome]:
     """Submit every job of ``groups``; yield records as tasks finish (in completion order).
     ``claim(job)`` (the driver's job claims) False: another sweep runs it, a ``CLAIMED`` marker
-    is yielded and nothing is submitted."""
+    is yielded and nothing is submitted. ``memos``: per baseline key, recorded measurements a
+    job with an equal allocation copies instead of running (``bench.job.recorded_memos``)."""
     ray = _import_ray()
     plugins = [str(Path(p).resolve()) if p.endswith(".py") else p for p in plugins or []]
     if not ray.is_initialized():
@@ -141,7 +143,7 @@ def run_ray(groups: list[list[Job]], settings, address: str | None,
         slots = max(1, int(ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1)))
     with beat:
         yield from _submit(ray, groups, settings, plugins, max_retries, mine, picks, baseline_remote,
-                           job_remote, gate, slots)
+                           job_remote, gate, slots, memos or {})
 
 
 def _result(ray, ref, job: Job, max_retries: int) -> dict[str, Any]:
@@ -154,7 +156,7 @@ def _result(ray, ref, job: Job, max_retries: int) -> dict[str, Any]:
 
 
 def _submit(ray, groups, settings, plugins, max_retries, mine, picks, baseline_remote, job_remote,
-            gate, slots: int) -> Iterator[Outcome]:
+            gate, slots: int, memos: dict[str, dict[str, dict]]) -> Iterator[Outcome]:
     """Submit jobs one slot at a time, each only if ``gate`` admits it when a slot frees; a
     job with an allocation identical to a submitted one waits for its result (free)."""
     queue = [job for group in groups for job in group]
@@ -181,6 +183,9 @@ def _submit(ray, groups, settings, plugins, max_retries, mine, picks, baseline_r
             i += 1
             mkey = planned_memo_key(job, untrained, pick_of(job))
             lkey = (job.baseline_key, mkey)
+            if mkey is not None and mkey in memos.get(job.baseline_key, {}):  # recorded before this run
+                yield reused_record(job, memos[job.baseline_key][mkey]) if mine(job) else Marker(job.key, CLAIMED)
+                continue
             if mkey is not None and lkey in leader:  # claimed now, recorded from its leader's result
                 if mine(job):
                     followers[leader[lkey].key].append(job)

@@ -223,6 +223,51 @@ def test_saturated_budgets_reuse_the_identical_job(tmp_path, tiny_suite):
     assert recs["x1000"]["target_ratio"] == 1000
 
 
+def test_a_saturated_budget_copies_a_record_of_an_earlier_run(tmp_path, tiny_suite, capsys):
+    """The copy of an identical allocation does not depend on both budgets running in one
+    sweep: a sweep resumed after one that recorded x100 (or records adopted from another
+    suite) copies x1000 from the record, on every seed, with the tuning seed's pick."""
+    suite = tiny_suite(methods=["svd"], ratios=[100, 1000], seeds=[0, 1], lr_grid=[0.01, 0.03])
+    assert _run("--suite", suite, "--out", tmp_path, "--set", "ratios=[100]") == 0
+    first = {r["seed"]: r for r in read_records(tmp_path / suite.stem / "runs.jsonl")}
+    assert len(first) == 2 and all(r["status"] == "ok" for r in first.values())
+    capsys.readouterr()
+    assert _run("--suite", suite, "--out", tmp_path) == 0
+    assert "2 already done, 2 ok" in capsys.readouterr().out
+    recs = read_records(tmp_path / suite.stem / "runs.jsonl")
+    assert len(recs) == 4
+    for rec in recs[2:]:
+        earlier = first[rec["seed"]]
+        assert rec["target_ratio"] == 1000 and rec["same_as"] == earlier["key"] and rec["time_total_s"] == 0
+        assert rec["acc_after_finetune"] == earlier["acc_after_finetune"] and rec["knobs"] == earlier["knobs"]
+    assert recs[3]["lr_tuning"]["pick"] == first[0]["lr_tuning"]["pick"]
+
+
+def test_rerun_measures_a_saturated_budget_again(tmp_path, tiny_suite):
+    """``--rerun`` asks for new measurements: earlier records are not copied."""
+    suite = tiny_suite(methods=["svd"], ratios=[100, 1000])
+    assert _run("--suite", suite, "--out", tmp_path, "--set", "ratios=[100]") == 0
+    assert _run("--suite", suite, "--out", tmp_path, "--set", "ratios=[1000]", "--rerun") == 0
+    recs = read_records(tmp_path / suite.stem / "runs.jsonl")
+    assert len(recs) == 2 and "same_as" not in recs[1] and recs[1]["time_total_s"] > 0
+
+
+def test_dry_run_costs_a_copy_nothing(tmp_path, tiny_suite, capsys):
+    """The dry run plans what the sweep copies (same allocation, same recipe, and for a seed
+    that borrows its pick, a tuning job that is itself a copy) and costs it nothing."""
+    from bench.job import planned_copies
+    from bench.jobs import expand
+    from bench.suite import load_suite
+
+    suite = tiny_suite(methods=["svd"], ratios=[8, 100, 1000], seeds=[0, 1], lr_grid=[0.01, 0.03])
+    jobs = expand(load_suite(str(suite)))
+    by = {(j.target_ratio, j.seed): j.key for j in jobs}
+    assert planned_copies(jobs, {}) == {by[(1000, 0)]: by[(100, 0)], by[(1000, 1)]: by[(100, 1)]}
+    assert _run("--suite", suite, "--out", tmp_path, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert f"same as {by[(100, 1)]}" in out and "6 jobs, 2 of them copies" in out
+
+
 def test_ray_backend_without_ray_says_how_to_install(tmp_path, tiny_suite, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     assert main(["--suite", str(tiny_suite()), "--out", str(tmp_path), "--backend", "ray", "--no-progress"]) == 2
@@ -378,3 +423,15 @@ def test_an_epoch_sweep_runs_an_epoch_blind_method_once(tmp_path, tiny_suite, ca
     by = {(r["method"], r["finetune"]["epochs"]): r for r in read_records(tmp_path / alone.stem / "runs.jsonl")}
     assert by[("nnbcd-tt", 1)]["same_as"] == by[("nnbcd-tt", 0.5)]["key"]
     assert "same_as" not in by[("svd", 1)]
+
+
+def test_a_split_rule_that_picks_the_same_knobs_is_one_measurement(tmp_path, tiny_suite):
+    """With one compressed layer the min-max split is the uniform one: svd-minmax copies svd's
+    measurement (same_as) instead of training the same network again."""
+    minmax = {"method": "svd", "label": "svd-minmax", "options": {"allocation": "minmax"}}
+    suite = tiny_suite(networks={"digitnet": ["fc1"]}, methods=["svd", minmax], ratios=[4])
+    assert _run("--suite", suite, "--out", tmp_path) == 0
+    by = {r["label"]: r for r in read_records(tmp_path / suite.stem / "runs.jsonl")}
+    assert by["svd-minmax"]["knobs"] == by["svd"]["knobs"]
+    assert by["svd-minmax"]["same_as"] == by["svd"]["key"] and by["svd-minmax"]["options"] == {"allocation": "minmax"}
+    assert by["svd-minmax"]["acc_after_finetune"] == by["svd"]["acc_after_finetune"]
