@@ -101,6 +101,11 @@ class Compressor:
     #: no compression, fine-tuning or bias calibration, never skipped, and kept out of the
     #: methods' rankings. Read by name through ``bench.registry.is_reference``
     reference: bool = False
+    #: whether a sweep may keep this method's compressed layers on disk and load them for a job
+    #: that compresses the same way (``bench.start_store``). Only for a method whose compression
+    #: is slow and whose ``finetune`` reads nothing ``compress`` sets on the method object
+    #: (a loaded start skips ``compress``)
+    caches_start: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -23,10 +23,11 @@ from bench.bias_calibration import calibrate, calibration_images
 from bench.chance import at_chance
 from bench.compressor import BudgetUnreachable, ContractError, FinetuneContext
 from bench.data import DataSplits
-from bench.layers import count_params, dense_params, get_layer
+from bench.layers import count_params, dense_params, get_layer, replace_layer
 from bench.metrics import fit_errors, forward_flops
 from bench.prefix import Cut, build_cache, cut, first_layer
 from bench.prefix_store import PrefixStore
+from bench.start_store import StartStore
 from bench.trial_journal import TrialJournals, resumed_seconds
 from bench.records import config_key
 from bench.registry import dataset_spec, get_method
@@ -297,9 +298,30 @@ def _measure_and_finetune(rec, method, model, base_model, base_meta: dict, job: 
     return model
 
 
+def _compressed(method, model, job: Job, knobs, base_meta: dict, starts: StartStore | None,
+                device) -> tuple[dict, float, bool]:
+    """Compress ``model`` in place: (per-layer info, seconds the compression took, whether the
+    start was loaded from ``starts`` instead, its seconds then those of when it was made). A
+    method that says ``caches_start`` has a fresh start kept there."""
+    key = (starts.key(job, method, knobs, base_meta.get("weights_fingerprint"), device)
+           if starts is not None and method.caches_start else None)
+    start = starts.fetch(key, device) if key is not None else None
+    if start is not None:
+        for name, layer in start["layers"].items():
+            replace_layer(model, name, layer)
+        return start["info"], start["seconds"], True
+    t0 = time.perf_counter()
+    info = method.compress(model, knobs)
+    seconds = time.perf_counter() - t0
+    if key is not None:
+        starts.keep(key, {n: get_layer(model, n) for n in job.layers}, info, seconds, torch.get_rng_state(), job.label)
+    return info, seconds, False
+
+
 def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSplits,
             progress: bool = True, memo: dict | None = None, lr_pick=None,
-            prefix_caches: PrefixStore | None = None, journals: TrialJournals | None = None) -> dict[str, Any]:
+            prefix_caches: PrefixStore | None = None, journals: TrialJournals | None = None,
+            starts: StartStore | None = None) -> dict[str, Any]:
     """One job's record. Never raises for a method's failure: the record says ``failed``.
 
     ``memo`` maps (method, options, knobs, recipe) to an earlier record of the same baseline: a
@@ -310,7 +332,8 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
     ``pick_fallbacks`` fall back on them); None makes this job tune. ``prefix_caches``: where the jobs of one
     baseline keep its frozen-prefix cache (``finetune.scope: after_frozen_prefix``;
     ``bench.prefix_store``), None: built for this job alone. ``journals``: where a tuning job
-    keeps its finished trials (``bench.trial_journal``), None: nowhere."""
+    keeps its finished trials (``bench.trial_journal``), None: nowhere. ``starts``: where a method
+    that says ``caches_start`` keeps and finds compressed starts (``bench.start_store``)."""
     device = data.x_train.device
     may_tune = journals is not None and lr_pick is None and bool(job.lr_grid) and not job.fit_only
     journal = journals.for_job(job.key, base_meta.get("weights_fingerprint")) if may_tune else None
@@ -341,8 +364,9 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
             if memo is not None and mkey in memo:
                 return reused_record(job, memo[mkey])
             t0 = time.perf_counter()
-            info = method.compress(model, knobs)
-            rec["time_compress_s"] = time.perf_counter() - t0
+            info, rec["time_compress_s"], loaded = _compressed(method, model, job, knobs, base_meta, starts, device)
+            if loaded:  # time_compress_s was measured when the start was made: a cost of the method all the same
+                rec["start_from_cache"] = {"seconds_to_load": time.perf_counter() - t0}
             check_sizes(method, originals, model, knobs, "after compress")
             check_finite(model, job.layers, "after compress")
             fit, fit_per_layer = fit_errors(originals, {n: get_layer(model, n) for n in job.layers})
@@ -368,7 +392,8 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
         rec.update(status="failed", error=f"{type(e).__name__}: {e}",
                    traceback=traceback.format_exc(limit=6)[-3000:])
     finally:
-        rec["time_total_s"] = time.perf_counter() - t_start + resumed_seconds(rec.get("lr_tuning"))
+        rec["time_total_s"] = (time.perf_counter() - t_start + resumed_seconds(rec.get("lr_tuning"))
+                               + (rec["time_compress_s"] if rec.get("start_from_cache") else 0.0))
     if journal is not None and rec["status"] in ("ok", "skipped"):
         journal.clear()  # recorded: its trials are in the record now
     if memo is not None and rec["status"] == "ok" and mkey is not None:

@@ -18,6 +18,7 @@ from bench.cpu_memory import keep_freed_memory
 from bench.data import DataSplits, load_splits
 from bench.job import failed_record, run_job
 from bench.prefix_store import PrefixStore
+from bench.start_store import StartStore
 from bench.trial_journal import TrialJournals
 from bench.records import OutputWriteError, config_key
 from bench.jobs import Job
@@ -54,6 +55,7 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
     info = device_info(device)
     memos = {k: dict(v) for k, v in (memos or {}).items()}  # the caller's stay as they were
     journals = TrialJournals(settings.baseline_root)  # where tuning jobs keep finished trials
+    starts = StartStore(settings.baseline_root)  # where slow compressions keep their starts
     for group in groups:
         first, base = group[0], None
         memo = memos.setdefault(first.baseline_key, {})
@@ -80,7 +82,7 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
             pick = pick_for(job, lr_picks)
             with claim.holding(job) if claim is not None else contextlib.nullcontext():
                 rec = run_job(job, model, meta, data, settings.progress, memo, lr_pick=pick,
-                              prefix_caches=prefix_caches, journals=journals)
+                              prefix_caches=prefix_caches, journals=journals, starts=starts)
             rec["env"] = info
             yield rec
 

@@ -76,6 +76,7 @@ def _job_task(job: Job, baseline: tuple[dict, dict], settings, plugins: list[str
               lr_pick=None) -> dict[str, Any]:
     from bench.models import build_network
     from bench.prefix_store import PrefixStore
+    from bench.start_store import StartStore
     from bench.trial_journal import TrialJournals
     from bench.registry import load_plugin
     from bench.train import prepare_model
@@ -91,7 +92,8 @@ def _job_task(job: Job, baseline: tuple[dict, dict], settings, plugins: list[str
     torch.manual_seed(job.seed)
     # one task per job: the group's frozen-prefix cache comes from the file its first job wrote
     rec = run_job(job, model, meta, data, progress=False, lr_pick=lr_pick,
-                  prefix_caches=PrefixStore(settings.baseline_root), journals=TrialJournals(settings.baseline_root))
+                  prefix_caches=PrefixStore(settings.baseline_root), journals=TrialJournals(settings.baseline_root),
+                  starts=StartStore(settings.baseline_root))
     rec.update(env=device_info(device), backend="ray")  # the driver stamps code version and versions
     return rec
 

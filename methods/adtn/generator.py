@@ -42,6 +42,7 @@ are the weight: ``methods.adtn.layout``. Initialisation and scale (``reset_param
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Callable
 
 import torch
@@ -112,11 +113,21 @@ def sublayer_plan(q: int, parity: int, fuse: int) -> list[list[tuple[str, int]]]
     return chunks
 
 
+def _relu_in_place(x: torch.Tensor) -> torch.Tensor:
+    return x.relu_()  # x is always a fresh intermediate; relu saves its output
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 def _activation(name: str, negative_slope: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation between layers: module-level functions, so a generator pickles
+    (``bench.start_store`` keeps compressed starts)."""
     if name == "relu":
-        return lambda x: x.relu_()  # x is always a fresh intermediate; relu saves its output
+        return _relu_in_place
     if name == "leaky_relu":
-        return lambda x: F.leaky_relu(x, negative_slope)
+        return functools.partial(F.leaky_relu, negative_slope=negative_slope)
     if name == "tanh":
         return torch.tanh
     if name == "gelu":
@@ -124,7 +135,7 @@ def _activation(name: str, negative_slope: float) -> Callable[[torch.Tensor], to
     if name == "sigmoid":
         return torch.sigmoid
     if name == "identity":
-        return lambda x: x
+        return _identity
     raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
 
 

@@ -96,6 +96,9 @@ class ADTN(Compressor):
     knob_name = "depth"
     #: ``allocate`` only adds notes to the size-based allocation: no trained weights needed
     allocation_uses_weights = False
+    #: the pre-fit takes minutes on VGG-16 (bench.start_store keeps the compressed start); nothing
+    #: that finetune reads is set during compression
+    caches_start = True
 
     def __init__(self, max_depth: int = 8, local_dim: int = 2, activation: str = "relu",
                  negative_slope: float = 0.01, order: str = "backward", prefit_steps: int = 1000,
