@@ -262,14 +262,16 @@ class CostModel(PerStepCosts):
         return sum(self.stages(job, tuning, with_baseline, with_cache).values())
 
     def suite_stages(self, jobs: list, cached: set[str] = frozenset(),
-                     skipped: set[str] = frozenset()) -> dict[str, dict[str, float]]:
+                     skipped: set[str] = frozenset(), loaded_starts: set[str] = frozenset()
+                     ) -> dict[str, dict[str, float]]:
         """Seconds per stage of each job of a list, as one sweep spends them: each baseline once,
         on the first job of its group (none for baseline keys in ``cached``); each frozen-prefix
         cache once per group, on its first job that runs (counted built even where a later run
         will load its file, ``bench.prefix_store``: an estimate that errs long); jobs in
         ``skipped`` (recorded skipped before they run) and copies of an earlier job's
         measurement (``Job.measurement_key``: NN-BCD at another epoch count) nothing else; the
-        tuning seed's trials. The dry run prints these; ``suite_s`` sums them."""
+        tuning seed's trials; jobs in ``loaded_starts`` no factorisation (their compressed start is
+        kept by an earlier job, ``bench.start_store``). The dry run prints these; ``suite_s`` sums them."""
         from bench.plan import tuner_keys
 
         tuners = tuner_keys(jobs)
@@ -278,6 +280,8 @@ class CostModel(PerStepCosts):
             skip = j.key in skipped or j.measurement_key in measured
             measured.add(j.measurement_key)
             st = dict.fromkeys(STAGES, 0.0) if skip else self.stages(j, j.key in tuners)
+            if j.key in loaded_starts:
+                st["factorize"] = 0.0
             if j.baseline_key not in seen:
                 seen.add(j.baseline_key)
                 st["baseline"] = self.baseline_s(j)

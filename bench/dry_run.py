@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.cost import STAGES, baseline_cached, compare_records
-from bench.job import plan_on_untrained, planned_copies
+from bench.job import plan_on_untrained, planned_copies, planned_loaded_starts
 from bench.layers import dense_params
 from bench.records import latest_by_key, read_records
 from bench.runner import planned_skip, records_path
@@ -19,7 +19,8 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
     each baseline and frozen-prefix cache once, and the suite's total; where the suite has
     records, set the estimate of the recorded jobs beside their measured times. A job whose
     allocation and recipe equal an earlier one's copies its measurement (``same_as``) and is
-    costed nothing (``bench.job.planned_copies``)."""
+    costed nothing (``bench.job.planned_copies``); one that loads a compressed start an earlier job
+    keeps is costed no factorisation (``bench.job.planned_loaded_starts``)."""
     def plan_line(j, pre) -> tuple[str, bool]:
         """What the job would do, and whether it is recorded skipped (in no time)."""
         if pre is not None:
@@ -45,7 +46,8 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
     copies = planned_copies([j for j in jobs if not lines[j.key][1]], networks)
     costs = {} if cost is None else cost.suite_stages(
         jobs, cached={j.baseline_key for j in jobs if baseline_cached(baseline_root, j)},
-        skipped={k for k, (_, skip) in lines.items() if skip} | set(copies))
+        skipped={k for k, (_, skip) in lines.items() if skip} | set(copies),
+        loaded_starts=planned_loaded_starts([j for j in jobs if not lines[j.key][1] and j.key not in copies], networks))
     est: dict[tuple[str, str], list[dict[str, float]]] = {}
     group_est: dict[tuple[str, str], list[float]] = {}  # (network, baselines | prefix caches)
     skipped: Counter = Counter()

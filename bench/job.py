@@ -79,6 +79,27 @@ def recorded_memos(jobs: list[Job], latest: dict[str, dict], lr_picks: dict[str,
     return memos
 
 
+def planned_loaded_starts(jobs: list[Job], networks: dict) -> set[str]:
+    """Keys of the jobs that would load a compressed start an earlier job of the list keeps
+    (``bench.start_store``: a method that says ``caches_start``, the same baseline, options, layers,
+    knobs and seed; another epoch count). For dry runs and their estimates."""
+    seen, loaded = set(), set()
+    for job in jobs:
+        try:
+            plan = plan_on_untrained(job, networks)
+        except Exception:  # noqa: BLE001 - the run records what goes wrong; here: nothing shared
+            continue
+        if not plan.method.caches_start or plan.knobs is None:
+            continue
+        start = config_key({"baseline": job.baseline_key, "method": job.method, "layers": job.layers,
+                            "options": {k: v for k, v in job.options.items() if k != "allocation"},
+                            "knobs": plan.knobs, "seed": job.seed})
+        if start in seen:
+            loaded.add(job.key)
+        seen.add(start)
+    return loaded
+
+
 def planned_copies(jobs: list[Job], networks: dict) -> dict[str, str]:
     """Job key -> the key of an earlier job of the list whose measurement it would copy
     (``same_as``), as far as allocations can be planned on untrained weights (``plan_on_untrained``;

@@ -72,3 +72,17 @@ def test_the_key_holds_what_the_start_depends_on(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert store.fetch(key, "cpu") is None  # nothing kept: no warning
+
+
+def test_the_dry_run_costs_a_loaded_start_no_factorisation(tiny_suite):
+    """The 1-epoch job loads the start the 0.5-epoch job keeps: no factorisation in its estimate."""
+    from bench.job import planned_loaded_starts
+    from bench.jobs import expand
+    from bench.suite import load_suite
+
+    jobs = expand(load_suite(str(_suite(tiny_suite, [0.5, 1]))))
+    assert [j.finetune["epochs"] for j in jobs] == [0.5, 1]
+    assert planned_loaded_starts(jobs, {}) == {jobs[1].key}
+    svd = expand(load_suite(str(tiny_suite(networks={"digitnet": ["fc1"]}, methods=["svd"], ratios=[8],
+                                           finetune_epochs=[0.5, 1]))))
+    assert planned_loaded_starts(svd, {}) == set()  # svd keeps no start
