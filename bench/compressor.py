@@ -101,12 +101,6 @@ class Compressor:
     #: no compression, fine-tuning or bias calibration, never skipped, and kept out of the
     #: methods' rankings. Read by name through ``bench.registry.is_reference``
     reference: bool = False
-    #: whether a sweep may keep this method's compressed layers on disk and load them for a job
-    #: that compresses the same way (``bench.start_store``). Only for a method whose compression
-    #: is slow and whose ``finetune`` reads nothing ``compress`` sets on the method object
-    #: (a loaded start skips ``compress``)
-    caches_start: bool = False
-
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "allocate" in cls.__dict__ and "allocation_uses_weights" not in cls.__dict__:
@@ -168,6 +162,19 @@ class Compressor:
             replace_layer(model, name, new)
             info[name] = dict(getattr(new, "tnbench_info", {}))
         return info
+
+    def skeleton(self, layer: nn.Module, knob: Any) -> nn.Module | None:
+        """The module ``factorize(layer, knob)`` returns, built without fitting it (cheap), for a
+        kept start's weights (``load_state_dict``) and ``tnbench_info`` to be loaded into
+        (``bench.start_store``). None, the default: the method's starts are not kept. Override
+        it only where compression is slow and ``finetune`` reads nothing ``compress`` sets on
+        the method object (a loaded start skips ``compress``)."""
+        return None
+
+    @property
+    def caches_start(self) -> bool:
+        """Whether a sweep keeps this method's compressed starts (it overrides ``skeleton``)."""
+        return type(self).skeleton is not Compressor.skeleton
 
     def finetune(self, model: nn.Module, ctx: FinetuneContext) -> None:
         """Default: the suite's gradient fine-tuning recipe."""

@@ -23,7 +23,7 @@ from bench.bias_calibration import calibrate, calibration_images
 from bench.chance import at_chance
 from bench.compressor import BudgetUnreachable, ContractError, FinetuneContext
 from bench.data import DataSplits
-from bench.layers import count_params, dense_params, get_layer, replace_layer
+from bench.layers import count_params, dense_params, get_layer
 from bench.metrics import fit_errors, forward_flops
 from bench.prefix import Cut, build_cache, cut, first_layer
 from bench.prefix_store import PrefixStore
@@ -323,19 +323,17 @@ def _compressed(method, model, job: Job, knobs, base_meta: dict, starts: StartSt
                 device) -> tuple[dict, float, bool]:
     """Compress ``model`` in place: (per-layer info, seconds the compression took, whether the
     start was loaded from ``starts`` instead, its seconds then those of when it was made). A
-    method that says ``caches_start`` has a fresh start kept there."""
+    method that builds skeletons (``Compressor.skeleton``) has a fresh start kept there."""
     key = (starts.key(job, method, knobs, base_meta.get("weights_fingerprint"), device)
            if starts is not None and method.caches_start else None)
-    start = starts.fetch(key, device) if key is not None else None
-    if start is not None:
-        for name, layer in start["layers"].items():
-            replace_layer(model, name, layer)
-        return start["info"], start["seconds"], True
+    loaded = starts.load(key, model, method, knobs) if key is not None else None
+    if loaded is not None:
+        return *loaded, True
     t0 = time.perf_counter()
     info = method.compress(model, knobs)
     seconds = time.perf_counter() - t0
     if key is not None:
-        starts.keep(key, {n: get_layer(model, n) for n in job.layers}, info, seconds, torch.get_rng_state(), job.label)
+        starts.keep(key, model, list(knobs), info, seconds, job.label)
     return info, seconds, False
 
 

@@ -3,9 +3,11 @@
 ADTN's pre-fit on VGG-16's two hidden linears takes 9 to 11 minutes on one CPU thread, and the
 same start is compressed again and again: by the 5-, 10- and 20-epoch jobs of one seed in a
 convergence suite, and by a tuning job resumed in a later session (``bench.trial_journal``). A
-method that says ``Compressor.caches_start`` has its compressed layers, the per-layer info and
-the compression's seconds kept under ``<checkpoints root>/checkpoints/starts/<key>.pt``; a job
-that would compress the same way loads them instead.
+method that builds its modules without fitting them (``Compressor.skeleton``) has the weights of
+its compressed layers, their ``tnbench_info``, the per-layer info and the compression's seconds
+kept under ``<checkpoints root>/checkpoints/starts/<key>.pt``; a job that would compress the same
+way builds the skeletons and loads them instead. Tensors, strings and numbers only: the file is
+read with ``weights_only=True`` like every checkpoint, so a planted file cannot run code.
 
 The key holds everything the start depends on: the baseline's weights fingerprint, the method
 and its options (not the ``allocation`` split, which acts only through the knobs), the layers,
@@ -18,6 +20,7 @@ measured ``time_compress_s`` (a cost of the method) and says ``start_from_cache`
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -27,6 +30,7 @@ import torch
 from torch import nn
 
 from bench.baseline import atomic_write
+from bench.layers import get_layer, replace_layer
 from bench.records import config_key
 
 
@@ -59,33 +63,46 @@ class StartStore:
                            "device": torch.device(device).type, "threads": torch.get_num_threads(),
                            "source": source_hash(method)})
 
-    def fetch(self, key: str, device) -> dict[str, Any] | None:
-        """The kept start (``layers``, ``info``, ``seconds``), its random state restored; None
-        when there is none. An unreadable file is removed with a warning: it is compressed again."""
+    def load(self, key: str, model: nn.Module, method, knobs: dict[str, Any]) -> tuple[dict, float] | None:
+        """Put the kept start's layers into ``model`` (built by ``method.skeleton``, their weights
+        and ``tnbench_info`` loaded) and restore the random state after its compression; returns
+        (per-layer info, the compression's seconds), or None when there is no start. A file that
+        does not load into the skeletons is removed with a warning (compressed again); ``model``
+        is left as it was then."""
         path = self.folder / f"{key}.pt"
         if not path.is_file():
             return None
         try:
-            start = torch.load(path, map_location=device, weights_only=False)
-            layers, info, seconds = start["layers"], start["info"], float(start["seconds"])
-            if not all(isinstance(m, nn.Module) for m in layers.values()):
-                raise ValueError("not a dict of modules")
-            torch.set_rng_state(start["rng"])
+            start = torch.load(path, map_location="cpu", weights_only=True)
+            layers = {}
+            for name, knob in knobs.items():
+                new = method.skeleton(get_layer(model, name), knob)
+                new.load_state_dict(start["state"][name], strict=True)
+                new.tnbench_info = json.loads(start["layer_info"])[name]
+                layers[name] = new
+            info, seconds = json.loads(start["info"]), float(start["seconds"])
+            rng = start["rng"]
         except Exception as e:  # noqa: BLE001 - a torn or foreign file: compress again
-            warnings.warn(f"compressed start {path} is unreadable ({type(e).__name__}: {e}); compressing again",
+            warnings.warn(f"compressed start {path} does not load ({type(e).__name__}: {e}); compressing again",
                           stacklevel=2)
             path.unlink(missing_ok=True)
             return None
-        return {"layers": layers, "info": info, "seconds": seconds}
+        for name, layer in layers.items():
+            replace_layer(model, name, layer)
+        torch.set_rng_state(rng)  # after the skeletons, which may draw random numbers
+        return info, seconds
 
-    def keep(self, key: str, layers: dict[str, nn.Module], info: dict, seconds: float, rng: torch.Tensor,
+    def keep(self, key: str, model: nn.Module, layer_names: list[str], info: dict, seconds: float,
              label: str = "") -> None:
-        """Write a start (atomically: a killed writer leaves no half file under the key). A start
-        that cannot be written (a module that does not pickle, a full disk) is only not kept:
-        the job goes on, with a warning."""
+        """Write the compressed layers of ``model`` and the random state now (atomically: a killed
+        writer leaves no half file under the key). A start that cannot be written (info that is
+        not JSON, a full disk) is only not kept: the job goes on, with a warning."""
         try:
+            layers = {n: get_layer(model, n) for n in layer_names}
+            payload = {"state": {n: {k: v.detach().cpu() for k, v in m.state_dict().items()} for n, m in layers.items()},
+                       "layer_info": json.dumps({n: getattr(m, "tnbench_info", {}) for n, m in layers.items()}),
+                       "info": json.dumps(info), "seconds": float(seconds), "rng": torch.get_rng_state()}
             self.folder.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.folder / f"{key}.pt", lambda f: torch.save(
-                {"layers": layers, "info": info, "seconds": seconds, "rng": rng}, f))
+            atomic_write(self.folder / f"{key}.pt", lambda f: torch.save(payload, f))
         except Exception as e:  # noqa: BLE001 - a cache: losing it costs time, not results
             warnings.warn(f"{label}: compressed start not kept ({type(e).__name__}: {e})", stacklevel=2)

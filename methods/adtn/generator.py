@@ -122,8 +122,8 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 
 def _activation(name: str, negative_slope: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The activation between layers: module-level functions, so a generator pickles
-    (``bench.start_store`` keeps compressed starts)."""
+    """The activation between layers: module-level functions rather than lambdas, so a
+    generator (and a model holding one) pickles."""
     if name == "relu":
         return _relu_in_place
     if name == "leaky_relu":

@@ -96,9 +96,6 @@ class ADTN(Compressor):
     knob_name = "depth"
     #: ``allocate`` only adds notes to the size-based allocation: no trained weights needed
     allocation_uses_weights = False
-    #: the pre-fit takes minutes on VGG-16 (bench.start_store keeps the compressed start); nothing
-    #: that finetune reads is set during compression
-    caches_start = True
 
     def __init__(self, max_depth: int = 8, local_dim: int = 2, activation: str = "relu",
                  negative_slope: float = 0.01, order: str = "backward", prefit_steps: int = 1000,
@@ -205,6 +202,21 @@ class ADTN(Compressor):
                             "prefit_adam_steps": fit["adam_steps"], "prefit_restarts": fit["restarts"],
                             "prefit_polish_evals": fit["polish_evals"],
                             "prefit_seconds": round(fit["seconds"], 3), "sgd_gain": gain, "grad_scale": scale}
+        return new
+
+    def skeleton(self, layer: nn.Module, depth: int) -> nn.Module:
+        """``factorize``'s module without the pre-fit (seconds instead of minutes on VGG-16):
+        ``bench.start_store`` loads a kept start's weights and info into it."""
+        check_layer(layer, "adtn", grouped_ok=True)
+        w = layer.weight.detach()
+        dtype = w.dtype if w.dtype in (torch.float32, torch.float64) else torch.float32
+        gen = ADTNGenerator(w.numel(), int(depth), self.local_dim, self.activation, self.negative_slope,
+                            init="identity", init_noise=0.0, fuse=self.fuse, checkpoint=self.checkpoint,
+                            device=w.device, dtype=dtype)
+        bias = layer.bias.detach() if layer.bias is not None else None
+        conv = ConvSpec.of(layer) if isinstance(layer, nn.Conv2d) else None
+        new = ADTNLayer(gen, w.shape, bias, conv, weight_dtype=w.dtype, layout=self.weight_layout(layer))
+        new.train(layer.training)
         return new
 
     # --- cost hints ---------------------------------------------------------------------------

@@ -44,11 +44,15 @@ def test_an_unreadable_start_is_compressed_again(tmp_path, tiny_suite):
     assert _run("--suite", suite, "--out", tmp_path) == 0
     (start,) = (tmp_path / "checkpoints" / "starts").glob("*.pt")
     start.write_bytes(start.read_bytes()[:100])  # torn
-    with pytest.warns(UserWarning, match="unreadable"):
+    with pytest.warns(UserWarning, match="does not load"):
         assert _run("--suite", suite, "--out", tmp_path, "--rerun") == 0
     recs = read_records(tmp_path / suite.stem / "runs.jsonl")
     assert "start_from_cache" not in recs[-1] and recs[-1]["acc_after_finetune"] == recs[0]["acc_after_finetune"]
     assert start.stat().st_size > 100  # kept again, whole
+    torch.save({"state": torch.nn.Linear(2, 2)}, start)  # a pickled object, not weights: never unpickled
+    with pytest.warns(UserWarning, match="does not load.*Weights only load failed"):
+        assert _run("--suite", suite, "--out", tmp_path, "--rerun") == 0
+    assert "start_from_cache" not in read_records(tmp_path / suite.stem / "runs.jsonl")[-1]
 
 
 def test_the_key_holds_what_the_start_depends_on(tmp_path):
@@ -71,7 +75,7 @@ def test_the_key_holds_what_the_start_depends_on(tmp_path):
         torch.set_num_threads(threads)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert store.fetch(key, "cpu") is None  # nothing kept: no warning
+        assert store.load(key, None, method, knobs) is None  # nothing kept: no warning
 
 
 def test_the_dry_run_costs_a_loaded_start_no_factorisation(tiny_suite):
