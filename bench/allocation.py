@@ -28,6 +28,13 @@ from torch import nn
 from bench.layers import CompressionError, dense_params
 
 
+def without_allocation(options: dict[str, Any]) -> dict[str, Any]:
+    """A method's options less its ``allocation`` rule, which acts only through the knobs it
+    picks: what, with the knobs, decides how a layer is compressed (``bench.memo``,
+    ``bench.start_store``)."""
+    return {k: v for k, v in options.items() if k != "allocation"}
+
+
 class Sizable(Protocol):
     """What an allocation reads of a method (a ``bench.compressor.Compressor`` is one): its
     knobs, their sizes and their errors. Named here so the allocation rules need not import the

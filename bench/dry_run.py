@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.cost import STAGES, baseline_cached, compare_records
-from bench.job import plan_on_untrained, planned_copies, planned_loaded_starts
+from bench.planning import plan_on_untrained, planned_copies, planned_loaded_starts
 from bench.layers import dense_params
 from bench.records import latest_by_key, read_records
 from bench.runner import planned_skip, records_path
@@ -19,8 +19,8 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
     each baseline and frozen-prefix cache once, and the suite's total; where the suite has
     records, set the estimate of the recorded jobs beside their measured times. A job whose
     allocation and recipe equal an earlier one's copies its measurement (``same_as``) and is
-    costed nothing (``bench.job.planned_copies``); one that loads a compressed start an earlier job
-    keeps is costed no factorisation (``bench.job.planned_loaded_starts``)."""
+    costed nothing (``bench.planning.planned_copies``); one that loads a compressed start an earlier job
+    keeps is costed no factorisation (``bench.planning.planned_loaded_starts``)."""
     def plan_line(j, pre) -> tuple[str, bool]:
         """What the job would do, and whether it is recorded skipped (in no time)."""
         if pre is not None:

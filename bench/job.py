@@ -14,7 +14,6 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,151 +28,16 @@ from bench.prefix import Cut, build_cache, cut, first_layer
 from bench.prefix_store import PrefixStore
 from bench.start_store import StartStore
 from bench.trial_journal import TrialJournals, resumed_seconds
-from bench.records import config_key
-from bench.registry import dataset_spec, get_method
-from bench.jobs import Job, measured_recipe
+from bench.registry import get_method
+from bench.jobs import Job, job_fields
+from bench.memo import memo_key, reused_record
 from bench.train import evaluate, train
 from bench.tuning import apply_pick, tuned
-
-
-def job_fields(job: Job) -> dict[str, Any]:
-    """The fields of a record that say which job it is: its whole config (so the key can be
-    checked against it, ``bench.records.key_matches``) and how the suite names it."""
-    return {"key": job.key, "suite": job.suite, "label": job.label, "budget": job.budget, **job.config(),
-            "finetune": job.finetune}
-
-
-def memo_key(job: Job, knobs: dict[str, Any], lr_pick=None) -> str:
-    """Jobs of one baseline with equal memo keys would train the same network the same way:
-    their whole config but the budget (``target_ratio``, ``knob``, the ``allocation`` option) in
-    favour of the ``knobs`` it resolved to, the recipe as far as it decides the result (``measured_recipe``), and the lr
-    pick. ``lr_pick``: a pick, or the tuning seed's picks best first (its first decides)."""
-    if isinstance(lr_pick, list):
-        lr_pick = lr_pick[0] if lr_pick else None
-    cfg = {k: v for k, v in job.config().items() if k not in ("target_ratio", "knob")}
-    # the budget split (bench.allocation) acts only through the knobs it picks: tt with the
-    # min-max split on a network with one compressed layer is tt's uniform job
-    cfg["options"] = {k: v for k, v in job.options.items() if k != "allocation"}
-    recipe = measured_recipe(job.method, job.finetune)
-    if not job.fit_only and recipe is not job.finetune:  # NN-BCD: the epoch count goes, so does the tuning one
-        cfg.pop("tune_epochs", None)
-        cfg["finetune"] = recipe
-    return config_key({**cfg, "knobs": knobs, "lr_pick": lr_pick})
-
-
-def recorded_memos(jobs: list[Job], latest: dict[str, dict], lr_picks: dict[str, list] | None,
-                   left_out: set[str] = frozenset()) -> dict[str, dict[str, dict]]:
-    """Per baseline key, the memo (``run_job``) of the jobs already recorded ok, from the knobs
-    their records hold: so a budget whose allocation equals a recorded one is copied across runs
-    too (a sweep resumed after an interruption, records adopted from another suite), not only
-    within one. ``left_out``: keys whose records run again (stale, ``bench.stale``)."""
-    from bench.plan import pick_for
-
-    memos: dict[str, dict[str, dict]] = {}
-    for job in jobs:
-        rec = latest.get(job.key)
-        if job.key in left_out or not rec or rec.get("status") != "ok" or not rec.get("knobs"):
-            continue
-        mkey = memo_key(job, rec["knobs"], pick_for(job, lr_picks))
-        memos.setdefault(job.baseline_key, {}).setdefault(mkey, rec)
-    return memos
-
-
-def planned_loaded_starts(jobs: list[Job], networks: dict) -> set[str]:
-    """Keys of the jobs that would load a compressed start an earlier job of the list keeps
-    (``bench.start_store``: a method that says ``caches_start``, the same baseline, options, layers,
-    knobs and seed; another epoch count). For dry runs and their estimates."""
-    seen, loaded = set(), set()
-    for job in jobs:
-        try:
-            plan = plan_on_untrained(job, networks)
-        except Exception:  # noqa: BLE001 - the run records what goes wrong; here: nothing shared
-            continue
-        if not plan.method.caches_start or plan.knobs is None:
-            continue
-        start = config_key({"baseline": job.baseline_key, "method": job.method, "layers": job.layers,
-                            "options": {k: v for k, v in job.options.items() if k != "allocation"},
-                            "knobs": plan.knobs, "seed": job.seed})
-        if start in seen:
-            loaded.add(job.key)
-        seen.add(start)
-    return loaded
-
-
-def planned_copies(jobs: list[Job], networks: dict) -> dict[str, str]:
-    """Job key -> the key of an earlier job of the list whose measurement it would copy
-    (``same_as``), as far as allocations can be planned on untrained weights (``plan_on_untrained``;
-    not ALDS's or global pruning's). A job that reuses its tuning seed's pick is a copy when its
-    tuning job is one too: equal tuning jobs pick the same. For dry runs and their estimates."""
-    from bench.plan import tuning_job
-
-    planned: dict[str, str | None] = {}
-
-    def key_of(job: Job) -> str | None:
-        if job.key not in planned:
-            try:
-                knobs = plan_on_untrained(job, networks).knobs
-            except Exception:  # noqa: BLE001 - the run records what goes wrong; here: no copy
-                knobs = None
-            pick = None
-            if knobs is not None and job.reuses_pick:
-                tuner = key_of(tuning_job(job))
-                knobs, pick = (None, None) if tuner is None else (knobs, f"the picks of {tuner}")
-            planned[job.key] = None if knobs is None else f"{job.baseline_key}/{memo_key(job, knobs, pick)}"
-        return planned[job.key]
-
-    first: dict[str, str] = {}
-    copies = {}
-    for job in jobs:
-        mkey = key_of(job)
-        if mkey is None:
-            continue
-        if mkey in first:
-            copies[job.key] = first[mkey]
-        else:
-            first[mkey] = job.key
-    return copies
 
 
 def failed_record(job: Job, error: str) -> dict[str, Any]:
     """The record of a job that never reached ``run_job`` (its baseline failed, its worker died)."""
     return {**job_fields(job), "status": "failed", "error": error}
-
-
-def reused_record(job: Job, earlier: dict[str, Any]) -> dict[str, Any]:
-    """``job``'s record made from an identical earlier job's measurements (``same_as``)."""
-    return {**earlier, **job_fields(job), "same_as": earlier["key"], "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "time_total_s": 0.0}
-
-
-@dataclass
-class Plan:
-    """A job planned on an untrained network of its shape: ``knobs`` when the allocation needs
-    no trained weights, else None; ``skip_reason`` when the method does not apply."""
-
-    method: Any
-    layers: dict[str, torch.nn.Module]
-    knobs: dict[str, Any] | None = None
-    skip_reason: str | None = None
-
-
-def plan_on_untrained(job: Job, networks: dict) -> Plan:
-    """Plan ``job`` without data or training (dry runs, Ray's reuse of identical allocations).
-    ``networks`` caches one untrained network per (network, dataset). Errors of the method's
-    ``allocate`` propagate."""
-    from bench.models import build_network
-
-    if (job.network, job.dataset) not in networks:
-        spec = dataset_spec(job.dataset)
-        networks[(job.network, job.dataset)] = build_network(job.network, spec.shape, spec.classes)
-    model = networks[(job.network, job.dataset)]
-    method = get_method(job.method, **job.options)
-    layers = {n: get_layer(model, n) for n in job.layers}
-    plan = Plan(method, layers, skip_reason=method.skip_reason(model, job.layers))
-    if plan.skip_reason is None and (job.knob is not None or not method.allocation_uses_weights):
-        plan.knobs = ({n: job.knob for n in layers} if job.knob is not None
-                      else method.allocate(layers, job.target_ratio))
-    return plan
 
 
 def check_sizes(method, originals: dict[str, torch.nn.Module], model: torch.nn.Module,

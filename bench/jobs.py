@@ -146,6 +146,13 @@ class Job:
         return f"x{self.target_ratio:g}" if self.target_ratio is not None else f"knob={self.knob}"
 
 
+def job_fields(job: Job) -> dict[str, Any]:
+    """The fields of a record that say which job it is: its whole config (so the key can be
+    checked against it, ``bench.records.key_matches``) and how the suite names it."""
+    return {"key": job.key, "suite": job.suite, "label": job.label, "budget": job.budget, **job.config(),
+            "finetune": job.finetune}
+
+
 def measured_recipe(method: str, finetune: dict[str, Any] | None) -> dict[str, Any] | None:
     """The fine-tuning recipe as far as it decides ``method``'s result: none for a method that is
     never fine-tuned (dense: the baseline evaluated as it is), without ``epochs`` for one whose

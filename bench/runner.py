@@ -27,7 +27,9 @@ from bench.backends.local import run_groups, run_parallel
 from bench.chance import CHANCE_MARGIN, chance_accuracy
 from bench.claims import Claims
 from bench.environment import code_version, environment
-from bench.job import failed_record, job_fields, recorded_memos
+from bench.job import failed_record
+from bench.jobs import job_fields
+from bench.memo import recorded_memos
 from bench.records import RecordIndex, latest_by_key, read_records
 from bench.jobs import Job
 from bench.plan import picks_lr, tuning_job, tuning_jobs
@@ -200,7 +202,7 @@ def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], recor
     made on another baseline than the cached checkpoint (``baselines``, ``bench.stale``) is not
     taken: the sweep would run it again anyway. Returns how many were copied. ``records``: the
     sweep's index of ``path`` (default: read it)."""
-    from bench.job import reused_record
+    from bench.memo import reused_record
     from bench.jobs import measurement_key
     from bench.records import is_complete, record_config
 

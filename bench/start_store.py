@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.allocation import without_allocation
 from bench.baseline import atomic_write
 from bench.layers import get_layer, replace_layer
 from bench.records import config_key
@@ -58,7 +59,7 @@ class StartStore:
         if not baseline_fingerprint:
             return None
         return config_key({"baseline": baseline_fingerprint, "method": job.method,
-                           "options": {k: v for k, v in job.options.items() if k != "allocation"},
+                           "options": without_allocation(job.options),
                            "layers": job.layers, "knobs": knobs, "seed": job.seed,
                            "device": torch.device(device).type, "threads": torch.get_num_threads(),
                            "source": source_hash(method)})

@@ -47,7 +47,7 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
     of its jobs is claimed. ``lr_picks`` maps a job's tune key to the picks of its tuning
     seed, best first (``bench.runner.lr_picks``). ``gate(job)`` (the time budget, ``bench.cost.Budget``) is asked just
     before a job starts; False yields a ``LEFT`` marker. ``memos``: per baseline key, the records
-    a job with an equal allocation copies (``bench.job.recorded_memos``); kept across the groups
+    a job with an equal allocation copies (``bench.memo.recorded_memos``); kept across the groups
     of one baseline, and what runs here is added."""
     data_cache: dict[str, DataSplits] = {}
     if device.type == "cpu":

@@ -27,7 +27,9 @@ import torch
 from bench.backends import CLAIMED, LEFT, Marker, Outcome
 from bench.backends.local import device_info
 from bench.cpu_memory import keep_freed_memory
-from bench.job import failed_record, memo_key, plan_on_untrained, reused_record, run_job
+from bench.job import failed_record, run_job
+from bench.memo import memo_key, reused_record
+from bench.planning import plan_on_untrained
 from bench.jobs import Job
 from bench.plan import pick_for
 
@@ -115,7 +117,7 @@ def run_ray(groups: list[list[Job]], settings, address: str | None,
     """Submit every job of ``groups``; yield records as tasks finish (in completion order).
     ``claim(job)`` (the driver's job claims) False: another sweep runs it, a ``CLAIMED`` marker
     is yielded and nothing is submitted. ``memos``: per baseline key, recorded measurements a
-    job with an equal allocation copies instead of running (``bench.job.recorded_memos``)."""
+    job with an equal allocation copies instead of running (``bench.memo.recorded_memos``)."""
     ray = _import_ray()
     plugins = [str(Path(p).resolve()) if p.endswith(".py") else p for p in plugins or []]
     if not ray.is_initialized():

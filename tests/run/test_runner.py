@@ -255,7 +255,7 @@ def test_rerun_measures_a_saturated_budget_again(tmp_path, tiny_suite):
 def test_dry_run_costs_a_copy_nothing(tmp_path, tiny_suite, capsys):
     """The dry run plans what the sweep copies (same allocation, same recipe, and for a seed
     that borrows its pick, a tuning job that is itself a copy) and costs it nothing."""
-    from bench.job import planned_copies
+    from bench.planning import planned_copies
     from bench.jobs import expand
     from bench.suite import load_suite
 

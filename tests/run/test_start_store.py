@@ -80,7 +80,7 @@ def test_the_key_holds_what_the_start_depends_on(tmp_path):
 
 def test_the_dry_run_costs_a_loaded_start_no_factorisation(tiny_suite):
     """The 1-epoch job loads the start the 0.5-epoch job keeps: no factorisation in its estimate."""
-    from bench.job import planned_loaded_starts
+    from bench.planning import planned_loaded_starts
     from bench.jobs import expand
     from bench.suite import load_suite
 
