@@ -48,6 +48,16 @@ def plan_on_untrained(job: Job, networks: dict) -> Plan:
     return plan
 
 
+def planned_memo_key(job: Job, networks: dict, lr_pick=None) -> str | None:
+    """``job``'s memo key (``bench.memo``) when its allocation can be planned without trained
+    weights, else None (Ray then runs it as its own task; a time budget then asks about it)."""
+    try:
+        knobs = plan_on_untrained(job, networks).knobs
+    except Exception:  # noqa: BLE001 - the job then runs, and records what went wrong
+        return None
+    return None if knobs is None else memo_key(job, knobs, lr_pick)
+
+
 def planned_copies(jobs: list[Job], networks: dict) -> dict[str, str]:
     """Job key -> the key of an earlier job of the list whose measurement it would copy
     (``same_as``), as far as allocations can be planned on untrained weights (``plan_on_untrained``;

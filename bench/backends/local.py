@@ -17,6 +17,7 @@ from bench.baseline import get_baseline
 from bench.cpu_memory import keep_freed_memory
 from bench.data import DataSplits, load_splits
 from bench.job import failed_record, run_job
+from bench.planning import planned_memo_key
 from bench.prefix_store import PrefixStore
 from bench.start_store import StartStore
 from bench.trial_journal import TrialJournals
@@ -54,6 +55,7 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
         keep_freed_memory()  # large tensors stop page-faulting every step (bench.cpu_memory)
     info = device_info(device)
     memos = {k: dict(v) for k, v in (memos or {}).items()}  # the caller's stay as they were
+    untrained: dict = {}  # networks to plan on, for copies a time budget need not ask about
     journals = TrialJournals(settings.baseline_root)  # where tuning jobs keep finished trials
     starts = StartStore(settings.baseline_root)  # where slow compressions keep their starts
     for group in groups:
@@ -61,7 +63,8 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
         memo = memos.setdefault(first.baseline_key, {})
         prefix_caches = PrefixStore(settings.baseline_root)  # the group's frozen-prefix cache, kept beside its checkpoint
         for job in group:
-            if gate is not None and not gate(job):
+            pick = pick_for(job, lr_picks)
+            if gate is not None and not _a_copy(job, memo, pick, untrained) and not gate(job):
                 yield Marker(job.key, LEFT)
                 continue
             if claim is not None and not claim(job):
@@ -79,12 +82,20 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
                 continue
             model, meta, data = base
             torch.manual_seed(job.seed)
-            pick = pick_for(job, lr_picks)
             with claim.holding(job) if claim is not None else contextlib.nullcontext():
                 rec = run_job(job, model, meta, data, settings.progress, memo, lr_pick=pick,
                               prefix_caches=prefix_caches, journals=journals, starts=starts)
             rec["env"] = info
             yield rec
+
+
+def _a_copy(job: Job, memo: dict, pick, untrained: dict) -> bool:
+    """Whether ``job`` will copy a measurement already in ``memo`` (free: a time budget does
+    not ask about it), as far as its allocation can be planned on untrained weights."""
+    if not memo:
+        return False
+    mkey = planned_memo_key(job, untrained, pick)
+    return mkey is not None and mkey in memo
 
 
 def _baseline(job: Job, settings, device: torch.device, cache: dict) -> tuple[Any, dict, DataSplits]:

@@ -28,8 +28,8 @@ from bench.backends import CLAIMED, LEFT, Marker, Outcome
 from bench.backends.local import device_info
 from bench.cpu_memory import keep_freed_memory
 from bench.job import failed_record, run_job
-from bench.memo import memo_key, reused_record
-from bench.planning import plan_on_untrained
+from bench.memo import reused_record
+from bench.planning import planned_memo_key
 from bench.jobs import Job
 from bench.plan import pick_for
 
@@ -98,16 +98,6 @@ def _job_task(job: Job, baseline: tuple[dict, dict], settings, plugins: list[str
                   starts=StartStore(settings.baseline_root))
     rec.update(env=device_info(device), backend="ray")  # the driver stamps code version and versions
     return rec
-
-
-def planned_memo_key(job: Job, networks: dict, lr_pick=None) -> str | None:
-    """``job``'s memo key when its allocation can be planned without trained weights, else None
-    (then the job runs as its own task)."""
-    try:
-        knobs = plan_on_untrained(job, networks).knobs
-    except Exception:  # noqa: BLE001 - the job then runs as a task, which records what went wrong
-        return None
-    return None if knobs is None else memo_key(job, knobs, lr_pick)
 
 
 def run_ray(groups: list[list[Job]], settings, address: str | None,

@@ -69,19 +69,22 @@ def test_headline_suite_stopped_by_the_budget_resumes_to_the_unstopped_records(t
     stopped, unstopped = tmp_path / "stopped", tmp_path / "unstopped"
     records = stopped / "cifar10-headline" / "runs.jsonl"
     clock_by_records(monkeypatch, records)
-    # 250 s: the 3 first jobs in priority order start (at 0, 100, 200 s); the 4th would start at 300 s
+    # 250 s: the 3 first jobs in priority order start (at 0, 100, 200 s); the 4th would start at
+    # 300 s; ADTN at 1024x has the depth it has at 2191.57x (max_depth 1): a copy, in no time
     assert main(common + ["--out", str(stopped), "--time-budget", str(250 / 60)]) == 0
     out = capsys.readouterr().out
-    assert "cifar10-headline: 7 jobs, 0 already done, 3 ok, 0 failed, 2 skipped, 2 left for later" in out
+    assert "cifar10-headline: 7 jobs, 0 already done, 4 ok, 0 failed, 2 skipped, 1 left for later" in out
     first = read_records(records)
     assert [(r["method"], r["budget"], r["status"]) for r in first] == [
         ("svd", "x2191.57", "skipped"), ("svd", "x1024", "skipped"),     # ruled out before anything ran
-        ("dense", "x1", "ok"), ("tt", "x2191.57", "ok"), ("adtn", "x2191.57", "ok")]  # priority order
+        ("dense", "x1", "ok"), ("tt", "x2191.57", "ok"), ("adtn", "x2191.57", "ok"),  # priority order
+        ("adtn", "x1024", "ok")]
     assert "budget unreachable" in first[0]["error"] and first[4]["knobs"] == {"classifier.0": 1, "classifier.3": 1}
     assert first[4]["params_compressed_layers"] == 8616  # the paper's 424 gates + 8,192 dense biases
+    assert first[5]["same_as"] == first[4]["key"]
 
     assert main(common + ["--out", str(stopped)]) == 0  # resume without a budget: the rest
-    assert "7 jobs, 5 already done, 2 ok, 0 failed, 0 skipped" in capsys.readouterr().out
+    assert "7 jobs, 6 already done, 1 ok, 0 failed, 0 skipped" in capsys.readouterr().out
     assert main(common + ["--out", str(unstopped)]) == 0
     assert "7 jobs, 0 already done, 5 ok, 0 failed, 2 skipped" in capsys.readouterr().out
     resumed, reference = _summary(records), _summary(unstopped / "cifar10-headline" / "runs.jsonl")
@@ -136,3 +139,17 @@ def test_ray_backend_honours_the_time_budget(tmp_path, tiny_suite, monkeypatch, 
         assert sorted(r["budget"] for r in read_records(records)) == ["x1", "x2", "x8"]
     finally:
         ray.shutdown()
+
+
+def test_a_copy_is_not_left_for_later(tmp_path, tiny_suite, monkeypatch, capsys):
+    """A budget beyond svd's reach copies the smaller one's measurement (same_as) in no time:
+    the time budget does not hold it back, even when the clock has run out."""
+    suite = tiny_suite(methods=["dense", "svd"], ratios=[100, 1000])
+    cal = fast_calibration(tmp_path / "cal.json", ["digitnet"])
+    records = tmp_path / suite.stem / "runs.jsonl"
+    clock_by_records(monkeypatch, records)
+    args = ["--suite", str(suite), "--out", str(tmp_path), "--calibration", str(cal), "--no-progress"]
+    assert main(args + ["--time-budget", str(150 / 60)]) == 0  # dense (0 s) and svd x100 (100 s) start
+    assert "3 jobs, 0 already done, 3 ok, 0 failed, 0 skipped" in capsys.readouterr().out
+    recs = {r["budget"]: r for r in read_records(records)}
+    assert recs["x1000"]["same_as"] == recs["x100"]["key"]
