@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from bench.allocation import MINMAX_RULE
 from bench.bias_calibration import CALIBRATION_RULE
 from bench.plan import TUNE_SEED
 from bench.records import config_key
@@ -78,6 +79,8 @@ class Job:
             cfg["pick_fallbacks"] = self.pick_fallbacks
         if self.calibrates_bias:  # a new rule gives new results: records of the old one stay apart
             cfg["bias_calibration_rule"] = CALIBRATION_RULE
+        if self.options.get("allocation") == "minmax":  # likewise
+            cfg["minmax_rule"] = MINMAX_RULE
         return cfg
 
     @property

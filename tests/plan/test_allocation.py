@@ -130,3 +130,33 @@ def test_methods_with_their_own_rule_refuse_the_option(name):
 def test_an_unknown_allocation_is_refused_by_the_suite_check():
     with pytest.raises(SuiteError, match=r"allocation 'greedy'; valid: uniform, minmax"):
         _check_options(method_entry({"method": "tt", "options": {"allocation": "greedy"}}))
+
+
+@pytest.mark.parametrize("ratio", [2, 32])
+def test_minmax_fills_a_single_layers_budget_between_its_scored_knobs(ratio, monkeypatch):
+    """One layer, errors falling with the rank: min-max must take the largest rank that fits.
+    The log-spaced grid of scored ranks alone stops short (FC-2 at 2x: rank 96 of 111 under
+    rule 1); the refinement scores the ranks between the pick and the next one up."""
+    import bench.allocation as alloc
+
+    torch.manual_seed(0)
+    layer = nn.Linear(784, 256)
+    tt = get_method("tt", allocation="minmax")
+    budget = dense_params(layer) / ratio
+    ranks = sorted(tt.knobs(layer), key=lambda k: tt.layer_params(layer, k))
+    assert len(ranks) > alloc.MAX_SCORED_KNOBS
+    fits = max((k for k in ranks if tt.layer_params(layer, k) <= budget), key=lambda k: tt.layer_params(layer, k))
+    assert tt.allocate({"fc1": layer}, ratio) == {"fc1": fits}
+    monkeypatch.setattr(alloc, "MINMAX_REFINE_ROUNDS", 0)  # rule 1: the scored grid only
+    assert tt.layer_params(layer, tt.allocate({"fc1": layer}, ratio)["fc1"]) < tt.layer_params(layer, fits)
+
+
+def test_the_minmax_rule_is_in_the_key_of_minmax_jobs_only():
+    from bench.allocation import MINMAX_RULE
+    from bench.jobs import expand
+    from bench.suite import load_suite
+
+    jobs = expand(load_suite("mnist-v3"))
+    minmax = [j for j in jobs if j.options.get("allocation") == "minmax"]
+    assert minmax and all(j.config()["minmax_rule"] == MINMAX_RULE for j in minmax)
+    assert all("minmax_rule" not in j.config() for j in jobs if j not in minmax)
