@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from bench.bias_calibration import calibrate, calibration_images
-from bench.chance import at_chance
+from bench.chance import needs_fallback
 from bench.compressor import BudgetUnreachable, ContractError, FinetuneContext
 from bench.data import DataSplits
 from bench.layers import count_params, dense_params, get_layer
@@ -117,8 +117,14 @@ def _tuned_finetune(method, model, job: Job, data, originals, knobs, lr_pick, pr
     return tuned(lambda m, pick: _finetune(method, m, job, data, originals, knobs, pick, progress, calibrate),
                  lambda m: evaluate(m, data.x_val, data.y_val), model, grid, job.optimizer_grid,
                  job.lr_extend or 0, lr_pick, fallbacks=job.pick_fallbacks or 0,
-                 collapsed=lambda acc: at_chance(acc, data.num_classes),
+                 collapsed=lambda acc, pick: needs_fallback(acc, 100.0 / data.num_classes, _reference(lr_pick, pick),
+                                                            job.fallback_when or "chance"),
                  journal=journal if grid and lr_pick is None else None)
+
+
+def _reference(ranked, pick) -> float | None:
+    """The tuning seed's validation accuracy with ``pick`` (``bench.tuning.RankedPicks``), if known."""
+    return ranked.val_of(pick) if hasattr(ranked, "val_of") else None
 
 
 def _scoped(job: Job, method, base_model, base_meta: dict, data: DataSplits, caches: PrefixStore | None

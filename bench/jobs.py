@@ -48,6 +48,9 @@ class Job:
     #: borrows its pick tries when its run diverges or ends at chance (``bench.tuning.borrowed``);
     #: in the key of the borrowing jobs only (the tuning job has nothing to fall back on)
     pick_fallbacks: int | None = None
+    #: the suite's ``fallback_when`` (``bench.chance.FALLBACK_RULES``) when not the default
+    #: ``chance``: in the key of the jobs that carry ``pick_fallbacks``, beside it
+    fallback_when: str | None = None
     #: not part of the key (how a job is scheduled or capped, not what it computes):
     #: its priority stage (``STAGES``), the suite's budget_tolerance and factorize_time_cap_s
     stage: str | None = field(default=None, compare=False)
@@ -77,6 +80,8 @@ class Job:
             cfg["tune_epochs"] = self.tune_epochs
         if self.pick_fallbacks is not None and self.reuses_pick:
             cfg["pick_fallbacks"] = self.pick_fallbacks
+            if self.fallback_when is not None:
+                cfg["fallback_when"] = self.fallback_when
         if self.calibrates_bias:  # a new rule gives new results: records of the old one stay apart
             cfg["bias_calibration_rule"] = CALIBRATION_RULE
         if self.options.get("allocation") == "minmax":  # likewise
@@ -120,6 +125,7 @@ class Job:
         del cfg["seed"]
         cfg.pop("tune_epochs", None)
         cfg.pop("pick_fallbacks", None)
+        cfg.pop("fallback_when", None)
         if cfg["finetune"] is not None:
             picked = ("lr", "optimizer") if self.optimizer_grid else ("lr",)
             cfg["finetune"] = {k: v for k, v in cfg["finetune"].items() if k not in picked}
@@ -190,6 +196,7 @@ def expand(suite: Suite, methods: list[str] | None = None, networks: list[str] |
     optimizer_grid = list(proto.optimizer_grid) if lr_grid and proto.optimizer_grid else None
     lr_extend = int(proto.lr_extend) if lr_grid and proto.lr_extend is not None else None
     fallbacks = int(proto.pick_fallbacks) if lr_grid and proto.pick_fallbacks is not None else None
+    fallback_when = proto.fallback_when if fallbacks is not None and proto.fallback_when != "chance" else None
     jobs = []
     for network, layers in nets.items():
         train = check_recipe(suite.recipe("train", network))
@@ -206,7 +213,7 @@ def expand(suite: Suite, methods: list[str] | None = None, networks: list[str] |
                             jobs.append(Job(suite.name, network, dataset, list(layers), e.method, e.label,
                                             thaw(e.options), ratio, knob, int(seed), train,
                                             ft, data_cfg, fit, lr_grid=lr_grid, optimizer_grid=optimizer_grid,
-                                            lr_extend=lr_extend, pick_fallbacks=fallbacks,
+                                            lr_extend=lr_extend, pick_fallbacks=fallbacks, fallback_when=fallback_when,
                                             budget_tolerance=suite.budget_tolerance,
                                             factorize_time_cap_s=suite.factorize_time_cap_s,
                                             job_time_limit_s=suite.job_time_limit_s,

@@ -33,7 +33,7 @@ def config_key(config: dict[str, Any]) -> str:
 CONFIG_FIELDS = ("network", "dataset", "layers", "method", "options", "target_ratio", "knob", "seed", "train",
                  "finetune", "data", "fit_only")
 OPTIONAL_CONFIG_FIELDS = ("lr_grid", "optimizer_grid", "lr_extend", "pick_fallbacks", "tune_epochs",
-                          "bias_calibration_rule", "minmax_rule")
+                          "bias_calibration_rule", "minmax_rule", "fallback_when")
 
 
 def record_config(rec: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from bench.backends import CLAIMED, LEFT, WAITING, Marker, Outcome, key_of
 from bench.backends.local import run_groups, run_parallel
-from bench.chance import CHANCE_MARGIN, chance_accuracy
+from bench.chance import chance_accuracy, needs_fallback
 from bench.claims import Claims
 from bench.environment import code_version, environment
 from bench.job import failed_record
@@ -34,7 +34,7 @@ from bench.records import RecordIndex, latest_by_key, read_records
 from bench.jobs import Job
 from bench.plan import picks_lr, tuning_job, tuning_jobs
 from bench.stale import CachedBaselines, on_other_baseline, stale_keys
-from bench.tuning import ranked_picks
+from bench.tuning import RankedPicks, ranked_picks
 from bench.train import resolve_device
 
 REPO = Path(__file__).resolve().parent.parent
@@ -193,10 +193,10 @@ def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], recor
     - one that measured the same thing under another key (``Job.measurement_key``: NN-BCD at
       another fine-tuning epoch count, which its training ignores), in ``path`` or in those
       suites; the copy says ``same_as`` (and ``reused_from`` when it came from another suite);
-    - for a job with ``pick_fallbacks``, the record of the same job without them whose run with
-      the borrowed pick did not need one (ok and not at chance on validation, or skipped before
-      fine-tuning): the fallback rule would have kept that very run. A failed or collapsed one
-      is not taken: that job runs, with its fallbacks. The copy says ``same_as``.
+    - for a job with ``pick_fallbacks``, the record of the same job made without them, or under
+      the ``chance`` rule for a ``half_gain`` job, whose runs this job's rule would have made and
+      kept (``_runs_kept_by``; or skipped before fine-tuning). Any other is not taken: that job
+      runs, with its fallbacks. The copy says ``same_as``.
 
     Each copy keeps the measurement and its code version and takes this job's fields. A record
     made on another baseline than the cached checkpoint (``baselines``, ``bench.stale``) is not
@@ -213,7 +213,8 @@ def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], recor
         return 0
     same_key: dict[str, tuple[dict, str]] = {}
     same_measure: dict[str, tuple[dict, str | None]] = {}
-    no_fallback_needed: dict[str, tuple[dict, str | None]] = {}
+    by_key: dict[str, tuple[dict, str | None]] = {}
+    ranked: dict[str, RankedPicks] = {}
 
     def offer(rec: dict, suite: str | None) -> None:
         if rec.get("status") not in ("ok", "skipped") or not is_complete(rec):
@@ -221,8 +222,10 @@ def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], recor
         if suite is not None:
             same_key.setdefault(rec["key"], (rec, suite))
         same_measure.setdefault(measurement_key(record_config(rec)), (rec, suite))
-        if "pick_fallbacks" not in rec and not _collapsed_on_validation(rec):
-            no_fallback_needed.setdefault(rec["key"], (rec, suite))
+        by_key.setdefault(rec["key"], (rec, suite))
+        t = rec.get("lr_tuning")
+        if t and t.get("tuned_here") and rec.get("tune_key") and rec["status"] == "ok":
+            ranked.setdefault(rec["tune_key"], ranked_picks(t))
 
     for rec in records.latest.values():
         offer(rec, None)
@@ -240,8 +243,8 @@ def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], recor
         elif job.measurement_key in same_measure and same_measure[job.measurement_key][0]["key"] != job.key:
             rec, name = same_measure[job.measurement_key]
             copy = {**reused_record(job, rec), **({"reused_from": name} if name else {})}
-        elif job.pick_fallbacks is not None and (plain := replace(job, pick_fallbacks=None).key) in no_fallback_needed:
-            rec, name = no_fallback_needed[plain]
+        elif job.pick_fallbacks is not None and (found := _under_earlier_rule(job, by_key, ranked.get(job.tune_key))):
+            rec, name = found
             copy = {**reused_record(job, rec), **({"reused_from": name} if name else {})}
         else:
             continue
@@ -252,15 +255,36 @@ def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], recor
     return copied
 
 
-def _collapsed_on_validation(rec: dict) -> bool:
-    """Whether an ok record's fine-tuned validation accuracy is at chance (or missing): a run
-    that ``pick_fallbacks`` would not have kept. Skipped records never fine-tuned: False."""
-    if rec.get("status") != "ok":
+def _under_earlier_rule(job: Job, by_key: dict[str, tuple[dict, str | None]], ranked: RankedPicks | None
+                        ) -> tuple[dict, str | None] | None:
+    """The record (and its suite) of ``job`` made without ``pick_fallbacks`` or under the
+    ``chance`` fallback rule that is the run ``job`` would make and keep, if there is one."""
+    for key in (replace(job, pick_fallbacks=None, fallback_when=None).key, replace(job, fallback_when=None).key):
+        if key != job.key and key in by_key:
+            rec, name = by_key[key]
+            if rec["status"] == "skipped" or _runs_kept_by(job, rec, ranked):
+                return rec, name
+    return None
+
+
+def _runs_kept_by(job: Job, rec: dict, ranked: RankedPicks | None) -> bool:
+    """Whether ``job``'s fallback rule, run again, would try exactly the runs ``rec`` tried and
+    keep the one it kept. Every rule falls back at least where ``chance`` does, so the runs before
+    the last needed a fallback under it too: it is enough that the last one needs none, or that
+    the fallbacks ran out and the run kept is the best on validation (what the rule keeps then).
+    ``half_gain`` compares with the tuning seed's runs (``ranked``): without them, no."""
+    rule, chance = job.fallback_when or "chance", chance_accuracy(rec["dataset"])
+    if math.isnan(chance) or (rule != "chance" and ranked is None):
         return False
-    acc, chance = rec.get("acc_val_after_finetune"), chance_accuracy(rec["dataset"])
-    if acc is None or not math.isfinite(acc) or math.isnan(chance):
-        return True  # nothing shows that the run was fine: it runs again
-    return abs(acc - chance) <= CHANCE_MARGIN
+    t = rec.get("lr_tuning") or {}
+    tried = t.get("fallbacks") or [{"pick": t.get("pick"), "val_acc": rec.get("acc_val_after_finetune")}]
+    last = tried[-1]
+    if not needs_fallback(last["val_acc"], chance, ranked.val_of(last["pick"]) if ranked else None, rule):
+        return True
+    if len(tried) < 1 + job.pick_fallbacks and (ranked is None or len(tried) < len(ranked)):
+        return False  # this rule would have gone on to the next pick
+    finite = [x for x in tried if x["val_acc"] is not None and math.isfinite(x["val_acc"])]
+    return bool(finite) and max(finite, key=lambda x: x["val_acc"])["pick"] == t.get("pick")
 
 
 def _stream(groups, settings: RunSettings, devices: list[str], backend: str, address, plugins,

@@ -58,6 +58,7 @@ class Protocol:
     optimizer_grid: tuple[str, ...] | None = None
     lr_extend: int | None = None
     pick_fallbacks: int | None = None
+    fallback_when: str | None = None
     reuse: tuple[str, ...] = ()
 
     def epochs(self, network: str) -> tuple | None:

@@ -8,6 +8,7 @@ import math
 import numbers
 from typing import Any
 
+from bench.chance import FALLBACK_RULES
 from bench.meta_network import input_shape, meta_network
 from bench.registry import (DATASETS, METHODS, NETWORKS, dataset_names, is_reference, method_names,
                             network_names)
@@ -94,7 +95,8 @@ def _check_tune_epochs(spec: Suite) -> None:
 
 
 def _check_grid_and_reuse(suite: dict[str, Any], proto: dict[str, Any]) -> None:
-    """optimizer_grid, lr_extend and pick_fallbacks need an lr_grid; reuse names other suites."""
+    """optimizer_grid, lr_extend and pick_fallbacks need an lr_grid, fallback_when needs
+    pick_fallbacks; reuse names other suites."""
     for key in ("optimizer_grid", "lr_extend", "pick_fallbacks"):
         if proto.get(key) is not None and not proto.get("lr_grid"):
             raise SuiteError(f"protocol.{key} {proto[key]!r}: needs an lr_grid to extend, cross with or fall back on")
@@ -102,6 +104,12 @@ def _check_grid_and_reuse(suite: dict[str, Any], proto: dict[str, Any]) -> None:
         n = proto.get(key)
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 5):
             raise SuiteError(f"protocol.{key} {n!r}: expected an integer in 0..5")
+    when = proto.get("fallback_when")
+    if when is not None:
+        if when not in FALLBACK_RULES:
+            raise SuiteError(f"protocol.fallback_when {when!r}; valid: {', '.join(FALLBACK_RULES)}")
+        if proto.get("pick_fallbacks") is None:
+            raise SuiteError(f"protocol.fallback_when {when!r}: needs pick_fallbacks (the picks to fall back on)")
     reuse = proto.get("reuse")
     if reuse is None:
         return

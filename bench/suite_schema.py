@@ -32,6 +32,9 @@ PROTOCOL_KEYS = {
                  "(x3 or /3; bench/tuning.py)",
     "pick_fallbacks": "integer 0..5: a seed that borrows the tuning seed's pick and diverges or ends at chance "
                       "on validation tries up to this many of the tuning seed's next-best picks (bench/tuning.py)",
+    "fallback_when": "chance (default) or half_gain: when a seed with pick_fallbacks falls back; half_gain also "
+                     "when its run keeps less than half of the tuning seed's validation gain over chance "
+                     "(bench/chance.py)",
     "tune_epochs": "one of finetune_epochs: the epoch count whose lr pick (on the tuning seed) every epoch "
                    "count uses (default: each epoch count picks its own)",
     "reuse": "suites whose records in the same output a job with an equal key takes instead of running "

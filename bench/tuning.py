@@ -20,7 +20,9 @@ With ``pick_fallbacks`` F, a seed whose run with the borrowed pick diverges or e
 its *validation* split tries the tuning seed's next-best picks, in the order of the tuning seed's
 validation accuracy, up to F of them, from the same start; it keeps the first run that is not at
 chance, else the best on validation. Test accuracy never decides; every run tried is in the
-record (``fallbacks``).
+record (``fallbacks``). ``fallback_when: half_gain`` (``bench.chance.needs_fallback``) also
+falls back from a run that keeps less than half of the tuning seed's validation gain over
+chance with the same pick: a partial collapse that "at chance" misses.
 """
 from __future__ import annotations
 
@@ -47,13 +49,26 @@ def parse_label(label: str) -> float | dict:
     return float(lr) if not opt else {"optimizer": opt, "lr": float(lr)}
 
 
-def ranked_picks(tuning: dict[str, Any]) -> list:
+class RankedPicks(list):
+    """The tuning seed's picks, best first, and the validation accuracy each reached there
+    (``val_of``): what a borrowing seed's fallback rule compares its own run with."""
+
+    def __init__(self, picks, val: dict[str, float] | None = None):
+        super().__init__(picks)
+        self.val = dict(val or {})
+
+    def val_of(self, pick) -> float | None:
+        return self.val.get(_label_of(pick))
+
+
+def ranked_picks(tuning: dict[str, Any]) -> RankedPicks:
     """A tuning record's picks, best first: its pick, then every other value that did not
     diverge by validation accuracy (ties: the order tried). What a borrowing seed falls back on."""
     pick = tuning["pick"]
-    others = sorted(((acc, i, parse_label(lab)) for i, (lab, acc) in enumerate((tuning.get("val_acc") or {}).items())),
+    val = {lab: acc for lab, acc in (tuning.get("val_acc") or {}).items() if acc is not None}
+    others = sorted(((acc, i, parse_label(lab)) for i, (lab, acc) in enumerate(val.items())),
                     key=lambda t: (-t[0], t[1]))
-    return [pick] + [p for _, _, p in others if p != pick]
+    return RankedPicks([pick] + [p for _, _, p in others if p != pick], val)
 
 
 def picks_started(tuning: dict[str, Any]) -> list:
@@ -151,11 +166,11 @@ def search(run: Callable[[dict | float], tuple[float, Any]], lrs: list[float], o
 
 
 def borrowed(finetune: Callable[[Any, Any], Any], evaluate_val: Callable[[Any], float], model, ranked: list,
-             fallbacks: int, collapsed: Callable[[float], bool]) -> tuple[Any, Any, Any, list[dict] | None]:
-    """Fine-tune with the tuning seed's pick ``ranked[0]``; when that run diverges or ends
-    ``collapsed`` on validation, try ``ranked[1:]`` in order, up to ``fallbacks`` of them, each
-    from a copy of the same start. Returns (model, context, pick kept, the runs tried or None
-    when only the first ran)."""
+             fallbacks: int, collapsed: Callable[[float, Any], bool]) -> tuple[Any, Any, Any, list[dict] | None]:
+    """Fine-tune with the tuning seed's pick ``ranked[0]``; when that run diverges or its
+    validation accuracy is ``collapsed(acc, pick)``, try ``ranked[1:]`` in order, up to
+    ``fallbacks`` of them, each from a copy of the same start. Returns (model, context, pick
+    kept, the runs tried or None when only the first ran)."""
     candidates = ranked[:1 + max(0, int(fallbacks))]
     if len(candidates) == 1:  # nothing to fall back on: a divergence fails the job, as it always did
         return model, finetune(model, candidates[0]), candidates[0], None
@@ -173,7 +188,7 @@ def borrowed(finetune: Callable[[Any, Any], Any], evaluate_val: Callable[[Any], 
         tried.append({"pick": pick, "val_acc": acc})
         if best is None or acc > best[0]:
             best = (acc, trial, ctx, pick)
-        if not collapsed(acc):
+        if not collapsed(acc, pick):
             break
     if best is None:
         raise FloatingPointError(f"fine-tuning diverged with the tuning seed's pick and its {len(tried) - 1} "
@@ -188,7 +203,7 @@ def _label_of(pick) -> str:
 
 def tuned(finetune: Callable[[Any, float | dict | None], Any], evaluate_val: Callable[[Any], float], model,
           lrs: list[float] | None, optimizers: list[str] | None, extend: int, pick: Any,
-          fallbacks: int = 0, collapsed: Callable[[float], bool] | None = None,
+          fallbacks: int = 0, collapsed: Callable[[float, Any], bool] | None = None,
           journal=None) -> tuple[Any, Any, dict | None]:
     """Fine-tune ``model`` with the pick made on the tuning seed (``pick`` given: one pick, or
     the tuning seed's picks best first, ``ranked_picks``), or search the grid on copies and keep
@@ -201,7 +216,7 @@ def tuned(finetune: Callable[[Any, float | dict | None], Any], evaluate_val: Cal
     if pick is not None:
         ranked = pick if isinstance(pick, list) else [pick]
         model, ctx, kept, tried = borrowed(finetune, evaluate_val, model, ranked,
-                                           fallbacks if collapsed is not None else 0, collapsed or (lambda a: False))
+                                           fallbacks if collapsed is not None else 0, collapsed or (lambda a, p: False))
         rec = {"grid": [float(x) for x in lrs], "pick": kept, "tuned_here": False}
         if optimizers:
             rec["optimizers"] = list(optimizers)
