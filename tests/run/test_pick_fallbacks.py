@@ -230,3 +230,28 @@ def test_a_record_of_the_chance_rule_is_adopted_only_where_half_gain_keeps_the_s
     assert adopted(_earlier(older, 30.0, 0.01, after_chance))
     assert not adopted(_earlier(older, 10.1, 0.05, after_chance))  # not the best on validation
     assert _under_earlier_rule(job, {plain.key: (_earlier(plain, 85.0, 0.05), None)}, None) is None  # no reference
+
+
+HALF_SEED1_ONCE = """
+def finetune(self, model, ctx):  # seed 1's first fine-tuning ends never predicting classes 0-6
+    super().finetune(model, ctx)
+    if torch.initial_seed() == 1 and not DONE:
+        DONE.append(True)
+        with torch.no_grad():
+            model.fc2.bias[:7] = -1e4
+"""
+
+
+def test_a_seed_far_below_seed_0_but_above_chance_falls_back_under_half_gain_only(tmp_path, tiny_suite, svd_plugin):
+    for rule in ("chance", "half_gain"):
+        name = f"half-once-svd-{rule}".replace("_", "-")
+        plugin = svd_plugin(name, HALF_SEED1_ONCE, imports="import torch\nDONE = []")
+        suite = tiny_suite(methods=[name], ratios=[2], seeds=[0, 1], lr_grid=[0.01, 0.05], pick_fallbacks=2,
+                           fallback_when=rule, finetune={"epochs": 2, "batch_size": 64, "lr": 0.01})
+        assert _run(plugin, suite, tmp_path / rule) == 0
+        recs = {r["seed"]: r for r in read_records(tmp_path / rule / suite.stem / "runs.jsonl")}
+        seed0 = ranked_picks(recs[0]["lr_tuning"])
+        first = recs[1]["lr_tuning"].get("fallbacks", [{"val_acc": recs[1]["acc_val_after_finetune"]}])[0]["val_acc"]
+        assert 11.5 < first < 10 + (seed0.val_of(seed0[0]) - 10) / 2  # not at chance, below half the gain
+        assert ("fallbacks" in recs[1]["lr_tuning"]) == (rule == "half_gain")
+    assert recs[1]["lr_tuning"]["pick"] == seed0[1] and recs[1]["fallback_when"] == "half_gain"
