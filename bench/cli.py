@@ -265,6 +265,7 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
     from bench.cost import Budget
     from bench.records import RecordIndex, mend_records
     from bench.runner import RunSettings, adopt_equal, run_jobs
+    from bench.kept_baselines import keep, kept_folder, seed_cache
     from bench.stale import CachedBaselines
 
     counts = None
@@ -277,6 +278,10 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
         if args.time_budget is not None:
             budget = Budget(args.time_budget * 60, cost, jobs, baseline_root=settings.baseline_root)
         try:
+            seeded = seed_cache(out, suite.name, settings.baseline_root)
+            if seeded:
+                print(f"{suite.name}: {seeded} dense baselines taken from {kept_folder(out, suite.name)}",
+                      file=sys.stderr)
             mend_records(path)  # a torn tail from a killed sweep goes even if nothing is left to run
             records = RecordIndex(path)  # read once for the whole sweep (bench.runner.Sweep)
             if not args.rerun:
@@ -289,6 +294,10 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
             counts = run_jobs(jobs, settings, devices, path, backend=args.backend, address=args.address,
                               plugins=args.plugin, rerun=args.rerun, budget=budget, cost=cost,
                               ordered=bool(suite.priority), records=records)
+            if getattr(args, "keep_baselines", False):
+                n = keep(out, suite.name, settings.baseline_root, list({j.baseline_key: j.baseline_config
+                                                                        for j in jobs}.values()))
+                print(f"{suite.name}: {n} dense baselines kept in {kept_folder(out, suite.name)}", file=sys.stderr)
         except (RuntimeError, OutputWriteError) as e:  # a record or checkpoint did not land (disk full, ...)
             print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
             return 2

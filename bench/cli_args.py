@@ -62,6 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rerun", action="store_true",
                    help="run the selected jobs again even if recorded (e.g. after changing a method's code); "
                         "the new records supersede the old ones, which stay in the file")
+    p.add_argument("--keep-baselines", action="store_true",
+                   help="copy the dense baselines of the sweep into OUT/<suite>/baselines/ (commit them with the "
+                        "records of small networks: a later sweep on another machine then starts from the same "
+                        "baselines; every sweep copies what is there into its checkpoint cache)")
     p.add_argument("--plugin", action="append", default=[], help="extra method module: import path or .py file")
     p.add_argument("--check-plugin", metavar="PLUGIN", default=None,
                    help="run the compressor contract (bench.testing) on every method PLUGIN (a .py file or "
@@ -124,7 +128,7 @@ def csv_values(value: str | None, flag: str, unique: bool = True, optional: bool
 _MODES = {"list": "--list", "print_suite": "--print-suite", "dry_run": "--dry-run", "report_only": "--report-only",
           "check_plugin": "--check-plugin"}
 #: flags that only a run reads
-_RUN_ONLY = {"rerun": "--rerun", "time_budget": "--time-budget"}
+_RUN_ONLY = {"rerun": "--rerun", "time_budget": "--time-budget", "keep_baselines": "--keep-baselines"}
 
 
 def no_unread_flags(args) -> None:

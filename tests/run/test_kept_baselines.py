@@ -1,0 +1,41 @@
+"""Baselines kept with a suite's records (``--keep-baselines``) are what a later sweep in a
+fresh output starts from: no retraining, the same fingerprints, the records not stale."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from bench.cli import main
+from bench.records import read_records
+
+
+def _run(suite, out, *more) -> int:
+    return main(["--suite", str(suite), "--out", str(out), "--no-progress", *more])
+
+
+def test_a_fresh_output_resumes_on_the_kept_baselines(tmp_path, tiny_suite, capsys):
+    suite = tiny_suite(methods=["dense", "svd"], ratios=[2], seeds=[0])
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert _run(suite, first, "--keep-baselines") == 0
+    kept = sorted((first / suite.stem / "baselines").iterdir())
+    assert [p.suffix for p in kept] == [".json", ".pt"]  # one baseline: its summary and weights
+    trained = json.loads(kept[0].read_text())
+
+    (second / suite.stem).mkdir(parents=True)  # a clean clone: the records and the kept folder only
+    shutil.copy(first / suite.stem / "runs.jsonl", second / suite.stem / "runs.jsonl")
+    shutil.copytree(first / suite.stem / "baselines", second / suite.stem / "baselines")
+    more = tiny_suite(methods=["dense", "svd"], ratios=[2, 8], seeds=[0]).read_text()
+    suite.write_text(more)  # the suite grows a budget: one job runs, on the kept baseline
+    capsys.readouterr()
+    assert _run(suite, second) == 0
+    err = capsys.readouterr().err
+    assert "1 dense baselines taken from" in err
+    cached = json.loads((second / "checkpoints" / kept[0].name).read_text())
+    assert cached == trained  # copied, not retrained (a retrain writes its own time_train_s)
+    recs = read_records(second / suite.stem / "runs.jsonl")
+    assert len(recs) == 3 and {r["baseline_fingerprint"] for r in recs} == {trained["weights_fingerprint"]}
+
+
+def test_keep_baselines_is_a_run_flag(tiny_suite, capsys):
+    assert main(["--suite", str(tiny_suite()), "--report-only", "--keep-baselines"]) == 2
+    assert "--keep-baselines with --report-only: only a run reads it" in capsys.readouterr().err
