@@ -10,6 +10,7 @@ from bench.planning import plan_on_untrained, planned_copies, planned_loaded_sta
 from bench.layers import dense_params
 from bench.records import latest_by_key, read_records
 from bench.runner import planned_skip, records_path
+from bench.stale import CachedBaselines, stale_keys
 
 
 def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
@@ -103,7 +104,9 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
           "factorize = time_compress_s, finetune = time_finetune_s, eval = the rest of time_total_s")
     path = records_path(baseline_root, jobs[0].suite, jobs[0].fit_only) if jobs else None
     if path is not None and path.is_file():
-        n, e, m = compare_records(cost, jobs, latest_by_key(read_records(path), where=path), baseline_root)
+        latest = latest_by_key(read_records(path), where=path)
+        stale = stale_keys(jobs, latest, CachedBaselines(baseline_root))  # the sweep runs those again
+        n, e, m = compare_records(cost, jobs, {k: r for k, r in latest.items() if k not in stale}, baseline_root)
         if n:
             print(f"  {n} recorded jobs ({path}), estimated / measured s: "
                   + ", ".join(f"{s} {e[s]:,.0f} / {m[s]:,.0f}" for s in STAGES))

@@ -396,3 +396,19 @@ def test_nnbcd_with_a_fixed_sweep_count_costs_its_sweeps(tiny_suite):
     assert get_method("nnbcd-tt").finetune_cost_scale() == 1.0
     assert ft["fixed-60"] == pytest.approx(4 * ft["nnbcd-tt"])
     assert ft["plateau-5"] == pytest.approx(ft["nnbcd-tt"] / 3)
+
+
+def test_dry_run_compares_its_estimates_with_current_records_only(tmp_path, tiny_suite, capsys):
+    """A record on another baseline than the cached checkpoint runs again (bench.stale): its
+    measured time is not what the sweep will spend, so the estimate-vs-measured line leaves it out."""
+    suite = tiny_suite(ratios=[8])
+    assert main(["--suite", str(suite), "--out", str(tmp_path), "--no-progress"]) == 0
+    cal = str(write_cal(tmp_path / "c.json"))
+    dry = ["--suite", str(suite), "--out", str(tmp_path), "--dry-run", "--calibration", cal]
+    capsys.readouterr()
+    assert main(dry) == 0 and " 2 recorded jobs (" in capsys.readouterr().out
+    path = tmp_path / suite.stem / "runs.jsonl"
+    recs = read_records(path)
+    recs[-1]["baseline_fingerprint"] = "0" * 16  # made on another baseline
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert main(dry) == 0 and " 1 recorded jobs (" in capsys.readouterr().out
