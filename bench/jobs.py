@@ -221,21 +221,6 @@ def expand(suite: Suite, methods: list[str] | None = None, networks: list[str] |
     return prioritize(jobs, suite)
 
 
-def current_keys(name: str, fit_only: bool = False, suites_dir=None) -> set[str] | None:
-    """Keys of the jobs the suite ``name`` of ``suites_dir`` (default: the project's) defines
-    now (fit-only jobs for a ``fit_runs.jsonl``), or None when there is no such suite."""
-    from pathlib import Path
-
-    from bench.suite import load_suite
-    from bench.suite_schema import SUITES_DIR
-
-    path = Path(suites_dir or SUITES_DIR) / f"{name}.yaml"
-    if not path.is_file():
-        return None
-    suite = load_suite(str(path))
-    return {j.key for j in expand(suite, fit_only=suite.fit_only or fit_only)}
-
-
 def prioritize(jobs: list[Job], suite: Suite) -> list[Job]:
     """Jobs in the suite's ``priority`` order (stable: the expansion order within a stage);
     unchanged without one. Stages not listed come after the listed ones. Within ``seeds``,

@@ -40,12 +40,12 @@ def records_frame(path: Path, keys: set[str] | None = None, all_baselines: bool 
 
 
 def suite_records_frame(path: Path, name: str, suites_dir=None, fit_only: bool = False) -> pd.DataFrame:
-    """``records_frame`` of the jobs suite ``name`` defines now (``bench.jobs.current_keys``), as
+    """``records_frame`` of the jobs suite ``name`` defines now (``bench.suite.current_keys``), as
     the suite report reads them: a record made under an older definition (another recipe, no
     ``pick_fallbacks``) stays in the file as history and out of figures and claims. When no
     record is a current job (no such suite, or records made by another suite of that name, such
     as a test's stand-in) every record is read."""
-    from bench.jobs import current_keys  # torch: only when a suite is read this way
+    from bench.suite import current_keys  # torch: only when a suite is read this way
 
     keys = current_keys(name, fit_only=fit_only, suites_dir=suites_dir)
     frame = records_frame(path, keys)

@@ -105,3 +105,12 @@ def apply_override(suite: dict[str, Any], item: str) -> None:
             raise SuiteError(f"--set {dotted}: {k!r} is {node!r}, not a mapping")
     node[keys[-1]] = value
 
+
+def current_keys(name: str, fit_only: bool = False, suites_dir=None) -> set[str] | None:
+    """Keys of the jobs the suite ``name`` of ``suites_dir`` (default: the project's) defines
+    now (fit-only jobs for a ``fit_runs.jsonl``), or None when there is no such suite."""
+    path = Path(suites_dir or SUITES_DIR) / f"{name}.yaml"
+    if not path.is_file():
+        return None
+    suite = load_suite(str(path))
+    return {j.key for j in expand(suite, fit_only=suite.fit_only or fit_only)}
