@@ -77,6 +77,8 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
                     raise  # a full disk: stop the sweep (one line, exit 2), not fail every job after it
                 except Exception as e:  # noqa: BLE001 - every job of the group fails with the reason
                     base = e
+                else:
+                    on_this_baseline(memo, base[1])
             if isinstance(base, Exception):
                 yield {**failed_record(job, f"dense baseline: {type(base).__name__}: {base}"), "env": info}
                 continue
@@ -87,6 +89,15 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
                               prefix_caches=prefix_caches, journals=journals, starts=starts)
             rec["env"] = info
             yield rec
+
+
+def on_this_baseline(memo: dict, meta: dict) -> None:
+    """Drop from ``memo`` the records made on another baseline than the one just loaded or
+    trained (``meta``): records taken before its checkpoint existed (adopted, or made on another
+    machine) are no measurement of this baseline, so no job is recorded as their copy."""
+    fp = meta.get("weights_fingerprint")
+    for key in [k for k, rec in memo.items() if rec.get("baseline_fingerprint") not in (None, fp)]:
+        del memo[key]
 
 
 def _a_copy(job: Job, memo: dict, pick, untrained: dict) -> bool:

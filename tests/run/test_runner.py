@@ -243,6 +243,26 @@ def test_a_saturated_budget_copies_a_record_of_an_earlier_run(tmp_path, tiny_sui
     assert recs[3]["lr_tuning"]["pick"] == first[0]["lr_tuning"]["pick"]
 
 
+def test_a_record_of_another_baseline_is_not_copied_once_the_baseline_is_trained(tmp_path, tiny_suite, capsys):
+    """A record taken before the checkpoint existed (adopted from another suite, or left by
+    another machine whose baseline does not retrain to the same weights) measures another
+    baseline: once this sweep trains its own, no job is recorded as that record's copy."""
+    import json
+    import shutil
+
+    suite = tiny_suite(methods=["svd"], ratios=[100, 1000])
+    assert _run("--suite", suite, "--out", tmp_path, "--set", "ratios=[100]") == 0
+    path = tmp_path / suite.stem / "runs.jsonl"
+    other = read_records(path)[0]
+    other["baseline_fingerprint"] = "0" * 16  # made on another machine's baseline
+    path.write_text(json.dumps(other) + "\n")
+    shutil.rmtree(tmp_path / "checkpoints")  # a fresh cache: the record cannot be judged stale up front
+    assert _run("--suite", suite, "--out", tmp_path) == 0
+    new = read_records(path)[-1]
+    assert new["target_ratio"] == 1000 and "same_as" not in new and new["time_total_s"] > 0
+    assert new["baseline_fingerprint"] != other["baseline_fingerprint"]
+
+
 def test_rerun_measures_a_saturated_budget_again(tmp_path, tiny_suite):
     """``--rerun`` asks for new measurements: earlier records are not copied."""
     suite = tiny_suite(methods=["svd"], ratios=[100, 1000])
