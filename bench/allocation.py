@@ -178,8 +178,10 @@ def _cheapest_within(front: list[Option], eps: float) -> int:
 
 
 def _minmax(fronts: dict[str, list[Option]], budget: float) -> tuple[float, dict[str, int]] | None:
-    """Smallest threshold whose cheapest choices fit the budget, and those choices."""
-    cands = sorted({o.err for f in fronts.values() for o in f})
+    """Smallest threshold whose cheapest choices fit the budget, and those choices. No
+    threshold below a layer's smallest error is a candidate: that layer has no choice there."""
+    floor = max(f[-1].err for f in fronts.values())
+    cands = sorted({o.err for f in fronts.values() for o in f if o.err >= floor})
 
     def choice(eps: float) -> dict[str, int]:
         return {n: _cheapest_within(f, eps) for n, f in fronts.items()}

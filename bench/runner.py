@@ -434,12 +434,17 @@ def _reusers(part: list[Job], tuner_of: dict[str, str]) -> list[Job]:
 def _without_pick(part: list[Job], tuner_of: dict[str, str], records: RecordIndex,
                   picks: dict[str, list]) -> dict[str, str]:
     """Keys of the jobs that reuse an lr pick whose tuning job is recorded (on the cached baseline) but gives
-    none, each with why: it failed, or its record holds no pick (a skip that is seed 0's alone)."""
+    none, each with why: it failed, or its record holds no pick. A tuning job that was skipped
+    (a budget its method cannot reach, a layer it does not take) leaves its reusers an empty pick
+    list in ``picks`` instead: they run, are skipped for the same reason, and fail only if they
+    get as far as fine-tuning (``bench.tuning.tuned``)."""
     out = {}
     for j in _reusers(part, tuner_of):
         status = records.latest.get(tuner_of[j.tune_key], {}).get("status")
         if status == "failed":
             out[j.key] = "that job failed (run again to retry both)"
+        elif status == "skipped" and j.reuses_pick and j.tune_key not in picks:
+            picks[j.tune_key] = RankedPicks([])
         elif j.reuses_pick and j.tune_key not in picks:
             out[j.key] = f"that job's record ({status}) holds none"
     return out

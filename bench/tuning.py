@@ -49,6 +49,10 @@ def parse_label(label: str) -> float | dict:
     return float(lr) if not opt else {"optimizer": opt, "lr": float(lr)}
 
 
+class MissingPick(RuntimeError):
+    """A seed that reuses the tuning seed's pick reached fine-tuning with none to reuse."""
+
+
 class RankedPicks(list):
     """The tuning seed's picks, best first, and the validation accuracy each reached there
     (``val_of``): what a borrowing seed's fallback rule compares its own run with."""
@@ -215,6 +219,9 @@ def tuned(finetune: Callable[[Any, float | dict | None], Any], evaluate_val: Cal
         return model, finetune(model, None), None
     if pick is not None:
         ranked = pick if isinstance(pick, list) else [pick]
+        if not ranked:  # the tuning seed was skipped before fine-tuning; this seed was not
+            raise MissingPick("the lr pick of its tuning seed is missing: that job was skipped, this one "
+                              "reached fine-tuning")
         model, ctx, kept, tried = borrowed(finetune, evaluate_val, model, ranked,
                                            fallbacks if collapsed is not None else 0, collapsed or (lambda a, p: False))
         rec = {"grid": [float(x) for x in lrs], "pick": kept, "tuned_here": False}

@@ -160,3 +160,16 @@ def test_the_minmax_rule_is_in_the_key_of_minmax_jobs_only():
     minmax = [j for j in jobs if j.options.get("allocation") == "minmax"]
     assert minmax and all(j.config()["minmax_rule"] == MINMAX_RULE for j in minmax)
     assert all("minmax_rule" not in j.config() for j in jobs if j not in minmax)
+
+
+def test_minmax_never_asks_a_layer_for_less_error_than_its_best_option():
+    """One layer's best option (0.30) is worse than another's whole range: no threshold below
+    0.30 is feasible, and the search must not look a layer up there (LeNet-5 tucker-minmax at 2x
+    failed with an IndexError)."""
+    from bench.allocation import Option, allocate_minmax, frontier
+
+    fronts = {"a": frontier([Option(10, 0.5, 1), Option(20, 0.1, 2), Option(40, 0.001, 3)]),
+              "b": frontier([Option(10, 0.9, 1), Option(30, 0.3, 2)])}
+    picks = allocate_minmax(fronts, budget=70)
+    assert {n: o.knob for n, o in picks.items()} == {"a": 3, "b": 2}
+    assert {n: o.knob for n, o in allocate_minmax(fronts, budget=40).items()} == {"a": 1, "b": 2}

@@ -255,3 +255,26 @@ def test_a_seed_far_below_seed_0_but_above_chance_falls_back_under_half_gain_onl
         assert 11.5 < first < 10 + (seed0.val_of(seed0[0]) - 10) / 2  # not at chance, below half the gain
         assert ("fallbacks" in recs[1]["lr_tuning"]) == (rule == "half_gain")
     assert recs[1]["lr_tuning"]["pick"] == seed0[1] and recs[1]["fallback_when"] == "half_gain"
+
+
+def test_a_seed_whose_tuning_seed_was_skipped_is_skipped_too_not_failed(tmp_path, tiny_suite, capsys):
+    """prune at 4096x cannot keep even its dense biases: seed 0 is skipped before it tunes, and
+    seed 1, which would reuse seed 0's pick, is skipped for the same reason (it used to fail with
+    "the lr pick of its tuning seed is missing")."""
+    suite = tiny_suite(methods=["prune"], ratios=[4096], seeds=[0, 1], lr_grid=[0.01, 0.05], pick_fallbacks=2)
+    assert _run_plain(suite, tmp_path) == 0
+    recs = {r["seed"]: r for r in read_records(tmp_path / suite.stem / "runs.jsonl")}
+    assert [recs[s]["status"] for s in (0, 1)] == ["skipped", "skipped"]
+    assert "budget unreachable" in recs[1]["error"] and recs[1]["error"] == recs[0]["error"]
+
+
+def test_a_reusing_seed_that_reaches_fine_tuning_without_a_pick_fails_with_the_reason():
+    from bench.tuning import MissingPick, RankedPicks
+
+    finetune, val = _runner({0.01: 80.0}.get)
+    with pytest.raises(MissingPick, match="tuning seed is missing"):
+        tuned(finetune, val, Net(), [0.01, 0.03], None, 0, RankedPicks([]))
+
+
+def _run_plain(suite, out) -> int:
+    return main(["--suite", str(suite), "--out", str(out), "--no-progress"])
