@@ -11,7 +11,7 @@ from typing import Any
 
 from bench.allocation import without_allocation
 from bench.jobs import Job, job_fields, measured_recipe
-from bench.records import config_key
+from bench.records import OPTIONAL_CONFIG_FIELDS, config_key
 
 
 def memo_key(job: Job, knobs: dict[str, Any], lr_pick=None) -> str:
@@ -51,6 +51,9 @@ def recorded_memos(jobs: list[Job], latest: dict[str, dict], lr_picks: dict[str,
 
 
 def reused_record(job: Job, earlier: dict[str, Any]) -> dict[str, Any]:
-    """``job``'s record made from an identical earlier job's measurements (``same_as``)."""
-    return {**earlier, **job_fields(job), "same_as": earlier["key"], "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    """``job``'s record made from an identical earlier job's measurements (``same_as``). The
+    earlier job's optional config fields go: ``job`` may not have them (tt copying tt-minmax's
+    ``minmax_rule``), and a record's config must hash to its own key."""
+    measured = {k: v for k, v in earlier.items() if k not in OPTIONAL_CONFIG_FIELDS}
+    return {**measured, **job_fields(job), "same_as": earlier["key"], "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "time_total_s": 0.0}

@@ -455,3 +455,20 @@ def test_a_split_rule_that_picks_the_same_knobs_is_one_measurement(tmp_path, tin
     assert by["svd-minmax"]["knobs"] == by["svd"]["knobs"]
     assert by["svd-minmax"]["same_as"] == by["svd"]["key"] and by["svd-minmax"]["options"] == {"allocation": "minmax"}
     assert by["svd-minmax"]["acc_after_finetune"] == by["svd"]["acc_after_finetune"]
+
+
+def test_a_copy_of_a_minmax_record_hashes_to_the_uniform_jobs_key(tiny_suite):
+    """FC-2's tt copies tt-minmax where their knobs agree: the copy must not carry the min-max
+    job's ``minmax_rule`` (mnist-v3 wrote 15 such records, which the next sweep did not trust)."""
+    from bench.jobs import expand, job_fields
+    from bench.memo import reused_record
+    from bench.records import key_matches
+    from bench.suite import load_suite
+
+    suite = tiny_suite(methods=["tt", {"method": "tt", "label": "tt-minmax", "options": {"allocation": "minmax"}}],
+                       ratios=[8])
+    jobs = {j.label: j for j in expand(load_suite(str(suite)))}
+    earlier = {**job_fields(jobs["tt-minmax"]), "status": "ok", "acc_after_finetune": 90.0}
+    assert earlier["minmax_rule"] and key_matches(earlier)
+    copy = reused_record(jobs["tt"], earlier)
+    assert "minmax_rule" not in copy and key_matches(copy) and copy["same_as"] == earlier["key"]
