@@ -134,26 +134,38 @@ def minmax_error(method: Sizable, layers: dict[str, nn.Module], target_ratio: fl
     log-spaced ones per layer (``scored_knobs``), then, for each pick, the knobs between it and
     the next scored knob up, a few at a time, until the picks stop moving (``MINMAX_RULE``)."""
     budget = sum(dense_params(layer) for layer in layers.values()) / target_ratio
-    knobs, sizes, scored = {}, {}, {}
+    knobs, scored = {}, {}  # per layer: its knobs by size; index -> Option of the knobs scored so far
+
+    def score(name: str, i: int) -> None:
+        k = knobs[name][i]
+        scored[name][i] = Option(method.layer_params(layers[name], k), method.knob_error(layers[name], k), k)
+
     for name, layer in layers.items():
-        ks = sorted(method.knobs(layer), key=lambda k: method.layer_params(layer, k))
-        if not ks:
+        knobs[name] = sorted(method.knobs(layer), key=lambda k: method.layer_params(layer, k))
+        if not knobs[name]:
             raise CompressionError(f"{method.name}: no admissible knob for layer {name}")
-        knobs[name], sizes[name] = ks, [method.layer_params(layer, k) for k in ks]
-        first = range(len(ks)) if method.knob_error_is_cheap else _scored_indices(sizes[name], MAX_SCORED_KNOBS)
-        scored[name] = {i: Option(sizes[name][i], method.knob_error(layer, ks[i]), ks[i]) for i in first}
-    for rounds_left in range(MINMAX_REFINE_ROUNDS, -1, -1):
-        picks = allocate_minmax({n: frontier(list(s.values())) for n, s in scored.items()}, budget)
-        grew = False
-        for name, o in picks.items() if rounds_left else ():
-            i = next(j for j, opt in scored[name].items() if opt.knob == o.knob and opt.params == o.params)
-            up = min((j for j in scored[name] if j > i), default=None)
-            gap = [] if up is None else list(range(i + 1, up))
-            for j in (gap[k] for k in _scored_indices([sizes[name][g] for g in gap], MINMAX_REFINE_KNOBS)):
-                scored[name][j] = Option(sizes[name][j], method.knob_error(layers[name], knobs[name][j]), knobs[name][j])
-                grew = True
-        if not grew:
+        scored[name] = {}
+        sizes = [method.layer_params(layer, k) for k in knobs[name]]
+        for i in range(len(sizes)) if method.knob_error_is_cheap else _scored_indices(sizes, MAX_SCORED_KNOBS):
+            score(name, i)
+
+    def solve() -> dict[str, Option]:
+        return allocate_minmax({n: frontier(list(s.values())) for n, s in scored.items()}, budget)
+
+    picks = solve()
+    for _ in range(MINMAX_REFINE_ROUNDS):
+        gaps = {}  # per layer, the unscored knobs between its pick and the next scored knob up
+        for name, o in picks.items():
+            i = next(j for j, opt in scored[name].items() if opt == o)
+            up = min((j for j in scored[name] if j > i), default=i + 1)
+            gaps[name] = list(range(i + 1, up))
+        if not any(gaps.values()):
             break
+        for name, gap in gaps.items():
+            sizes = [method.layer_params(layers[name], knobs[name][g]) for g in gap]
+            for k in _scored_indices(sizes, MINMAX_REFINE_KNOBS):
+                score(name, gap[k])
+        picks = solve()
     return {name: o.knob for name, o in picks.items()}
 
 

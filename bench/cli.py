@@ -294,7 +294,7 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
             counts = run_jobs(jobs, settings, devices, path, backend=args.backend, address=args.address,
                               plugins=args.plugin, rerun=args.rerun, budget=budget, cost=cost,
                               ordered=bool(suite.priority), records=records)
-            if getattr(args, "keep_baselines", False):
+            if args.keep_baselines:
                 n = keep(out, suite.name, settings.baseline_root, list({j.baseline_key: j.baseline_config
                                                                         for j in jobs}.values()))
                 print(f"{suite.name}: {n} dense baselines kept in {kept_folder(out, suite.name)}", file=sys.stderr)

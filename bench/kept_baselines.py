@@ -10,6 +10,7 @@ file of that name. A copied checkpoint is checked like any other (its weights' s
 """
 from __future__ import annotations
 
+import filecmp
 import shutil
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def keep(out: Path, suite_name: str, baseline_root: Path, baseline_configs: list
             continue
         kept.mkdir(parents=True, exist_ok=True)
         for src in (pt.with_suffix(".json"), pt):
-            if not (kept / src.name).exists() or (kept / src.name).read_bytes() != src.read_bytes():
+            if not (kept / src.name).exists() or not filecmp.cmp(src, kept / src.name, shallow=False):
                 shutil.copy2(src, kept / src.name)
         n += 1
     return n

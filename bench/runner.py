@@ -174,8 +174,13 @@ def lr_picks(records: RecordIndex) -> dict[str, list]:
     """Tune key -> the tuning job's picks, best first (``bench.tuning.ranked_picks``: its pick,
     then what a job with ``pick_fallbacks`` falls back on), from the records of tuning jobs (as
     the sweep has them: its own appends are in the index as they land, no re-read)."""
+    return _tuning_picks(records.latest.values())
+
+
+def _tuning_picks(recs) -> dict[str, RankedPicks]:
+    """Tune key -> ``ranked_picks`` of each ok tuning record among ``recs`` (the last wins)."""
     picks = {}
-    for r in records.latest.values():
+    for r in recs:
         t = r.get("lr_tuning")
         if r.get("status") == "ok" and t and t.get("tuned_here") and r.get("tune_key"):
             picks[r["tune_key"]] = ranked_picks(t)
@@ -214,18 +219,16 @@ def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], recor
     same_key: dict[str, tuple[dict, str]] = {}
     same_measure: dict[str, tuple[dict, str | None]] = {}
     by_key: dict[str, tuple[dict, str | None]] = {}
-    ranked: dict[str, RankedPicks] = {}
+    reused: list[dict] = []
 
     def offer(rec: dict, suite: str | None) -> None:
         if rec.get("status") not in ("ok", "skipped") or not is_complete(rec):
             return
         if suite is not None:
             same_key.setdefault(rec["key"], (rec, suite))
+            reused.append(rec)
         same_measure.setdefault(measurement_key(record_config(rec)), (rec, suite))
         by_key.setdefault(rec["key"], (rec, suite))
-        t = rec.get("lr_tuning")
-        if t and t.get("tuned_here") and rec.get("tune_key") and rec["status"] == "ok":
-            ranked.setdefault(rec["tune_key"], ranked_picks(t))
 
     for rec in records.latest.values():
         offer(rec, None)
@@ -235,6 +238,7 @@ def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], recor
             print(f"note: reuse: no records of suite {name} under {out}; its jobs run here", file=sys.stderr)
         for rec in latest_by_key(r for p in sources for r in read_records(p)).values():
             offer(rec, name)
+    ranked = {**_tuning_picks(reused), **lr_picks(records)}  # this suite's own tuning records win
     copied = 0
     for job in wanted:
         if job.key in same_key:
