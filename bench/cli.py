@@ -219,7 +219,7 @@ def prepare(args):
         kind, cost, cal_path = cost_model(args, devices, jobs, check=False)
         from bench.dry_run import dry_run
 
-        dry_run(jobs, cost, kind, cal_path, Path(args.out) if args.out else DEFAULT_OUT)
+        dry_run(jobs, cost, kind, cal_path, Path(args.out) if args.out else DEFAULT_OUT, tuple(suite.protocol.reuse))
         return None
     check_devices(devices)
     kind, cost, cal_path = cost_model(args, devices, jobs)
@@ -278,10 +278,11 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
         if args.time_budget is not None:
             budget = Budget(args.time_budget * 60, cost, jobs, baseline_root=settings.baseline_root)
         try:
-            seeded = seed_cache(out, suite.name, settings.baseline_root)
-            if seeded:
-                print(f"{suite.name}: {seeded} dense baselines taken from {kept_folder(out, suite.name)}",
-                      file=sys.stderr)
+            for name in (suite.name, *suite.protocol.reuse):  # records reused are on those baselines
+                seeded = seed_cache(out, name, settings.baseline_root)
+                if seeded:
+                    print(f"{suite.name}: {seeded} dense baselines taken from {kept_folder(out, name)}",
+                          file=sys.stderr)
             mend_records(path)  # a torn tail from a killed sweep goes even if nothing is left to run
             records = RecordIndex(path)  # read once for the whole sweep (bench.runner.Sweep)
             if not args.rerun:

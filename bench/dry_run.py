@@ -8,20 +8,23 @@ from pathlib import Path
 from bench.cost import STAGES, baseline_cached, compare_records
 from bench.planning import plan_on_untrained, planned_copies, planned_loaded_starts
 from bench.layers import dense_params
-from bench.records import latest_by_key, read_records
-from bench.runner import planned_skip, records_path
+from bench.records import RecordIndex
+from bench.runner import equal_copies, planned_skip, records_path
 from bench.stale import CachedBaselines, stale_keys
 
 
 def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
-            baseline_root: Path = Path("results")) -> None:
+            baseline_root: Path = Path("results"), reuse: tuple[str, ...] = ()) -> None:
     """Plan each job on an untrained network of the right shape (no data, no training) and,
     with a calibration (``cost``), estimate each job's time per stage (``bench.cost.STAGES``),
     each baseline and frozen-prefix cache once, and the suite's total; where the suite has
     records, set the estimate of the recorded jobs beside their measured times. A job whose
     allocation and recipe equal an earlier one's copies its measurement (``same_as``) and is
     costed nothing (``bench.planning.planned_copies``); one that loads a compressed start an earlier job
-    keeps is costed no factorisation (``bench.planning.planned_loaded_starts``)."""
+    keeps is costed no factorisation (``bench.planning.planned_loaded_starts``). A job the sweep
+    would not run (recorded and current, or copied from an equal record of this suite or of the
+    suites in ``reuse``: ``bench.runner.equal_copies``) is marked and costed nothing, so the
+    total is what running the command now would take."""
     def plan_line(j, pre) -> tuple[str, bool]:
         """What the job would do, and whether it is recorded skipped (in no time)."""
         if pre is not None:
@@ -45,17 +48,29 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
     pre = {j.key: planned_skip(j, cost) for j in jobs}
     lines = {j.key: plan_line(j, pre[j.key]) for j in jobs}
     copies = planned_copies([j for j in jobs if not lines[j.key][1]], networks)
+    path = records_path(baseline_root, jobs[0].suite, jobs[0].fit_only) if jobs else None
+    index = RecordIndex(path).refresh() if path is not None else None
+    stale = stale_keys(jobs, index.latest, CachedBaselines(baseline_root)) if index else set()  # run again
+    done = {k: "recorded" for k in ((index.done() - stale) & {j.key for j in jobs} if index else ())}
+    if index is not None:
+        for k, c in equal_copies(jobs, index, baseline_root, list(reuse), CachedBaselines(baseline_root)).items():
+            done[k] = "copied: " + ", ".join(f"{f} {c[f]}" for f in ("reused_from", "same_as") if c.get(f))
     costs = {} if cost is None else cost.suite_stages(
         jobs, cached={j.baseline_key for j in jobs if baseline_cached(baseline_root, j)},
-        skipped={k for k, (_, skip) in lines.items() if skip} | set(copies),
-        loaded_starts=planned_loaded_starts([j for j in jobs if not lines[j.key][1] and j.key not in copies], networks))
+        skipped={k for k, (_, skip) in lines.items() if skip} | set(copies) | set(done),
+        loaded_starts=planned_loaded_starts([j for j in jobs if not lines[j.key][1] and j.key not in copies
+                                             and j.key not in done], networks))
     est: dict[tuple[str, str], list[dict[str, float]]] = {}
     group_est: dict[tuple[str, str], list[float]] = {}  # (network, baselines | prefix caches)
     skipped: Counter = Counter()
     copied: Counter = Counter()
+    n_done: Counter = Counter()
     for j in jobs:
         line, skip = lines[j.key]
-        if j.key in copies:
+        if j.key in done:
+            line = f"{done[j.key]}: {line}"
+            n_done[(j.network, j.label)] += 1
+        elif j.key in copies:
             line = f"same as {copies[j.key]}: {line}"
             copied[(j.network, j.label)] += 1
         timing = ""
@@ -69,8 +84,11 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
             skipped[(j.network, j.label)] += skip
             timing = f"  est {sum(st.values()):9.1f} s"
         print(f"{j.key}  {j.network}/{j.dataset} {j.label:12s} {j.budget:>10s} seed {j.seed}{timing}  {line}")
-    print(f"{len(jobs)} jobs" + (f", {len(copies)} of them copies of an earlier job's measurement (same allocation "
-                                 f"and recipe: run once, recorded same_as)" if copies else ""))
+    planned = {k for k in copies if k not in done}
+    print(f"{len(jobs)} jobs" + (f", {len(done)} of them recorded already or copied from equal records"
+                                 if done else "")
+          + (f", {len(planned)} of them copies of an earlier job's measurement (same allocation "
+             f"and recipe: run once, recorded same_as)" if planned else ""))
     if cost is None:
         print(f"no time estimates: no calibration for {kind} ({cal_path} does not exist; "
               f"python -m bench.perf calibrate --device {kind} makes it)")
@@ -80,33 +98,33 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
           f"{cost.path}{'' if any('precisions' in n for n in cal['networks'].values()) else '; no per-precision speeds'}"
           f"{_corrections_said(cal)}):")
     shown = ("factorize", "finetune", "eval")
-    print(f"  {'network':9s} {'method':15s} {'jobs':>5s} {'skipped':>8s} {'copies':>7s} "
+    print(f"  {'network':9s} {'method':15s} {'jobs':>5s} {'done':>5s} {'skipped':>8s} {'copies':>7s} "
           + " ".join(f"{s:>11s}" for s in shown) + f" {'seconds':>12s}")
     by_stage = dict.fromkeys(STAGES, 0.0)
     for net in dict.fromkeys(j.network for j in jobs):
         for (n, label), ts in group_est.items():
             if n == net:
                 by_stage["baseline" if label == "(baselines)" else "cache"] += sum(ts)
-                print(f"  {net:9s} {label:15s} {len(ts):>5d} {'':>8s} {'':>7s} " + " ".join(f"{'':>11s}" for _ in shown)
+                print(f"  {net:9s} {label:15s} {len(ts):>5d} {'':>5s} {'':>8s} {'':>7s} "
+                      + " ".join(f"{'':>11s}" for _ in shown)
                       + f" {sum(ts):>12,.1f}")
         for (n, label), sts in est.items():
             if n == net:
                 sums = {s: sum(st[s] for st in sts) for s in STAGES}
                 for s in STAGES:
                     by_stage[s] += sums[s]
-                print(f"  {net:9s} {label:15s} {len(sts):>5d} {skipped[(n, label)]:>8d} {copied[(n, label)]:>7d} "
+                print(f"  {net:9s} {label:15s} {len(sts):>5d} {n_done[(n, label)]:>5d} {skipped[(n, label)]:>8d} "
+                      f"{copied[(n, label)]:>7d} "
                       + " ".join(f"{sums[s]:>11,.1f}" for s in shown) + f" {sum(sums.values()):>12,.1f}")
     total = sum(by_stage.values())
     print("  by stage: " + ", ".join(f"{s} {by_stage[s]:,.0f} s" for s in STAGES))
     print(f"  total: {total:,.0f} s = {total / 60:,.1f} min = {total / 3600:,.2f} h "
-          "(baselines already in the checkpoint cache cost nothing)")
+          "(done jobs and baselines already in the checkpoint cache cost nothing)")
     print("  records time the stages as: baseline = time_train_s (checkpoint .json), cache = time_prefix_cache_s, "
           "factorize = time_compress_s, finetune = time_finetune_s, eval = the rest of time_total_s")
-    path = records_path(baseline_root, jobs[0].suite, jobs[0].fit_only) if jobs else None
-    if path is not None and path.is_file():
-        latest = latest_by_key(read_records(path), where=path)
-        stale = stale_keys(jobs, latest, CachedBaselines(baseline_root))  # the sweep runs those again
-        n, e, m = compare_records(cost, jobs, {k: r for k, r in latest.items() if k not in stale}, baseline_root)
+    if index is not None and index.latest:
+        n, e, m = compare_records(cost, jobs, {k: r for k, r in index.latest.items() if k not in stale},
+                                  baseline_root)
         if n:
             print(f"  {n} recorded jobs ({path}), estimated / measured s: "
                   + ", ".join(f"{s} {e[s]:,.0f} / {m[s]:,.0f}" for s in STAGES))

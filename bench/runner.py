@@ -189,8 +189,19 @@ def _tuning_picks(recs) -> dict[str, RankedPicks]:
 
 def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], records: RecordIndex | None = None,
                 baselines: CachedBaselines | None = None) -> int:
-    """Copy into ``path``, for each job here without a record yet, the ok/skipped record of an
-    equal job instead of running it:
+    """Append to ``path`` the copies ``equal_copies`` finds (``records``: the sweep's index of
+    ``path``, default: read it); returns how many."""
+    records = records if records is not None else RecordIndex(path).refresh()
+    copies = equal_copies(jobs, records, out, suites, baselines)
+    for copy in copies.values():
+        records.append(copy)
+    return len(copies)
+
+
+def equal_copies(jobs: list[Job], records: RecordIndex, out: Path, suites: list[str],
+                 baselines: CachedBaselines | None = None) -> dict[str, dict]:
+    """Job key -> the record to write instead of running the job, for each job without a record
+    in ``records`` yet that an ok/skipped record of an equal job answers:
 
     - one with the same key in ``out/<suite>/`` for each of ``suites`` (the suite's ``reuse``):
       the same network, baseline, method, budget and recipe, so the same measurement; the copy
@@ -205,17 +216,15 @@ def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], recor
 
     Each copy keeps the measurement and its code version and takes this job's fields. A record
     made on another baseline than the cached checkpoint (``baselines``, ``bench.stale``) is not
-    taken: the sweep would run it again anyway. Returns how many were copied. ``records``: the
-    sweep's index of ``path`` (default: read it)."""
+    taken: the sweep would run it again anyway. Nothing is written (the dry run asks too)."""
     from bench.memo import reused_record
     from bench.jobs import measurement_key
     from bench.records import is_complete, record_config
 
-    records = records if records is not None else RecordIndex(path).refresh()
     done = records.done()
     wanted = [j for j in jobs if j.key not in done]
     if not wanted:
-        return 0
+        return {}
     same_key: dict[str, tuple[dict, str]] = {}
     same_measure: dict[str, tuple[dict, str | None]] = {}
     by_key: dict[str, tuple[dict, str | None]] = {}
@@ -239,7 +248,7 @@ def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], recor
         for rec in latest_by_key(r for p in sources for r in read_records(p)).values():
             offer(rec, name)
     ranked = {**_tuning_picks(reused), **lr_picks(records)}  # this suite's own tuning records win
-    copied = 0
+    copies: dict[str, dict] = {}
     for job in wanted:
         if job.key in same_key:
             rec, name = same_key[job.key]
@@ -254,9 +263,8 @@ def adopt_equal(jobs: list[Job], path: Path, out: Path, suites: list[str], recor
             continue
         if baselines is not None and on_other_baseline(rec, job, baselines):
             continue
-        records.append({**copy, "tune_key": job.tune_key})
-        copied += 1
-    return copied
+        copies[job.key] = {**copy, "tune_key": job.tune_key}
+    return copies
 
 
 def _under_earlier_rule(job: Job, by_key: dict[str, tuple[dict, str | None]], ranked: RankedPicks | None

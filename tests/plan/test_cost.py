@@ -412,3 +412,30 @@ def test_dry_run_compares_its_estimates_with_current_records_only(tmp_path, tiny
     recs[-1]["baseline_fingerprint"] = "0" * 16  # made on another baseline
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     assert main(dry) == 0 and " 1 recorded jobs (" in capsys.readouterr().out
+
+
+def test_dry_run_of_a_resumed_sweep_costs_only_what_is_left(tmp_path, tiny_suite, capsys):
+    """Jobs with current records, and jobs the sweep would copy from a reused suite's equal
+    records, are marked and cost nothing: the total is what the command would take now."""
+    first = tiny_suite(methods=["dense", "svd"], ratios=[8], seeds=[0])
+    assert main(["--suite", str(first), "--out", str(tmp_path), "--no-progress"]) == 0
+    cal = str(write_cal(tmp_path / "c.json"))
+    grown = tiny_suite(methods=["dense", "svd"], ratios=[8, 100], seeds=[0], reuse=[first.stem])
+    jobs = {(j.method, j.target_ratio): j for j in expand(load_suite(str(grown)))}
+    capsys.readouterr()
+    assert main(["--suite", str(grown), "--out", str(tmp_path), "--dry-run", "--calibration", cal]) == 0
+    out = capsys.readouterr().out
+    line = {k: next(x for x in out.splitlines() if x.startswith(j.key)) for k, j in jobs.items()}
+    assert f"copied: reused_from {first.stem}" in line[("svd", 8)] and "est       0.0 s" in line[("svd", 8)]
+    assert "copied" not in line[("svd", 100)] and "est       0.0 s" not in line[("svd", 100)]
+    assert "3 jobs, 2 of them recorded already or copied from equal records" in out
+    assert main(["--suite", str(grown), "--out", str(tmp_path), "--no-progress"]) == 0  # the sweep agrees
+    capsys.readouterr()
+    assert main(["--suite", str(grown), "--out", str(tmp_path), "--dry-run", "--calibration", cal]) == 0
+    out = capsys.readouterr().out
+    assert "3 jobs, 3 of them recorded already" in out and "recorded: " in line_of(out, jobs[("svd", 100)].key)
+    assert "total: 0 s" in out
+
+
+def line_of(out: str, key: str) -> str:
+    return next(x for x in out.splitlines() if x.startswith(key))

@@ -39,3 +39,21 @@ def test_a_fresh_output_resumes_on_the_kept_baselines(tmp_path, tiny_suite, caps
 def test_keep_baselines_is_a_run_flag(tiny_suite, capsys):
     assert main(["--suite", str(tiny_suite()), "--report-only", "--keep-baselines"]) == 2
     assert "--keep-baselines with --report-only: only a run reads it" in capsys.readouterr().err
+
+
+def test_a_suite_that_reuses_records_starts_from_their_kept_baselines(tmp_path, tiny_suite, capsys):
+    """The records a suite reuses were made on the reused suite's baselines; a sweep in a fresh
+    output takes those (not a retrain, which on another machine gives other weights)."""
+    first_suite = tiny_suite(methods=["dense", "svd"], ratios=[2], seeds=[0])
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert _run(first_suite, first, "--keep-baselines") == 0
+    trained = json.loads(sorted((first / first_suite.stem / "baselines").glob("*.json"))[0].read_text())
+    shutil.copytree(first / first_suite.stem, second / first_suite.stem)  # the clean clone: records + kept
+    reuser = tiny_suite(methods=["dense", "svd"], ratios=[2, 8], seeds=[0], reuse=[first_suite.stem])
+    capsys.readouterr()
+    assert _run(reuser, second) == 0
+    err = capsys.readouterr().err
+    assert f"1 dense baselines taken from {second / first_suite.stem / 'baselines'}" in err
+    assert "took 2 records of equal jobs" in err  # dense and svd at 2x; svd at 8x runs
+    recs = read_records(second / reuser.stem / "runs.jsonl")
+    assert len(recs) == 3 and {r["baseline_fingerprint"] for r in recs} == {trained["weights_fingerprint"]}
