@@ -14,7 +14,12 @@ CHANCE_MARGIN = 1.5
 
 def at_chance(acc: float, classes: int) -> bool:
     """Whether an accuracy (%) is within ``CHANCE_MARGIN`` points of chance (100 / classes)."""
-    return abs(float(acc) - 100.0 / classes) <= CHANCE_MARGIN
+    return near_chance(float(acc), 100.0 / classes)
+
+
+def near_chance(acc: float, chance: float) -> bool:
+    """``at_chance`` for a chance level (%) instead of a class count."""
+    return abs(acc - chance) <= CHANCE_MARGIN
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,6 +52,6 @@ def needs_fallback(acc: float | None, chance: float, reference: float | None, ru
         raise ValueError(f"fallback rule {rule!r}; valid: {', '.join(FALLBACK_RULES)}")
     if acc is None or not math.isfinite(acc):
         return True
-    if abs(acc - chance) <= CHANCE_MARGIN:
+    if near_chance(acc, chance):
         return True
     return rule == "half_gain" and reference is not None and acc < chance + (reference - chance) / 2

@@ -34,7 +34,7 @@ from bench.records import RecordIndex, latest_by_key, read_records
 from bench.jobs import Job
 from bench.plan import picks_lr, tuning_job, tuning_jobs
 from bench.stale import CachedBaselines, on_other_baseline, stale_keys
-from bench.tuning import RankedPicks, ranked_picks
+from bench.tuning import RankedPicks, ranked_picks, replay_borrowed
 from bench.train import resolve_device
 
 REPO = Path(__file__).resolve().parent.parent
@@ -280,23 +280,18 @@ def _under_earlier_rule(job: Job, by_key: dict[str, tuple[dict, str | None]], ra
 
 
 def _runs_kept_by(job: Job, rec: dict, ranked: RankedPicks | None) -> bool:
-    """Whether ``job``'s fallback rule, run again, would try exactly the runs ``rec`` tried and
-    keep the one it kept. Every rule falls back at least where ``chance`` does, so the runs before
-    the last needed a fallback under it too: it is enough that the last one needs none, or that
-    the fallbacks ran out and the run kept is the best on validation (what the rule keeps then).
-    ``half_gain`` compares with the tuning seed's runs (``ranked``): without them, no."""
+    """Whether ``job``'s fallback rule, run again, would make exactly the runs ``rec`` made and
+    keep the one it kept (``bench.tuning.replay_borrowed``). ``half_gain`` compares with the
+    tuning seed's runs (``ranked``): without them, no."""
     rule, chance = job.fallback_when or "chance", chance_accuracy(rec["dataset"])
     if math.isnan(chance) or (rule != "chance" and ranked is None):
         return False
     t = rec.get("lr_tuning") or {}
     tried = t.get("fallbacks") or [{"pick": t.get("pick"), "val_acc": rec.get("acc_val_after_finetune")}]
-    last = tried[-1]
-    if not needs_fallback(last["val_acc"], chance, ranked.val_of(last["pick"]) if ranked else None, rule):
-        return True
-    if len(tried) < 1 + job.pick_fallbacks and (ranked is None or len(tried) < len(ranked)):
-        return False  # this rule would have gone on to the next pick
-    finite = [x for x in tried if x["val_acc"] is not None and math.isfinite(x["val_acc"])]
-    return bool(finite) and max(finite, key=lambda x: x["val_acc"])["pick"] == t.get("pick")
+    candidates = 1 + job.pick_fallbacks if ranked is None else min(1 + job.pick_fallbacks, len(ranked))
+    replay = replay_borrowed(tried, candidates, lambda acc, pick: needs_fallback(
+        acc, chance, ranked.val_of(pick) if ranked else None, rule))
+    return replay == (len(tried), t.get("pick"))
 
 
 def _stream(groups, settings: RunSettings, devices: list[str], backend: str, address, plugins,
@@ -393,6 +388,7 @@ class Sweep:
                 part = [j for j in part if j not in unpicked]
                 picks = lr_picks(self.records)
                 memos = {} if self.rerun else recorded_memos(jobs, self.records.latest, picks, redo)
+                picks = {**picks, **_skipped_tuners(part, tuner_of, self.records, picks)}
                 orphaned = _without_pick(part, tuner_of, self.records, picks)
                 for job in part:  # never tune on a seed that should reuse seed 0's pick
                     if job.key in orphaned:
@@ -443,20 +439,26 @@ def _reusers(part: list[Job], tuner_of: dict[str, str]) -> list[Job]:
     return [j for j in part if picks_lr(j) and tuner_of[j.tune_key] != j.key]
 
 
+def _skipped_tuners(part: list[Job], tuner_of: dict[str, str], records: RecordIndex,
+                    picks: dict[str, RankedPicks]) -> dict[str, RankedPicks]:
+    """An empty pick list for each tune key of ``part`` whose tuning job was recorded skipped (a
+    budget its method cannot reach, a layer it does not take) and that ``picks`` lacks: its
+    reusers run, are skipped for the same reason, and fail only if they get as far as
+    fine-tuning (``bench.tuning.tuned``)."""
+    return {j.tune_key: RankedPicks([]) for j in _reusers(part, tuner_of)
+            if j.reuses_pick and j.tune_key not in picks
+            and records.latest.get(tuner_of[j.tune_key], {}).get("status") == "skipped"}
+
+
 def _without_pick(part: list[Job], tuner_of: dict[str, str], records: RecordIndex,
-                  picks: dict[str, list]) -> dict[str, str]:
-    """Keys of the jobs that reuse an lr pick whose tuning job is recorded (on the cached baseline) but gives
-    none, each with why: it failed, or its record holds no pick. A tuning job that was skipped
-    (a budget its method cannot reach, a layer it does not take) leaves its reusers an empty pick
-    list in ``picks`` instead: they run, are skipped for the same reason, and fail only if they
-    get as far as fine-tuning (``bench.tuning.tuned``)."""
+                  picks: dict[str, RankedPicks]) -> dict[str, str]:
+    """Keys of the jobs that reuse an lr pick whose tuning job is recorded (on the cached baseline)
+    but gives none, each with why: it failed, or its record holds no pick."""
     out = {}
     for j in _reusers(part, tuner_of):
         status = records.latest.get(tuner_of[j.tune_key], {}).get("status")
         if status == "failed":
             out[j.key] = "that job failed (run again to retry both)"
-        elif status == "skipped" and j.reuses_pick and j.tune_key not in picks:
-            picks[j.tune_key] = RankedPicks([])
         elif j.reuses_pick and j.tune_key not in picks:
             out[j.key] = f"that job's record ({status}) holds none"
     return out

@@ -27,6 +27,7 @@ chance with the same pick: a partial collapse that "at chance" misses.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -199,6 +200,25 @@ def borrowed(finetune: Callable[[Any, Any], Any], evaluate_val: Callable[[Any], 
                                  f"next-best ({[_label_of(t['pick']) for t in tried]})")
     _, trial, ctx, pick = best
     return trial, ctx, pick, (tried if len(tried) > 1 else None)
+
+
+def replay_borrowed(tried: list[dict], candidates: int, collapsed: Callable[[float, Any], bool]
+                    ) -> tuple[int, Any] | None:
+    """``borrowed``'s rule replayed on runs already made (``tried``: its list, in order): (how many
+    of them it would make, the pick it would keep), or None when it would go on past them. Says
+    whether a record made under another fallback rule is the run this rule would make."""
+    best = None
+    for i, t in enumerate(tried[:candidates]):
+        acc = t["val_acc"]
+        if acc is None or not math.isfinite(acc):  # diverged: the next pick, as borrowed does
+            continue
+        if best is None or acc > best[0]:
+            best = (acc, t["pick"])
+        if not collapsed(acc, t["pick"]):
+            return i + 1, best[1]
+    if len(tried) >= candidates and best is not None:
+        return candidates, best[1]
+    return None
 
 
 def _label_of(pick) -> str:

@@ -10,7 +10,7 @@ from bench.plan import tuner_key
 from bench.records import key_matches, read_records
 from bench.suite import load_suite
 from bench.suite_schema import SuiteError
-from bench.tuning import borrowed, ranked_picks, tuned
+from bench.tuning import borrowed, ranked_picks, replay_borrowed, tuned
 
 TUNING = {"grid": [0.01, 0.03], "pick": {"optimizer": "adam", "lr": 0.01}, "tuned_here": True,
           "val_acc": {"sgd@0.01": 60.0, "sgd@0.03": 70.0, "adam@0.01": 80.0, "adam@0.03": 70.0, "adam@0.003": 75.0},
@@ -56,6 +56,24 @@ def test_divergence_falls_back_and_all_collapsed_keeps_the_best_on_validation():
     finetune, val = _runner({0.03: None, 0.01: None}.get)
     with pytest.raises(FloatingPointError, match="next-best"):
         borrowed(finetune, val, Net(), [0.03, 0.01], 1, lambda a, p: False)
+
+
+@pytest.mark.parametrize("accs", [(10.2, 80.0, 85.0), (None, 10.9, 11.3), (50.0, 10.0, 90.0), (10.0, None, 10.5),
+                                  (30.0, 60.0, 95.0)])
+def test_replaying_the_fallback_rule_on_its_own_runs_gives_what_it_kept(accs):
+    """``replay_borrowed`` (how a record made under one fallback rule is judged under another)
+    is ``borrowed``'s rule: on the runs borrowed made, it makes as many and keeps the same pick;
+    a stricter rule on the same runs wants more, or keeps another."""
+    picks = [0.03, 0.01, 0.1]
+    finetune, val = _runner(dict(zip(picks, accs)).get)
+    for rule in (lambda a, p: abs(a - 10) <= 1.5, lambda a, p: a < 55):
+        _, _, kept, tried = borrowed(finetune, val, Net(), picks, 2, rule)
+        tried = tried or [{"pick": picks[0], "val_acc": accs[0]}]
+        assert replay_borrowed(tried, 3, rule) == (len(tried), kept)
+    chance_runs = borrowed(finetune, val, Net(), picks, 2, lambda a, p: abs(a - 10) <= 1.5)[3] or [
+        {"pick": 0.03, "val_acc": accs[0]}]
+    if accs == (30.0, 60.0, 95.0):  # 30 is no collapse, but below 55: the stricter rule goes on
+        assert replay_borrowed(chance_runs, 3, lambda a, p: a < 55) is None
 
 
 def test_without_fallbacks_the_borrowed_pick_runs_once_and_its_divergence_fails_the_job():
