@@ -13,6 +13,7 @@ the calibration changes).
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections import defaultdict
@@ -366,44 +367,18 @@ class Sweep:
         self.version, self.env = code_version(), environment()
         claimer = JobClaimer(self.claims, self.records, self.rerun, redo)
         self.bar = tqdm(total=len(todo), desc="jobs", unit="job", disable=not self.settings.progress)
-        tuner_of = tuning_jobs(jobs)
-        left: set[str] = set()
+        run_pass = functools.partial(self._run_pass, devices=devices, backend=backend, address=address,
+                                     plugins=plugins, budget=budget, ordered=ordered, baselines=baselines)
         try:
-            runnable = []
-            for job in todo:  # ruled out by the suite: recorded skipped without running
-                rec = planned_skip(job, self.cost)
-                if rec is None:
-                    runnable.append(job)
-                else:
-                    self.finish(rec if claimer(job) else Marker(job.key, CLAIMED))
-            for part in tuning_passes(runnable, set(tuner_of.values())) if runnable else []:
-                waiting = [j for j in part if picks_lr(j) and tuner_of[j.tune_key] in left]
-                for job in waiting:  # its lr pick is made by a job left for later: it waits too
-                    left.add(job.key)
-                    self.finish(Marker(job.key, LEFT))
-                part = [j for j in part if j.key not in left]
-                unpicked = _tuner_unrecorded(part, tuner_of, self.records.refresh(), baselines)
-                for job in unpicked:  # its tuning job runs in another sweep, or has not run: tuning
-                    self.finish(Marker(job.key, WAITING))  # here would tune on a reusing seed
-                part = [j for j in part if j not in unpicked]
-                picks = lr_picks(self.records)
-                memos = {} if self.rerun else recorded_memos(jobs, self.records.latest, picks, redo)
-                picks = {**picks, **_skipped_tuners(part, tuner_of, self.records, picks)}
-                orphaned = _without_pick(part, tuner_of, self.records, picks)
-                for job in part:  # never tune on a seed that should reuse seed 0's pick
-                    if job.key in orphaned:
-                        self.finish(failed_record(job, f"the lr pick of its tuning seed is missing: {orphaned[job.key]}"))
-                part = [j for j in part if j.key not in orphaned]
-                seen: set[str] = set(j.key for j in waiting) | set(orphaned) | {j.key for j in unpicked}
-                for rec in _stream(_groups(part, ordered), self.settings, devices, backend, address, plugins,
-                                   claimer, picks, gate=budget, memos=memos) if part else []:
-                    seen.add(key_of(rec))
-                    if isinstance(rec, Marker) and rec.status == LEFT:
-                        left.add(rec.key)
-                    self.finish(rec)
-                for job in part:  # a backend that lost a job must not make the counts lie
-                    if job.key not in seen:
-                        self.finish(failed_record(job, "no result came back from the backend"))
+            run_pass(todo, redo, claimer)
+            again = set() if self.rerun else stale_keys(jobs, self.records.refresh().latest, baselines) & done & set(self.by_key)
+            if again:  # a baseline this sweep trained is not the one those records were made on
+                print(f"note: {len(again)} records were made on another dense baseline than the one this sweep "
+                      f"trained (bench/stale.py): running them again", file=sys.stderr)
+                counts["already_done"] -= len(again)
+                self.bar.total += len(again)
+                redo |= again
+                run_pass([j for j in jobs if j.key in again], redo, JobClaimer(self.claims, self.records, False, redo))
         finally:
             self.claims.release_all_mine()
             self.bar.close()
@@ -411,6 +386,49 @@ class Sweep:
                     + counts[LEFT] + counts[WAITING])
         assert finished == counts["total"], f"job accounting is off: {counts}"
         return counts
+
+    def _run_pass(self, todo: list[Job], redo: set[str], claimer: JobClaimer, devices, backend, address, plugins,
+                  budget, ordered: bool, baselines: CachedBaselines) -> None:
+        """Run ``todo``: the jobs the suite rules out are recorded skipped, the tuning jobs run
+        before the jobs that reuse their picks, every result is ``finish``ed."""
+        jobs = self.jobs
+        tuner_of = tuning_jobs(jobs)
+        left: set[str] = set()
+        runnable = []
+        for job in todo:  # ruled out by the suite: recorded skipped without running
+            rec = planned_skip(job, self.cost)
+            if rec is None:
+                runnable.append(job)
+            else:
+                self.finish(rec if claimer(job) else Marker(job.key, CLAIMED))
+        for part in tuning_passes(runnable, set(tuner_of.values())) if runnable else []:
+            waiting = [j for j in part if picks_lr(j) and tuner_of[j.tune_key] in left]
+            for job in waiting:  # its lr pick is made by a job left for later: it waits too
+                left.add(job.key)
+                self.finish(Marker(job.key, LEFT))
+            part = [j for j in part if j.key not in left]
+            unpicked = _tuner_unrecorded(part, tuner_of, self.records.refresh(), baselines)
+            for job in unpicked:  # its tuning job runs in another sweep, or has not run: tuning
+                self.finish(Marker(job.key, WAITING))  # here would tune on a reusing seed
+            part = [j for j in part if j not in unpicked]
+            picks = lr_picks(self.records)
+            memos = {} if self.rerun else recorded_memos(jobs, self.records.latest, picks, redo)
+            picks = {**picks, **_skipped_tuners(part, tuner_of, self.records, picks)}
+            orphaned = _without_pick(part, tuner_of, self.records, picks)
+            for job in part:  # never tune on a seed that should reuse seed 0's pick
+                if job.key in orphaned:
+                    self.finish(failed_record(job, f"the lr pick of its tuning seed is missing: {orphaned[job.key]}"))
+            part = [j for j in part if j.key not in orphaned]
+            seen: set[str] = set(j.key for j in waiting) | set(orphaned) | {j.key for j in unpicked}
+            for rec in _stream(_groups(part, ordered), self.settings, devices, backend, address, plugins,
+                               claimer, picks, gate=budget, memos=memos) if part else []:
+                seen.add(key_of(rec))
+                if isinstance(rec, Marker) and rec.status == LEFT:
+                    left.add(rec.key)
+                self.finish(rec)
+            for job in part:  # a backend that lost a job must not make the counts lie
+                if job.key not in seen:
+                    self.finish(failed_record(job, "no result came back from the backend"))
 
     def finish(self, rec: Outcome) -> None:
         """Count one result; record it (stamped) unless it is a ``Marker`` (another sweep holds

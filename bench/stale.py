@@ -11,7 +11,8 @@ latest record of a key and one baseline per seed, ``bench.report_frames.baseline
   ``--rerun``) and ranks another pick first, or it is itself stale and will be re-made.
 
 When no checkpoint is cached for a baseline (records copied without their checkpoints) nothing
-can be compared and the records count as they are.
+can be compared and the records count as they are, until a sweep trains that baseline: it checks
+again then and runs the stale ones in the same command (``bench.runner.Sweep.run``).
 """
 from __future__ import annotations
 
