@@ -258,9 +258,10 @@ def test_a_record_of_another_baseline_is_not_copied_once_the_baseline_is_trained
     path.write_text(json.dumps(other) + "\n")
     shutil.rmtree(tmp_path / "checkpoints")  # a fresh cache: the record cannot be judged stale up front
     assert _run("--suite", suite, "--out", tmp_path) == 0
-    new = read_records(path)[-1]
+    new, again = read_records(path)[1:]
     assert new["target_ratio"] == 1000 and "same_as" not in new and new["time_total_s"] > 0
     assert new["baseline_fingerprint"] != other["baseline_fingerprint"]
+    assert again["target_ratio"] == 100 and again["baseline_fingerprint"] == new["baseline_fingerprint"]
 
 
 def test_rerun_measures_a_saturated_budget_again(tmp_path, tiny_suite):
