@@ -18,10 +18,11 @@ from bench.cost_model import STAGES, CostModel
 
 def record_stages(record: dict[str, Any], baseline_meta: dict[str, Any] | None = None) -> dict[str, float]:
     """A record's measured seconds per stage, to set beside ``CostModel.stages``: cache, factorize
-    and finetune as timed, eval the rest of ``time_total_s``; baseline from the checkpoint's
-    summary (``baseline_meta``) when given."""
+    (allocation + compression, as ``CostModel.factorize_s`` estimates it) and finetune as timed,
+    eval the rest of ``time_total_s``; baseline from the checkpoint's summary (``baseline_meta``)
+    when given. Records made before ``time_allocate_s`` existed count their allocation in eval."""
     cache = float(record.get("time_prefix_cache_s") or 0.0)
-    fact = float(record.get("time_compress_s") or 0.0)
+    fact = float(record.get("time_compress_s") or 0.0) + float(record.get("time_allocate_s") or 0.0)
     fine = float(record.get("time_finetune_s") or 0.0)
     total = float(record.get("time_total_s") or 0.0)
     return {"baseline": float((baseline_meta or {}).get("time_train_s") or 0.0), "cache": cache,

@@ -121,7 +121,7 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
     print(f"  total: {total:,.0f} s = {total / 60:,.1f} min = {total / 3600:,.2f} h "
           "(done jobs and baselines already in the checkpoint cache cost nothing)")
     print("  records time the stages as: baseline = time_train_s (checkpoint .json), cache = time_prefix_cache_s, "
-          "factorize = time_compress_s, finetune = time_finetune_s, eval = the rest of time_total_s")
+          "factorize = time_allocate_s + time_compress_s, finetune = time_finetune_s, eval = the rest of time_total_s")
     if index is not None and index.latest:
         n, e, m = compare_records(cost, jobs, {k: r for k, r in index.latest.items() if k not in stale},
                                   baseline_root)

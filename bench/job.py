@@ -243,12 +243,14 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
             if reason:
                 rec.update(status="skipped", error=reason)
                 return rec
+            t0 = time.perf_counter()
             try:
                 knobs = ({n: job.knob for n in job.layers} if job.knob is not None
                          else method.allocate(originals, job.target_ratio))
             except BudgetUnreachable as e:
                 rec.update(status="skipped", error=f"budget unreachable: {e}")
                 return rec
+            rec["time_allocate_s"] = time.perf_counter() - t0  # min-max scores factorisations: minutes for CP
             mkey = memo_key(job, knobs, lr_pick)
             if memo is not None and mkey in memo:
                 return reused_record(job, memo[mkey])

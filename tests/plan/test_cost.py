@@ -223,6 +223,8 @@ def test_record_stages_split_time_total_and_compare_with_estimates(tiny_suite, t
     rec = {"time_prefix_cache_s": 2.0, "time_compress_s": 1.0, "time_finetune_s": 5.0, "time_total_s": 9.5}
     assert bench.cost.record_stages(rec, {"time_train_s": 30.0}) == {
         "baseline": 30.0, "cache": 2.0, "factorize": 1.0, "finetune": 5.0, "eval": 1.5}
+    allocated = {**rec, "time_allocate_s": 1.25}  # min-max scoring factorisations: the factorize stage
+    assert bench.cost.record_stages(allocated)["factorize"] == 2.25 and bench.cost.record_stages(allocated)["eval"] == 0.25
     model = CostModel(calibration(networks=("fc2",), factorize={"svd": {"a": 0.0, "b": 1.0}}, step_floor_s=1e-3))
     dense, svd = fc2_jobs(tiny_suite, "after_frozen_prefix")
     records = {dense.key: {**rec, "status": "ok"}, svd.key: {"status": "ok", "same_as": dense.key}}
