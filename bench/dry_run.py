@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bench.cost import STAGES, baseline_cached, compare_records
 from bench.planning import plan_on_untrained, planned_copies, planned_loaded_starts
+from bench.kept_baselines import is_kept
 from bench.layers import dense_params
 from bench.records import RecordIndex
 from bench.runner import equal_copies, planned_skip, records_path
@@ -56,7 +57,8 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
         for k, c in equal_copies(jobs, index, baseline_root, list(reuse), CachedBaselines(baseline_root)).items():
             done[k] = "copied: " + ", ".join(f"{f} {c[f]}" for f in ("reused_from", "same_as") if c.get(f))
     costs = {} if cost is None else cost.suite_stages(
-        jobs, cached={j.baseline_key for j in jobs if baseline_cached(baseline_root, j)},
+        jobs, cached={j.baseline_key for j in jobs if baseline_cached(baseline_root, j)
+                      or is_kept(baseline_root, (j.suite, *reuse), j.baseline_config)},
         skipped={k for k, (_, skip) in lines.items() if skip} | set(copies) | set(done),
         loaded_starts=planned_loaded_starts([j for j in jobs if not lines[j.key][1] and j.key not in copies
                                              and j.key not in done], networks))
@@ -119,7 +121,7 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
     total = sum(by_stage.values())
     print("  by stage: " + ", ".join(f"{s} {by_stage[s]:,.0f} s" for s in STAGES))
     print(f"  total: {total:,.0f} s = {total / 60:,.1f} min = {total / 3600:,.2f} h "
-          "(done jobs and baselines already in the checkpoint cache cost nothing)")
+          "(done jobs, and baselines in the checkpoint cache or kept with the records, cost nothing)")
     print("  records time the stages as: baseline = time_train_s (checkpoint .json), cache = time_prefix_cache_s, "
           "factorize = time_allocate_s + time_compress_s, finetune = time_finetune_s, eval = the rest of time_total_s")
     if index is not None and index.latest:

@@ -42,6 +42,14 @@ def seed_cache(out: Path, suite_name: str, baseline_root: Path) -> int:
     return copied
 
 
+def is_kept(out: Path, suite_names, baseline_config: dict) -> bool:
+    """Whether a kept folder of one of ``suite_names`` holds this baseline (a sweep would copy it
+    into its cache before running: the dry run costs it nothing)."""
+    name = checkpoint_path(Path(out), baseline_config).name
+    return any((kept_folder(out, n) / name).is_file() and (kept_folder(out, n) / name).with_suffix(".json").is_file()
+               for n in suite_names)
+
+
 def keep(out: Path, suite_name: str, baseline_root: Path, baseline_configs: list[dict]) -> int:
     """Copy the cached checkpoints of ``baseline_configs`` (those that exist) into the suite's
     kept folder. Returns how many are kept there now."""

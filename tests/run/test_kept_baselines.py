@@ -7,6 +7,7 @@ import shutil
 
 from bench.cli import main
 from bench.records import read_records
+from tests.plan.test_cost import write_cal
 
 
 def _run(suite, out, *more) -> int:
@@ -51,6 +52,12 @@ def test_a_suite_that_reuses_records_starts_from_their_kept_baselines(tmp_path, 
     shutil.copytree(first / first_suite.stem, second / first_suite.stem)  # the clean clone: records + kept
     reuser = tiny_suite(methods=["dense", "svd"], ratios=[2, 8], seeds=[0], reuse=[first_suite.stem])
     capsys.readouterr()
+    cal = str(write_cal(tmp_path / "cal.json"))
+    assert _run(reuser, second, "--dry-run", "--calibration", cal) == 0
+    out = capsys.readouterr().out
+    assert "total:" in out and "(baselines)" not in out  # kept with the reused records: nothing to train
+    assert _run(reuser, tmp_path / "third", "--dry-run", "--calibration", cal) == 0
+    assert "(baselines)" in capsys.readouterr().out  # elsewhere it would be trained
     assert _run(reuser, second) == 0
     err = capsys.readouterr().err
     assert f"1 dense baselines taken from {second / first_suite.stem / 'baselines'}" in err
