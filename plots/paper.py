@@ -172,8 +172,8 @@ def figure_convergence(df: pd.DataFrame, stem: Path) -> list[Path]:
     axes[0][0].set_ylabel("test accuracy (%), 95 % CI")
     handles, labels = axes[0][0].get_legend_handles_labels()
     if labels:
-        fig.legend(handles, labels, fontsize=7, loc="upper center", ncol=min(len(labels), 6),
-                   bbox_to_anchor=(0.5, 1.1), frameon=False)
+        fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(len(labels), 6),
+                   bbox_to_anchor=(0.5, 1.0), frameon=False)  # above the panels, however many rows it takes
     return save_figure(fig, stem, tight=True)
 
 
