@@ -17,6 +17,12 @@ from bench.spec import MethodEntry, Suite, thaw
 from bench.suite_schema import DEFAULT_JOB_TIME_LIMIT_S, STAGES, SuiteError
 from bench.train import check_recipe
 
+#: the config field naming the min-max allocation rule a job ran under (in its key)
+ALLOCATION_RULE_FIELD = "minmax_rule"
+#: config fields that act on a result only through the knobs they resolve to: the budget and the
+#: rule that splits it (``bench.memo.memo_key`` puts the knobs in their place)
+BUDGET_FIELDS = ("target_ratio", "knob", ALLOCATION_RULE_FIELD)
+
 
 @dataclass(frozen=True)
 class Job:
@@ -85,7 +91,7 @@ class Job:
         if self.calibrates_bias:  # a new rule gives new results: records of the old one stay apart
             cfg["bias_calibration_rule"] = CALIBRATION_RULE
         if self.options.get("allocation") == "minmax":  # likewise
-            cfg["minmax_rule"] = MINMAX_RULE
+            cfg[ALLOCATION_RULE_FIELD] = MINMAX_RULE
         return cfg
 
     @property

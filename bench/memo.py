@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from bench.allocation import without_allocation
-from bench.jobs import Job, job_fields, measured_recipe
+from bench.jobs import BUDGET_FIELDS, Job, job_fields, measured_recipe
 from bench.records import OPTIONAL_CONFIG_FIELDS, config_key
 
 
@@ -21,7 +21,7 @@ def memo_key(job: Job, knobs: dict[str, Any], lr_pick=None) -> str:
     pick. ``lr_pick``: a pick, or the tuning seed's picks best first (its first decides)."""
     if isinstance(lr_pick, list):
         lr_pick = lr_pick[0] if lr_pick else None
-    cfg = {k: v for k, v in job.config().items() if k not in ("target_ratio", "knob", "minmax_rule")}
+    cfg = {k: v for k, v in job.config().items() if k not in BUDGET_FIELDS}
     # the budget split (bench.allocation) acts only through the knobs it picks: tt with the
     # min-max split on a network with one compressed layer is tt's uniform job
     cfg["options"] = without_allocation(job.options)
