@@ -51,10 +51,11 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
     copies = planned_copies([j for j in jobs if not lines[j.key][1]], networks)
     path = records_path(baseline_root, jobs[0].suite, jobs[0].fit_only) if jobs else None
     index = RecordIndex(path).refresh() if path is not None else None
-    stale = stale_keys(jobs, index.latest, CachedBaselines(baseline_root)) if index else set()  # run again
+    baselines = CachedBaselines(baseline_root)
+    stale = stale_keys(jobs, index.latest, baselines) if index else set()  # the sweep runs those again
     done = {k: "recorded" for k in ((index.done() - stale) & {j.key for j in jobs} if index else ())}
     if index is not None:
-        for k, c in equal_copies(jobs, index, baseline_root, list(reuse), CachedBaselines(baseline_root)).items():
+        for k, c in equal_copies(jobs, index, baseline_root, list(reuse), baselines).items():
             done[k] = "copied: " + ", ".join(f"{f} {c[f]}" for f in ("reused_from", "same_as") if c.get(f))
     costs = {} if cost is None else cost.suite_stages(
         jobs, cached={j.baseline_key for j in jobs if baseline_cached(baseline_root, j)

@@ -46,8 +46,8 @@ def is_kept(out: Path, suite_names, baseline_config: dict) -> bool:
     """Whether a kept folder of one of ``suite_names`` holds this baseline (a sweep would copy it
     into its cache before running: the dry run costs it nothing)."""
     name = checkpoint_path(Path(out), baseline_config).name
-    return any((kept_folder(out, n) / name).is_file() and (kept_folder(out, n) / name).with_suffix(".json").is_file()
-               for n in suite_names)
+    pts = (kept_folder(out, n) / name for n in suite_names)
+    return any(pt.is_file() and pt.with_suffix(".json").is_file() for pt in pts)
 
 
 def keep(out: Path, suite_name: str, baseline_root: Path, baseline_configs: list[dict]) -> int:
