@@ -20,9 +20,14 @@ Only records made on the calibrated processor kind with the calibration's thread
 when the records say theirs (``env.cpu_model``, ``env.threads``); older records, which do not,
 count as this machine's.
 
-Stored in the calibration file as ``corrections: {network | "*": {stage: {method | "*": factor}}}``
-with ``corrections_from`` (suites, records, processor, when); ``python -m bench.perf correct``
-writes them (``bench/perf/correct.py``).
+Stored in the calibration file as ``corrections_sets``, one set per processor and thread count
+(sessions land on different machines, and two 1-thread sweeps side by side run each job slower
+than the calibration's 2 threads): ``{"cpu_model", "threads", "suites", "records", "created",
+"corrections": {network | "*": {stage: {method | "*": factor}}}}``. ``python -m bench.perf
+correct`` writes the set of the records it fits (``bench/perf/correct.py``); the model takes the
+set of the machine and thread count it estimates for (``choose``). A file's top-level
+``corrections`` (with ``corrections_from``), as files written before the sets have, is used as
+given.
 """
 from __future__ import annotations
 
@@ -37,6 +42,38 @@ MIN_RECORDS = 1
 ANY = "*"
 #: the prefix of a cell's entry among the methods of a (network, stage)
 CELL = "cell:"
+#: the calibration file's key of its correction sets
+SETS = "corrections_sets"
+
+
+def choose(cal: dict[str, Any], cpu: str | None, threads: int | None) -> dict[str, Any] | None:
+    """The correction set (``SETS``' format) an estimate for ``cpu`` with ``threads`` uses: the
+    file's top-level ``corrections`` when it has them, else its set fitted on that processor with
+    that thread count, else on that processor, else the set fitted on the most records (a
+    guess: ``set_said`` says whose it is), else None."""
+    if cal.get("corrections"):
+        src = cal.get("corrections_from") or {}
+        return {**src, "threads": src.get("threads", cal.get("threads")), "corrections": cal["corrections"]}
+    sets = [s for s in cal.get(SETS) or [] if s.get("corrections")]
+    for fits in (lambda s: s.get("cpu_model") == cpu and s.get("threads") == threads,
+                 lambda s: s.get("cpu_model") == cpu):
+        mine = [s for s in sets if fits(s)]
+        if mine:
+            return max(mine, key=lambda s: s.get("records") or 0)
+    return max(sets, key=lambda s: s.get("records") or 0) if sets else None
+
+
+def set_said(chosen: dict[str, Any] | None, cpu: str | None, threads: int | None) -> str:
+    """Where a chosen correction set comes from, and whether it is this machine's (for the dry
+    run's header)."""
+    if not chosen:
+        return "no corrections fitted on records (python -m bench.perf correct)"
+    said = (f"corrected on {chosen.get('records')} records of {', '.join(chosen.get('suites') or [])}"
+            f" made on {chosen.get('cpu_model')}, {chosen.get('threads')} thread(s)")
+    if (chosen.get("cpu_model"), chosen.get("threads")) != (cpu, threads):
+        said += (f"; not this run's ({cpu}, {threads} thread(s)): "
+                 f"python -m bench.perf correct fits its own from its records")
+    return said
 
 
 def cell(job) -> str:

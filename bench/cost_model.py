@@ -34,12 +34,24 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from bench.cost_calibration import DEFAULT_STEP_FLOOR_S, law
-from bench.cost_corrections import cell, factor
+from bench.cost_corrections import cell, choose, factor
 from bench.cost_job import augments, cache_group, scoped, split_sizes, train_steps
 from bench.cost_steps import PerStepCosts
 
 if TYPE_CHECKING:  # bench.compressor imports torch: the dry run's planning imports it when it needs it
     from bench.compressor import StepWork
+
+def _cpu() -> str:
+    from bench.environment import cpu_model  # imports torch: only when a model is corrected
+
+    return cpu_model()
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
 
 #: the stages of a job's time (``CostModel.stages``), in the order they run
 STAGES = ("baseline", "cache", "factorize", "finetune", "eval")
@@ -48,11 +60,15 @@ STAGES = ("baseline", "cache", "factorize", "finetune", "eval")
 class CostModel(PerStepCosts):
     """Seconds of a job (and of its dense baseline) on the calibrated device."""
 
-    def __init__(self, calibration: dict[str, Any], corrected: bool = True):
-        """``corrected``: apply the calibration's fitted ``corrections`` (``bench.cost_corrections``);
-        False gives the bare model they are fitted against."""
+    def __init__(self, calibration: dict[str, Any], corrected: bool = True, cpu: str | None = None,
+                 threads: int | None = None):
+        """``corrected``: apply the calibration's fitted corrections (``bench.cost_corrections``),
+        the set of processor ``cpu`` with ``threads`` (default: this machine's, the threads this
+        process trains with); False gives the bare model they are fitted against."""
         self.cal = calibration
-        self.corrections = calibration.get("corrections") if corrected else None
+        self.cpu, self.threads = (cpu or _cpu(), threads or _threads()) if corrected else (cpu, threads)
+        self.correction_set = choose(calibration, self.cpu, self.threads) if corrected else None
+        self.corrections = (self.correction_set or {}).get("corrections")
         self.path = calibration.get("path", "?")
         self._layers: dict[tuple, dict[str, int]] = {}
         self._works: dict[tuple, dict[str, tuple[StepWork, float]]] = {}  # (job key, calibrated knob)

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.cost import STAGES, baseline_cached, compare_records
+from bench.cost_corrections import set_said
 from bench.planning import plan_on_untrained, planned_copies, planned_loaded_starts
 from bench.kept_baselines import is_kept
 from bench.layers import dense_params
@@ -99,7 +100,7 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
     cal = cost.cal
     print(f"estimated time on {kind} ({cal.get('device_name')}, {cal.get('threads')} threads, calibration "
           f"{cost.path}{'' if any('precisions' in n for n in cal['networks'].values()) else '; no per-precision speeds'}"
-          f"{_corrections_said(cal)}):")
+          f"; {set_said(cost.correction_set, cost.cpu, cost.threads)}):")
     shown = ("factorize", "finetune", "eval")
     print(f"  {'network':9s} {'method':15s} {'jobs':>5s} {'done':>5s} {'skipped':>8s} {'copies':>7s} "
           + " ".join(f"{s:>11s}" for s in shown) + f" {'seconds':>12s}")
@@ -131,12 +132,3 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
         if n:
             print(f"  {n} recorded jobs ({path}), estimated / measured s: "
                   + ", ".join(f"{s} {e[s]:,.0f} / {m[s]:,.0f}" for s in STAGES))
-
-
-def _corrections_said(cal: dict) -> str:
-    """Where the calibration's fitted corrections come from, or that it has none."""
-    src = cal.get("corrections_from")
-    if not cal.get("corrections") or not src:
-        return "; no corrections fitted on records (python -m bench.perf correct)"
-    return (f"; corrected on {src.get('records')} records of {', '.join(src.get('suites', []))}"
-            f" made on {src.get('cpu_model')}")

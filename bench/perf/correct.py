@@ -4,8 +4,9 @@
 
 For each (network, stage, method), and each cell (a job's layers, entry, budget and recipe
 over its seeds and epoch counts), the median of measured / estimated seconds over the suites'
-ok records (``bench.cost_corrections``), estimated by the bare calibrated model; the file's
-earlier corrections are replaced. Prints each factor, and each suite's estimated / measured
+ok records made on one processor with one thread count (this machine's and this process's by
+default), estimated by the bare calibrated model; the file's set for that processor and thread
+count is replaced, the others stay (``corrections_sets``). Prints each factor, and each suite's estimated / measured
 seconds per stage before (bare) and after (corrected: in-sample, a cell's own records fitted);
 "held out" estimates each record with the factors of all the others, which is how the fit
 predicts a job it has not seen (another seed of a measured cell, or a new cell by its method's
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 from bench.cost import STAGES, CostModel, compare_records, default_path, device_kind, load_calibration
-from bench.cost_corrections import CELL, fit, pool, same_processor
+from bench.cost_corrections import CELL, SETS, fit, pool, same_processor
 from bench.cost_records import (estimated_as_ran, measured_alone, measured_baselines, pair_ratios, ratios,
                                 record_stages)
 from bench.errors import InputError
@@ -97,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration", default=None, help="calibration file (default results/calibration/cpu.json)")
     ap.add_argument("--cpu-model", default=None,
                     help="fit only records made on this processor (env.cpu_model); default: this machine's")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="fit only records made with this many threads (env.threads); default: the threads "
+                         "this process trains with (OMP_NUM_THREADS), as the dry run estimates for them")
     ap.add_argument("--dry", action="store_true", help="print the factors, write nothing")
     args = ap.parse_args(argv)
     try:
@@ -107,27 +111,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def correct(args: argparse.Namespace) -> int:
+    import torch
+
     from bench.environment import cpu_model
 
     path = Path(args.calibration) if args.calibration else default_path(device_kind("cpu"))
     cal = load_calibration(path)
     if cal is None:
         raise InputError(f"no calibration at {path} (python -m bench.perf calibrate makes one)")
-    cpu = args.cpu_model or cpu_model()
+    cpu, threads = args.cpu_model or cpu_model(), args.threads or torch.get_num_threads()
     bare, results = CostModel(cal, corrected=False), Path(args.results)
     suites = [s.strip() for s in args.suites.split(",") if s.strip()]
     loaded = {s: _suite_records(s, results) for s in suites}
     pairs, baselines = [], {}
     for jobs, records in loaded.values():
-        mine = {k: r for k, r in records.items() if same_processor(r, cpu, cal.get("threads"))}
+        mine = {k: r for k, r in records.items() if same_processor(r, cpu, threads)}
         chosen = list(measured_alone(mine, jobs))
         pairs += chosen
         baselines.update(measured_baselines([j for j, _, _ in chosen], results))
     if not pairs:
-        raise InputError(f"no ok records made on {cpu!r} in {', '.join(suites)} under {results}")
+        raise InputError(f"no ok records made on {cpu!r} with {threads} thread(s) in {', '.join(suites)} under {results}")
     samples = ratios(bare, pairs, baselines)
     corrections, counts = fit(samples), pool(samples)
-    print(f"{len(pairs)} records ({cpu}); measured / estimated, median (n):")
+    print(f"{len(pairs)} records ({cpu}, {threads} thread(s)); measured / estimated, median (n):")
     for net, stages in corrections.items():
         for stage, per in stages.items():
             cells = sum(m.startswith(CELL) for m in per)
@@ -150,9 +156,20 @@ def correct(args: argparse.Namespace) -> int:
     if args.dry:
         return 0
     cal.pop("path", None)
-    cal["corrections"] = corrections
-    cal["corrections_from"] = {"suites": suites, "records": len(pairs), "cpu_model": cpu,
-                               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    cal[SETS] = [c for c in _sets(cal) if (c.get("cpu_model"), c.get("threads")) != (cpu, threads)] + [
+        {"cpu_model": cpu, "threads": threads, "suites": suites, "records": len(pairs),
+         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "corrections": corrections}]
     path.write_text(json.dumps(cal, indent=1, sort_keys=True) + "\n")
     print(f"wrote {path}")
     return 0
+
+
+def _sets(cal: dict) -> list[dict]:
+    """The file's correction sets, its older top-level set (``corrections``, ``corrections_from``)
+    moved among them (and out of the top level, where it would win over every set)."""
+    sets = list(cal.get(SETS) or [])
+    if cal.get("corrections"):
+        src = cal.pop("corrections_from", None) or {}
+        sets.append({**src, "threads": src.get("threads", cal.get("threads")), "corrections": cal.pop("corrections")})
+    cal.pop("corrections_from", None)
+    return sets

@@ -7,7 +7,7 @@ import pytest
 
 from bench.cli import main as cli
 from bench.cost import CostModel, load_calibration
-from bench.cost_corrections import ANY, CELL, cell, factor, fit, same_processor
+from bench.cost_corrections import ANY, CELL, SETS, cell, choose, factor, fit, same_processor
 from bench.cost_records import ratios
 from bench.perf.correct import main as correct
 from bench.records import append_record
@@ -67,8 +67,10 @@ def test_correct_fits_the_records_and_the_dry_run_reads_the_factors(tiny_suite, 
     suite = tiny_suite(ratios=[2, 8], seeds=[0, 1])
     jobs = expand(load_suite(str(suite)))
     cal_path = tmp_path / "cal.json"
-    cal_path.write_text(json.dumps(calibration(factorize={"svd": {"a": 1e-3, "b": 1.0}})))
-    bare = CostModel(load_calibration(cal_path))
+    older = {"digitnet": {"finetune": {ANY: 9.0}}}  # a file's top-level set, as written before the sets
+    cal_path.write_text(json.dumps({**calibration(factorize={"svd": {"a": 1e-3, "b": 1.0}}), "corrections": older,
+                                    "corrections_from": {"cpu_model": "old cpu", "records": 7}}))
+    bare = CostModel(load_calibration(cal_path), corrected=False)
     path = tmp_path / "results" / load_suite(str(suite)).name / "runs.jsonl"
     path.parent.mkdir(parents=True)
     svd = [j for j in jobs if j.method == "svd"]
@@ -77,18 +79,42 @@ def test_correct_fits_the_records_and_the_dry_run_reads_the_factors(tiny_suite, 
         append_record(path, _record(j, {k: 3 * v for k, v in st.items()}))
     append_record(path, _record(svd[3], {k: 100 * v for k, v in bare.stages(svd[3], False).items()}, cpu="other"))
     assert correct(["--suites", str(suite), "--results", str(tmp_path / "results"),
-                    "--calibration", str(cal_path), "--cpu-model", "test cpu"]) == 0
+                    "--calibration", str(cal_path), "--cpu-model", "test cpu", "--threads", "2"]) == 0
     out = capsys.readouterr().out
-    assert "3 records (test cpu)" in out and "wrote" in out
+    assert "3 records (test cpu, 2 thread(s))" in out and "wrote" in out
     cal = load_calibration(cal_path)
-    finetune = cal["corrections"]["digitnet"]["finetune"]
+    assert "corrections" not in cal and "corrections_from" not in cal  # the older set moved among the sets
+    old, new = cal[SETS]
+    assert (old["cpu_model"], old["records"], old["threads"], old["corrections"]) == ("old cpu", 7, cal["threads"], older)
+    assert (new["cpu_model"], new["threads"], new["records"]) == ("test cpu", 2, 3)
+    finetune = new["corrections"]["digitnet"]["finetune"]
     assert {m: f for m, f in finetune.items() if not m.startswith(CELL)} == {"svd": 3.0, ANY: 3.0}
     assert {m: f for m, f in finetune.items() if m.startswith(CELL)} == {cell(j): 3.0 for j in svd[:3]}
-    assert cal["corrections"]["digitnet"]["eval"]["svd"] == 3.0
-    assert cal["corrections_from"]["records"] == 3 and cal["corrections_from"]["cpu_model"] == "test cpu"
+    assert new["corrections"]["digitnet"]["eval"]["svd"] == 3.0
     j = svd[3]
-    assert CostModel(cal).job_s(j, False) == pytest.approx(3 * bare.job_s(j, False))
+    assert CostModel(cal, cpu="test cpu", threads=2).job_s(j, False) == pytest.approx(3 * bare.job_s(j, False))
+    assert CostModel(cal, cpu="old cpu", threads=1).corrections == older  # its processor's, at other threads
+    capsys.readouterr()
     assert cli(["--suite", str(suite), "--dry-run", "--calibration", str(cal_path)]) == 0
+    # this machine has no set: the dry run takes the one of most records (old cpu's 7) and says so
+    assert "corrected on 7 records" in capsys.readouterr().out
+    assert correct(["--suites", str(suite), "--results", str(tmp_path / "results"), "--calibration", str(cal_path),
+                    "--cpu-model", "test cpu", "--threads", "2"]) == 0  # a refit replaces its own set only
+    assert [(c["cpu_model"], c["threads"]) for c in load_calibration(cal_path)[SETS]] == [("old cpu", cal["threads"]),
+                                                                                         ("test cpu", 2)]
+
+
+def test_an_estimate_takes_the_set_of_its_processor_and_threads():
+    sets = [{"cpu_model": "A", "threads": 2, "records": 50, "corrections": {"n": {}}, "id": "A2"},
+            {"cpu_model": "A", "threads": 1, "records": 10, "corrections": {"n": {}}, "id": "A1"},
+            {"cpu_model": "B", "threads": 1, "records": 20, "corrections": {"n": {}}, "id": "B1"}]
+    cal = {SETS: sets}
+    assert choose(cal, "A", 1)["id"] == "A1" and choose(cal, "A", 2)["id"] == "A2"
+    assert choose(cal, "B", 2)["id"] == "B1"   # its processor at other threads before another processor's
+    assert choose(cal, "C", 2)["id"] == "A2"   # no set of its own: the one of most records
+    assert choose({}, "A", 2) is None
+    top = {**cal, "corrections": {"n": {}}, "corrections_from": {"cpu_model": "Z"}}
+    assert choose(top, "A", 1)["cpu_model"] == "Z"  # a top-level set is used as given
 
 
 def test_correct_says_in_one_line_what_is_missing(tiny_suite, tmp_path, capsys):
