@@ -24,8 +24,9 @@ Stored in the calibration file as ``corrections_sets``, one set per processor an
 (sessions land on different machines, and two 1-thread sweeps side by side run each job slower
 than the calibration's 2 threads): ``{"cpu_model", "threads", "suites", "records", "created",
 "corrections": {network | "*": {stage: {method | "*": factor}}}}``. ``python -m bench.perf
-correct`` writes the set of the records it fits (``bench/perf/correct.py``); the model takes the
-set of the machine and thread count it estimates for (``choose``). A file's top-level
+correct`` writes the set of the records it fits (``bench/perf/correct.py``); for each network the
+model takes the set of the machine and thread count it estimates for, else the nearest set with
+records of that network (``ranked``, ``for_network``). A file's top-level
 ``corrections`` (with ``corrections_from``), as files written before the sets have, is used as
 given.
 """
@@ -46,34 +47,46 @@ CELL = "cell:"
 SETS = "corrections_sets"
 
 
-def choose(cal: dict[str, Any], cpu: str | None, threads: int | None) -> dict[str, Any] | None:
-    """The correction set (``SETS``' format) an estimate for ``cpu`` with ``threads`` uses: the
-    file's top-level ``corrections`` when it has them, else its set fitted on that processor with
-    that thread count, else on that processor, else the set fitted on the most records (a
-    guess: ``set_said`` says whose it is), else None."""
+def ranked(cal: dict[str, Any], cpu: str | None, threads: int | None) -> list[dict[str, Any]]:
+    """The correction sets (``SETS``' format) an estimate for ``cpu`` with ``threads`` may use,
+    best first: the file's top-level ``corrections`` alone when it has them; else its sets, the
+    one fitted on that processor with that thread count first, then that processor's others,
+    then the rest by number of records. A network takes the first set that has records of it
+    (``CostModel.factor``): LeNet-5's factors say nothing of VGG-16's 2^24-weight layers."""
     if cal.get("corrections"):
         src = cal.get("corrections_from") or {}
-        return {**src, "threads": src.get("threads", cal.get("threads")), "corrections": cal["corrections"]}
+        return [{**src, "threads": src.get("threads", cal.get("threads")), "corrections": cal["corrections"]}]
     sets = [s for s in cal.get(SETS) or [] if s.get("corrections")]
-    for fits in (lambda s: s.get("cpu_model") == cpu and s.get("threads") == threads,
-                 lambda s: s.get("cpu_model") == cpu):
-        mine = [s for s in sets if fits(s)]
-        if mine:
-            return max(mine, key=lambda s: s.get("records") or 0)
-    return max(sets, key=lambda s: s.get("records") or 0) if sets else None
+    return sorted(sets, key=lambda s: (s.get("cpu_model") != cpu or s.get("threads") != threads,
+                                       s.get("cpu_model") != cpu, -(s.get("records") or 0)))
 
 
-def set_said(chosen: dict[str, Any] | None, cpu: str | None, threads: int | None) -> str:
-    """Where a chosen correction set comes from, and whether it is this machine's (for the dry
-    run's header)."""
-    if not chosen:
+def for_network(sets: list[dict[str, Any]], network: str) -> dict[str, Any] | None:
+    """The first of ``ranked`` sets with records of ``network``, else the first (whose factors
+    pooled over networks then stand in), else None."""
+    return next((s for s in sets if network in s["corrections"]), sets[0] if sets else None)
+
+
+def set_said(sets: list[dict[str, Any]], networks, cpu: str | None, threads: int | None) -> str:
+    """Whose corrections the estimates of ``networks`` use, and whether they are this machine's
+    (for the dry run's header)."""
+    if not sets:
         return "no corrections fitted on records (python -m bench.perf correct)"
-    said = (f"corrected on {chosen.get('records')} records of {', '.join(chosen.get('suites') or [])}"
-            f" made on {chosen.get('cpu_model')}, {chosen.get('threads')} thread(s)")
-    if (chosen.get("cpu_model"), chosen.get("threads")) != (cpu, threads):
-        said += (f"; not this run's ({cpu}, {threads} thread(s)): "
-                 f"python -m bench.perf correct fits its own from its records")
-    return said
+    said = []
+    for chosen, nets in _grouped(sets, networks):
+        mine = (chosen.get("cpu_model"), chosen.get("threads")) == (cpu, threads)
+        said.append(f"{', '.join(nets)} corrected on {chosen.get('records')} records of "
+                    f"{', '.join(chosen.get('suites') or [])} made on {chosen.get('cpu_model')}, "
+                    f"{chosen.get('threads')} thread(s)" + ("" if mine else " (not this run's machine and threads)"))
+    return "; ".join(said)
+
+
+def _grouped(sets, networks):
+    groups: dict[int, tuple[dict, list[str]]] = {}
+    for net in networks:
+        chosen = for_network(sets, net)
+        groups.setdefault(id(chosen), (chosen, []))[1].append(net)
+    return list(groups.values())
 
 
 def cell(job) -> str:

@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from bench.cost_calibration import DEFAULT_STEP_FLOOR_S, law
-from bench.cost_corrections import cell, choose, factor
+from bench.cost_corrections import cell, factor, for_network, ranked
 from bench.cost_job import augments, cache_group, scoped, split_sizes, train_steps
 from bench.cost_steps import PerStepCosts
 
@@ -67,8 +67,7 @@ class CostModel(PerStepCosts):
         process trains with); False gives the bare model they are fitted against."""
         self.cal = calibration
         self.cpu, self.threads = (cpu or _cpu(), threads or _threads()) if corrected else (cpu, threads)
-        self.correction_set = choose(calibration, self.cpu, self.threads) if corrected else None
-        self.corrections = (self.correction_set or {}).get("corrections")
+        self.correction_sets = ranked(calibration, self.cpu, self.threads) if corrected else []
         self.path = calibration.get("path", "?")
         self._layers: dict[tuple, dict[str, int]] = {}
         self._works: dict[tuple, dict[str, tuple[StepWork, float]]] = {}  # (job key, calibrated knob)
@@ -124,11 +123,13 @@ class CostModel(PerStepCosts):
 
     def factor(self, job, stage: str) -> float:
         """The fitted correction of ``stage`` for ``job``'s network and method (1 without one)."""
+        chosen = for_network(self.correction_sets, job.network)
+        corrections = chosen["corrections"] if chosen else None
         if stage == "baseline":
-            return factor(self.corrections, job.network, stage, None)
-        if self.corrections and job.key not in self._cells:  # a hash of the job's config: once per job
+            return factor(corrections, job.network, stage, None)
+        if corrections and job.key not in self._cells:  # a hash of the job's config: once per job
             self._cells[job.key] = cell(job)
-        return factor(self.corrections, job.network, stage, job.method, self._cells.get(job.key))
+        return factor(corrections, job.network, stage, job.method, self._cells.get(job.key))
 
     # --- the network ---------------------------------------------------------------------------
     def layer_sizes(self, job) -> dict[str, int]:

@@ -238,12 +238,14 @@ def test_priority_orders_stages_and_keeps_tuning_seed_first():
     jobs = expand(load_suite("cifar10-headline"))
     stages = [j.stage for j in jobs]
     n = len([j for j in jobs if j.seed == 0])
-    h = 1 + len({j.label for j in jobs if j.method != "dense"})  # the baseline, then each method at the headline
-    assert stages[0] == "baselines" and jobs[0].method == "dense" and jobs[0].seed == 0
-    assert set(stages[1:h]) == {"headline"} and all(j.target_ratio == 2191.57 for j in jobs[1:h])
+    dense = sum(j.method == "dense" and j.seed == 0 for j in jobs)  # one per fine-tuning epoch count
+    # the baseline, then each method at the headline, at each epoch count
+    h = dense + len({(j.label, j.finetune["epochs"]) for j in jobs if j.method != "dense"})
+    assert set(stages[:dense]) == {"baselines"} and {(j.method, j.seed) for j in jobs[:dense]} == {("dense", 0)}
+    assert set(stages[dense:h]) == {"headline"} and all(j.target_ratio == 2191.57 for j in jobs[dense:h])
     assert set(stages[h:n]) == {"budgets"} and {j.seed for j in jobs[:n]} == {0}
     assert stages[n:] == ["seeds"] * (len(jobs) - n) and [j.seed for j in jobs[n:]] == sorted(j.seed for j in jobs[n:])
-    assert jobs[n].method == "dense" and jobs[n + 1].target_ratio == 2191.57
+    assert jobs[n].method == "dense" and jobs[n + dense].target_ratio == 2191.57
     first_tuner = {j.key for j in jobs[:n]}
     assert tuner_keys(jobs) <= first_tuner | {j.key for j in jobs if j.method == "dense"}
     plain = expand(load_suite("cifar10-headline", ["priority=null"]))

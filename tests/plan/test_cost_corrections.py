@@ -7,7 +7,7 @@ import pytest
 
 from bench.cli import main as cli
 from bench.cost import CostModel, load_calibration
-from bench.cost_corrections import ANY, CELL, SETS, cell, choose, factor, fit, same_processor
+from bench.cost_corrections import ANY, CELL, SETS, cell, factor, fit, for_network, ranked, same_processor
 from bench.cost_records import ratios
 from bench.perf.correct import main as correct
 from bench.records import append_record
@@ -93,7 +93,7 @@ def test_correct_fits_the_records_and_the_dry_run_reads_the_factors(tiny_suite, 
     assert new["corrections"]["digitnet"]["eval"]["svd"] == 3.0
     j = svd[3]
     assert CostModel(cal, cpu="test cpu", threads=2).job_s(j, False) == pytest.approx(3 * bare.job_s(j, False))
-    assert CostModel(cal, cpu="old cpu", threads=1).corrections == older  # its processor's, at other threads
+    assert for_network(CostModel(cal, cpu="old cpu", threads=1).correction_sets, "digitnet")["corrections"] == older
     capsys.readouterr()
     assert cli(["--suite", str(suite), "--dry-run", "--calibration", str(cal_path)]) == 0
     # this machine has no set: the dry run takes the one of most records (old cpu's 7) and says so
@@ -104,60 +104,32 @@ def test_correct_fits_the_records_and_the_dry_run_reads_the_factors(tiny_suite, 
                                                                                          ("test cpu", 2)]
 
 
-def test_an_estimate_takes_the_set_of_its_processor_and_threads():
-    sets = [{"cpu_model": "A", "threads": 2, "records": 50, "corrections": {"n": {}}, "id": "A2"},
-            {"cpu_model": "A", "threads": 1, "records": 10, "corrections": {"n": {}}, "id": "A1"},
-            {"cpu_model": "B", "threads": 1, "records": 20, "corrections": {"n": {}}, "id": "B1"}]
-    cal = {SETS: sets}
-    assert choose(cal, "A", 1)["id"] == "A1" and choose(cal, "A", 2)["id"] == "A2"
-    assert choose(cal, "B", 2)["id"] == "B1"   # its processor at other threads before another processor's
-    assert choose(cal, "C", 2)["id"] == "A2"   # no set of its own: the one of most records
-    assert choose({}, "A", 2) is None
-    top = {**cal, "corrections": {"n": {}}, "corrections_from": {"cpu_model": "Z"}}
-    assert choose(top, "A", 1)["cpu_model"] == "Z"  # a top-level set is used as given
+def test_an_estimate_takes_the_set_of_its_processor_and_threads_with_records_of_its_network():
+    """Sets best first: this processor and threads, this processor, most records; a network
+    takes the first with records of it (Intel's 1-thread set, fitted on LeNet-5, would put its
+    ADTN pre-fit factor on VGG-16's 2^24-weight generator)."""
+    sets = [{"cpu_model": "A", "threads": 2, "records": 50, "corrections": {"vgg16": {}}, "id": "A2"},
+            {"cpu_model": "A", "threads": 1, "records": 10, "corrections": {"lenet5": {}}, "id": "A1"},
+            {"cpu_model": "B", "threads": 1, "records": 20, "corrections": {"lenet5": {}}, "id": "B1"}]
+    ids = lambda cpu, threads: [s["id"] for s in ranked({SETS: sets}, cpu, threads)]  # noqa: E731
+    assert ids("A", 1) == ["A1", "A2", "B1"] and ids("A", 2) == ["A2", "A1", "B1"]
+    assert ids("B", 2) == ["B1", "A2", "A1"]   # its processor at other threads before another processor's
+    assert ids("C", 2) == ["A2", "B1", "A1"]   # no set of its own: most records first
+    mine = ranked({SETS: sets}, "B", 1)
+    assert for_network(mine, "lenet5")["id"] == "B1" and for_network(mine, "vgg16")["id"] == "A2"
+    assert for_network(mine, "fc2")["id"] == "B1"  # no set has it: the first set's pooled factors
+    assert ranked({}, "A", 2) == [] and for_network([], "fc2") is None
+    top = {SETS: sets, "corrections": {"n": {}}, "corrections_from": {"cpu_model": "Z"}}
+    assert [s["cpu_model"] for s in ranked(top, "A", 1)] == ["Z"]  # a top-level set is used as given, alone
 
 
-def test_correct_says_in_one_line_what_is_missing(tiny_suite, tmp_path, capsys):
-    suite = tiny_suite()
-    cal_path = tmp_path / "cal.json"
-    args = ["--suites", str(suite), "--results", str(tmp_path), "--calibration", str(cal_path)]
-    assert correct(args) == 2
-    assert "no calibration at" in capsys.readouterr().err
-    cal_path.write_text(json.dumps(calibration()))
-    assert correct(args) == 2
-    assert "no records at" in capsys.readouterr().err
-
-
-def test_ratios_skip_stages_either_side_says_nothing_of(tiny_suite):
+def test_a_network_takes_the_factors_of_the_set_that_measured_it(tiny_suite):
     jobs = expand(load_suite(str(tiny_suite(ratios=[8]))))
     svd = next(j for j in jobs if j.method == "svd")
-    model = CostModel(calibration())  # no factorize law: the estimate of that stage is 0
-    rec = _record(svd, {"factorize": 5.0, "finetune": 0.0, "eval": 1.0})
-    got = ratios(model, [(svd, rec, False)])
-    assert set(got) == {("digitnet", "eval", "svd"), ("digitnet", "eval", cell(svd))}
-
-
-def test_a_cell_with_records_takes_its_own_factor_and_held_out_predicts_from_the_others(tiny_suite):
-    """svd at 2x ran 2x its estimate on both seeds, svd at 8x 6x: each cell (any seed) takes its
-    own median, the method pools 2, 2, 6, 6; estimated without its own record, a record of a
-    cell with another seed takes that seed's factor, one alone its method's."""
-    from bench.perf.correct import held_out
-
-    jobs = expand(load_suite(str(tiny_suite(ratios=[2, 8], seeds=[0, 1]))))
-    svd = {(j.budget, j.seed): j for j in jobs if j.method == "svd"}
-    assert cell(svd[("x2", 0)]) == cell(svd[("x2", 1)]) != cell(svd[("x8", 0)])
-    bare = CostModel(calibration(factorize={"svd": {"a": 1e-3, "b": 1.0}}))
-    times = {"x2": 2.0, "x8": 6.0}
-    pairs = [(j, _record(j, {k: times[b] * v for k, v in bare.stages(j, False).items()}), False)
-             for (b, _), j in svd.items()]
-    got = fit(ratios(bare, pairs))["digitnet"]["finetune"]
-    assert got["svd"] == 4.0 and got[cell(svd[("x2", 0)])] == 2.0 and got[cell(svd[("x8", 1)])] == 6.0
-    fixed = CostModel({**bare.cal, "corrections": fit(ratios(bare, pairs))})
-    assert fixed.stages(svd[("x8", 1)], False)["finetune"] == pytest.approx(6.0 * bare.stages(svd[("x8", 1)], False)["finetune"])
-    est, measured, r = held_out(bare, pairs, pairs)
-    assert r == pytest.approx([1.0] * 4)  # each seed's cell factor comes from the other seed
-    alone = [p for p in pairs if p[0] is not svd[("x8", 1)]]  # x8 seed 0 without its other seed
-    x8 = [p for p in alone if p[0] is svd[("x8", 0)]]
-    est, measured, r = held_out(bare, alone, x8)
-    assert r == pytest.approx([6.0 / 2.0])  # its cell has no other record: svd's pool of the others is 2, 2
-    assert measured["finetune"] == pytest.approx(3.0 * est["finetune"])
+    cal = calibration(factorize={"svd": {"a": 1e-3, "b": 1.0}})
+    bare = CostModel(cal, corrected=False)
+    sets = [{"cpu_model": "mine", "threads": 1, "records": 9, "corrections": {"other": {"finetune": {ANY: 5.0}},
+                                                                              ANY: {"finetune": {"svd": 5.0}}}},
+            {"cpu_model": "theirs", "threads": 2, "records": 3, "corrections": {"digitnet": {"finetune": {ANY: 2.0}}}}]
+    model = CostModel({**cal, SETS: sets}, cpu="mine", threads=1)
+    assert model.stages(svd, False)["finetune"] == pytest.approx(2.0 * bare.stages(svd, False)["finetune"])
