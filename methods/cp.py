@@ -38,6 +38,7 @@ l2_reg 0: 77% -> 8%, 0.571 / 0.889; 1e-5: 80% -> 53%, 0.561 / 0.889;
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -226,9 +227,20 @@ class CPPairedLinear(FactorizedLayer):
         return self.factors[0]
 
     def effective_weight(self) -> torch.Tensor:
-        *rest, last = self.factors
-        t = (khatri_rao(rest) @ last.t()) if rest else last.sum(dim=1)
-        return from_paired(t, self.out_modes, self.in_modes)
+        """The modes split in two halves of about equal size, their Khatri-Rao products multiplied:
+        the same sum as all but the last mode's product times the last factor, without that
+        product's (entries / s_last) x R intermediate (VGG-16's 4096 x 4096 layer at rank 721:
+        190 M entries and 32 s a training step, where the halves take 3 M)."""
+        f = list(self.factors)
+        if len(f) == 1:
+            return from_paired(f[0].sum(dim=1), self.out_modes, self.in_modes)
+        return from_paired(khatri_rao(f[:self._half]) @ khatri_rao(f[self._half:]).t(), self.out_modes, self.in_modes)
+
+    @functools.cached_property
+    def _half(self) -> int:
+        """The split point k (1 <= k < modes) with the two halves' sizes closest."""
+        sizes = [f.shape[0] for f in self.factors]
+        return min(range(1, len(sizes)), key=lambda k: abs(math.log(math.prod(sizes[:k]) / math.prod(sizes[k:]))))
 
 
 @register_method("cp")
