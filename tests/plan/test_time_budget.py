@@ -47,12 +47,12 @@ def clock_by_records(monkeypatch, records, per_ok_s=100.0):
     monkeypatch.setattr(bench.cost, "CLOCK", lambda: per_ok_s * sum(r["status"] == "ok" for r in read_records(records)))
 
 
-# the headline suite cut to seconds: one seed, two budgets, small recipes, ADTN pre-fit of 1 step;
-# svd cannot get within 1.1x of either budget (skipped), ADTN's depth 1 is its only knob
+# the headline suite cut to seconds: one seed, two budgets, small recipes (one fine-tuning epoch count),
+# ADTN pre-fit of 1 step; svd cannot get within 1.1x of either budget (skipped), ADTN's depth 1 is its only knob
 HEADLINE = ["--suite", "cifar10-headline", "--no-download", "--no-progress", "--set", "protocol.seeds=[0]",
             "--set", "ratios=[2191.57,1024]", "--set", "budget_tolerance=1.1",
             "--set", "train.epochs=1", "--set", "train.warmup_epochs=0.5", "--set", "train.batch_size=32",
-            "--set", "finetune.epochs=0.2",
+            "--set", "finetune.epochs=0.2", "--set", "protocol.finetune_epochs=null", "--set", "protocol.tune_epochs=null",
             "--set", "finetune.batch_size=32", "--set", "data.train_subset=64", "--set", "protocol.lr_grid=[0.003,0.01]",
             "--set", "methods=[dense, svd, tt, {method: adtn, options: {prefit_steps: 1, prefit_polish: 0, "
                      "max_depth: 1}}]"]
