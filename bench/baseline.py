@@ -136,8 +136,14 @@ def _load_weights(path: Path, meta: dict) -> dict[str, torch.Tensor]:
 def cached_fingerprint(root: Path, config: dict[str, Any]) -> str | None:
     """The weights fingerprint the summary of ``config``'s cached checkpoint states (no weights
     loaded); None when there is no readable summary or it predates fingerprints."""
+    return summary_fingerprint(checkpoint_path(root, config).with_suffix(".json"))
+
+
+def summary_fingerprint(meta_path: Path) -> str | None:
+    """The weights fingerprint a checkpoint summary file states; None when it is missing,
+    unreadable or predates fingerprints."""
     try:
-        fp = _read_meta(checkpoint_path(root, config).with_suffix(".json")).get("weights_fingerprint")
+        fp = _read_meta(Path(meta_path)).get("weights_fingerprint")
     except BadCheckpoint:
         return None
     return fp if isinstance(fp, str) else None

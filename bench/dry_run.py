@@ -8,7 +8,7 @@ from pathlib import Path
 from bench.cost import STAGES, baseline_cached, compare_records
 from bench.cost_corrections import set_said
 from bench.planning import plan_on_untrained, planned_copies, planned_loaded_starts
-from bench.kept_baselines import is_kept
+from bench.kept_baselines import is_kept, kept_folder
 from bench.layers import dense_params
 from bench.records import RecordIndex
 from bench.runner import equal_copies, planned_skip, records_path
@@ -52,7 +52,8 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
     copies = planned_copies([j for j in jobs if not lines[j.key][1]], networks)
     path = records_path(baseline_root, jobs[0].suite, jobs[0].fit_only) if jobs else None
     index = RecordIndex(path).refresh() if path is not None else None
-    baselines = CachedBaselines(baseline_root)
+    # the sweep seeds its cache from the kept baselines of these suites before it looks for stale records
+    baselines = CachedBaselines(baseline_root, [kept_folder(baseline_root, n) for n in (jobs[0].suite, *reuse)] if jobs else ())
     stale = stale_keys(jobs, index.latest, baselines) if index else set()  # the sweep runs those again
     done = {k: "recorded" for k in ((index.done() - stale) & {j.key for j in jobs} if index else ())}
     if index is not None:

@@ -16,27 +16,34 @@ again then and runs the stale ones in the same command (``bench.runner.Sweep.run
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from bench.baseline import cached_fingerprint
+from bench.baseline import cached_fingerprint, checkpoint_path, summary_fingerprint
 from bench.plan import tuning_job
 from bench.tuning import pick_changed
 
 
 class CachedBaselines:
     """The weights fingerprint of each baseline's checkpoint under ``root`` (read from its
-    summary, no weights loaded). A found fingerprint is kept for the sweep; a missing one is
-    looked up again, since the sweep may train that baseline."""
+    summary, no weights loaded), else in one of the ``kept`` folders a sweep copies into the
+    cache before it runs (``bench.kept_baselines.seed_cache``; the dry run, which copies
+    nothing, passes them). A found fingerprint is kept for the sweep; a missing one is looked
+    up again, since the sweep may train that baseline."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, kept: Iterable[Path] = ()):
         self.root = Path(root)
+        self.kept = [Path(k) for k in kept]
         self._found: dict[str, str] = {}
 
     def fingerprint(self, job) -> str | None:
         key = job.baseline_key
         if key not in self._found:
             fp = cached_fingerprint(self.root, job.baseline_config)
+            if fp is None:
+                name = checkpoint_path(self.root, job.baseline_config).with_suffix(".json").name
+                fp = next(filter(None, (summary_fingerprint(k / name) for k in self.kept)), None)
             if fp is None:
                 return None
             self._found[key] = fp

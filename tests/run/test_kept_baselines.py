@@ -64,3 +64,23 @@ def test_a_suite_that_reuses_records_starts_from_their_kept_baselines(tmp_path, 
     assert "took 2 records of equal jobs" in err  # dense and svd at 2x; svd at 8x runs
     recs = read_records(second / reuser.stem / "runs.jsonl")
     assert len(recs) == 3 and {r["baseline_fingerprint"] for r in recs} == {trained["weights_fingerprint"]}
+
+
+def test_the_dry_run_judges_records_on_the_kept_baseline_the_sweep_would_take(tmp_path, tiny_suite, capsys):
+    """A clean clone holds records and a kept baseline, no checkpoint cache: the sweep seeds the
+    cache from the kept folder and then finds records made on another baseline stale; the dry
+    run, which copies nothing, reads the kept summary and says the same."""
+    suite = tiny_suite(methods=["dense", "svd"], ratios=[2], seeds=[0])
+    first, clone = tmp_path / "first", tmp_path / "clone"
+    assert _run(suite, first, "--keep-baselines") == 0
+    shutil.copytree(first / suite.stem, clone / suite.stem)
+    cal = str(write_cal(tmp_path / "cal.json"))
+    capsys.readouterr()
+    assert _run(suite, clone, "--dry-run", "--calibration", cal) == 0
+    assert capsys.readouterr().out.count("recorded:") == 2  # on the kept baseline: done
+    summary = next((clone / suite.stem / "baselines").glob("*.json"))
+    meta = json.loads(summary.read_text())
+    summary.write_text(json.dumps({**meta, "weights_fingerprint": "0" * 16}))  # kept: another baseline
+    assert _run(suite, clone, "--dry-run", "--calibration", cal) == 0
+    out = capsys.readouterr().out
+    assert out.count("recorded:") == 0  # both records were made on another baseline: both run again
