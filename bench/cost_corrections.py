@@ -47,15 +47,24 @@ CELL = "cell:"
 SETS = "corrections_sets"
 
 
+def legacy_set(cal: dict[str, Any]) -> dict[str, Any] | None:
+    """A file's top-level ``corrections`` (with ``corrections_from``, as files written before the
+    sets have) in ``SETS``' format; None when it has none."""
+    if not cal.get("corrections"):
+        return None
+    src = cal.get("corrections_from") or {}
+    return {**src, "threads": src.get("threads", cal.get("threads")), "corrections": cal["corrections"]}
+
+
 def ranked(cal: dict[str, Any], cpu: str | None, threads: int | None) -> list[dict[str, Any]]:
     """The correction sets (``SETS``' format) an estimate for ``cpu`` with ``threads`` may use,
     best first: the file's top-level ``corrections`` alone when it has them; else its sets, the
     one fitted on that processor with that thread count first, then that processor's others,
     then the rest by number of records. A network takes the first set that has records of it
     (``CostModel.factor``): LeNet-5's factors say nothing of VGG-16's 2^24-weight layers."""
-    if cal.get("corrections"):
-        src = cal.get("corrections_from") or {}
-        return [{**src, "threads": src.get("threads", cal.get("threads")), "corrections": cal["corrections"]}]
+    given = legacy_set(cal)
+    if given:
+        return [given]
     sets = [s for s in cal.get(SETS) or [] if s.get("corrections")]
     return sorted(sets, key=lambda s: (s.get("cpu_model") != cpu or s.get("threads") != threads,
                                        s.get("cpu_model") != cpu, -(s.get("records") or 0)))

@@ -41,6 +41,7 @@ from bench.cost_steps import PerStepCosts
 if TYPE_CHECKING:  # bench.compressor imports torch: the dry run's planning imports it when it needs it
     from bench.compressor import StepWork
 
+
 def _cpu() -> str:
     from bench.environment import cpu_model  # imports torch: only when a model is corrected
 

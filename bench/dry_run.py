@@ -53,7 +53,8 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
     path = records_path(baseline_root, jobs[0].suite, jobs[0].fit_only) if jobs else None
     index = RecordIndex(path).refresh() if path is not None else None
     # the sweep seeds its cache from the kept baselines of these suites before it looks for stale records
-    baselines = CachedBaselines(baseline_root, [kept_folder(baseline_root, n) for n in (jobs[0].suite, *reuse)] if jobs else ())
+    kept = [kept_folder(baseline_root, n) for n in (jobs[0].suite, *reuse)] if jobs else []
+    baselines = CachedBaselines(baseline_root, kept)
     stale = stale_keys(jobs, index.latest, baselines) if index else set()  # the sweep runs those again
     done = {k: "recorded" for k in ((index.done() - stale) & {j.key for j in jobs} if index else ())}
     if index is not None:

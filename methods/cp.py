@@ -38,7 +38,6 @@ l2_reg 0: 77% -> 8%, 0.571 / 0.889; 1e-5: 80% -> 53%, 0.561 / 0.889;
 """
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 
@@ -61,6 +60,13 @@ def khatri_rao(mats) -> torch.Tensor:
     for m in mats[1:]:
         out = (out[:, None, :] * m[None, :, :]).reshape(-1, m.shape[1])
     return out
+
+
+def balanced_split(sizes) -> int:
+    """The split point k (1 <= k < len(sizes)) where the products of sizes[:k] and sizes[k:] are
+    closest (1 for a single mode: no split)."""
+    return min(range(1, max(len(sizes), 2)),
+               key=lambda k: abs(math.log(math.prod(sizes[:k]) / max(math.prod(sizes[k:]), 1))))
 
 
 def max_cp_rank(shape) -> int:
@@ -222,6 +228,7 @@ class CPPairedLinear(FactorizedLayer):
         self.factors = nn.ParameterList(factors)
         self.out_modes, self.in_modes = tuple(out_modes), tuple(in_modes)
         self.tnbench_info = info
+        self._half = balanced_split([f.shape[0] for f in factors])
 
     def weight_factor(self) -> torch.Tensor:
         return self.factors[0]
@@ -231,16 +238,9 @@ class CPPairedLinear(FactorizedLayer):
         the same sum as all but the last mode's product times the last factor, without that
         product's (entries / s_last) x R intermediate (VGG-16's 4096 x 4096 layer at rank 721:
         190 M entries and 32 s a training step, where the halves take 3 M)."""
-        f = list(self.factors)
-        if len(f) == 1:
-            return from_paired(f[0].sum(dim=1), self.out_modes, self.in_modes)
-        return from_paired(khatri_rao(f[:self._half]) @ khatri_rao(f[self._half:]).t(), self.out_modes, self.in_modes)
-
-    @functools.cached_property
-    def _half(self) -> int:
-        """The split point k (1 <= k < modes) with the two halves' sizes closest."""
-        sizes = [f.shape[0] for f in self.factors]
-        return min(range(1, len(sizes)), key=lambda k: abs(math.log(math.prod(sizes[:k]) / math.prod(sizes[k:]))))
+        f, k = list(self.factors), self._half
+        t = f[0].sum(dim=1) if len(f) == 1 else khatri_rao(f[:k]) @ khatri_rao(f[k:]).t()
+        return from_paired(t, self.out_modes, self.in_modes)
 
 
 @register_method("cp")

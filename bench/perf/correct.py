@@ -6,8 +6,8 @@ For each (network, stage, method), and each cell (a job's layers, entry, budget 
 over its seeds and epoch counts), the median of measured / estimated seconds over the suites'
 ok records made on one processor with one thread count (this machine's and this process's by
 default), estimated by the bare calibrated model; the file's set for that processor and thread
-count is replaced, the others stay (``corrections_sets``). Prints each factor, and each suite's estimated / measured
-seconds per stage before (bare) and after (corrected: in-sample, a cell's own records fitted);
+count is replaced, the others stay (``corrections_sets``). Prints each factor, and each suite's
+estimated / measured seconds per stage before (bare) and after (corrected: in-sample, a cell's own records fitted);
 "held out" estimates each record with the factors of all the others, which is how the fit
 predicts a job it has not seen (another seed of a measured cell, or a new cell by its method's
 factor). Records that land later check it too (``run_all.py --dry-run`` sets its estimate
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from bench.cost import STAGES, CostModel, compare_records, default_path, device_kind, load_calibration
-from bench.cost_corrections import CELL, SETS, fit, pool, same_processor
+from bench.cost_corrections import CELL, SETS, fit, legacy_set, pool, same_processor
 from bench.cost_records import (estimated_as_ran, measured_alone, measured_baselines, pair_ratios, ratios,
                                 record_stages)
 from bench.errors import InputError
@@ -167,9 +167,7 @@ def correct(args: argparse.Namespace) -> int:
 def _sets(cal: dict) -> list[dict]:
     """The file's correction sets, its older top-level set (``corrections``, ``corrections_from``)
     moved among them (and out of the top level, where it would win over every set)."""
-    sets = list(cal.get(SETS) or [])
-    if cal.get("corrections"):
-        src = cal.pop("corrections_from", None) or {}
-        sets.append({**src, "threads": src.get("threads", cal.get("threads")), "corrections": cal.pop("corrections")})
+    older = legacy_set(cal)
+    cal.pop("corrections", None)
     cal.pop("corrections_from", None)
-    return sets
+    return list(cal.get(SETS) or []) + ([older] if older else [])
