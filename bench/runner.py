@@ -84,23 +84,15 @@ def _groups(jobs: list[Job], ordered: bool = False) -> list[list[Job]]:
 def planned_skip(job: Job, cost=None) -> dict[str, Any] | None:
     """The ``skipped`` record of a job ruled out before it runs, else None: its method's
     smallest size is more than ``budget_tolerance`` over the budget (layer sizes only, on the
-    meta device), or the calibrated factorisation estimate exceeds ``factorize_time_cap_s``."""
+    meta device), or the calibrated factorisation estimate exceeds ``factorize_time_cap_s``.
+    A time-capped skip also says when the method's largest size is more than 10 % under the
+    budget, so a table shows that the cell could not have been at the budget anyway."""
     if job.reference:
         return None
-    if job.budget_tolerance and job.target_ratio is not None:
-        from bench.layers import dense_params, get_layer
-        from bench.registry import get_method
-        from bench.meta_network import meta_network
-
-        method = get_method(job.method, **job.options)
-        model = meta_network(job.network, job.dataset)
-        layers = [get_layer(model, n) for n in job.layers]
-        try:
-            smallest = sum(method.layer_params(lay, method.knobs(lay)[0]) for lay in layers)
-        except Exception:  # noqa: BLE001 - the job itself then says what is wrong
-            smallest = None
-        target = sum(dense_params(lay) for lay in layers) / job.target_ratio
-        if smallest is not None and smallest > job.budget_tolerance * target:
+    sizes = _size_range(job) if job.target_ratio is not None else None
+    if job.budget_tolerance and sizes is not None:
+        smallest, _, target = sizes
+        if smallest > job.budget_tolerance * target:
             return {**job_fields(job), "status": "skipped",
                     "error": f"budget unreachable: the smallest {job.method} has {smallest:,} parameters, "
                              f"{smallest / target:.2f}x the budget of {target:,.0f} (budget_tolerance "
@@ -108,12 +100,35 @@ def planned_skip(job: Job, cost=None) -> dict[str, Any] | None:
     if job.factorize_time_cap_s and cost is not None:
         est = cost.factorize_s(job)
         if est is not None and est > job.factorize_time_cap_s:
+            short = ""
+            if sizes is not None and sizes[1] < sizes[2] / 1.1:
+                short = (f"; and its largest size, {sizes[1]:,} parameters, is {sizes[1] / sizes[2]:.2f}x "
+                         f"the budget of {sizes[2]:,.0f}")
             return {**job_fields(job), "status": "skipped",
                     "error": f"estimated factorisation time {est:,.0f} s exceeds factorize_time_cap_s "
-                             f"{job.factorize_time_cap_s:g} (calibration {_shown(cost.path)})",
+                             f"{job.factorize_time_cap_s:g} (calibration {_shown(cost.path)}){short}",
                     "time_cap_s": job.factorize_time_cap_s, "estimate_factorize_s": est,
                     "calibration": cost.cal.get("created")}
     return None
+
+
+def _size_range(job: Job) -> tuple[int, int, float] | None:
+    """(smallest, largest, budget) parameter counts of the job's compressed layers at the
+    method's first and last knobs, on the meta device; None when the method cannot size them
+    (the job itself then says what is wrong)."""
+    from bench.layers import dense_params, get_layer
+    from bench.registry import get_method
+    from bench.meta_network import meta_network
+
+    method = get_method(job.method, **job.options)
+    model = meta_network(job.network, job.dataset)
+    layers = [get_layer(model, n) for n in job.layers]
+    try:
+        smallest = sum(method.layer_params(lay, method.knobs(lay)[0]) for lay in layers)
+        largest = sum(method.layer_params(lay, method.knobs(lay)[-1]) for lay in layers)
+    except Exception:  # noqa: BLE001
+        return None
+    return smallest, largest, sum(dense_params(lay) for lay in layers) / job.target_ratio
 
 
 def _shown(path) -> str:

@@ -284,6 +284,18 @@ def test_planned_skips_unreachable_budget_and_capped_factorisation():
     assert cp["time_cap_s"] == 120 and cp["estimate_factorize_s"] == pytest.approx(188.74368)
     assert "estimated factorisation time 189 s exceeds factorize_time_cap_s 120" in cp["error"]
     assert planned_skip(jobs[("tt", 32.0)], model) is None  # no calibration entry: not capped
+    assert "largest" not in cp["error"]  # cp's ranks reach 32x
+
+
+def test_time_capped_skip_says_when_the_budget_was_out_of_reach_anyway():
+    """ADTN's max_depth 8 on VGG-16's hidden linears: 8,616 + 7 x (320 + 368) = 13,432
+    parameters, under 1024x's 18,440; at the paper's budget depth 1 is the budget."""
+    jobs = {(j.label, j.target_ratio): j
+            for j in expand(load_suite("cifar10-headline", ["protocol.seeds=[0]", "factorize_time_cap_s=120"]))}
+    model = CostModel(calibration(networks=("vgg16",), factorize={"adtn": {"a": 1e-5, "b": 1.0}}))
+    at_1024 = planned_skip(jobs[("adtn", 1024.0)], model)["error"]
+    assert at_1024.endswith("; and its largest size, 13,432 parameters, is 0.73x the budget of 18,440")
+    assert "largest" not in planned_skip(jobs[("adtn", 2191.57)], model)["error"]
 
 
 def test_factorize_estimate_scales_with_the_budget_where_the_method_says_so():
