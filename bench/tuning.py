@@ -30,7 +30,7 @@ import copy
 import math
 import time
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 EXTEND_FACTOR = 3.0
 
@@ -170,6 +170,24 @@ def search(run: Callable[[dict | float], tuple[float, Any]], lrs: list[float], o
     return kept, rec
 
 
+def _walk(runs: Iterable[tuple[Any, float | None, Any]], collapsed: Callable[[float, Any], bool]
+          ) -> tuple[tuple[float, Any, Any] | None, list[dict], bool]:
+    """The fallback rule, one place for ``borrowed`` (runs made as they are asked for) and
+    ``replay_borrowed`` (runs already recorded): walk (pick, validation accuracy or None when
+    it diverged, payload) in order, keep the best, stop at the first run not ``collapsed``.
+    Returns (best as (acc, pick, payload) or None, the runs walked, whether it stopped)."""
+    best, walked = None, []
+    for pick, acc, payload in runs:
+        walked.append({"pick": pick, "val_acc": acc})
+        if acc is None:  # diverged: the next pick
+            continue
+        if best is None or acc > best[0]:
+            best = (acc, pick, payload)
+        if not collapsed(acc, pick):
+            return best, walked, True
+    return best, walked, False
+
+
 def borrowed(finetune: Callable[[Any, Any], Any], evaluate_val: Callable[[Any], float], model, ranked: list,
              fallbacks: int, collapsed: Callable[[float, Any], bool]) -> tuple[Any, Any, Any, list[dict] | None]:
     """Fine-tune with the tuning seed's pick ``ranked[0]``; when that run diverges or its
@@ -180,25 +198,22 @@ def borrowed(finetune: Callable[[Any, Any], Any], evaluate_val: Callable[[Any], 
     if len(candidates) == 1:  # nothing to fall back on: a divergence fails the job, as it always did
         return model, finetune(model, candidates[0]), candidates[0], None
     start = copy.deepcopy(model)
-    tried: list[dict] = []
-    best = None
-    for i, pick in enumerate(candidates):
-        trial = model if i == 0 else copy.deepcopy(start)
-        try:
-            ctx = finetune(trial, pick)
-        except FloatingPointError:
-            tried.append({"pick": pick, "val_acc": None})
-            continue
-        acc = evaluate_val(trial)
-        tried.append({"pick": pick, "val_acc": acc})
-        if best is None or acc > best[0]:
-            best = (acc, trial, ctx, pick)
-        if not collapsed(acc, pick):
-            break
+
+    def runs():  # lazily: _walk stops asking once a run is kept
+        for i, pick in enumerate(candidates):
+            trial = model if i == 0 else copy.deepcopy(start)
+            try:
+                ctx = finetune(trial, pick)
+            except FloatingPointError:
+                yield pick, None, None
+                continue
+            yield pick, evaluate_val(trial), (trial, ctx)
+
+    best, tried, _ = _walk(runs(), collapsed)
     if best is None:
         raise FloatingPointError(f"fine-tuning diverged with the tuning seed's pick and its {len(tried) - 1} "
                                  f"next-best ({[_label_of(t['pick']) for t in tried]})")
-    _, trial, ctx, pick = best
+    _, pick, (trial, ctx) = best
     return trial, ctx, pick, (tried if len(tried) > 1 else None)
 
 
@@ -207,15 +222,11 @@ def replay_borrowed(tried: list[dict], candidates: int, collapsed: Callable[[flo
     """``borrowed``'s rule replayed on runs already made (``tried``: its list, in order): (how many
     of them it would make, the pick it would keep), or None when it would go on past them. Says
     whether a record made under another fallback rule is the run this rule would make."""
-    best = None
-    for i, t in enumerate(tried[:candidates]):
-        acc = t["val_acc"]
-        if acc is None or not math.isfinite(acc):  # diverged: the next pick, as borrowed does
-            continue
-        if best is None or acc > best[0]:
-            best = (acc, t["pick"])
-        if not collapsed(acc, t["pick"]):
-            return i + 1, best[1]
+    recorded = ((t["pick"], t["val_acc"] if t["val_acc"] is not None and math.isfinite(t["val_acc"]) else None, None)
+                for t in tried[:candidates])
+    best, walked, stopped = _walk(recorded, collapsed)
+    if stopped:
+        return len(walked), best[1]
     if len(tried) >= candidates and best is not None:
         return candidates, best[1]
     return None
