@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -24,7 +22,8 @@ from torch import nn
 
 from bench.data import DataSplits
 from bench.models import build_network
-from bench.records import OutputWriteError, config_key, write_cause
+from bench.atomic_file import atomic_write
+from bench.records import config_key
 from bench.train import evaluate, prepare_model, train
 
 
@@ -57,45 +56,6 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _read_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-#: read once, at import (in the main thread): setting and restoring it later could race a worker thread
-_UMASK = _read_umask()
-
-
-def _file_mode() -> int:
-    """0o666 less the process umask: what ``open`` would give (mkstemp's 0o600 would keep a
-    baseline shared across users and machines from being read)."""
-    return 0o666 & ~_UMASK
-
-
-def atomic_write(path: Path, write) -> None:
-    """``write(file)`` into a tmp file, fsync it, rename it over ``path``, fsync the dir; any
-    failure (a full disk) leaves ``path`` as it was and raises ``OutputWriteError``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        raise OutputWriteError(f"cannot write {path}: {write_cause(e)} (the file is left as it was)") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 def _write_meta(meta_path: Path, meta: dict) -> None:
@@ -210,11 +170,23 @@ def _train_baseline(path: Path, config: dict[str, Any], data: DataSplits, progre
     torch.manual_seed(config["seed"])
     model = build_network(config["network"], data.input_shape, data.num_classes)
     t0 = time.perf_counter()
+    kept_state = training_state_path(path)
     summary = train(model, data, config["train"], seed=config["seed"],
-                    desc=f"dense {config['network']}/{config['dataset']} s{config['seed']}", progress=progress)
+                    desc=f"dense {config['network']}/{config['dataset']} s{config['seed']}", progress=progress,
+                    state_path=kept_state)
     meta = {"config": config, "acc_test": evaluate(model, data.x_test, data.y_test),
-            "acc_val": summary["val_acc"], "time_train_s": time.perf_counter() - t0,
+            "acc_val": summary["val_acc"], "time_train_s": time.perf_counter() - t0 + summary["resumed_s"],
             "precision": summary["precision"], "threads": torch.get_num_threads(),
             "data_fingerprint": data.fingerprint}
+    if summary["resumed_epochs"]:
+        meta["resumed_epochs"] = summary["resumed_epochs"]  # went on from a killed run's kept state
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return model, save_checkpoint(path, state, meta)
+    meta = save_checkpoint(path, state, meta)
+    kept_state.unlink(missing_ok=True)
+    return model, meta
+
+
+def training_state_path(checkpoint: Path) -> Path:
+    """Where a baseline in training keeps its state after each epoch (``bench.train_state``):
+    beside its checkpoint, not a ``.pt`` (nothing that lists checkpoints takes it for one)."""
+    return checkpoint.with_suffix(".training-state")

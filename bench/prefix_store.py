@@ -26,7 +26,8 @@ from typing import Any, Callable
 import torch
 
 from bench import precision as prec
-from bench.baseline import atomic_write, checkpoint_path, weights_fingerprint
+from bench.atomic_file import atomic_write
+from bench.baseline import checkpoint_path, weights_fingerprint
 from bench.data import DataSplits
 from bench.prefix import PrefixCache, cached_splits
 from bench.records import OutputWriteError

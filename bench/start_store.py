@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from bench.allocation import without_allocation
-from bench.baseline import atomic_write
+from bench.atomic_file import atomic_write
 from bench.layers import get_layer, replace_layer
 from bench.records import config_key
 

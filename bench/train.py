@@ -11,6 +11,7 @@ import copy
 import math
 import numbers
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from bench import precision as prec
+from bench import train_state
 from bench.data import DataSplits
 from bench.precision import PRECISIONS
 from bench.prefix import pick_views
@@ -167,12 +169,17 @@ def _compiled(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def train(model: nn.Module, data: DataSplits, recipe: dict[str, Any], seed: int = 0,
-          epochs: int | None = None, desc: str = "train", progress: bool = True) -> dict[str, Any]:
+          epochs: int | None = None, desc: str = "train", progress: bool = True,
+          state_path: Path | None = None) -> dict[str, Any]:
     """Train in place on ``data`` (already on the target device); keep the best-val epoch.
 
     ``epochs`` may be fractional (0.25 = a quarter of an epoch's steps) for quick fine-tuning.
+    ``state_path``: keep the run's state there after every epoch and go on from a state of this
+    run found there (``bench.train_state``); the caller deletes it once it has what it needs.
 
-    Returns a summary: epochs run, best validation accuracy, wall time."""
+    Returns a summary: epochs run, best validation accuracy, wall time (earlier, resumed
+    segments included), the epochs and seconds taken from a kept state (``resumed_epochs``,
+    ``resumed_s``)."""
     r = check_recipe(recipe)
     epochs = r["epochs"] if epochs is None else epochs
     device = data.x_train.device
@@ -198,7 +205,17 @@ def train(model: nn.Module, data: DataSplits, recipe: dict[str, Any], seed: int 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(r["schedule"], s, total, warmup))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=r["label_smoothing"])
     best_acc, best_state, t0 = -1.0, None, time.perf_counter()
-    bar = tqdm(range(math.ceil(total / steps_per_epoch)), desc=desc, leave=False, disable=not progress, unit="ep")
+    first, earlier_s = 0, 0.0
+    ident = None
+    if state_path is not None:
+        ident = train_state.identity(r, seed, epochs, getattr(data, "fingerprint", None), n, len(data.y_val))
+        kept = train_state.load(state_path, ident)
+        if kept is not None:
+            train_state.restore(kept, model, opt, sched, gen)
+            first, best_acc, best_state, earlier_s = kept["epoch"] + 1, kept["best_acc"], kept["best_state"], kept["elapsed_s"]
+    n_epochs = math.ceil(total / steps_per_epoch)
+    bar = tqdm(range(first, n_epochs), desc=desc, leave=False, disable=not progress, unit="ep",
+               initial=first, total=n_epochs)
     for epoch in bar:
         model.train()
         perm = torch.randperm(n, device=device, generator=gen)
@@ -225,6 +242,10 @@ def train(model: nn.Module, data: DataSplits, recipe: dict[str, Any], seed: int 
         if len(data.y_val) == 0 or val_acc > best_acc:
             best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
         bar.set_postfix(loss=f"{mean_loss:.3f}", val=f"{val_acc:.2f}")
+        if state_path is not None:
+            train_state.save(state_path, ident, epoch, model, opt, sched, gen, best_acc, best_state,
+                             earlier_s + time.perf_counter() - t0)
     if best_state is not None:
         model.load_state_dict(best_state)
-    return {"epochs": epochs, "val_acc": best_acc, "time_s": time.perf_counter() - t0, "precision": run_as}
+    return {"epochs": epochs, "val_acc": best_acc, "time_s": earlier_s + time.perf_counter() - t0,
+            "precision": run_as, "resumed_epochs": first, "resumed_s": earlier_s}

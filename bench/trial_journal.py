@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from bench.baseline import atomic_write
+from bench.atomic_file import atomic_write
 
 INDEX = "trials.json"
 BEST = "best.pt"
