@@ -31,6 +31,12 @@ class BadCheckpoint(Exception):
     """A checkpoint pair that must not be used; the message says why."""
 
 
+def has_checkpoint(pt: Path) -> bool:
+    """Whether a checkpoint's weights and its summary are both there (not whether they are sound:
+    ``load_checkpoint`` checks that)."""
+    return pt.is_file() and pt.with_suffix(".json").is_file()
+
+
 def checkpoint_path(root: Path, config: dict[str, Any]) -> Path:
     return Path(root) / "checkpoints" / f"{config['network']}_{config['dataset']}_s{config['seed']}_{config_key(config)}.pt"
 

@@ -265,7 +265,7 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
     from bench.cost import Budget
     from bench.records import RecordIndex, mend_records
     from bench.runner import RunSettings, adopt_equal, run_jobs
-    from bench.kept_baselines import keep, kept_folder, seed_cache
+    from bench.kept_baselines import keep, kept_folder, seed_cache, seeding_suites
     from bench.stale import CachedBaselines
 
     counts = None
@@ -278,7 +278,7 @@ def execute(args, suite, jobs, path: Path, out: Path, devices: list[str], fit_on
         if args.time_budget is not None:
             budget = Budget(args.time_budget * 60, cost, jobs, baseline_root=settings.baseline_root)
         try:
-            for name in (suite.name, *suite.protocol.reuse):  # records reused are on those baselines
+            for name in seeding_suites(suite.name, suite.protocol.reuse):
                 seeded = seed_cache(out, name, settings.baseline_root)
                 if seeded:
                     print(f"{suite.name}: {seeded} dense baselines taken from {kept_folder(out, name)}",

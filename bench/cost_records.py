@@ -88,10 +88,9 @@ def measured_baselines(jobs: list, root: Path) -> dict[str, tuple[Any, float]]:
 
 def baseline_cached(root: Path, job) -> bool:
     """Whether ``job``'s dense baseline is already trained under ``root`` (checkpoint pair)."""
-    from bench.baseline import checkpoint_path
+    from bench.baseline import checkpoint_path, has_checkpoint
 
-    pt = checkpoint_path(root, job.baseline_config)
-    return pt.is_file() and pt.with_suffix(".json").is_file()
+    return has_checkpoint(checkpoint_path(root, job.baseline_config))
 
 
 def ratios(model, pairs, baselines: dict[str, tuple[Any, float]] | None = None

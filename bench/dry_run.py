@@ -8,7 +8,7 @@ from pathlib import Path
 from bench.cost import STAGES, baseline_cached, compare_records
 from bench.cost_corrections import set_said
 from bench.planning import plan_on_untrained, planned_copies, planned_loaded_starts
-from bench.kept_baselines import is_kept, kept_folder
+from bench.kept_baselines import is_kept, kept_folder, seeding_suites
 from bench.layers import dense_params
 from bench.records import RecordIndex
 from bench.runner import equal_copies, planned_skip, records_path
@@ -53,7 +53,7 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
     path = records_path(baseline_root, jobs[0].suite, jobs[0].fit_only) if jobs else None
     index = RecordIndex(path).refresh() if path is not None else None
     # the sweep seeds its cache from the kept baselines of these suites before it looks for stale records
-    kept = [kept_folder(baseline_root, n) for n in (jobs[0].suite, *reuse)] if jobs else []
+    kept = [kept_folder(baseline_root, n) for n in seeding_suites(jobs[0].suite, reuse)] if jobs else []
     baselines = CachedBaselines(baseline_root, kept)
     stale = stale_keys(jobs, index.latest, baselines) if index else set()  # the sweep runs those again
     done = {k: "recorded" for k in ((index.done() - stale) & {j.key for j in jobs} if index else ())}
@@ -62,7 +62,7 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
             done[k] = "copied: " + ", ".join(f"{f} {c[f]}" for f in ("reused_from", "same_as") if c.get(f))
     costs = {} if cost is None else cost.suite_stages(
         jobs, cached={j.baseline_key for j in jobs if baseline_cached(baseline_root, j)
-                      or is_kept(baseline_root, (j.suite, *reuse), j.baseline_config)},
+                      or is_kept(baseline_root, seeding_suites(j.suite, reuse), j.baseline_config)},
         skipped={k for k, (_, skip) in lines.items() if skip} | set(copies) | set(done),
         loaded_starts=planned_loaded_starts([j for j in jobs if not lines[j.key][1] and j.key not in copies
                                              and j.key not in done], networks))

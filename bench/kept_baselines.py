@@ -14,13 +14,19 @@ import filecmp
 import shutil
 from pathlib import Path
 
-from bench.baseline import checkpoint_path
+from bench.baseline import checkpoint_path, has_checkpoint
 
 FOLDER = "baselines"
 
 
 def kept_folder(out: Path, suite_name: str) -> Path:
     return Path(out) / suite_name / FOLDER
+
+
+def seeding_suites(suite_name: str, reuse) -> tuple[str, ...]:
+    """The suites whose kept baselines a sweep of ``suite_name`` seeds its cache from: its own and
+    those it reuses records of (``protocol.reuse``: the records it copies are on their baselines)."""
+    return (suite_name, *reuse)
 
 
 def seed_cache(out: Path, suite_name: str, baseline_root: Path) -> int:
@@ -47,7 +53,7 @@ def is_kept(out: Path, suite_names, baseline_config: dict) -> bool:
     into its cache before running: the dry run costs it nothing)."""
     name = checkpoint_path(Path(out), baseline_config).name
     pts = (kept_folder(out, n) / name for n in suite_names)
-    return any(pt.is_file() and pt.with_suffix(".json").is_file() for pt in pts)
+    return any(has_checkpoint(pt) for pt in pts)
 
 
 def keep(out: Path, suite_name: str, baseline_root: Path, baseline_configs: list[dict]) -> int:
