@@ -209,7 +209,7 @@ def train(model: nn.Module, data: DataSplits, recipe: dict[str, Any], seed: int 
     ident = None
     if state_path is not None:
         ident = train_state.identity(r, seed, epochs, getattr(data, "fingerprint", None), n, len(data.y_val))
-        kept = train_state.load(state_path, ident)
+        kept = train_state.load(state_path, ident, model)
         if kept is not None:
             train_state.restore(kept, model, opt, sched, gen)
             first, best_acc, best_state, earlier_s = kept["epoch"] + 1, kept["best_acc"], kept["best_state"], kept["elapsed_s"]

@@ -44,15 +44,18 @@ def save(path: Path, ident: str, epoch: int, model, opt, sched, gen: torch.Gener
     atomic_write(Path(path), lambda f: torch.save(state, f))
 
 
-def load(path: Path, ident: str) -> dict[str, Any] | None:
-    """The state kept at ``path`` when it belongs to this run, else None (a foreign or damaged
-    state is ignored with a warning: the run starts from scratch and overwrites it)."""
+def load(path: Path, ident: str, model) -> dict[str, Any] | None:
+    """The state kept at ``path`` when it belongs to this run and fits ``model``, else None (a
+    foreign, damaged or misfitting state is ignored with a warning: the run starts from scratch
+    and overwrites it)."""
     path = Path(path)
     if not path.exists():
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         ok = isinstance(state, dict) and state.get("identity") == ident
+        fits = ok and _fits(state.get("model"), model.state_dict()) and _fits(state.get("best_state"), model.state_dict(),
+                                                                           optional=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file: start from scratch
         warnings.warn(f"training state {path} is unreadable ({type(e).__name__}: {e}); starting from epoch 1",
                       stacklevel=3)
@@ -61,7 +64,18 @@ def load(path: Path, ident: str) -> dict[str, Any] | None:
         warnings.warn(f"training state {path} belongs to another run (recipe, seed, epochs or data differ); "
                       "starting from epoch 1", stacklevel=3)
         return None
+    if not fits:  # the network's code changed under the same name and recipe
+        warnings.warn(f"training state {path} does not fit the network (other layers or shapes); "
+                      "starting from epoch 1", stacklevel=3)
+        return None
     return state
+
+
+def _fits(saved, current: dict, optional: bool = False) -> bool:
+    if saved is None:
+        return optional
+    return (isinstance(saved, dict) and saved.keys() == current.keys()
+            and all(torch.is_tensor(saved[k]) and saved[k].shape == current[k].shape for k in current))
 
 
 def restore(state: dict[str, Any], model, opt, sched, gen: torch.Generator) -> None:

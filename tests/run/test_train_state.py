@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+import torch
 
 import bench.train
 from bench.baseline import checkpoint_path, get_baseline, training_state_path
@@ -64,19 +65,29 @@ def test_killed_baseline_goes_on_from_its_last_epoch(tmp_path, data, uninterrupt
 @pytest.mark.parametrize("foreign, says", [
     ("garbage", "is unreadable"),
     ("other run", "belongs to another run"),
+    ("other shapes", "does not fit the network"),
 ])
 def test_a_state_not_of_this_run_is_ignored(tmp_path, data, uninterrupted, monkeypatch, foreign, says):
     state = training_state_path(checkpoint_path(tmp_path, CONFIG))
     if foreign == "garbage":
         state.parent.mkdir(parents=True)
         state.write_bytes(b"not a torch file")
-    else:  # another seed's run, killed after its first epoch, left at this run's path
+    elif foreign == "other run":  # another seed's run, killed after its first epoch, left at this run's path
         other = {**CONFIG, "seed": 4}
         with monkeypatch.context() as m:
             _kill_at_validation(m, 2)
             with pytest.raises(Killed):
                 get_baseline(tmp_path, other, data, progress=False)
         training_state_path(checkpoint_path(tmp_path, other)).rename(state)
+    elif foreign == "other shapes":  # this run's state, but the network's code has changed since
+        with monkeypatch.context() as m:
+            _kill_at_validation(m, 2)
+            with pytest.raises(Killed):
+                get_baseline(tmp_path, CONFIG, data, progress=False)
+        kept = torch.load(state, weights_only=True)
+        name = next(iter(kept["model"]))
+        kept["model"][name] = torch.zeros(3, 3)
+        torch.save(kept, state)
     with pytest.warns(UserWarning, match=says):
         _, meta = get_baseline(tmp_path, CONFIG, data, progress=False)
     assert "resumed_epochs" not in meta
