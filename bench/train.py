@@ -205,7 +205,7 @@ def train(model: nn.Module, data: DataSplits, recipe: dict[str, Any], seed: int 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(r["schedule"], s, total, warmup))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=r["label_smoothing"])
     best_acc, best_state, t0 = -1.0, None, time.perf_counter()
-    first, earlier_s = 0, 0.0
+    first, earlier_s, last_kept = 0, 0.0, t0
     ident = None
     if state_path is not None:
         ident = train_state.identity(r, seed, epochs, getattr(data, "fingerprint", None), n, len(data.y_val))
@@ -242,7 +242,8 @@ def train(model: nn.Module, data: DataSplits, recipe: dict[str, Any], seed: int 
         if len(data.y_val) == 0 or val_acc > best_acc:
             best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
         bar.set_postfix(loss=f"{mean_loss:.3f}", val=f"{val_acc:.2f}")
-        if state_path is not None:
+        if state_path is not None and time.perf_counter() - last_kept >= train_state.EVERY_S:
+            last_kept = time.perf_counter()
             train_state.save(state_path, ident, epoch, model, opt, sched, gen, best_acc, best_state,
                              earlier_s + time.perf_counter() - t0)
     if best_state is not None:

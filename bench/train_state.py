@@ -25,6 +25,11 @@ import torch
 
 from bench.atomic_file import atomic_write
 
+#: keep the state after an epoch only when this many seconds have passed since it was last kept:
+#: VGG-16's 400 MB state costs a second or two, nothing beside a CPU epoch of minutes, but a GPU
+#: epoch takes seconds (and an MNIST baseline is cheap to redo)
+EVERY_S = 60.0
+
 
 def identity(recipe: dict[str, Any], seed: int, epochs: float, data_fingerprint: str | None,
              n_train: int, n_val: int) -> str:

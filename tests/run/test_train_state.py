@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import bench.train
+import bench.train_state
 from bench.baseline import checkpoint_path, get_baseline, training_state_path
 from bench.data import load_splits
 
@@ -19,6 +20,12 @@ CONFIG = {"network": "digitnet", "dataset": "digits", "seed": 3,
 @pytest.fixture(scope="module")
 def data():
     return load_splits("digits")
+
+
+@pytest.fixture(autouse=True)
+def keep_every_epoch(monkeypatch):
+    """digitnet's epochs take well under train_state.EVERY_S: keep the state after each one."""
+    monkeypatch.setattr(bench.train_state, "EVERY_S", 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +110,13 @@ def test_a_run_without_state_path_starts_at_epoch_one(data):
         warnings.simplefilter("error")
         summary = bench.train.train(model, data, {"epochs": 1, "batch_size": 64}, progress=False)
     assert summary["resumed_epochs"] == 0 and summary["resumed_s"] == 0.0
+
+
+def test_state_is_kept_only_every_few_seconds(tmp_path, data, monkeypatch):
+    """With EVERY_S far above a digitnet epoch, a run killed in epoch 3 left no state."""
+    monkeypatch.setattr(bench.train_state, "EVERY_S", 3600.0)
+    with pytest.raises(Killed):
+        with monkeypatch.context() as m:
+            _kill_at_validation(m, 3)
+            get_baseline(tmp_path, CONFIG, data, progress=False)
+    assert not training_state_path(checkpoint_path(tmp_path, CONFIG)).exists()
