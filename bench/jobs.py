@@ -227,10 +227,17 @@ def expand(suite: Suite, methods: list[str] | None = None, networks: list[str] |
     return prioritize(jobs, suite)
 
 
+#: the stages that hold the further seeds' jobs, seed by seed
+SEED_STAGES = ("headline-seeds", "seeds")
+
+
 def prioritize(jobs: list[Job], suite: Suite) -> list[Job]:
     """Jobs in the suite's ``priority`` order (stable: the expansion order within a stage);
-    unchanged without one. Stages not listed come after the listed ones. Within ``seeds``,
-    seed by seed, each in the order of the other stages. Returns copies with ``Job.stage`` set."""
+    unchanged without one. Stages not listed come after the listed ones. ``headline-seeds``, when
+    listed: the further seeds' baselines and headline jobs (a headline with a CI before the other
+    budgets of the first seed); ``seeds``: the further seeds' other jobs (all of them without
+    ``headline-seeds``). Within either, seed by seed, each in the order of the other stages.
+    Returns copies with ``Job.stage`` set."""
     prio = suite.priority
     first = min(suite.protocol.seeds)
     head = suite.headline_ratio
@@ -243,17 +250,24 @@ def prioritize(jobs: list[Job], suite: Suite) -> list[Job]:
             return "headline"
         return "budgets"
 
-    staged = [replace(j, stage="seeds" if prio and "seeds" in prio and j.seed != first else own_stage(j))
-              for j in jobs]
+    def stage(j: Job) -> str:
+        own = own_stage(j)
+        if not prio or j.seed == first:
+            return own
+        if "headline-seeds" in prio and own in ("baselines", "headline"):
+            return "headline-seeds"
+        return "seeds" if "seeds" in prio else own
+
+    staged = [replace(j, stage=stage(j)) for j in jobs]
     if not prio:
         return staged
     order = list(prio) + [s for s in STAGES if s not in prio]
-    inner = [s for s in order if s != "seeds"]
+    inner = [s for s in order if s not in SEED_STAGES]
 
     def rank(j: Job) -> tuple:
-        if j.stage != "seeds":
+        if j.stage not in SEED_STAGES:
             return (order.index(j.stage), 0, 0)
-        return (order.index("seeds"), j.seed, inner.index(own_stage(j)))
+        return (order.index(j.stage), j.seed, inner.index(own_stage(j)))
 
     return sorted(staged, key=rank)
 

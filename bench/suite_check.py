@@ -133,8 +133,9 @@ def _check_priority(suite: dict[str, Any]) -> None:
         dup = next((p for i, p in enumerate(prio) if p in prio[:i]), None)
         if dup is not None:
             raise SuiteError(f"priority: {dup!r} is listed twice in {prio!r}")
-        if "headline" in prio and suite.get("headline_ratio") is None:
-            raise SuiteError("priority lists 'headline' but the suite has no headline_ratio")
+        for needs_head in ("headline", "headline-seeds"):
+            if needs_head in prio and suite.get("headline_ratio") is None:
+                raise SuiteError(f"priority lists {needs_head!r} but the suite has no headline_ratio")
     head = suite.get("headline_ratio")
     if head is not None:
         if not (_real(head) and head > 0):

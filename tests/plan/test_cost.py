@@ -235,7 +235,7 @@ def test_record_stages_split_time_total_and_compare_with_estimates(tiny_suite, t
 
 
 def test_priority_orders_stages_and_keeps_tuning_seed_first():
-    jobs = expand(load_suite("cifar10-headline"))
+    jobs = expand(load_suite("cifar10-headline", ["priority=[baselines, headline, budgets, seeds]"]))
     stages = [j.stage for j in jobs]
     n = len([j for j in jobs if j.seed == 0])
     dense = sum(j.method == "dense" and j.seed == 0 for j in jobs)  # one per fine-tuning epoch count
@@ -252,8 +252,26 @@ def test_priority_orders_stages_and_keeps_tuning_seed_first():
     assert [j.key for j in plain] != [j.key for j in jobs] and {j.key for j in plain} == {j.key for j in jobs}
 
 
+def test_headline_seeds_come_before_the_other_budgets():
+    """cifar10-headline's priority: seed 0's headline, then seeds 1 and 2 there (their baselines
+    first), then every other budget of seed 0, then the further seeds' other budgets."""
+    jobs = expand(load_suite("cifar10-headline"))
+    head = [j for j in jobs if j.stage in ("baselines", "headline", "headline-seeds")]
+    assert jobs[:len(head)] == head  # the headline of every seed before anything else
+    assert {(j.seed, j.stage) for j in head} == {(0, "baselines"), (0, "headline"), (1, "headline-seeds"),
+                                                  (2, "headline-seeds")}
+    seeds = [(j.seed, j.method == "dense") for j in head if j.stage == "headline-seeds"]
+    assert seeds == sorted(seeds, key=lambda s: (s[0], not s[1]))  # seed by seed, its baseline first
+    assert all(j.target_ratio in (1.0, 2191.57) for j in head)
+    rest = jobs[len(head):]
+    assert [j.stage for j in rest] == sorted((j.stage for j in rest), key=["budgets", "seeds"].index)
+    assert {j.seed for j in rest if j.stage == "budgets"} == {0}
+    assert {j.target_ratio for j in rest if j.stage == "seeds"} == {1024.0, 32.0}
+    assert {j.key for j in jobs} == {j.key for j in expand(load_suite("cifar10-headline", ["priority=null"]))}
+
+
 @pytest.mark.parametrize("override, message", [
-    ("priority=[baselines, fastest]", "priority: unknown stage 'fastest'; valid: baselines, headline, budgets, seeds"),
+    ("priority=[baselines, fastest]", "priority: unknown stage 'fastest'; valid: baselines, headline, headline-seeds, budgets, seeds"),
     ("priority=[seeds, seeds]", "priority: 'seeds' is listed twice"),
     ("priority=baselines", "priority 'baselines': expected a list of stages"),
     ("headline_ratio=7", "headline_ratio 7 is not one of ratios"),
@@ -265,6 +283,11 @@ def test_bad_priority_keys_are_one_line_errors(override, message):
     with pytest.raises(SuiteError) as e:
         load_suite("cifar10-headline", [override])
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_priority_headline_seeds_needs_headline_ratio():
+    with pytest.raises(SuiteError, match="priority lists 'headline-seeds' but the suite has no headline_ratio"):
+        load_suite("cifar10-headline", ["priority=[baselines, headline-seeds]", "headline_ratio=null"])
 
 
 def test_priority_headline_needs_headline_ratio(capsys):
