@@ -89,7 +89,8 @@ def planned_skip(job: Job, cost=None) -> dict[str, Any] | None:
     budget, so a table shows that the cell could not have been at the budget anyway."""
     if job.reference:
         return None
-    sizes = _size_range(job) if job.target_ratio is not None else None
+    capped = bool(job.factorize_time_cap_s) and cost is not None
+    sizes = _size_range(job) if job.target_ratio is not None and (job.budget_tolerance or capped) else None
     if job.budget_tolerance and sizes is not None:
         smallest, _, target = sizes
         if smallest > job.budget_tolerance * target:
@@ -97,7 +98,7 @@ def planned_skip(job: Job, cost=None) -> dict[str, Any] | None:
                     "error": f"budget unreachable: the smallest {job.method} has {smallest:,} parameters, "
                              f"{smallest / target:.2f}x the budget of {target:,.0f} (budget_tolerance "
                              f"{job.budget_tolerance:g})"}
-    if job.factorize_time_cap_s and cost is not None:
+    if capped:
         est = cost.factorize_s(job)
         if est is not None and est > job.factorize_time_cap_s:
             short = ""
@@ -124,8 +125,9 @@ def _size_range(job: Job) -> tuple[int, int, float] | None:
     model = meta_network(job.network, job.dataset)
     layers = [get_layer(model, n) for n in job.layers]
     try:
-        smallest = sum(method.layer_params(lay, method.knobs(lay)[0]) for lay in layers)
-        largest = sum(method.layer_params(lay, method.knobs(lay)[-1]) for lay in layers)
+        ends = [(lay, method.knobs(lay)) for lay in layers]
+        smallest = sum(method.layer_params(lay, knobs[0]) for lay, knobs in ends)
+        largest = sum(method.layer_params(lay, knobs[-1]) for lay, knobs in ends)
     except Exception:  # noqa: BLE001
         return None
     return smallest, largest, sum(dense_params(lay) for lay in layers) / job.target_ratio

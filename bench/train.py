@@ -242,10 +242,11 @@ def train(model: nn.Module, data: DataSplits, recipe: dict[str, Any], seed: int 
         if len(data.y_val) == 0 or val_acc > best_acc:
             best_acc, best_state = val_acc, copy.deepcopy(model.state_dict())
         bar.set_postfix(loss=f"{mean_loss:.3f}", val=f"{val_acc:.2f}")
-        if state_path is not None and time.perf_counter() - last_kept >= train_state.EVERY_S:
-            last_kept = time.perf_counter()
+        now = time.perf_counter()
+        if state_path is not None and now - last_kept >= train_state.EVERY_S:
+            last_kept = now
             train_state.save(state_path, ident, epoch, model, opt, sched, gen, best_acc, best_state,
-                             earlier_s + time.perf_counter() - t0)
+                             earlier_s + now - t0)
     if best_state is not None:
         model.load_state_dict(best_state)
     return {"epochs": epochs, "val_acc": best_acc, "time_s": earlier_s + time.perf_counter() - t0,
