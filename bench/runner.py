@@ -178,9 +178,20 @@ class JobClaimer:
         return self.claims.keep_alive([job.key])
 
 
-def tuning_passes(todo: list[Job], tuners: set[str]) -> list[list[Job]]:
+def tuning_passes(todo: list[Job], tuners: set[str], ordered: bool = False) -> list[list[Job]]:
     """[jobs that pick their fine-tuning lr, jobs that reuse a pick]: ``tuners`` are the keys
-    of the tuning jobs of the whole job list (``bench.plan.tuner_keys``)."""
+    of the tuning jobs of the whole job list (``bench.plan.tuner_keys``). ``ordered`` (a suite
+    with a ``priority``): the two passes are made within each stage, stage after stage, so a
+    later stage's tuning jobs do not run before an earlier stage's reusers (a job's tuning job
+    is always in its own stage or an earlier one: seed 0 tunes, at the job's own budget)."""
+    if ordered:
+        stages: list[list[Job]] = []
+        for j in todo:
+            if stages and stages[-1][0].stage == j.stage:
+                stages[-1].append(j)
+            else:
+                stages.append([j])
+        return [p for stage in stages for p in tuning_passes(stage, tuners)]
     if not any(picks_lr(j) for j in todo):
         return [todo]
     first = [j for j in todo if not picks_lr(j) or j.key in tuners]
@@ -418,7 +429,7 @@ class Sweep:
                 runnable.append(job)
             else:
                 self.finish(rec if claimer(job) else Marker(job.key, CLAIMED))
-        for part in tuning_passes(runnable, set(tuner_of.values())) if runnable else []:
+        for part in tuning_passes(runnable, set(tuner_of.values()), ordered) if runnable else []:
             waiting = [j for j in part if picks_lr(j) and tuner_of[j.tune_key] in left]
             for job in waiting:  # its lr pick is made by a job left for later: it waits too
                 left.add(job.key)

@@ -11,7 +11,8 @@ from bench.cost import Budget, CostModel, fit_power_law, split_sizes
 from bench.cost_records import estimated_as_ran, ran_trials
 from bench.suite import tuner_keys
 from bench.records import read_records
-from bench.runner import planned_skip
+from bench.plan import picks_lr, tuner_key
+from bench.runner import planned_skip, tuning_passes
 from bench.suite import SuiteError, expand, load_suite
 from bench.layers import get_layer
 from bench.registry import get_method
@@ -268,6 +269,28 @@ def test_headline_seeds_come_before_the_other_budgets():
     assert {j.seed for j in rest if j.stage == "budgets"} == {0}
     assert {j.target_ratio for j in rest if j.stage == "seeds"} == {1024.0, 32.0}
     assert {j.key for j in jobs} == {j.key for j in expand(load_suite("cifar10-headline", ["priority=null"]))}
+
+
+def test_tuning_passes_keep_the_priority_stages():
+    """The runner's passes (tuning jobs, then the jobs reusing their picks) are made stage by
+    stage: seed 0's 10-epoch headline runs and the further seeds' headline come before the
+    1024x and 32x tuning jobs (it was one pass of every tuning job first, whatever its stage)."""
+    jobs = expand(load_suite("cifar10-headline"))
+    tuners = tuner_keys(jobs)
+    passes = tuning_passes(jobs, tuners, ordered=True)
+    flat = [j for p in passes for j in p]
+    assert sorted(j.key for j in flat) == sorted(j.key for j in jobs)
+    order = ["baselines", "headline", "headline-seeds", "budgets", "seeds"]
+    assert [j.stage for j in flat] == sorted((j.stage for j in flat), key=order.index)
+    for p in passes:  # a pass is one stage, and a reusing job never comes before its tuning job
+        assert len({j.stage for j in p}) == 1
+    position = {j.key: i for i, j in enumerate(flat)}
+    for j in flat:
+        tuner = tuner_key(j)
+        if picks_lr(j) and tuner in position:
+            assert position[tuner] <= position[j.key]
+    ten = [j for j in flat if j.stage == "headline" and j.finetune["epochs"] == 10]
+    assert ten and max(position[j.key] for j in ten) < min(position[j.key] for j in flat if j.stage == "budgets")
 
 
 @pytest.mark.parametrize("override, message", [
