@@ -87,6 +87,31 @@ def spectral_error(dense: nn.Module, approx: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(r, ord=2) / norm) if norm > 0 else float(torch.linalg.matrix_norm(r, ord=2))
 
 
+class _SizeLadder:
+    """A layer's knobs with their sizes, read lazily: knobs ascend in size (the compressor
+    contract, ``bench.testing``), so finding the largest that fits is a bisection. CP has 262,144
+    knobs for VGG-16's classifier.3; sizing them all made a ``--dry-run`` take minutes."""
+
+    def __init__(self, method: Sizable, layer: nn.Module, knobs: Sequence[Any]):
+        self.method, self.layer, self.knobs, self._sizes = method, layer, knobs, {}
+
+    def size(self, i: int) -> int:
+        if i not in self._sizes:
+            self._sizes[i] = self.method.layer_params(self.layer, self.knobs[i])
+        return self._sizes[i]
+
+    def largest_within(self, limit: float) -> int:
+        """Index of the last knob of size <= ``limit`` (the first knob when none is)."""
+        lo, hi = 0, len(self.knobs)  # the first index whose size exceeds limit lies in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.size(mid) <= limit:
+                lo = mid + 1
+            else:
+                hi = mid
+        return max(lo - 1, 0)
+
+
 def uniform_ratio(method: Sizable, layers: dict[str, nn.Module], target_ratio: float) -> dict[str, Any]:
     """Knobs whose total parameter count is as close (in log) to dense/target_ratio as the
     grid allows, compressing all layers by about the same ratio.
@@ -94,26 +119,24 @@ def uniform_ratio(method: Sizable, layers: dict[str, nn.Module], target_ratio: f
     Scans a fine log-grid of per-layer ratios; for each, every layer takes its largest knob
     that fits dense/ratio (or its smallest knob when none fits).
     """
-    grids = {}
+    ladders = {}
     for name, layer in layers.items():
-        ks = list(method.knobs(layer))
-        if not ks:
+        ks = method.knobs(layer)
+        if not len(ks):
             raise CompressionError(f"{method.name}: no admissible knob for layer {name}")
-        ps = [method.layer_params(layer, k) for k in ks]
-        order = sorted(range(len(ks)), key=lambda i: ps[i])
-        grids[name] = ([ps[i] for i in order], [ks[i] for i in order], dense_params(layer))
-    target = sum(g[2] for g in grids.values()) / target_ratio
+        ladders[name] = (_SizeLadder(method, layer, ks), dense_params(layer))
+    target = sum(dense for _, dense in ladders.values()) / target_ratio
 
     def pick(rho: float) -> dict[str, int]:
-        return {name: max(bisect.bisect_right(ps, dense / rho) - 1, 0) for name, (ps, _, dense) in grids.items()}
+        return {name: ladder.largest_within(dense / rho) for name, (ladder, dense) in ladders.items()}
 
     best, best_err = None, math.inf
     for step in range(-400, 401):
         idx = pick(target_ratio * 2.0 ** (step / 40))
-        err = abs(math.log(sum(grids[n][0][i] for n, i in idx.items()) / target))
+        err = abs(math.log(sum(ladders[n][0].size(i) for n, i in idx.items()) / target))
         if err < best_err - 1e-12:
             best, best_err = idx, err
-    return {name: grids[name][1][i] for name, i in best.items()}
+    return {name: ladders[name][0].knobs[i] for name, i in best.items()}
 
 
 def scored_knobs(knobs: list[Any], sizes: list[int], limit: int = MAX_SCORED_KNOBS) -> list[Any]:

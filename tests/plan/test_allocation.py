@@ -2,13 +2,15 @@
 to the target as the grid allows; ``minmax`` is ALDS's min-max relative error rule for any
 factorisation (the option ``allocation: minmax``)."""
 import itertools
+import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import methods  # noqa: F401 (registers the methods)
-from bench.allocation import spectral_error
+from bench.allocation import spectral_error, uniform_ratio
 from bench.compressor import dense_params
 from bench.layers import effective_weight
 from bench.registry import get_method
@@ -35,6 +37,45 @@ def test_allocation_saturates_at_smallest_knobs():
     svd = get_method("svd")
     knobs = svd.allocate(LAYERS, 1e6)
     assert all(k == 1 for k in knobs.values())
+
+
+class _CountingSizes:
+    """A method of many knobs whose sizes ascend in uneven steps; counts the sizes asked."""
+
+    name, knob_error_is_cheap = "counting", True
+
+    def __init__(self, n_knobs):
+        self.n_knobs, self.asked = n_knobs, 0
+
+    def knobs(self, layer):
+        return range(1, self.n_knobs + 1)
+
+    def layer_params(self, layer, knob):
+        self.asked += 1
+        return knob * (layer.in_features + layer.out_features) + (knob * knob) // 7
+
+
+def test_uniform_ratio_bisects_the_knobs_and_picks_what_a_full_scan_picks():
+    """Knobs ascend in size (the contract), so ``uniform_ratio`` sizes a few of 200,000 knobs
+    per layer (CP has 262,144 for VGG-16's classifier.3; sizing them all made a dry run take minutes)
+    and picks what the scan of every size picks."""
+    layers = {"a": nn.Linear(4096, 4096), "b": nn.Linear(512, 4096)}
+    method = _CountingSizes(2 * 10 ** 5)
+    sizes = {n: np.array([method.layer_params(lay, k) for k in method.knobs(lay)]) for n, lay in layers.items()}
+    for ratio in (3, 64, 2191.57):
+        method.asked = 0
+        knobs = uniform_ratio(method, layers, ratio)
+        assert method.asked < 0.02 * 2 * method.n_knobs
+        target = sum(dense_params(lay) for lay in layers.values()) / ratio
+        best, best_err = None, float("inf")
+        for step in range(-400, 401):  # the same log-grid of per-layer ratios, every size known
+            rho = ratio * 2.0 ** (step / 40)
+            idx = {n: max(int(np.searchsorted(ps, dense_params(layers[n]) / rho, side="right")) - 1, 0)
+                   for n, ps in sizes.items()}
+            err = abs(math.log(sum(int(sizes[n][i]) for n, i in idx.items()) / target))
+            if err < best_err - 1e-12:
+                best, best_err = idx, err
+        assert knobs == {n: i + 1 for n, i in best.items()}
 
 
 def test_allocation_rejects_bad_ratio():
