@@ -14,6 +14,7 @@ the calibration changes).
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import sys
 from collections import defaultdict
@@ -68,13 +69,7 @@ def _groups(jobs: list[Job], ordered: bool = False) -> list[list[Job]]:
     ``ordered`` (a suite with a ``priority``): the job order is kept, a group being a run of
     consecutive jobs of one baseline (a baseline met again is loaded from its checkpoint)."""
     if ordered:
-        runs: list[list[Job]] = []
-        for j in jobs:
-            if runs and runs[-1][0].baseline_key == j.baseline_key:
-                runs[-1].append(j)
-            else:
-                runs.append([j])
-        return runs
+        return [list(run) for _, run in itertools.groupby(jobs, key=lambda j: j.baseline_key)]
     by_base: dict[str, list[Job]] = defaultdict(list)
     for j in jobs:
         by_base[j.baseline_key].append(j)
@@ -185,12 +180,7 @@ def tuning_passes(todo: list[Job], tuners: set[str], ordered: bool = False) -> l
     later stage's tuning jobs do not run before an earlier stage's reusers (a job's tuning job
     is always in its own stage or an earlier one: seed 0 tunes, at the job's own budget)."""
     if ordered:
-        stages: list[list[Job]] = []
-        for j in todo:
-            if stages and stages[-1][0].stage == j.stage:
-                stages[-1].append(j)
-            else:
-                stages.append([j])
+        stages = [list(run) for _, run in itertools.groupby(todo, key=lambda j: j.stage)]
         return [p for stage in stages for p in tuning_passes(stage, tuners)]
     if not any(picks_lr(j) for j in todo):
         return [todo]
