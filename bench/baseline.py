@@ -7,6 +7,12 @@ by the sha256 of the ``.pt`` bytes it holds. Both files are written by tmp + fsy
 weights first and the summary last, so a crash leaves at worst weights without a summary, or an
 old summary whose hash does not match: never a pair that verifies but is wrong. A pair that does
 not verify is reported, deleted and retrained — never trusted, never fatal.
+
+One trainer per baseline: training takes a claim (``bench.claims``) in ``training.claims/`` beside
+the checkpoints,
+so two sweeps sharing a checkpoint root (two workers on one output, or two suites) never train
+the same baseline side by side. The other one waits for the checkpoint, or, asked not to wait
+(the local backend), raises ``BaselineInTraining`` and runs other jobs meanwhile.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.claims import Claims
 from bench.data import DataSplits
 from bench.models import build_network
 from bench.atomic_file import atomic_write
@@ -29,6 +36,20 @@ from bench.train import evaluate, prepare_model, train
 
 class BadCheckpoint(Exception):
     """A checkpoint pair that must not be used; the message says why."""
+
+
+class BaselineInTraining(Exception):
+    """Another live process holds the training claim of this baseline (``get_baseline``)."""
+
+
+#: seconds between looks at a baseline another process is training (``get_baseline(wait=True)``)
+WAIT_POLL_S = 30.0
+
+
+def training_claims(checkpoint: Path) -> Claims:
+    """The claims, beside the checkpoints, that give one process at a time the right to train
+    a baseline."""
+    return Claims(Path(checkpoint).parent / "training.claims")
 
 
 def has_checkpoint(pt: Path) -> bool:
@@ -156,20 +177,43 @@ def _discard(path: Path, reason: str) -> None:
             pass  # retraining replaces it anyway
 
 
-def get_baseline(root: Path, config: dict[str, Any], data: DataSplits, progress: bool = True) -> tuple[nn.Module, dict]:
+def get_baseline(root: Path, config: dict[str, Any], data: DataSplits, progress: bool = True,
+                 wait: bool = True) -> tuple[nn.Module, dict]:
     """The trained dense model and its summary (test/val accuracy, training time, weights
-    fingerprint). A damaged checkpoint is retrained with a warning."""
+    fingerprint). A damaged checkpoint is retrained with a warning. While another process
+    trains this baseline: wait for its checkpoint (``wait``), else raise ``BaselineInTraining``.
+    Only the claim's holder discards a pair that does not verify: to anyone else it may be a
+    checkpoint half-way through being saved."""
     path = checkpoint_path(root, config)
     model = build_network(config["network"], data.input_shape, data.num_classes)
+    claims = training_claims(path)
+    while (meta := _load_if_verified(path, model)) is None and not claims.try_claim(path.stem):
+        if not wait:
+            holder = claims.holder(path.stem) or {}
+            raise BaselineInTraining(f"{path.name} is being trained by pid {holder.get('pid')} on "
+                                     f"{holder.get('host')}")
+        time.sleep(WAIT_POLL_S)
+    if meta is None:  # the claim is ours
+        try:
+            try:
+                meta = load_checkpoint(path, model)  # saved by the previous holder since our look
+            except BadCheckpoint as e:
+                _discard(path, str(e))
+            if meta is None:
+                with claims.keep_alive([path.stem]):
+                    return _train_baseline(path, config, data, progress)
+        finally:
+            claims.release(path.stem)
+    prepare_model(model, data.x_train.device)
+    return model, meta
+
+
+def _load_if_verified(path: Path, model: nn.Module) -> dict | None:
+    """``load_checkpoint``, None for a missing pair or one that does not verify (kept)."""
     try:
-        meta = load_checkpoint(path, model)
-    except BadCheckpoint as e:
-        _discard(path, str(e))
-        meta = None
-    if meta is not None:
-        prepare_model(model, data.x_train.device)
-        return model, meta
-    return _train_baseline(path, config, data, progress)
+        return load_checkpoint(path, model)
+    except BadCheckpoint:
+        return None
 
 
 def _train_baseline(path: Path, config: dict[str, Any], data: DataSplits, progress: bool) -> tuple[nn.Module, dict]:

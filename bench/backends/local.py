@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from bench.backends import CLAIMED, LEFT, Marker, Outcome, key_of
-from bench.baseline import get_baseline
+from bench.baseline import BaselineInTraining, get_baseline
 from bench.cpu_memory import keep_freed_memory
 from bench.data import DataSplits, load_splits
 from bench.job import failed_record, run_job
@@ -45,7 +45,8 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
                memos: dict[str, dict[str, dict]] | None = None) -> Iterator[Outcome]:
     """Yield one record per job, in order, on one device. ``claim(job)`` False means another
     sweep runs it (a ``CLAIMED`` marker is yielded); a group's baseline is loaded only once one
-    of its jobs is claimed. ``lr_picks`` maps a job's tune key to the picks of its tuning
+    of its jobs is claimed, and while another process trains it the group is left to that
+    process (its jobs released, ``CLAIMED`` markers). ``lr_picks`` maps a job's tune key to the picks of its tuning
     seed, best first (``bench.runner.lr_picks``). ``gate(job)`` (the time budget, ``bench.cost.Budget``) is asked just
     before a job starts; False yields a ``LEFT`` marker. ``memos``: per baseline key, the records
     a job with an equal allocation copies (``bench.memo.recorded_memos``); kept across the groups
@@ -73,12 +74,19 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
             if base is None:
                 try:
                     base = _baseline(first, settings, device, data_cache)
+                except BaselineInTraining as e:  # the trainer's sweep runs the group when it is done
+                    base = e
                 except OutputWriteError:
                     raise  # a full disk: stop the sweep (one line, exit 2), not fail every job after it
                 except Exception as e:  # noqa: BLE001 - every job of the group fails with the reason
                     base = e
                 else:
                     on_this_baseline(memo, base[1])
+            if isinstance(base, BaselineInTraining):
+                if getattr(claim, "claims", None) is not None:
+                    claim.claims.release(job.key)  # the trainer's sweep claims it when its baseline is done
+                yield Marker(job.key, CLAIMED)
+                continue
             if isinstance(base, Exception):
                 yield {**failed_record(job, f"dense baseline: {type(base).__name__}: {base}"), "env": info}
                 continue
@@ -114,7 +122,8 @@ def _baseline(job: Job, settings, device: torch.device, cache: dict) -> tuple[An
     if dkey not in cache:
         cache[dkey] = load_splits(job.dataset, settings.data_dir, job.data["val_fraction"],
                                   job.data["train_subset"], settings.download).to(device)
-    model, meta = get_baseline(settings.baseline_root, job.baseline_config, cache[dkey], settings.progress)
+    model, meta = get_baseline(settings.baseline_root, job.baseline_config, cache[dkey], settings.progress,
+                               wait=False)
     return model, meta, cache[dkey]
 
 

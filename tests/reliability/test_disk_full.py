@@ -70,7 +70,8 @@ def test_a_sweep_on_a_full_disk_loses_no_record_and_resumes(leave, small_disk, t
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error", "Traceback"))]
     kept = _ok(out, more)
     assert code == 2, err  # seed 1 needs a claim and a checkpoint: neither fits
-    assert len(err) == 1 and "No space left on device" in err[0], err
+    # ENOSPC, or torch.save's opaque short write (where the disk fills depends on the claim files)
+    assert len(err) == 1 and ("No space left on device" in err[0] or "probably a full disk" in err[0]), err
     assert {r["key"] for r in before} <= {r["key"] for r in kept}  # nothing lost
     assert not list(out.rglob("*.tmp"))
 

@@ -3,6 +3,7 @@ a clean one is loaded without training; every summary carries a weights fingerpr
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 import bench.baseline as baseline
-from bench.baseline import checkpoint_path, get_baseline, weights_fingerprint
+from bench.baseline import BaselineInTraining, checkpoint_path, get_baseline, weights_fingerprint
+from tests.reliability.test_claims import _dead_pid
 from bench.data import load_splits
 
 CONFIG = {"network": "digitnet", "dataset": "digits", "seed": 0, "train": {"epochs": 1, "batch_size": 64},
@@ -174,4 +176,52 @@ def test_fingerprint_ignores_device_layout_but_not_values():
 
 
 def test_no_tmp_files_left(root):
-    assert sorted(p.suffix for p in (root / "checkpoints").iterdir()) == [".json", ".pt"]
+    assert sorted(p.suffix for p in (root / "checkpoints").iterdir() if p.is_file()) == [".json", ".pt"]
+
+
+def _held_by_another_live_process(root):
+    """The training claim of CONFIG's baseline, held by a live process that is not this one."""
+    other = baseline.Claims(_pt(root).parent / "training.claims", pid=os.getppid())
+    assert other.try_claim(_pt(root).stem)
+    return other
+
+
+def test_a_baseline_in_training_elsewhere_is_not_trained_twice(tmp_path, data, trains):
+    """Two sweeps on one checkpoint root: while one trains a baseline, the other does not
+    train it too; asked not to wait it says who trains it, and a half-saved pair (weights
+    without a summary yet) is left alone, not discarded as damaged."""
+    root = tmp_path
+    _held_by_another_live_process(root)
+    _pt(root).parent.mkdir(parents=True, exist_ok=True)
+    _pt(root).write_bytes(b"half-saved")
+    with pytest.raises(BaselineInTraining, match=f"being trained by pid {os.getppid()}"):
+        get_baseline(root, CONFIG, data, progress=False, wait=False)
+    assert trains == [] and _pt(root).read_bytes() == b"half-saved"
+
+
+def test_waiting_for_a_baseline_in_training_loads_its_checkpoint(root, clean, data, trains, monkeypatch):
+    """wait=True: look again until the trainer's checkpoint is there; then load it, no training."""
+    saved = {p.name: p.read_bytes() for p in _pt(root).parent.glob(_pt(root).stem + ".*")}
+    for name in saved:
+        (_pt(root).parent / name).unlink()
+    other = _held_by_another_live_process(root)
+    looks = []
+
+    def trainer_finishes(seconds):  # the other sweep saves its checkpoint and lets go
+        looks.append(seconds)
+        for name, content in saved.items():
+            (_pt(root).parent / name).write_bytes(content)
+        other.release(_pt(root).stem)
+
+    monkeypatch.setattr(baseline.time, "sleep", trainer_finishes)
+    model, meta = get_baseline(root, CONFIG, data, progress=False)
+    assert trains == [] and looks == [baseline.WAIT_POLL_S]
+    assert meta["weights_fingerprint"] == clean[1]["weights_fingerprint"]
+
+
+def test_a_dead_trainers_claim_is_taken_over_and_released_after_training(tmp_path, data, trains):
+    dead = baseline.Claims(tmp_path / "checkpoints" / "training.claims", pid=_dead_pid())
+    assert dead.try_claim(_pt(tmp_path).stem)
+    get_baseline(tmp_path, CONFIG, data, progress=False, wait=False)
+    assert trains == [1]
+    assert [p.name for p in (tmp_path / "checkpoints" / "training.claims").iterdir()] == [".lock"]  # released

@@ -474,3 +474,28 @@ def test_a_copy_of_a_minmax_record_hashes_to_the_uniform_jobs_key(tiny_suite):
     assert earlier["minmax_rule"] and key_matches(earlier)
     copy = reused_record(jobs["tt"], earlier)
     assert "minmax_rule" not in copy and key_matches(copy) and copy["same_as"] == earlier["key"]
+
+
+def test_a_group_whose_baseline_trains_elsewhere_is_left_to_that_sweep(tmp_path, tiny_suite, capsys):
+    """While another live sweep holds a baseline's training claim, this sweep trains nothing
+    and runs none of that baseline's jobs (they stay unclaimed for the trainer); once the
+    claim is let go, a run does them."""
+    import os
+
+    from bench.baseline import checkpoint_path
+    from bench.claims import Claims
+    from bench.suite import expand, load_suite
+
+    suite = tiny_suite(methods=["dense", "svd"], ratios=[2])
+    job = expand(load_suite(str(suite)))[0]
+    ckpt = checkpoint_path(tmp_path, job.baseline_config)
+    trainer = Claims(ckpt.parent / "training.claims", pid=os.getppid())  # alive, not this process
+    assert trainer.try_claim(ckpt.stem)
+    args = ["--suite", str(suite), "--out", str(tmp_path), "--no-progress"]
+    assert main(args) == 0
+    assert "2 jobs, 0 already done, 0 ok, 0 failed, 0 skipped, 2 left to another sweep" in capsys.readouterr().out
+    assert not ckpt.exists() and read_records(tmp_path / suite.stem / "runs.jsonl") == []
+    assert [p.name for p in (tmp_path / suite.stem / "runs.claims").iterdir()] == [".lock"]  # nothing kept claimed
+    trainer.release(ckpt.stem)
+    assert main(args) == 0
+    assert "2 jobs, 0 already done, 2 ok" in capsys.readouterr().out and ckpt.exists()
