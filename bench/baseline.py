@@ -9,9 +9,8 @@ old summary whose hash does not match: never a pair that verifies but is wrong. 
 not verify is reported, deleted and retrained — never trusted, never fatal.
 
 One trainer per baseline: training takes a claim (``bench.claims``) in ``training.claims/`` beside
-the checkpoints,
-so two sweeps sharing a checkpoint root (two workers on one output, or two suites) never train
-the same baseline side by side. The other one waits for the checkpoint, or, asked not to wait
+the checkpoints, so two sweeps sharing a checkpoint root (two workers on one output, or two
+suites) never train the same baseline side by side. The other one waits for the checkpoint, or, asked not to wait
 (the local backend), raises ``BaselineInTraining`` and runs other jobs meanwhile.
 """
 from __future__ import annotations
@@ -187,7 +186,7 @@ def get_baseline(root: Path, config: dict[str, Any], data: DataSplits, progress:
     path = checkpoint_path(root, config)
     model = build_network(config["network"], data.input_shape, data.num_classes)
     claims = training_claims(path)
-    while (meta := _load_if_verified(path, model)) is None and not claims.try_claim(path.stem):
+    while (meta := _load(path, model, discard=False)) is None and not claims.try_claim(path.stem):
         if not wait:
             holder = claims.holder(path.stem) or {}
             raise BaselineInTraining(f"{path.name} is being trained by pid {holder.get('pid')} on "
@@ -195,10 +194,7 @@ def get_baseline(root: Path, config: dict[str, Any], data: DataSplits, progress:
         time.sleep(WAIT_POLL_S)
     if meta is None:  # the claim is ours
         try:
-            try:
-                meta = load_checkpoint(path, model)  # saved by the previous holder since our look
-            except BadCheckpoint as e:
-                _discard(path, str(e))
+            meta = _load(path, model, discard=True)  # saved by the previous holder since our look?
             if meta is None:
                 with claims.keep_alive([path.stem]):
                     return _train_baseline(path, config, data, progress)
@@ -208,11 +204,14 @@ def get_baseline(root: Path, config: dict[str, Any], data: DataSplits, progress:
     return model, meta
 
 
-def _load_if_verified(path: Path, model: nn.Module) -> dict | None:
-    """``load_checkpoint``, None for a missing pair or one that does not verify (kept)."""
+def _load(path: Path, model: nn.Module, discard: bool) -> dict | None:
+    """``load_checkpoint``; None for a missing pair or one that does not verify, which is
+    deleted with a warning when ``discard`` (the training claim's holder) and kept otherwise."""
     try:
         return load_checkpoint(path, model)
-    except BadCheckpoint:
+    except BadCheckpoint as e:
+        if discard:
+            _discard(path, str(e))
         return None
 
 

@@ -46,8 +46,8 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
     """Yield one record per job, in order, on one device. ``claim(job)`` False means another
     sweep runs it (a ``CLAIMED`` marker is yielded); a group's baseline is loaded only once one
     of its jobs is claimed, and while another process trains it the group is left to that
-    process (its jobs released, ``CLAIMED`` markers). ``lr_picks`` maps a job's tune key to the picks of its tuning
-    seed, best first (``bench.runner.lr_picks``). ``gate(job)`` (the time budget, ``bench.cost.Budget``) is asked just
+    process (its jobs released, ``CLAIMED`` markers). ``lr_picks`` maps a job's tune key to the
+    picks of its tuning seed, best first (``bench.runner.lr_picks``). ``gate(job)`` (the time budget, ``bench.cost.Budget``) is asked just
     before a job starts; False yields a ``LEFT`` marker. ``memos``: per baseline key, the records
     a job with an equal allocation copies (``bench.memo.recorded_memos``); kept across the groups
     of one baseline, and what runs here is added."""
