@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -80,3 +82,10 @@ def records_by_budget(out: Path, suite: Path) -> dict[str, dict]:
     from bench.records import read_records
 
     return {r["budget"]: r for r in read_records(Path(out) / suite.stem / "runs.jsonl")}
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (a claim holder that died)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid

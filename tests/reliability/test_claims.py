@@ -7,19 +7,12 @@ import os
 import pickle
 import random
 import socket
-import subprocess
-import sys
 import time
 
 from bench.claims import Claims
+from tests.conftest import dead_pid
 
 FORK = mp.get_context("fork")
-
-
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
 
 
 def test_two_sweeps_never_both_win_a_key(tmp_path):
@@ -31,7 +24,7 @@ def test_two_sweeps_never_both_win_a_key(tmp_path):
 
 
 def test_claim_of_a_dead_pid_on_this_host_is_taken_over(tmp_path):
-    dead = Claims(tmp_path, pid=_dead_pid())
+    dead = Claims(tmp_path, pid=dead_pid())
     assert dead.try_claim("k")
     me = Claims(tmp_path)
     assert me.try_claim("k")
@@ -41,7 +34,7 @@ def test_claim_of_a_dead_pid_on_this_host_is_taken_over(tmp_path):
 
 def test_fresh_claim_of_a_live_other_owner_is_kept(tmp_path):
     other_here = Claims(tmp_path, pid=os.getppid())  # alive, same host
-    other_host = Claims(tmp_path, host="elsewhere.example", pid=_dead_pid())  # pid not checkable
+    other_host = Claims(tmp_path, host="elsewhere.example", pid=dead_pid())  # pid not checkable
     assert other_here.try_claim("a") and other_host.try_claim("b")
     me = Claims(tmp_path)
     assert not me.try_claim("a") and not me.try_claim("b")
@@ -172,7 +165,7 @@ def test_four_processes_race_for_50_keys(tmp_path):
 
 def test_four_processes_race_to_take_over_dead_claims(tmp_path):
     keys = [f"job{i:02d}" for i in range(30)]
-    dead = Claims(tmp_path, pid=_dead_pid(), host=socket.gethostname())
+    dead = Claims(tmp_path, pid=dead_pid(), host=socket.gethostname())
     assert all(dead.try_claim(k) for k in keys)
     won = _run_race(tmp_path, keys)
     assert sorted(won) == keys

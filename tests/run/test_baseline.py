@@ -12,7 +12,7 @@ import torch
 
 import bench.baseline as baseline
 from bench.baseline import BaselineInTraining, checkpoint_path, get_baseline, weights_fingerprint
-from tests.reliability.test_claims import _dead_pid
+from tests.conftest import dead_pid
 from bench.data import load_splits
 
 CONFIG = {"network": "digitnet", "dataset": "digits", "seed": 0, "train": {"epochs": 1, "batch_size": 64},
@@ -220,7 +220,7 @@ def test_waiting_for_a_baseline_in_training_loads_its_checkpoint(root, clean, da
 
 
 def test_a_dead_trainers_claim_is_taken_over_and_released_after_training(tmp_path, data, trains):
-    dead = baseline.Claims(tmp_path / "checkpoints" / "training.claims", pid=_dead_pid())
+    dead = baseline.Claims(tmp_path / "checkpoints" / "training.claims", pid=dead_pid())
     assert dead.try_claim(_pt(tmp_path).stem)
     get_baseline(tmp_path, CONFIG, data, progress=False, wait=False)
     assert trains == [1]
