@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.jobs import measured_recipe, measurement_key
+from bench.records import record_config
 from bench.report import (TABLE_NOTE, accuracy_summary, accuracy_table, baseline_split, equal_budget,
                           finetune_epochs, fit_summary, is_sparse, longest_finetune, markdown_table, records_frame,
                           status_line)
@@ -24,16 +26,31 @@ def baseline_note(left_out: pd.DataFrame) -> str:
             "pick borrowed from such a record or no longer its tuning seed's (bench/stale.py).\n")
 
 
+def _present(row: dict) -> dict:
+    """A frame row as its record had it: without the NaN of the fields it did not have."""
+    return {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
 def label_epochs(df: pd.DataFrame) -> pd.DataFrame:
     """Rows of one label fine-tuned for different epoch counts (a ``finetune_epochs`` suite) get
-    the count in their label, so a table row never averages over epoch counts."""
+    the count in their label, so a table row never averages over epoch counts. A method whose
+    result ignores the count (dense, NN-BCD: ``bench.jobs.measured_recipe``) keeps its label and
+    one record per measurement, at the longest count (its copies at the others, ``same_as``, are
+    dropped), so it is listed once with its true number of seeds."""
     if df.empty or "finetune" not in df:
         return df
     epochs = finetune_epochs(df)
     if epochs.nunique() <= 1:
         return df
-    df = df.copy()
-    df["label"] = [lab if math.isnan(e) else f"{lab} ({e:g} ep)" for lab, e in zip(df.label, epochs)]
+    counts = pd.Series([isinstance(f, dict) and "epochs" in (measured_recipe(m, f) or {})
+                        for m, f in zip(df.method, df.finetune)], index=df.index)
+    measurement = pd.Series([measurement_key(record_config(_present(r))) for r in df.to_dict("records")],
+                            index=df.index)
+    longest_first = epochs.sort_values(ascending=False, kind="stable").index  # the copy the tables keep
+    once = ~counts & ~measurement[longest_first].duplicated().reindex(df.index)
+    df = df[counts | once].copy()
+    df["label"] = [f"{lab} ({e:g} ep)" if c else lab
+                   for lab, e, c in zip(df.label, epochs[df.index], counts[df.index])]
     return df
 
 
@@ -41,13 +58,14 @@ def write_accuracy_reports(suite_dir: Path, keys: set[str] | None = None) -> lis
     df, left_out = baseline_split(records_frame(suite_dir / "runs.jsonl", keys, all_baselines=True))
     if df.empty:
         return []
+    status = status_line(df)  # every record, the copies of one measurement included
     df = label_epochs(df)
     s = accuracy_summary(df)
     written = []
     if not s.empty:
         s.to_csv(suite_dir / "table.csv", index=False)
         written.append(suite_dir / "table.csv")
-    parts = [f"# {suite_dir.name}: accuracy vs parameters\n", f"Records: {status_line(df)}.\n",
+    parts = [f"# {suite_dir.name}: accuracy vs parameters\n", f"Records: {status}.\n",
              baseline_note(left_out),
              f"{TABLE_NOTE} A budget whose allocation equals a smaller "
              "budget's is shown once, at the smallest, with the others under \"same as\".\n"]

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 
 from bench.cli import main
@@ -445,6 +446,9 @@ def test_an_epoch_sweep_runs_an_epoch_blind_method_once(tmp_path, tiny_suite, ca
     by = {(r["method"], r["finetune"]["epochs"]): r for r in read_records(tmp_path / alone.stem / "runs.jsonl")}
     assert by[("nnbcd-tt", 1)]["same_as"] == by[("nnbcd-tt", 0.5)]["key"]
     assert "same_as" not in by[("svd", 1)]
+    table = pd.read_csv(tmp_path / alone.stem / "table.csv")  # a measurement is one row, not one per count
+    assert sorted(table.label) == ["dense", "nnbcd-tt", "svd (0.5 ep)", "svd (1 ep)"]
+    assert (table.set_index("label").seeds_ok == 1).all()
 
 
 def test_a_split_rule_that_picks_the_same_knobs_is_one_measurement(tmp_path, tiny_suite):
