@@ -236,8 +236,10 @@ def prioritize(jobs: list[Job], suite: Suite) -> list[Job]:
     unchanged without one. Stages not listed come after the listed ones. ``headline-seeds``, when
     listed: the further seeds' baselines and headline jobs (a headline with a CI before the other
     budgets of the first seed); ``seeds``: the further seeds' other jobs (all of them without
-    ``headline-seeds``). Within either, seed by seed, each in the order of the other stages.
-    Returns copies with ``Job.stage`` set."""
+    ``headline-seeds``). Within either, seed by seed, each in the order of the other stages, and
+    within those the longest fine-tuning first: the count the tables report (the shorter ones
+    are convergence evidence, and a further seed's job borrows its pick from the first seed, not
+    from its own shorter run). Returns copies with ``Job.stage`` set."""
     prio = suite.priority
     first = min(suite.protocol.seeds)
     head = suite.headline_ratio
@@ -267,7 +269,8 @@ def prioritize(jobs: list[Job], suite: Suite) -> list[Job]:
     def rank(j: Job) -> tuple:
         if j.stage not in SEED_STAGES:
             return (order.index(j.stage), 0, 0)
-        return (order.index(j.stage), j.seed, inner.index(own_stage(j)))
+        epochs = (j.finetune or {}).get("epochs")
+        return (order.index(j.stage), j.seed, inner.index(own_stage(j)), -float(epochs or 0))
 
     return sorted(staged, key=rank)
 

@@ -269,6 +269,12 @@ def test_headline_seeds_come_before_the_other_budgets():
     assert {j.seed for j in rest if j.stage == "budgets"} == {0}
     assert {j.target_ratio for j in rest if j.stage == "seeds"} == {1024.0, 32.0}
     assert {j.key for j in jobs} == {j.key for j in expand(load_suite("cifar10-headline", ["priority=null"]))}
+    for seed in (1, 2):  # a further seed runs the reported count (10 epochs) before the 5-epoch one
+        for stage in ("headline-seeds", "seeds"):
+            counts = [j.finetune["epochs"] for j in jobs if j.seed == seed and j.stage == stage and not j.reference]
+            assert counts == sorted(counts, reverse=True) and set(counts) == {5, 10}
+    first = [j.finetune["epochs"] for j in jobs if j.stage == "headline"]
+    assert first == sorted(first)  # the first seed tunes at 5 before its 10-epoch runs borrow the pick
 
 
 def test_tuning_passes_keep_the_priority_stages():
