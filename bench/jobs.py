@@ -228,7 +228,7 @@ def expand(suite: Suite, methods: list[str] | None = None, networks: list[str] |
 
 
 #: the stages that hold the further seeds' jobs, seed by seed
-SEED_STAGES = ("headline-seeds", "seeds")
+SEED_STAGES = ("headline-seeds", "seeds", "convergence")
 
 
 def prioritize(jobs: list[Job], suite: Suite) -> list[Job]:
@@ -236,13 +236,15 @@ def prioritize(jobs: list[Job], suite: Suite) -> list[Job]:
     unchanged without one. Stages not listed come after the listed ones. ``headline-seeds``, when
     listed: the further seeds' baselines and headline jobs (a headline with a CI before the other
     budgets of the first seed); ``seeds``: the further seeds' other jobs (all of them without
-    ``headline-seeds``). Within either, seed by seed, each in the order of the other stages, and
-    within those the longest fine-tuning first: the count the tables report (the shorter ones
-    are convergence evidence, and a further seed's job borrows its pick from the first seed, not
-    from its own shorter run). Returns copies with ``Job.stage`` set."""
+    ``headline-seeds``); ``convergence``: the further seeds' runs at a fine-tuning count shorter
+    than their network's longest (the tables report the longest; the shorter ones are
+    convergence evidence, and a further seed's job takes its pick from the first seed, not from
+    its own shorter run). Within each, seed by seed, each in the order of the other stages.
+    Returns copies with ``Job.stage`` set."""
     prio = suite.priority
     first = min(suite.protocol.seeds)
     head = suite.headline_ratio
+    longest = {net: max(counts) for net in suite.networks if (counts := suite.protocol.epochs(net))}
 
     def own_stage(j: Job) -> str:
         if j.reference:
@@ -252,10 +254,16 @@ def prioritize(jobs: list[Job], suite: Suite) -> list[Job]:
             return "headline"
         return "budgets"
 
+    def shorter(j: Job) -> bool:
+        epochs = (j.finetune or {}).get("epochs")
+        return j.network in longest and epochs is not None and epochs < longest[j.network]
+
     def stage(j: Job) -> str:
         own = own_stage(j)
         if not prio or j.seed == first:
             return own
+        if own != "baselines" and shorter(j):
+            return "convergence"
         if "headline-seeds" in prio and own in ("baselines", "headline"):
             return "headline-seeds"
         return "seeds" if "seeds" in prio else own
@@ -269,8 +277,7 @@ def prioritize(jobs: list[Job], suite: Suite) -> list[Job]:
     def rank(j: Job) -> tuple:
         if j.stage not in SEED_STAGES:
             return (order.index(j.stage), 0, 0)
-        epochs = (j.finetune or {}).get("epochs")
-        return (order.index(j.stage), j.seed, inner.index(own_stage(j)), -float(epochs or 0))
+        return (order.index(j.stage), j.seed, inner.index(own_stage(j)))
 
     return sorted(staged, key=rank)
 

@@ -56,7 +56,8 @@ SUITE_KEYS = {
     "paper": "figure roles this suite's results serve (see PAPER_ROLES); no effect on jobs",
     "protocol": "how every method is compared, one unit (a child suite's replaces its base's whole): "
                 f"{', '.join(PROTOCOL_KEYS)}",
-    "priority": "order of the job stages, a list among baselines, headline, headline-seeds, budgets, seeds"
+    "priority": "order of the job stages, a list among baselines, headline, headline-seeds, budgets, seeds, "
+                "convergence"
                 " (the order --time-budget spends its time in)",
     "headline_ratio": "the paper's headline budget, one of ratios (the 'headline' priority stage)",
     "budget_tolerance": "factor >= 1: a method whose smallest size is more than this over a budget is "
@@ -66,11 +67,12 @@ SUITE_KEYS = {
     "job_time_limit_s": f"seconds a job may run (its baseline not counted) before it is stopped and "
                         f"recorded failed (default {DEFAULT_JOB_TIME_LIMIT_S:g})",
 }
-#: priority stages (``priority: [baselines, headline, headline-seeds, budgets, seeds]``): the dense
-#: jobs, the headline budget of every method, the further seeds' baselines and headline jobs (only
-#: where listed), the other budgets, and every (other) job of the seeds after the first (the
-#: lowest seed, which is the one that tunes the lr)
-STAGES = ("baselines", "headline", "headline-seeds", "budgets", "seeds")
+#: priority stages (``priority: [baselines, headline, headline-seeds, budgets, seeds, convergence]``):
+#: the dense jobs, the headline budget of every method, the further seeds' baselines and headline
+#: jobs (only where listed), the other budgets, every (other) job of the seeds after the first (the
+#: lowest seed, which is the one that tunes the lr), and those seeds' runs at fine-tuning counts
+#: shorter than the longest (``bench.jobs.prioritize``)
+STAGES = ("baselines", "headline", "headline-seeds", "budgets", "seeds", "convergence")
 #: keys a child suite overrides entry by entry (``finetune: {epochs: 5}`` keeps the base's lr);
 #: every other key it replaces whole (``networks: {fc2: [...]}`` drops the base's other networks)
 MERGED_KEYS = ("train", "finetune", "data")
