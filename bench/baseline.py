@@ -204,6 +204,13 @@ def get_baseline(root: Path, config: dict[str, Any], data: DataSplits, progress:
     return model, meta
 
 
+def in_training(root: Path, config: dict[str, Any]) -> bool:
+    """Whether another live process is training this baseline (no checkpoint yet): cheap, for a
+    sweep that handed the baseline's jobs to that process and looks whether to take them back."""
+    path = checkpoint_path(root, config)
+    return not has_checkpoint(path) and training_claims(path).is_live(path.stem)
+
+
 def _load(path: Path, model: nn.Module, discard: bool) -> dict | None:
     """``load_checkpoint``; None for a missing pair or one that does not verify, which is
     deleted with a warning when ``discard`` (the training claim's holder) and kept otherwise."""

@@ -107,6 +107,12 @@ class Claims:
             return None if info is None else {**info, "heartbeat": path.stat().st_mtime}
         return None
 
+    def is_live(self, key: str) -> bool:
+        """Whether ``key`` is claimed by an owner that is not stale (alive, or heard from lately)."""
+        path = self._path(key)
+        info = _read(path)
+        return info is not None and not self._is_stale(path, info)
+
     @contextlib.contextmanager
     def keep_alive(self, keys: list[str], interval_s: float | None = None) -> Iterator[None]:
         """Heartbeat ``keys`` from a daemon thread while the block runs (a long job)."""

@@ -24,8 +24,8 @@ from typing import Any, Iterator
 
 from tqdm.auto import tqdm
 
-from bench.backends import CLAIMED, LEFT, WAITING, Marker, Outcome, key_of
-from bench.backends.local import run_groups, run_parallel
+from bench.backends import CLAIMED, HANDED, LEFT, WAITING, Marker, Outcome, key_of
+from bench.backends.local import HandedToTrainers, run_groups, run_parallel
 from bench.chance import chance_accuracy, needs_fallback
 from bench.claims import Claims
 from bench.environment import code_version, environment
@@ -314,13 +314,14 @@ def _runs_kept_by(job: Job, rec: dict, ranked: RankedPicks | None) -> bool:
 
 
 def _stream(groups, settings: RunSettings, devices: list[str], backend: str, address, plugins,
-            claimer, picks, gate=None, memos=None) -> Iterator[Outcome]:
+            claimer, picks, gate=None, memos=None, handed: HandedToTrainers | None = None) -> Iterator[Outcome]:
     if backend == "ray":
         from bench.backends.ray import run_ray
 
         return run_ray(groups, settings, address, plugins, claim=claimer, lr_picks=picks, gate=gate, memos=memos)
     if len(devices) == 1:
-        return run_groups(groups, settings, resolve_device(devices[0]), claimer, picks, gate=gate, memos=memos)
+        return run_groups(groups, settings, resolve_device(devices[0]), claimer, picks, gate=gate, memos=memos,
+                          handed=handed)
     return run_parallel(groups, settings, devices, claimer, picks, plugins, gate=gate, memos=memos)
 
 
@@ -385,10 +386,13 @@ class Sweep:
         self.version, self.env = code_version(), environment()
         claimer = JobClaimer(self.claims, self.records, self.rerun, redo)
         self.bar = tqdm(total=len(todo), desc="jobs", unit="job", disable=not self.settings.progress)
+        handed = HandedToTrainers()  # jobs whose baseline another process trains, until it is trained
         run_pass = functools.partial(self._run_pass, devices=devices, backend=backend, address=address,
-                                     plugins=plugins, budget=budget, ordered=ordered, baselines=baselines)
+                                     plugins=plugins, budget=budget, ordered=ordered, baselines=baselines,
+                                     handed=handed)
         try:
             run_pass(todo, redo, claimer)
+            self._leave_handed(handed)
             again = set() if self.rerun else stale_keys(jobs, self.records.refresh().latest, baselines) & done & set(self.by_key)
             if again:  # a baseline this sweep trained is not the one those records were made on
                 print(f"note: {len(again)} records were made on another dense baseline than the one this sweep "
@@ -397,6 +401,7 @@ class Sweep:
                 self.bar.total += len(again)
                 redo |= again
                 run_pass([j for j in jobs if j.key in again], redo, JobClaimer(self.claims, self.records, False, redo))
+                self._leave_handed(handed)
         finally:
             self.claims.release_all_mine()
             self.bar.close()
@@ -405,8 +410,14 @@ class Sweep:
         assert finished == counts["total"], f"job accounting is off: {counts}"
         return counts
 
+    def _leave_handed(self, handed: HandedToTrainers) -> None:
+        """The jobs still handed to the trainers of their baselines when the passes are done are
+        theirs: counted ``CLAIMED``."""
+        for job in handed.drain():
+            self.finish(Marker(job.key, CLAIMED))
+
     def _run_pass(self, todo: list[Job], redo: set[str], claimer: JobClaimer, devices, backend, address, plugins,
-                  budget, ordered: bool, baselines: CachedBaselines) -> None:
+                  budget, ordered: bool, baselines: CachedBaselines, handed: HandedToTrainers) -> None:
         """Run ``todo``: the jobs the suite rules out are recorded skipped, the tuning jobs run
         before the jobs that reuse their picks, every result is ``finish``ed."""
         jobs = self.jobs
@@ -439,8 +450,10 @@ class Sweep:
             part = [j for j in part if j.key not in orphaned]
             seen: set[str] = set(j.key for j in waiting) | set(orphaned) | {j.key for j in unpicked}
             for rec in _stream(_groups(part, ordered), self.settings, devices, backend, address, plugins,
-                               claimer, picks, gate=budget, memos=memos) if part else []:
+                               claimer, picks, gate=budget, memos=memos, handed=handed) if part else []:
                 seen.add(key_of(rec))
+                if isinstance(rec, Marker) and rec.status == HANDED:
+                    continue  # not an outcome yet: a later job of this sweep takes it back, or the trainer runs it
                 if isinstance(rec, Marker) and rec.status == LEFT:
                     left.add(rec.key)
                 self.finish(rec)

@@ -18,11 +18,16 @@ LEFT = "left_for_later"
 #: a job that reuses the lr pick of its tuning seed (``bench.plan.TUNE_SEED``) while that pick is
 #: not recorded yet (another sweep is making it, or that seed was not run): the next run does it
 WAITING = "waiting_for_pick"
+#: not an outcome yet: a job whose baseline another process is training, handed to that
+#: process for now; the sweep takes it back once the baseline is trained, and counts it
+#: ``CLAIMED`` if it never does (``bench.backends.local.HandedToTrainers``)
+HANDED = "handed_to_trainer"
 
 
 @dataclass(frozen=True)
 class Marker:
-    """A job a backend did not run, and why (``CLAIMED``, ``LEFT`` or ``WAITING``): counted, never recorded."""
+    """A job a backend did not run, and why (``CLAIMED``, ``LEFT`` or ``WAITING``): counted, never
+    recorded; ``HANDED``: not run yet, neither counted nor recorded."""
 
     key: str
     status: str

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from bench.backends import CLAIMED, LEFT, Marker, Outcome, key_of
+from bench.backends import CLAIMED, HANDED, LEFT, Marker, Outcome, key_of
 from bench.baseline import BaselineInTraining, get_baseline
 from bench.cpu_memory import keep_freed_memory
 from bench.data import DataSplits, load_splits
@@ -38,19 +38,50 @@ def device_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+class HandedToTrainers:
+    """Jobs a sweep handed to the process training their baseline (``BaselineInTraining``), by
+    baseline, in order, with their lr picks. Before each later job the sweep takes back the
+    jobs whose baseline is trained by then (``take_back``), so it serves the group its priority
+    put first instead of leaving the whole group to the trainer (in-process local backend; kept
+    across the runner's passes). What is still here when the sweep ends is the trainer's
+    (``CLAIMED``)."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, list[tuple[Job, Any]]] = {}
+
+    def hand(self, jobs: list[tuple[Job, Any]]) -> None:
+        self.groups.setdefault(jobs[0][0].baseline_key, []).extend(jobs)
+
+    def take_back(self, root) -> list[list[tuple[Job, Any]]]:
+        """The groups whose baseline no live process is training any more, removed from here."""
+        from bench.baseline import in_training
+
+        ready = [k for k, jobs in self.groups.items() if not in_training(root, jobs[0][0].baseline_config)]
+        return [self.groups.pop(k) for k in ready]
+
+    def drain(self) -> list[Job]:
+        """Every job still here, removed."""
+        jobs = [j for group in self.groups.values() for j, _ in group]
+        self.groups.clear()
+        return jobs
+
+
 def run_groups(groups: list[list[Job]], settings, device: torch.device,
                claim: Callable[[Job], bool] | None = None,
                lr_picks: dict[str, list] | None = None,
                gate: Callable[[Job], bool] | None = None,
-               memos: dict[str, dict[str, dict]] | None = None) -> Iterator[Outcome]:
+               memos: dict[str, dict[str, dict]] | None = None,
+               handed: HandedToTrainers | None = None) -> Iterator[Outcome]:
     """Yield one record per job, in order, on one device. ``claim(job)`` False means another
     sweep runs it (a ``CLAIMED`` marker is yielded); a group's baseline is loaded only once one
     of its jobs is claimed, and while another process trains it the group is left to that
-    process (its jobs released, ``CLAIMED`` markers). ``lr_picks`` maps a job's tune key to the
-    picks of its tuning seed, best first (``bench.runner.lr_picks``). ``gate(job)`` (the time budget, ``bench.cost.Budget``) is asked just
-    before a job starts; False yields a ``LEFT`` marker. ``memos``: per baseline key, the records
-    a job with an equal allocation copies (``bench.memo.recorded_memos``); kept across the groups
-    of one baseline, and what runs here is added."""
+    process (its jobs released, ``CLAIMED`` markers; with ``handed``, ``HANDED`` markers and the
+    jobs kept there, taken back and run before a later job once the baseline is trained).
+    ``lr_picks`` maps a job's tune key to the picks of its tuning seed, best first
+    (``bench.runner.lr_picks``). ``gate(job)`` (the time budget, ``bench.cost.Budget``) is asked
+    just before a job starts; False yields a ``LEFT`` marker. ``memos``: per baseline key, the
+    records a job with an equal allocation copies (``bench.memo.recorded_memos``); kept across
+    the groups of one baseline, and what runs here is added."""
     data_cache: dict[str, DataSplits] = {}
     if device.type == "cpu":
         keep_freed_memory()  # large tensors stop page-faulting every step (bench.cpu_memory)
@@ -59,12 +90,17 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
     untrained: dict = {}  # networks to plan on, for copies a time budget need not ask about
     journals = TrialJournals(settings.baseline_root)  # where tuning jobs keep finished trials
     starts = StartStore(settings.baseline_root)  # where slow compressions keep their starts
-    for group in groups:
-        first, base = group[0], None
+
+    def taken_back() -> Iterator[Outcome]:
+        for jobs in handed.take_back(settings.baseline_root) if handed is not None else []:
+            yield from run_group([(j, pick) for j, pick in jobs])
+
+    def run_group(group: list[tuple[Job, Any]]) -> Iterator[Outcome]:
+        first, base = group[0][0], None
         memo = memos.setdefault(first.baseline_key, {})
         prefix_caches = PrefixStore(settings.baseline_root)  # the group's frozen-prefix cache, kept beside its checkpoint
-        for job in group:
-            pick = pick_for(job, lr_picks)
+        for i, (job, pick) in enumerate(group):
+            yield from taken_back()
             if gate is not None and not _a_copy(job, memo, pick, untrained) and not gate(job):
                 yield Marker(job.key, LEFT)
                 continue
@@ -85,6 +121,10 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
             if isinstance(base, BaselineInTraining):
                 if getattr(claim, "claims", None) is not None:
                     claim.claims.release(job.key)  # the trainer's sweep claims it when its baseline is done
+                if handed is not None:
+                    handed.hand(group[i:])
+                    yield from (Marker(j.key, HANDED) for j, _ in group[i:])
+                    return
                 yield Marker(job.key, CLAIMED)
                 continue
             if isinstance(base, Exception):
@@ -97,6 +137,9 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
                               prefix_caches=prefix_caches, journals=journals, starts=starts)
             rec["env"] = info
             yield rec
+
+    for group in groups:
+        yield from run_group([(job, pick_for(job, lr_picks)) for job in group])
 
 
 def on_this_baseline(memo: dict, meta: dict) -> None:

@@ -199,6 +199,22 @@ def test_a_baseline_in_training_elsewhere_is_not_trained_twice(tmp_path, data, t
     assert trains == [] and _pt(root).read_bytes() == b"half-saved"
 
 
+def test_in_training_is_true_only_while_a_live_process_trains_without_a_checkpoint(tmp_path):
+    """What a sweep that handed a group to its trainer looks at before each job: a live holder
+    and no checkpoint yet means in training; a dead holder, no holder, or a saved pair does not."""
+    assert not baseline.in_training(tmp_path, CONFIG)  # nobody trains it
+    other = _held_by_another_live_process(tmp_path)
+    assert baseline.in_training(tmp_path, CONFIG)
+    _pt(tmp_path).write_bytes(b"weights")
+    _pt(tmp_path).with_suffix(".json").write_text("{}")
+    assert not baseline.in_training(tmp_path, CONFIG)  # saved: the holder is about to let go
+    for p in (_pt(tmp_path), _pt(tmp_path).with_suffix(".json")):
+        p.unlink()
+    other.release(_pt(tmp_path).stem)
+    dead = baseline.Claims(_pt(tmp_path).parent / "training.claims", pid=dead_pid())
+    assert dead.try_claim(_pt(tmp_path).stem) and not baseline.in_training(tmp_path, CONFIG)  # a dead trainer
+
+
 def test_waiting_for_a_baseline_in_training_loads_its_checkpoint(root, clean, data, trains, monkeypatch):
     """wait=True: look again until the trainer's checkpoint is there; then load it, no training."""
     saved = {p.name: p.read_bytes() for p in _pt(root).parent.glob(_pt(root).stem + ".*")}

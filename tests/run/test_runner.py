@@ -503,3 +503,45 @@ def test_a_group_whose_baseline_trains_elsewhere_is_left_to_that_sweep(tmp_path,
     trainer.release(ckpt.stem)
     assert main(args) == 0
     assert "2 jobs, 0 already done, 2 ok" in capsys.readouterr().out and ckpt.exists()
+
+
+def test_a_handed_group_is_taken_back_once_its_baseline_is_trained(monkeypatch, tiny_suite):
+    """A group whose baseline another process trains is handed to it (HANDED markers), and the
+    sweep takes it back before its next job once that baseline is trained: the group its
+    priority put first runs here as soon as it can instead of all of it waiting on the trainer.
+    While it trains, nothing of the group runs; jobs never taken back are the trainer's."""
+    import torch
+
+    import bench.backends.local as local
+    from bench.backends import HANDED, Marker
+    from bench.baseline import BaselineInTraining
+    from bench.suite import expand, load_suite
+
+    jobs = expand(load_suite(str(tiny_suite(methods=["svd"], ratios=[2, 4], seeds=[0, 1]))))
+    first = [j for j in jobs if j.seed == 1]  # handed: its baseline trains elsewhere
+    later = [j for j in jobs if j.seed == 0]
+    trained = {"seed 1": False}
+    monkeypatch.setattr(local, "_baseline", lambda job, *a: (None, {}, None) if job.seed == 0 or trained["seed 1"]
+                        else (_ for _ in ()).throw(BaselineInTraining("trained by pid 1")))
+    monkeypatch.setattr("bench.baseline.in_training", lambda root, config: not trained["seed 1"])
+
+    def run_job(job, *a, **k):
+        if job.key == later[0].key:
+            trained["seed 1"] = True  # the other process saves seed 1's checkpoint meanwhile
+        return {"key": job.key}
+
+    monkeypatch.setattr(local, "run_job", run_job)
+    settings = type("S", (), {"baseline_root": "unused", "progress": False})()
+    handed = local.HandedToTrainers()
+    out = list(local.run_groups([first, later], settings, torch.device("cpu"), handed=handed))
+    keys = [(o.key, o.status) if isinstance(o, Marker) else o["key"] for o in out]
+    assert keys == ([(j.key, HANDED) for j in first] + [later[0].key] + [j.key for j in first]
+                    + [j.key for j in later[1:]])
+    assert handed.drain() == []
+
+    trained["seed 1"] = False  # never trained while this sweep runs: the jobs stay handed
+    monkeypatch.setattr(local, "run_job", lambda job, *a, **k: {"key": job.key})
+    handed = local.HandedToTrainers()
+    out = list(local.run_groups([first, later], settings, torch.device("cpu"), handed=handed))
+    assert [o.status for o in out if isinstance(o, Marker)] == [HANDED] * len(first)
+    assert handed.drain() == first
