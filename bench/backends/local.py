@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from bench.backends import CLAIMED, HANDED, LEFT, Marker, Outcome, key_of
-from bench.baseline import BaselineInTraining, get_baseline
+from bench.baseline import BaselineInTraining, get_baseline, in_training
 from bench.cpu_memory import keep_freed_memory
 from bench.data import DataSplits, load_splits
 from bench.job import failed_record, run_job
@@ -54,8 +54,6 @@ class HandedToTrainers:
 
     def take_back(self, root) -> list[list[tuple[Job, Any]]]:
         """The groups whose baseline no live process is training any more, removed from here."""
-        from bench.baseline import in_training
-
         ready = [k for k, jobs in self.groups.items() if not in_training(root, jobs[0][0].baseline_config)]
         return [self.groups.pop(k) for k in ready]
 

@@ -523,7 +523,7 @@ def test_a_handed_group_is_taken_back_once_its_baseline_is_trained(monkeypatch, 
     trained = {"seed 1": False}
     monkeypatch.setattr(local, "_baseline", lambda job, *a: (None, {}, None) if job.seed == 0 or trained["seed 1"]
                         else (_ for _ in ()).throw(BaselineInTraining("trained by pid 1")))
-    monkeypatch.setattr("bench.baseline.in_training", lambda root, config: not trained["seed 1"])
+    monkeypatch.setattr(local, "in_training", lambda root, config: not trained["seed 1"])
 
     def run_job(job, *a, **k):
         if job.key == later[0].key:
