@@ -219,7 +219,8 @@ def prepare(args):
         kind, cost, cal_path = cost_model(args, devices, jobs, check=False)
         from bench.dry_run import dry_run
 
-        dry_run(jobs, cost, kind, cal_path, Path(args.out) if args.out else DEFAULT_OUT, tuple(suite.protocol.reuse))
+        dry_run(jobs, cost, kind, cal_path, Path(args.out) if args.out else DEFAULT_OUT, tuple(suite.protocol.reuse),
+                ordered=bool(suite.priority))
         return None
     check_devices(devices)
     kind, cost, cal_path = cost_model(args, devices, jobs)

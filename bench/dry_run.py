@@ -16,7 +16,7 @@ from bench.stale import CachedBaselines, stale_keys
 
 
 def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
-            baseline_root: Path = Path("results"), reuse: tuple[str, ...] = ()) -> None:
+            baseline_root: Path = Path("results"), reuse: tuple[str, ...] = (), ordered: bool = False) -> None:
     """Plan each job on an untrained network of the right shape (no data, no training) and,
     with a calibration (``cost``), estimate each job's time per stage (``bench.cost.STAGES``),
     each baseline and frozen-prefix cache once, and the suite's total; where the suite has
@@ -26,7 +26,9 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
     keeps is costed no factorisation (``bench.planning.planned_loaded_starts``). A job the sweep
     would not run (recorded and current, or copied from an equal record of this suite or of the
     suites in ``reuse``: ``bench.runner.equal_copies``) is marked and costed nothing, so the
-    total is what running the command now would take."""
+    total is what running the command now would take. ``ordered`` (the suite has a
+    ``priority``): the total is also split by priority stage, in the order the sweep runs them
+    (what a ``--time-budget`` of so many minutes reaches)."""
     def plan_line(j, pre) -> tuple[str, bool]:
         """What the job would do, and whether it is recorded skipped (in no time)."""
         if pre is not None:
@@ -124,6 +126,11 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
                       + " ".join(f"{sums[s]:>11,.1f}" for s in shown) + f" {sum(sums.values()):>12,.1f}")
     total = sum(by_stage.values())
     print("  by stage: " + ", ".join(f"{s} {by_stage[s]:,.0f} s" for s in STAGES))
+    if ordered:
+        by_priority: dict[str, float] = {}
+        for j in jobs:  # in run order; a job's baseline and cache count in the stage that pays them
+            by_priority[j.stage] = by_priority.get(j.stage, 0.0) + sum(costs[j.key].values())
+        print("  by priority stage, in run order: " + ", ".join(f"{s} {t:,.0f} s" for s, t in by_priority.items()))
     print(f"  total: {total:,.0f} s = {total / 60:,.1f} min = {total / 3600:,.2f} h "
           "(done jobs, and baselines in the checkpoint cache or kept with the records, cost nothing)")
     print("  records time the stages as: baseline = time_train_s (checkpoint .json), cache = time_prefix_cache_s, "

@@ -406,6 +406,19 @@ def test_dry_run_estimates_with_a_calibration_and_says_when_there_is_none(tmp_pa
     assert main(["--suite", suite, "--dry-run", "--calibration", str(write_cal(tmp_path / "c.json"))]) == 0
     out = capsys.readouterr().out
     assert "est " in out and "(baselines)" in out and "total:" in out and "by stage: baseline" in out
+    assert "by priority stage" not in out  # no priority: one order
+    stages = {"baselines": 0.0, "budgets": 0.0, "seeds": 0.0, "convergence": 0.0}
+    assert main(["--suite", str(tiny_suite(ratios=[8], seeds=[0, 1], finetune_epochs=[0.5, 1],
+                                           priority=list(stages))),
+                 "--dry-run", "--calibration", str(tmp_path / "c.json")]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "by priority stage, in run order:" in x)
+    for part in line.split(": ", 1)[1].split(", "):
+        name, seconds, _ = part.split()
+        stages[name] += float(seconds.replace(",", ""))
+    assert list(stages) == [p.split()[0] for p in line.split(": ", 1)[1].split(", ")]  # in run order
+    total = float(next(x for x in out.splitlines() if "total:" in x).split()[1].replace(",", ""))
+    assert stages["baselines"] > 0 and stages["convergence"] > 0 and sum(stages.values()) == pytest.approx(total, abs=4)
     assert main(["--suite", suite, "--dry-run", "--device", "cuda", "--calibration", str(tmp_path / "no.json")]) == 2
     assert "--calibration" in capsys.readouterr().err
     monkeypatch.setattr(bench.cost, "CALIBRATION_DIR", tmp_path / "none")
