@@ -505,7 +505,7 @@ def test_a_group_whose_baseline_trains_elsewhere_is_left_to_that_sweep(tmp_path,
     assert "2 jobs, 0 already done, 2 ok" in capsys.readouterr().out and ckpt.exists()
 
 
-def test_a_handed_group_is_taken_back_once_its_baseline_is_trained(monkeypatch, tiny_suite):
+def test_a_handed_group_is_taken_back_once_its_baseline_is_trained(monkeypatch, tiny_suite, tmp_path):
     """A group whose baseline another process trains is handed to it (HANDED markers), and the
     sweep takes it back before its next job once that baseline is trained: the group its
     priority put first runs here as soon as it can instead of all of it waiting on the trainer.
@@ -515,6 +515,7 @@ def test_a_handed_group_is_taken_back_once_its_baseline_is_trained(monkeypatch, 
     import bench.backends.local as local
     from bench.backends import HANDED, Marker
     from bench.baseline import BaselineInTraining
+    from bench.runner import RunSettings
     from bench.suite import expand, load_suite
 
     jobs = expand(load_suite(str(tiny_suite(methods=["svd"], ratios=[2, 4], seeds=[0, 1]))))
@@ -531,7 +532,7 @@ def test_a_handed_group_is_taken_back_once_its_baseline_is_trained(monkeypatch, 
         return {"key": job.key}
 
     monkeypatch.setattr(local, "run_job", run_job)
-    settings = type("S", (), {"baseline_root": "unused", "progress": False})()
+    settings = RunSettings(out=tmp_path, data_dir=None, progress=False)
     handed = local.HandedToTrainers()
     out = list(local.run_groups([first, later], settings, torch.device("cpu"), handed=handed))
     keys = [(o.key, o.status) if isinstance(o, Marker) else o["key"] for o in out]
