@@ -44,11 +44,12 @@ def label_epochs(df: pd.DataFrame) -> pd.DataFrame:
         return df
     counts = pd.Series([isinstance(f, dict) and "epochs" in (measured_recipe(m, f) or {})
                         for m, f in zip(df.method, df.finetune)], index=df.index)
-    measurement = pd.Series([measurement_key(record_config(_present(r))) for r in df.to_dict("records")],
-                            index=df.index)
-    longest_first = epochs.sort_values(ascending=False, kind="stable").index  # the copy the tables keep
-    once = ~counts & ~measurement[longest_first].duplicated().reindex(df.index)
-    df = df[counts | once].copy()
+    blind = df[~counts]  # one measurement whatever the count: keep its longest count's copy
+    measurement = pd.Series([measurement_key(record_config(_present(r))) for r in blind.to_dict("records")],
+                            index=blind.index)
+    longest_first = epochs[blind.index].sort_values(ascending=False, kind="stable").index
+    once = ~measurement[longest_first].duplicated()
+    df = df[counts | once.reindex(df.index, fill_value=False)].copy()
     df["label"] = [f"{lab} ({e:g} ep)" if c else lab
                    for lab, e, c in zip(df.label, epochs[df.index], counts[df.index])]
     return df

@@ -91,7 +91,7 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
 
     def taken_back() -> Iterator[Outcome]:
         for jobs in handed.take_back(settings.baseline_root) if handed is not None else []:
-            yield from run_group([(j, pick) for j, pick in jobs])
+            yield from run_group(jobs)
 
     def run_group(group: list[tuple[Job, Any]]) -> Iterator[Outcome]:
         first, base = group[0][0], None
