@@ -24,7 +24,7 @@ from torch import nn
 
 from bench.compressor import BudgetUnreachable, CompressionError, Compressor, FactorizedLayer
 from bench.registry import register_method
-from bench.layers import bias_params, check_layer, count_params
+from bench.layers import ConvSpec, bias_params, check_layer, count_params
 from bench.options import number
 
 
@@ -51,6 +51,7 @@ class PrunedLayer(FactorizedLayer):
         super().__init__()
         check_layer(layer, "prune", grouped_ok=True)
         self.inner = copy.deepcopy(layer)
+        self.conv = ConvSpec.of(layer) if isinstance(layer, nn.Conv2d) else None
         self.register_buffer("mask", mask.to(layer.weight.dtype).clone())
         with torch.no_grad():
             self.inner.weight.mul_(self.mask)
@@ -82,9 +83,9 @@ class PrunedLayer(FactorizedLayer):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.effective_weight()
-        if isinstance(self.inner, nn.Linear):
+        if self.conv is None:
             return F.linear(x, w, self.inner.bias)
-        return self.inner._conv_forward(x, w, self.inner.bias)
+        return self.conv.conv(x, w, self.inner.bias)
 
 
 def pruned_params(module: nn.Module) -> int:

@@ -46,3 +46,71 @@ def test_cp_paired_matrix_from_balanced_halves_is_the_sequential_sum():
         sequential = from_paired(khatri_rao(rest) @ last.t(), layer.out_modes, layer.in_modes)
         assert 1 <= layer._half < len(layer.factors)
         assert torch.allclose(layer.effective_weight(), sequential, rtol=1e-12, atol=1e-12)
+
+
+# --- a conv on a map no larger than its kernel, as one matrix product -------------------------
+CONV_CASES = [  # (conv kwargs, input h, w)
+    ({"kernel_size": 3, "padding": 1}, 2, 2),  # VGG-16's last convs on CIFAR
+    ({"kernel_size": 3, "padding": 1}, 1, 1),
+    ({"kernel_size": 5}, 5, 5),  # LeNet-5's conv3: a 1x1 output
+    ({"kernel_size": (3, 2), "padding": (1, 0), "stride": (2, 1)}, 3, 2),
+    ({"kernel_size": 3, "padding": 2, "dilation": 2}, 3, 3),
+    ({"kernel_size": 4, "padding": "same"}, 3, 2),  # uneven 'same' padding: more on the far side
+    ({"kernel_size": 3, "padding": "valid", "bias": False}, 3, 3),
+]
+
+
+def _conv_and_input(kwargs, h, w, channels_last):
+    torch.manual_seed(0)
+    layer = nn.Conv2d(3, 4, **kwargs).double()
+    x = torch.randn(5, 3, h, w, dtype=torch.float64, requires_grad=True)
+    if channels_last:
+        x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    return layer, x
+
+
+def test_conv_as_one_matrix_product_equals_the_conv_with_its_gradients():
+    from bench.layers import ConvSpec
+
+    for kwargs, h, w in CONV_CASES:
+        for channels_last in (False, True):
+            layer, x = _conv_and_input(kwargs, h, w, channels_last)
+            spec = ConvSpec.of(layer)
+            assert spec.linear_is_cheaper(x), (kwargs, h, w)
+            y = spec.as_linear(x, layer.weight, layer.bias)
+            ref = layer(x)
+            assert y.shape == ref.shape and torch.allclose(y, ref, rtol=1e-12, atol=1e-12), (kwargs, channels_last)
+            g = torch.randn_like(ref)
+            grads = torch.autograd.grad(y, [x, layer.weight] + ([layer.bias] if layer.bias is not None else []), g)
+            refs = torch.autograd.grad(ref, [x, layer.weight] + ([layer.bias] if layer.bias is not None else []), g)
+            for a, b in zip(grads, refs):
+                assert torch.allclose(a, b, rtol=1e-12, atol=1e-12), (kwargs, channels_last)
+
+
+def test_conv_takes_the_matrix_product_only_on_maps_no_larger_than_its_kernel():
+    from bench.layers import ConvSpec
+
+    spec = ConvSpec.of(nn.Conv2d(3, 4, 3, padding=1))
+    assert spec.linear_is_cheaper(torch.zeros(2, 3, 3, 3))  # 9 positions, 9 taps
+    assert not spec.linear_is_cheaper(torch.zeros(2, 3, 4, 3))  # 12 positions
+    assert not spec.linear_is_cheaper(torch.zeros(3, 2, 2))  # unbatched: the conv
+    assert not ConvSpec.of(nn.Conv2d(4, 4, 3, padding=1, groups=2)).linear_is_cheaper(torch.zeros(2, 4, 2, 2))
+    assert not ConvSpec.of(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")).linear_is_cheaper(
+        torch.zeros(2, 3, 2, 2))
+
+
+def test_pruned_and_generated_convs_on_small_maps_take_the_matrix_product(monkeypatch):
+    from bench.layers import ConvSpec
+
+    calls = []
+    as_linear = ConvSpec.as_linear
+    monkeypatch.setattr(ConvSpec, "as_linear", lambda self, *a: calls.append(1) or as_linear(self, *a))
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 6, 3, padding=1).double()
+    x = torch.randn(4, 8, 2, 2, dtype=torch.float64)
+    for name, knob in (("prune", 200), ("adtn", 1)):
+        layer = get_method(name).factorize(conv, knob).double()
+        calls.clear()
+        ref = nn.functional.conv2d(x, layer.effective_weight().reshape(conv.weight.shape), layer.bias, padding=1)
+        assert torch.allclose(layer(x), ref, rtol=1e-10, atol=1e-10), name
+        assert calls == [1], name
