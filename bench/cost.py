@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 from bench.cost_calibration import (DEFAULT_STEP_FLOOR_S, VERSION, CalibrationError, device_kind,  # noqa: F401
                                     fit_power_law, law, load_calibration)
@@ -58,18 +59,31 @@ class Budget:
     def remaining(self) -> float:
         return self.seconds - (CLOCK() - self.start)
 
-    def estimate(self, job) -> float:
+    def estimate(self, job, by_trial: bool = False) -> float:
+        """Seconds ``job`` needs from its start; ``by_trial``: to the end of its first trial only
+        when it searches its fine-tuning pick (see ``__call__``)."""
         bkey, ckey = job.baseline_key, cache_group(job)
         unpaid = bkey not in self.paid and not (self.baseline_root is not None
                                                 and baseline_cached(self.baseline_root, job))
-        return self.model.job_s(job, job.key in self.tuners, with_baseline=unpaid,
-                                with_cache=ckey is not None and ckey not in self.caches)
+        tuning, cache = job.key in self.tuners, ckey is not None and ckey not in self.caches
+        if by_trial and tuning and self.model.trials(job, True) > 1:
+            return sum(self.model.stages(job, True, unpaid, cache, trials=1).values())
+        return self.model.job_s(job, tuning, with_baseline=unpaid, with_cache=cache)
 
-    def __call__(self, job) -> bool:
-        """True: start ``job`` now (its baseline and cache are then paid for)."""
-        if self.estimate(job) > self.remaining():
+    def __call__(self, job, by_trial: bool = False) -> bool:
+        """True: start ``job`` now (its baseline and cache are then paid for). ``by_trial``: the
+        runner keeps each finished trial of a search (``bench.trial_journal``) and asks
+        ``room_for_trial`` before the next one, so room for the first is enough: a search of
+        hours (VGG-16 on a CPU) advances by trials to the end of a budget instead of waiting
+        for a budget that holds all of it."""
+        if self.estimate(job, by_trial) > self.remaining():
             return False
         self.paid.add(job.baseline_key)
         if cache_group(job) is not None:
             self.caches.add(cache_group(job))
         return True
+
+    def room_for_trial(self, job) -> Callable[[], bool]:
+        """Whether one more trial of ``job``'s search fits in the time left, asked before each."""
+        per_trial = self.model.trial_s(job)
+        return lambda: per_trial <= self.remaining()

@@ -246,6 +246,11 @@ class CostModel(PerStepCosts):
         judged = self.eval_s(job.network, split_sizes(job)[1], None, share) if trials > 1 else 0.0
         return trials * (per_trial + judged) * self.factor(job, "finetune")
 
+    def trial_s(self, job) -> float:
+        """One run of a tuning job's search and the val pass that judges it (``--time-budget``
+        asks for room for one before each: ``bench.cost.Budget.room_for_trial``)."""
+        return self.finetune_s(job, True, trials=2) / 2
+
     def evals_s(self, job) -> float:
         """What a job does outside its stages (``bench.job.run_job``): test before and after
         fine-tuning and val after it, in the default precision on the suffix; bias

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -27,7 +27,7 @@ from bench.metrics import fit_errors, forward_flops
 from bench.prefix import Cut, build_cache, cut, first_layer
 from bench.prefix_store import PrefixStore
 from bench.start_store import StartStore
-from bench.trial_journal import TrialJournals, resumed_seconds
+from bench.trial_journal import TrialJournals, TrialsLeftForLater, resumed_seconds
 from bench.registry import get_method
 from bench.jobs import Job, job_fields
 from bench.memo import memo_key, reused_record
@@ -210,7 +210,7 @@ def _compressed(method, model, job: Job, knobs, base_meta: dict, starts: StartSt
 def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSplits,
             progress: bool = True, memo: dict | None = None, lr_pick=None,
             prefix_caches: PrefixStore | None = None, journals: TrialJournals | None = None,
-            starts: StartStore | None = None) -> dict[str, Any]:
+            starts: StartStore | None = None, trial_room: Callable[[], bool] | None = None) -> dict[str, Any]:
     """One job's record. Never raises for a method's failure: the record says ``failed``.
 
     ``memo`` maps (method, options, knobs, recipe) to an earlier record of the same baseline: a
@@ -221,11 +221,13 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
     ``pick_fallbacks`` fall back on them); None makes this job tune. ``prefix_caches``: where the jobs of one
     baseline keep its frozen-prefix cache (``finetune.scope: after_frozen_prefix``;
     ``bench.prefix_store``), None: built for this job alone. ``journals``: where a tuning job
-    keeps its finished trials (``bench.trial_journal``), None: nowhere. ``starts``: where a method
-    that says ``caches_start`` keeps and finds compressed starts (``bench.start_store``)."""
+    keeps its finished trials (``bench.trial_journal``), None: nowhere; ``trial_room``, asked before
+    each of its trials, False stops the job with ``TrialsLeftForLater`` (no record; the time
+    budget). ``starts``: where a method that says ``caches_start`` keeps and finds compressed
+    starts (``bench.start_store``)."""
     device = data.x_train.device
     may_tune = journals is not None and lr_pick is None and bool(job.lr_grid) and not job.fit_only
-    journal = journals.for_job(job.key, base_meta.get("weights_fingerprint")) if may_tune else None
+    journal = journals.for_job(job.key, base_meta.get("weights_fingerprint"), trial_room) if may_tune else None
     rec: dict[str, Any] = {
         **job_fields(job), "data_fingerprint": data.fingerprint, "data_source": data.source, "data_warnings": data.warnings,
         "acc_dense": base_meta["acc_test"], "acc_dense_val": base_meta.get("acc_val"),
@@ -279,6 +281,8 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
                        params_total=rest + params_comp, params_total_dense=count_params(base_model),
                        flops=forward_flops(model, data.input_shape, device),
                        flops_dense=forward_flops(base_model, data.input_shape, device))
+    except TrialsLeftForLater:
+        raise  # not a result: the job is left for a later run, its trials kept
     except Exception as e:  # noqa: BLE001 - recorded, the sweep goes on
         rec.update(status="failed", error=f"{type(e).__name__}: {e}",
                    traceback=traceback.format_exc(limit=6)[-3000:])

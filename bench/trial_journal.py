@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -33,12 +33,18 @@ def resumed_seconds(tuning: dict | None) -> float:
     return float(sum(((tuning or {}).get("resumed") or {}).values()))
 
 
+class TrialsLeftForLater(Exception):
+    """The time budget has no room for the next trial of a search: the job stops, unrecorded,
+    its finished trials kept here; a later run goes on from them."""
+
+
 class TrialJournal:
     """The finished trials of one tuning job (label -> val accuracy or None when it diverged,
-    seconds) and the weights and extras of the best one."""
+    seconds) and the weights and extras of the best one. ``room``: asked before a trial runs
+    (``bench.cost.Budget.room_for_trial``); None: always room."""
 
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
+    def __init__(self, folder: Path, room: Callable[[], bool] | None = None):
+        self.folder, self.room = Path(folder), room
         try:
             index = json.loads((self.folder / INDEX).read_text())
         except (OSError, ValueError):
@@ -57,6 +63,11 @@ class TrialJournal:
 
     def get(self, label: str) -> dict[str, Any] | None:
         return self.trials.get(label)
+
+    def make_room(self, label: str) -> None:
+        """Raise ``TrialsLeftForLater`` when trial ``label`` does not fit in the time left."""
+        if self.room is not None and not self.room():
+            raise TrialsLeftForLater(f"no time left for trial {label} ({len(self.trials)} kept in {self.folder})")
 
     def put(self, label: str, val_acc: float | None, seconds: float, model: torch.nn.Module | None = None,
             extras: dict | None = None) -> None:
@@ -100,5 +111,6 @@ class TrialJournals:
     def __init__(self, root: Path):
         self.root = Path(root) / "checkpoints" / "tuning"
 
-    def for_job(self, job_key: str, baseline_fingerprint: str | None) -> TrialJournal:
-        return TrialJournal(self.root / f"{job_key}-{baseline_fingerprint or 'unknown'}")
+    def for_job(self, job_key: str, baseline_fingerprint: str | None,
+                room: Callable[[], bool] | None = None) -> TrialJournal:
+        return TrialJournal(self.root / f"{job_key}-{baseline_fingerprint or 'unknown'}", room)

@@ -294,6 +294,7 @@ def _journaled_search(finetune, evaluate_val, model, lrs, optimizers, extend, jo
             if done["val_acc"] is None:
                 raise FloatingPointError(f"diverged ({label}, journal)")
             return done["val_acc"], _Journaled(p)
+        journal.make_room(label)
         best = journal.best_accuracy()
         t0 = time.perf_counter()
         trial = copy.deepcopy(model)

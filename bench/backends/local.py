@@ -20,7 +20,7 @@ from bench.job import failed_record, run_job
 from bench.planning import planned_memo_key
 from bench.prefix_store import PrefixStore
 from bench.start_store import StartStore
-from bench.trial_journal import TrialJournals
+from bench.trial_journal import TrialJournals, TrialsLeftForLater
 from bench.records import OutputWriteError, config_key
 from bench.jobs import Job
 from bench.plan import pick_for
@@ -77,7 +77,9 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
     jobs kept there, taken back and run before a later job once the baseline is trained).
     ``lr_picks`` maps a job's tune key to the picks of its tuning seed, best first
     (``bench.runner.lr_picks``). ``gate(job)`` (the time budget, ``bench.cost.Budget``) is asked
-    just before a job starts; False yields a ``LEFT`` marker. ``memos``: per baseline key, the
+    just before a job starts; False yields a ``LEFT`` marker. A budget that offers
+    ``room_for_trial`` admits a tuning job with room for one trial and stops it before a trial
+    that does not fit (its finished trials kept: ``bench.trial_journal``; a ``LEFT`` marker). ``memos``: per baseline key, the
     records a job with an equal allocation copies (``bench.memo.recorded_memos``); kept across
     the groups of one baseline, and what runs here is added."""
     data_cache: dict[str, DataSplits] = {}
@@ -88,6 +90,10 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
     untrained: dict = {}  # networks to plan on, for copies a time budget need not ask about
     journals = TrialJournals(settings.baseline_root)  # where tuning jobs keep finished trials
     starts = StartStore(settings.baseline_root)  # where slow compressions keep their starts
+    room = getattr(gate, "room_for_trial", None)  # a search's trials may end at the budget's end
+
+    def admitted(job: Job) -> bool:
+        return gate(job, by_trial=True) if room is not None else gate(job)
 
     def taken_back() -> Iterator[Outcome]:
         for jobs in handed.take_back(settings.baseline_root) if handed is not None else []:
@@ -99,7 +105,7 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
         prefix_caches = PrefixStore(settings.baseline_root)  # the group's frozen-prefix cache, kept beside its checkpoint
         for i, (job, pick) in enumerate(group):
             yield from taken_back()
-            if gate is not None and not _a_copy(job, memo, pick, untrained) and not gate(job):
+            if gate is not None and not _a_copy(job, memo, pick, untrained) and not admitted(job):
                 yield Marker(job.key, LEFT)
                 continue
             if claim is not None and not claim(job):
@@ -130,9 +136,16 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
                 continue
             model, meta, data = base
             torch.manual_seed(job.seed)
-            with claim.holding(job) if claim is not None else contextlib.nullcontext():
-                rec = run_job(job, model, meta, data, settings.progress, memo, lr_pick=pick,
-                              prefix_caches=prefix_caches, journals=journals, starts=starts)
+            try:
+                with claim.holding(job) if claim is not None else contextlib.nullcontext():
+                    rec = run_job(job, model, meta, data, settings.progress, memo, lr_pick=pick,
+                                  prefix_caches=prefix_caches, journals=journals, starts=starts,
+                                  trial_room=room(job) if room is not None else None)
+            except TrialsLeftForLater:
+                if getattr(claim, "claims", None) is not None:
+                    claim.claims.release(job.key)  # a later run (or another sweep) goes on from its trials
+                yield Marker(job.key, LEFT)
+                continue
             rec["env"] = info
             yield rec
 

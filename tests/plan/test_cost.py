@@ -206,6 +206,28 @@ def test_budget_admits_by_time_left_and_pays_each_baseline_once(tiny_suite, monk
     assert fresh.estimate(dense) == pytest.approx(model.job_s(dense, True))  # cached: free
 
 
+def test_budget_admits_a_search_with_room_for_its_first_trial_and_asks_before_each(tiny_suite, monkeypatch,
+                                                                                   tmp_path):
+    now = [0.0]
+    monkeypatch.setattr(bench.cost, "CLOCK", lambda: now[0])
+    monkeypatch.setattr(bench.cost, "baseline_cached", lambda root, job: True)
+    jobs = expand(load_suite(str(tiny_suite(ratios=[8], lr_grid=[0.01, 0.05]))))
+    svd = jobs[1]
+    model = CostModel(calibration(factorize={"svd": {"a": 0.0, "b": 1.0}}))
+    whole = model.job_s(svd, True)
+    first = whole - model.finetune_s(svd, True) + model.finetune_s(svd, True, trials=1)
+    assert model.trials(svd, True) == 2 and model.finetune_s(svd, True) == pytest.approx(2 * model.trial_s(svd))
+    budget = Budget((whole + first) / 2, model, jobs, baseline_root=tmp_path)
+    assert budget.estimate(svd, by_trial=True) == pytest.approx(first)
+    assert not budget(svd)  # the whole search does not fit
+    assert budget(svd, by_trial=True)  # its first trial does: trials are kept, the search goes on later
+    room = budget.room_for_trial(svd)
+    assert room()
+    now[0] = budget.seconds - model.trial_s(svd) / 2
+    assert not room()
+    assert budget.estimate(jobs[0], by_trial=True) == budget.estimate(jobs[0])  # dense searches nothing
+
+
 def test_budget_pays_the_prefix_cache_once_even_with_the_baseline_cached(tiny_suite, monkeypatch, tmp_path):
     monkeypatch.setattr(bench.cost, "CLOCK", lambda: 0.0)
     monkeypatch.setattr(bench.cost, "baseline_cached", lambda root, job: True)

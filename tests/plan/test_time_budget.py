@@ -154,3 +154,37 @@ def test_a_copy_is_not_left_for_later(tmp_path, tiny_suite, monkeypatch, capsys)
     assert "3 jobs, 0 already done, 3 ok, 0 failed, 0 skipped" in capsys.readouterr().out
     recs = {r["budget"]: r for r in read_records(records)}
     assert recs["x1000"]["same_as"] == recs["x100"]["key"]
+
+
+def test_a_search_stops_between_trials_at_the_budgets_end_and_resumes_to_the_same_pick(tmp_path, tiny_suite,
+                                                                                      monkeypatch, capsys):
+    """A tuning job starts with room for one trial (its search may take hours on a CPU), stops
+    before a trial that does not fit, unrecorded, its finished trials kept; the next run takes
+    them and ends where one run without a budget ends."""
+    suite = tiny_suite(methods=["dense", "svd"], ratios=[2, 8], lr_grid=[0.01, 0.05])
+    cal = fast_calibration(tmp_path / "cal.json", ["digitnet"])
+    stopped, unstopped = tmp_path / "stopped", tmp_path / "unstopped"
+    records = stopped / suite.stem / "runs.jsonl"
+
+    def trials_kept() -> int:
+        return sum(len(json.loads(f.read_text())["trials"]) for f in stopped.rglob("tuning/*/trials.json"))
+
+    # the budget's clock: 100 s per ok record and per trial kept
+    monkeypatch.setattr(bench.cost, "CLOCK", lambda: 100.0 * (sum(r["status"] == "ok" for r in read_records(records))
+                                                              + trials_kept()))
+    args = ["--suite", str(suite), "--calibration", str(cal), "--no-progress"]
+    # dense ends at 100 s; svd x2's first trial starts (one fits) and ends at 200 s: no room for its second
+    assert main(args + ["--out", str(stopped), "--time-budget", str(150 / 60)]) == 0
+    assert "3 jobs, 0 already done, 1 ok, 0 failed, 0 skipped, 2 left for later" in capsys.readouterr().out
+    assert [r["method"] for r in read_records(records)] == ["dense"] and trials_kept() == 1
+    assert main(args + ["--out", str(stopped)]) == 0
+    assert "3 jobs, 1 already done, 2 ok, 0 failed, 0 skipped" in capsys.readouterr().out
+    assert trials_kept() == 0  # recorded: the journals are gone
+    assert main(args + ["--out", str(unstopped)]) == 0
+    ref = {r["budget"]: r for r in read_records(unstopped / suite.stem / "runs.jsonl")}
+    got = {r["budget"]: r for r in read_records(records)}
+    assert list(got["x2"]["lr_tuning"]["resumed"]) == ["0.01"]  # the first trial, from the journal
+    for budget in ("x2", "x8"):
+        assert got[budget]["lr_tuning"]["val_acc"] == ref[budget]["lr_tuning"]["val_acc"]
+        assert got[budget]["lr_tuning"]["pick"] == ref[budget]["lr_tuning"]["pick"]
+        assert got[budget]["acc_after_finetune"] == ref[budget]["acc_after_finetune"]
