@@ -8,7 +8,9 @@ classifier on a batch of 512 cached 512-feature vectors. ``conv``: features.34/3
 Each step = weight generation + forward + backward + SGD, under the suites' precision (bf16
 autocast where native). Prints the median and minimum over ``--steps`` steps, and whether the
 heap keeps freed memory (``bench.cpu_memory``; ``TNBENCH_KEEP_FREED_MEMORY=0`` for glibc's
-defaults), so ``farm-bench`` can pair the two settings as whole commands.
+defaults), so ``farm-bench`` can pair the two settings as whole commands. ``--direct-conv``:
+the generated convs as ``F.conv2d`` even on the 2x2 maps (the path before
+``bench.layers.ConvSpec.as_linear``), to pair the two paths.
 """
 from __future__ import annotations
 
@@ -48,7 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    ap.add_argument("--direct-conv", action="store_true", help="F.conv2d on every map (no as_linear)")
     args = ap.parse_args(argv)
+    if args.direct_conv:
+        from bench.layers import ConvSpec
+
+        ConvSpec.linear_is_cheaper = lambda self, x: False
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     step()  # warm-up: first allocations, kernel choice
     times = [step() for _ in range(args.steps)]
     print(f"adtn step, {args.setting} ({', '.join(targets)}), layout {args.layout}, depth {args.depth}, "
-          f"batch {args.batch}, {precision}, {device} x{torch.get_num_threads()} threads, heap keeps freed: {kept}: "
+          f"batch {args.batch}, {precision}, {device} x{torch.get_num_threads()} threads, heap keeps freed: {kept}, "
+          f"{'direct' if args.direct_conv else 'default'} conv: "
           f"median {1e3 * statistics.median(times):.0f} ms, min {1e3 * min(times):.0f} ms")
     return 0
