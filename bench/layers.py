@@ -118,7 +118,8 @@ class ConvSpec:
         """The conv as one matrix product: on an (h, w) map it is a linear map from the
         cin*h*w inputs to the cout*ho*wo outputs whose entries are kernel taps (or zero where
         a tap falls into the padding). The matrix is gathered from ``weight`` (gradients flow
-        back to it) in the order of ``x``'s memory format, so neither side is copied."""
+        back to it) in the order of ``x``'s memory format, so the input is not copied. Only where
+        ``linear_is_cheaper`` says so (one group, zero padding)."""
         n, c, h, w = x.shape
         ho, wo = self.out_hw(h, w)
         o, kh, kw = weight.shape[0], *self.kernel_size
