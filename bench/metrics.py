@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from bench.layers import count_params, effective_weight  # noqa: F401 (count_params re-exported)
+from bench.layers import count_params, direct_convs, effective_weight  # noqa: F401 (count_params re-exported)
 
 
 @torch.no_grad()
@@ -24,7 +24,7 @@ def forward_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.
     x = torch.zeros((1, *input_shape), device=device)
     model(x)
     counter = FlopCounterMode(display=False)
-    with counter:
+    with counter, direct_convs():  # a conv counts as one, however a replacement runs it
         model(x)
     model.train(was_training)
     return int(counter.get_total_flops())

@@ -15,6 +15,7 @@ the generated convs as ``F.conv2d`` even on the 2x2 maps (the path before
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from bench.cpu_memory import keep_freed_memory
+from bench.layers import direct_convs
 from bench.models import build_network
 from bench.precision import autocast, resolve
 from bench.registry import get_method
@@ -52,10 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     ap.add_argument("--direct-conv", action="store_true", help="F.conv2d on every map (no as_linear)")
     args = ap.parse_args(argv)
-    if args.direct_conv:
-        from bench.layers import ConvSpec
-
-        ConvSpec.linear_is_cheaper = lambda self, x: False
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize(device)
         return time.perf_counter() - t0
 
-    step()  # warm-up: first allocations, kernel choice
-    times = [step() for _ in range(args.steps)]
+    with direct_convs() if args.direct_conv else contextlib.nullcontext():
+        step()  # warm-up: first allocations, kernel choice
+        times = [step() for _ in range(args.steps)]
     print(f"adtn step, {args.setting} ({', '.join(targets)}), layout {args.layout}, depth {args.depth}, "
           f"batch {args.batch}, {precision}, {device} x{torch.get_num_threads()} threads, heap keeps freed: {kept}, "
           f"{'direct' if args.direct_conv else 'default'} conv: "

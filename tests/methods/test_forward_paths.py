@@ -114,3 +114,20 @@ def test_pruned_and_generated_convs_on_small_maps_take_the_matrix_product(monkey
         ref = nn.functional.conv2d(x, layer.effective_weight().reshape(conv.weight.shape), layer.bias, padding=1)
         assert torch.allclose(layer(x), ref, rtol=1e-10, atol=1e-10), name
         assert calls == [1], name
+
+
+def test_flop_counts_count_a_conv_as_a_conv_whichever_path_runs_it():
+    from bench.layers import ConvSpec, direct_convs
+    from bench.metrics import forward_flops
+
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(8, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(24, 3))
+    pruned = nn.Sequential(get_method("prune").factorize(dense[0], 200), *list(dense)[1:])
+    x = torch.zeros(2, 8, 2, 2)
+    assert ConvSpec.of(dense[0]).linear_is_cheaper(x)
+    with direct_convs():
+        assert not ConvSpec.of(dense[0]).linear_is_cheaper(x)
+    assert ConvSpec.of(dense[0]).linear_is_cheaper(x)  # the context ends, the path is back
+    # a masked conv costs the dense conv's flops (pruning's storage is counted elsewhere), not the
+    # matrix product's 16/36 of them
+    assert forward_flops(pruned, (8, 2, 2), torch.device("cpu")) == forward_flops(dense, (8, 2, 2), torch.device("cpu"))
