@@ -99,6 +99,11 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
         for jobs in handed.take_back(settings.baseline_root) if handed is not None else []:
             yield from run_group(jobs)
 
+    def release(job: Job) -> None:
+        """Give up ``job``'s claim (held by this process) so another run can take it."""
+        if getattr(claim, "claims", None) is not None:
+            claim.claims.release(job.key)
+
     def run_group(group: list[tuple[Job, Any]]) -> Iterator[Outcome]:
         first, base = group[0][0], None
         memo = memos.setdefault(first.baseline_key, {})
@@ -123,8 +128,7 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
                 else:
                     on_this_baseline(memo, base[1])
             if isinstance(base, BaselineInTraining):
-                if getattr(claim, "claims", None) is not None:
-                    claim.claims.release(job.key)  # the trainer's sweep claims it when its baseline is done
+                release(job)  # the trainer's sweep claims it when its baseline is done
                 if handed is not None:
                     handed.hand(group[i:])
                     yield from (Marker(j.key, HANDED) for j, _ in group[i:])
@@ -142,8 +146,7 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
                                   prefix_caches=prefix_caches, journals=journals, starts=starts,
                                   trial_room=room(job) if room is not None else None)
             except TrialsLeftForLater:
-                if getattr(claim, "claims", None) is not None:
-                    claim.claims.release(job.key)  # a later run (or another sweep) goes on from its trials
+                release(job)  # a later run (or another sweep) goes on from its trials
                 yield Marker(job.key, LEFT)
                 continue
             rec["env"] = info
