@@ -4,6 +4,7 @@ how parameters are counted. One public module so every method checks and counts 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import math
 from dataclasses import dataclass
@@ -15,8 +16,8 @@ from torch import nn
 from torch.nn.utils import skip_init  # factor modules are overwritten: no random init, no RNG use
 
 COMPRESSIBLE = (nn.Linear, nn.Conv2d)
-#: ``direct_convs``: depth of the contexts that turn ``ConvSpec.as_linear`` off
-_DIRECT_CONVS = [0]
+#: True inside ``direct_convs`` (per thread and context: nesting restores the outer value)
+_DIRECT_CONVS = contextvars.ContextVar("direct_convs", default=False)
 
 
 class CompressionError(ValueError):
@@ -114,7 +115,7 @@ class ConvSpec:
         no more positions than the kernel has taps (VGG-16's last convs on CIFAR's 2x2 maps: the
         direct conv multiplies 9 taps per position, 5 of them into the zero padding, and runs
         2.6x slower on one CPU thread in bf16)."""
-        return (not _DIRECT_CONVS[0] and x.dim() == 4 and self.groups == 1 and self.padding_mode == "zeros"
+        return (not _DIRECT_CONVS.get() and x.dim() == 4 and self.groups == 1 and self.padding_mode == "zeros"
                 and x.shape[2] * x.shape[3] <= self.kernel_size[0] * self.kernel_size[1])
 
     def as_linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -190,11 +191,11 @@ class ConvSpec:
 def direct_convs():
     """Every ``ConvSpec.conv`` as the direct conv inside: FLOP counts (``bench.metrics``) that
     count a conv as a conv whichever way it runs, like the dense layer's; timing the two paths."""
-    _DIRECT_CONVS[0] += 1
+    token = _DIRECT_CONVS.set(True)
     try:
         yield
     finally:
-        _DIRECT_CONVS[0] -= 1
+        _DIRECT_CONVS.reset(token)
 
 
 @functools.lru_cache(maxsize=64)
