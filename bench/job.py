@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import signal
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 
+from bench.baseline import weights_fingerprint
 from bench.bias_calibration import calibrate, calibration_images
 from bench.chance import needs_fallback
 from bench.compressor import BudgetUnreachable, ContractError, FinetuneContext
@@ -27,12 +29,12 @@ from bench.metrics import fit_errors, forward_flops
 from bench.prefix import Cut, build_cache, cut, first_layer
 from bench.prefix_store import PrefixStore
 from bench.start_store import StartStore
-from bench.trial_journal import TrialJournals, TrialsLeftForLater, resumed_seconds
+from bench.trial_journal import TrialJournal, TrialJournals, TrialsLeftForLater, resumed_seconds
 from bench.registry import get_method
 from bench.jobs import Job, job_fields
 from bench.memo import memo_key, reused_record
 from bench.train import evaluate, train
-from bench.tuning import apply_pick, tuned
+from bench.tuning import apply_pick, pick_label, tuned
 
 
 def failed_record(job: Job, error: str) -> dict[str, Any]:
@@ -89,16 +91,29 @@ def check_finite(model: torch.nn.Module, layers, when: str) -> None:
 
 
 def _finetune(method, model, job: Job, data, originals, knobs, pick, progress: bool,
-              calibrate=None) -> FinetuneContext:
+              calibrate=None, journal: TrialJournal | None = None) -> FinetuneContext:
     """Run the method's fine-tuning on ``model`` in place with the suite's recipe (``pick``, an
     lr or an optimizer and lr, replacing the recipe's when tuning); the method sees train and
     validation data only. ``calibrate(model, names)``: the job's bias calibration, for layers
-    the method replaces while it fine-tunes (the method records what it returns)."""
+    the method replaces while it fine-tunes (the method records what it returns). ``journal``:
+    where each training run keeps its state between epochs (a killed run goes on from there)."""
     recipe = apply_pick(job.finetune, pick)
     view = data.train_val()
+    label, calls = pick_label(pick), itertools.count()
+
+    def run(m, epochs=None):
+        kept = {}
+        if journal is not None:
+            kept = dict(state_path=journal.run_state(label, next(calls)),
+                        state_start=weights_fingerprint(m.state_dict()))
+        summary = train(m, view, recipe, seed=job.seed, epochs=epochs, desc=f"finetune {job.label} {job.budget}",
+                        progress=progress, **kept)
+        if journal is not None and summary.get("resumed_s"):
+            journal.note_resumed(label, summary["resumed_s"])
+        return summary
+
     ctx = FinetuneContext(
-        train=lambda m, epochs=None: train(m, view, recipe, seed=job.seed, epochs=epochs,
-                                           desc=f"finetune {job.label} {job.budget}", progress=progress),
+        train=run,
         epochs=recipe["epochs"], layer_names=list(job.layers), dense_layers=originals,
         knobs=knobs, method=method, data=view, device=data.x_train.device)
     if calibrate is not None:
@@ -111,10 +126,10 @@ def _tuned_finetune(method, model, job: Job, data, originals, knobs, lr_pick, pr
                     journal=None):
     """Fine-tune, picking the optimizer and lr (``bench.tuning``) on the validation split when
     this job tunes (``lr_pick`` None; its finished trials kept in ``journal``), or with the pick
-    made on the tuning seed. Returns the model, the context of the kept run and the record's
+    made on the tuning seed (``journal`` then keeps the runs' epoch states only). Returns the model, the context of the kept run and the record's
     ``lr_tuning`` (None: not tuned)."""
     grid = job.lr_grid if method.uses_finetune_lr else None
-    return tuned(lambda m, pick: _finetune(method, m, job, data, originals, knobs, pick, progress, calibrate),
+    return tuned(lambda m, pick: _finetune(method, m, job, data, originals, knobs, pick, progress, calibrate, journal),
                  lambda m: evaluate(m, data.x_val, data.y_val), model, grid, job.optimizer_grid,
                  job.lr_extend or 0, lr_pick, fallbacks=job.pick_fallbacks or 0,
                  collapsed=lambda acc, pick: needs_fallback(acc, 100.0 / data.num_classes, _reference(lr_pick, pick),
@@ -174,8 +189,11 @@ def _measure_and_finetune(rec, method, model, base_model, base_meta: dict, job: 
                        if job.calibrates_bias else None)
         model, ctx, tuning = _tuned_finetune(method, model, job, run_data, originals, knobs, lr_pick, progress,
                                              recalibrate, journal)
-        # trials a killed sweep finished (``bench.trial_journal``) cost their time then, not now
-        rec["time_finetune_s"] = time.perf_counter() - t0 + resumed_seconds(tuning)
+        # trials and epochs a killed sweep finished (``bench.trial_journal``) cost their time then, not now
+        resumed_epochs_s = sum(journal.resumed_epochs_s.values()) if journal is not None else 0.0
+        if resumed_epochs_s:
+            rec["time_resumed_epochs_s"] = resumed_epochs_s
+        rec["time_finetune_s"] = time.perf_counter() - t0 + resumed_seconds(tuning) + resumed_epochs_s
         check_sizes(method, originals, model, knobs, "after fine-tuning")
         check_finite(model, job.layers, "after fine-tuning")
         rec["acc_after_finetune"] = evaluate(model, run_data.x_test, run_data.y_test)
@@ -221,13 +239,15 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
     ``pick_fallbacks`` fall back on them); None makes this job tune. ``prefix_caches``: where the jobs of one
     baseline keep its frozen-prefix cache (``finetune.scope: after_frozen_prefix``;
     ``bench.prefix_store``), None: built for this job alone. ``journals``: where a tuning job
-    keeps its finished trials (``bench.trial_journal``), None: nowhere; ``trial_room``, asked before
+    keeps its finished trials, and every job its fine-tuning runs' epoch states
+    (``bench.trial_journal``), None: nowhere; ``trial_room``, asked before
     each of its trials, False stops the job with ``TrialsLeftForLater`` (no record; the time
     budget). ``starts``: where a method that says ``caches_start`` keeps and finds compressed
     starts (``bench.start_store``)."""
     device = data.x_train.device
     may_tune = journals is not None and lr_pick is None and bool(job.lr_grid) and not job.fit_only
-    journal = journals.for_job(job.key, base_meta.get("weights_fingerprint"), trial_room) if may_tune else None
+    journal = (journals.for_job(job.key, base_meta.get("weights_fingerprint"), trial_room if may_tune else None)
+               if journals is not None and not job.fit_only else None)
     rec: dict[str, Any] = {
         **job_fields(job), "data_fingerprint": data.fingerprint, "data_source": data.source, "data_warnings": data.warnings,
         "acc_dense": base_meta["acc_test"], "acc_dense_val": base_meta.get("acc_val"),
@@ -288,9 +308,10 @@ def run_job(job: Job, base_model: torch.nn.Module, base_meta: dict, data: DataSp
                    traceback=traceback.format_exc(limit=6)[-3000:])
     finally:
         rec["time_total_s"] = (time.perf_counter() - t_start + resumed_seconds(rec.get("lr_tuning"))
+                               + rec.get("time_resumed_epochs_s", 0.0)
                                + (rec["time_compress_s"] if rec.get("start_from_cache") else 0.0))
     if journal is not None and rec["status"] in ("ok", "skipped"):
-        journal.clear()  # recorded: its trials are in the record now
+        journal.clear()  # recorded: its trials are in the record now, its runs are done
     if memo is not None and rec["status"] == "ok" and mkey is not None:
         memo[mkey] = rec
     return rec

@@ -170,12 +170,13 @@ def _compiled(model: nn.Module, device: torch.device) -> nn.Module:
 
 def train(model: nn.Module, data: DataSplits, recipe: dict[str, Any], seed: int = 0,
           epochs: int | None = None, desc: str = "train", progress: bool = True,
-          state_path: Path | None = None) -> dict[str, Any]:
+          state_path: Path | None = None, state_start: str | None = None) -> dict[str, Any]:
     """Train in place on ``data`` (already on the target device); keep the best-val epoch.
 
     ``epochs`` may be fractional (0.25 = a quarter of an epoch's steps) for quick fine-tuning.
     ``state_path``: keep the run's state there after every epoch and go on from a state of this
     run found there (``bench.train_state``); the caller deletes it once it has what it needs.
+    ``state_start``: the fingerprint of the starting weights, part of what a kept state must match.
 
     Returns a summary: epochs run, best validation accuracy, wall time (earlier, resumed
     segments included), the epochs and seconds taken from a kept state (``resumed_epochs``,
@@ -208,7 +209,8 @@ def train(model: nn.Module, data: DataSplits, recipe: dict[str, Any], seed: int 
     first, earlier_s, last_kept = 0, 0.0, t0
     ident = None
     if state_path is not None:
-        ident = train_state.identity(r, seed, epochs, getattr(data, "fingerprint", None), n, len(data.y_val))
+        ident = train_state.identity(r, seed, epochs, getattr(data, "fingerprint", None), n, len(data.y_val),
+                                     start=state_start)
         kept = train_state.load(state_path, ident, model)
         if kept is not None:
             train_state.restore(kept, model, opt, sched, gen)

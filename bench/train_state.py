@@ -12,7 +12,8 @@ thread count, as any rerun).
 A state is only taken up by the run it belongs to (``identity``: recipe, seed, epochs, data
 fingerprint, sizes); any other, or an unreadable file, is ignored with a warning and
 overwritten. ``bench.baseline`` keeps it beside the checkpoint and deletes it once the
-checkpoint is written.
+checkpoint is written; ``bench.job`` keeps a fine-tuning run's in its trial journal's folder
+(``bench.trial_journal``), with the start weights' fingerprint in the identity.
 """
 from __future__ import annotations
 
@@ -32,10 +33,15 @@ EVERY_S = 60.0
 
 
 def identity(recipe: dict[str, Any], seed: int, epochs: float, data_fingerprint: str | None,
-             n_train: int, n_val: int) -> str:
-    """What a state must match to be resumed: JSON of the run's defining values."""
-    return json.dumps({"recipe": recipe, "seed": seed, "epochs": epochs, "data": data_fingerprint,
-                       "n_train": n_train, "n_val": n_val}, sort_keys=True, default=str)
+             n_train: int, n_val: int, start: str | None = None) -> str:
+    """What a state must match to be resumed: JSON of the run's defining values. ``start``: the
+    fingerprint of the weights the run began from, for runs whose start is not fixed by the
+    rest (a fine-tuning run starts from a compression; a baseline from its seed)."""
+    values = {"recipe": recipe, "seed": seed, "epochs": epochs, "data": data_fingerprint,
+              "n_train": n_train, "n_val": n_val}
+    if start is not None:
+        values["start"] = start
+    return json.dumps(values, sort_keys=True, default=str)
 
 
 def save(path: Path, ident: str, epoch: int, model, opt, sched, gen: torch.Generator,

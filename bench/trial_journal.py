@@ -11,9 +11,17 @@ start to end would. The journal holds the fingerprint of that start: trials of a
 (the compression re-run on another thread count) are dropped. The record lists the trials taken from the journal and their seconds
 (``lr_tuning.resumed``), which count in its fine-tuning time. The folder is removed once the
 job's record is ok or skipped.
+
+The same folder keeps the state of each fine-tuning run in progress, after its last finished
+epoch (``bench.train_state``; ``run-<pick>-<call>.pt``), for every job that fine-tunes, tuning
+or not: a 10-epoch VGG-16 run killed at epoch 8 goes on from epoch 9. A state is taken up only
+by a run with the same recipe, seed and start weights; a trial's states go once the trial is in
+the journal, the rest with the folder. Seconds of epochs taken from a state count in the trial's
+and the record's times.
 """
 from __future__ import annotations
 
+import glob
 import json
 import shutil
 from pathlib import Path
@@ -52,6 +60,8 @@ class TrialJournal:
         self.trials: dict[str, dict[str, Any]] = index.get("trials", {}) if isinstance(index, dict) else {}
         self.best_label: str | None = index.get("best") if isinstance(index, dict) else None
         self.start: str | None = index.get("start") if isinstance(index, dict) else None
+        #: seconds of epochs taken from kept run states in this process, per trial label
+        self.resumed_epochs_s: dict[str, float] = {}
 
     def start_from(self, start: str) -> None:
         """Use the trials only if they started from the model whose weights fingerprint is
@@ -60,6 +70,15 @@ class TrialJournal:
         if self.trials and self.start != start:
             self.trials, self.best_label = {}, None
         self.start = start
+
+    def run_state(self, label: str, call: int) -> Path:
+        """Where the state of fine-tuning run ``call`` (0, 1, ...: a method may train more than
+        once) of trial ``label`` is kept between epochs."""
+        return self.folder / f"run-{label}-{call}.pt"
+
+    def note_resumed(self, label: str, seconds: float) -> None:
+        """A run of trial ``label`` went on from a kept state that had spent ``seconds``."""
+        self.resumed_epochs_s[label] = self.resumed_epochs_s.get(label, 0.0) + seconds
 
     def get(self, label: str) -> dict[str, Any] | None:
         return self.trials.get(label)
@@ -79,9 +98,11 @@ class TrialJournal:
             atomic_write(self.folder / BEST, lambda f: torch.save({"label": label, "state": state,
                                                                    "extras": extras or {}}, f))
             self.best_label = label
-        self.trials[label] = {"val_acc": val_acc, "seconds": seconds}
+        self.trials[label] = {"val_acc": val_acc, "seconds": seconds + self.resumed_epochs_s.get(label, 0.0)}
         atomic_write(self.folder / INDEX, lambda f: f.write(
             json.dumps({"trials": self.trials, "best": self.best_label, "start": self.start}, indent=1).encode()))
+        for state in self.folder.glob(f"run-{glob.escape(label)}-*.pt"):  # the trial is kept: its runs are done
+            state.unlink(missing_ok=True)
 
     def best_accuracy(self) -> float | None:
         accs = [t["val_acc"] for t in self.trials.values() if t.get("val_acc") is not None]

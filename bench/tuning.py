@@ -63,7 +63,7 @@ class RankedPicks(list):
         self.val = dict(val or {})
 
     def val_of(self, pick) -> float | None:
-        return self.val.get(_label_of(pick))
+        return self.val.get(pick_label(pick))
 
 
 def ranked_picks(tuning: dict[str, Any]) -> RankedPicks:
@@ -212,7 +212,7 @@ def borrowed(finetune: Callable[[Any, Any], Any], evaluate_val: Callable[[Any], 
     best, tried, _ = _walk(runs(), collapsed)
     if best is None:
         raise FloatingPointError(f"fine-tuning diverged with the tuning seed's pick and its {len(tried) - 1} "
-                                 f"next-best ({[_label_of(t['pick']) for t in tried]})")
+                                 f"next-best ({[pick_label(t['pick']) for t in tried]})")
     _, pick, (trial, ctx) = best
     return trial, ctx, pick, (tried if len(tried) > 1 else None)
 
@@ -232,7 +232,11 @@ def replay_borrowed(tried: list[dict], candidates: int, collapsed: Callable[[flo
     return None
 
 
-def _label_of(pick) -> str:
+def pick_label(pick) -> str:
+    """The name of a pick in journals and records: ``sgd@0.01``, ``0.01`` (lr only), ``recipe``
+    (None: the suite's recipe as it is, no grid)."""
+    if pick is None:
+        return "recipe"
     return _label(pick.get("optimizer"), pick["lr"]) if isinstance(pick, dict) else _label(None, pick)
 
 
@@ -287,7 +291,7 @@ def _journaled_search(finetune, evaluate_val, model, lrs, optimizers, extend, jo
     resumed: dict[str, float] = {}
 
     def run(p):
-        label = _label_of(p)
+        label = pick_label(p)
         done = journal.get(label)
         if done is not None:
             resumed[label] = done["seconds"]
@@ -312,7 +316,7 @@ def _journaled_search(finetune, evaluate_val, model, lrs, optimizers, extend, jo
     kept, rec = search(run, lrs, optimizers, extend)
     if isinstance(kept, _Journaled):
         trial = copy.deepcopy(model)
-        extras = journal.restore(_label_of(kept.pick), trial)
+        extras = journal.restore(pick_label(kept.pick), trial)
         if extras is None:  # weights not there: run that trial again (seeded: the same run)
             ctx = finetune(trial, kept.pick)
         else:

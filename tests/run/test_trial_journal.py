@@ -1,10 +1,12 @@
 """A tuning job killed between trials resumes at the next trial: finished trials come from the
-journal (bench.trial_journal), and the search ends as one uninterrupted run would."""
+journal (bench.trial_journal), and the search ends as one uninterrupted run would. A fine-tuning
+run killed between epochs goes on from its last kept epoch, in a tuning job or not."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+import bench.train_state
 from bench.cli import main
 from bench.records import read_records
 from bench.trial_journal import TrialJournal
@@ -131,3 +133,51 @@ def test_trials_of_another_start_are_dropped(tmp_path):
     tuned(ft, lambda m: ACC[val["label"]], other_start, [0.01, 0.03], ["sgd", "adam"], 1, None,
           journal=TrialJournal(journal))
     assert calls[:3] == ["sgd@0.01", "sgd@0.03", "sgd@0.09"]  # every trial again, from this start
+
+
+def _kill_after_run_saves(monkeypatch, n: int | None) -> list:
+    """Count the fine-tuning runs' epoch states written (``run-*.pt``); with ``n``, the machine
+    goes away right after the n-th."""
+    real, saved = bench.train_state.save, []
+
+    def save(path, *args, **kwargs):
+        real(path, *args, **kwargs)
+        if path.name.startswith("run-"):
+            saved.append(path.name)
+            if len(saved) == n:
+                raise KeyboardInterrupt
+    monkeypatch.setattr(bench.train_state, "save", save)
+    return saved
+
+
+@pytest.mark.parametrize("kill_after, left", [(5, 1 + 3), (8, 1)])
+def test_a_finetuning_run_killed_between_epochs_goes_on_from_its_last_epoch(tmp_path, tiny_suite, monkeypatch,
+                                                                             kill_after, left):
+    """Seed 0 tunes (lr 0.01 then 0.05, 3 epochs each), seed 1 runs the pick: killed after the
+    5th kept epoch (trial 0.05's second) or the 8th (seed 1's second), the next sweep runs only
+    the epochs left and records what an uninterrupted sweep records."""
+    monkeypatch.setattr(bench.train_state, "EVERY_S", 0.0)
+    suite = tiny_suite(methods=["svd"], ratios=[2], seeds=[0, 1], lr_grid=[0.01, 0.05],
+                       finetune={"epochs": 3, "batch_size": 64, "lr": 0.01})
+    args = ["--suite", str(suite), "--no-progress", "--out"]
+    with monkeypatch.context() as m:
+        _kill_after_run_saves(m, None)
+        assert main([*args, str(tmp_path / "clean")]) == 0
+    with monkeypatch.context() as m:
+        _kill_after_run_saves(m, kill_after)
+        assert main([*args, str(tmp_path / "killed")]) == 130
+    states = list((tmp_path / "killed" / "checkpoints" / "tuning").glob("*/run-*.pt"))
+    assert len(states) == 1  # the run in progress; a finished trial's states went with it
+    with monkeypatch.context() as m:
+        resumed_saves = _kill_after_run_saves(m, None)
+        assert main([*args, str(tmp_path / "killed")]) == 0
+    assert len(resumed_saves) == left  # the epochs left, not the killed run's again
+    clean = {r["seed"]: r for r in read_records(tmp_path / "clean" / suite.stem / "runs.jsonl")}
+    killed = {r["seed"]: r for r in read_records(tmp_path / "killed" / suite.stem / "runs.jsonl")}
+    for seed in (0, 1):
+        assert killed[seed]["acc_after_finetune"] == clean[seed]["acc_after_finetune"]
+        assert killed[seed]["lr_tuning"]["pick"] == clean[seed]["lr_tuning"]["pick"]
+    resumed_seed = 0 if kill_after == 5 else 1
+    assert killed[resumed_seed]["time_resumed_epochs_s"] > 0 and "time_resumed_epochs_s" not in clean[resumed_seed]
+    assert killed[resumed_seed]["time_finetune_s"] >= killed[resumed_seed]["time_resumed_epochs_s"]
+    assert not list((tmp_path / "killed" / "checkpoints" / "tuning").iterdir())  # recorded: nothing kept
