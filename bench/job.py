@@ -126,10 +126,11 @@ def _tuned_finetune(method, model, job: Job, data, originals, knobs, lr_pick, pr
                     journal=None):
     """Fine-tune, picking the optimizer and lr (``bench.tuning``) on the validation split when
     this job tunes (``lr_pick`` None; its finished trials kept in ``journal``), or with the pick
-    made on the tuning seed (``journal`` then keeps the runs' epoch states only). Returns the model, the context of the kept run and the record's
-    ``lr_tuning`` (None: not tuned)."""
+    made on the tuning seed (``journal`` then keeps the runs' epoch states only). Returns the
+    model, the context of the kept run and the record's ``lr_tuning`` (None: not tuned)."""
     grid = job.lr_grid if method.uses_finetune_lr else None
-    return tuned(lambda m, pick: _finetune(method, m, job, data, originals, knobs, pick, progress, calibrate, journal),
+    return tuned(lambda m, pick: _finetune(method, m, job, data, originals, knobs, pick, progress, calibrate,
+                                           journal),
                  lambda m: evaluate(m, data.x_val, data.y_val), model, grid, job.optimizer_grid,
                  job.lr_extend or 0, lr_pick, fallbacks=job.pick_fallbacks or 0,
                  collapsed=lambda acc, pick: needs_fallback(acc, 100.0 / data.num_classes, _reference(lr_pick, pick),
