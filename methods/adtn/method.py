@@ -69,7 +69,8 @@ class ADTN(Compressor):
     plateau), prefit_lr, prefit_patience (plateau only: steps without 0.01% improvement before
     the lr is cut x0.3), prefit_polish (max L-BFGS iterations after Adam, 0 = none;
     prefit_steps 0 with prefit_polish 0 is no pre-fit at all, the start below as it is: on
-    VGG-16 it trains better than the pre-fitted one, docs/ADTN_PROTOCOL.md "Pre-fit or not"),
+    VGG-16 and LeNet-5 it trains better than the pre-fitted one, on FC-2 as well,
+    docs/ADTN_PROTOCOL.md "Pre-fit or not"),
     init (orthogonal, the default since protocol v3: random orthogonal gates times the
     least-squares factor <T, W> / ||T||^2; identity: identity gates + noise, the same factor;
     rank1, the old default: the best Kronecker-rank-1 fit of the weight, signs in the last
