@@ -7,10 +7,12 @@ import contextlib
 import os
 import queue as queue_module
 import signal
+import sys
 import time
 from typing import Any, Callable, Iterator
 
 import torch
+from tqdm.auto import tqdm
 
 from bench.backends import CLAIMED, HANDED, LEFT, Marker, Outcome, key_of
 from bench.baseline import BaselineInTraining, get_baseline, in_training
@@ -25,6 +27,8 @@ from bench.records import OutputWriteError, config_key
 from bench.jobs import Job
 from bench.plan import pick_for
 from bench.train import resolve_device
+
+HANDED_POLL_S = 10.0  # how often a sweep with only handed jobs left looks whether their baseline is saved
 
 
 
@@ -43,8 +47,9 @@ class HandedToTrainers:
     baseline, in order, with their lr picks. Before each later job the sweep takes back the
     jobs whose baseline is trained by then (``take_back``), so it serves the group its priority
     put first instead of leaving the whole group to the trainer (in-process local backend; kept
-    across the runner's passes). What is still here when the sweep ends is the trainer's
-    (``CLAIMED``)."""
+    across the runner's passes). A sweep with nothing else to run waits for the trainer (polls
+    every ``HANDED_POLL_S``) and then shares the group, rather than leaving a core idle; a
+    trainer that dies stops counting as training, so the wait ends and this sweep trains it."""
 
     def __init__(self) -> None:
         self.groups: dict[str, list[tuple[Job, Any]]] = {}
@@ -74,7 +79,8 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
     sweep runs it (a ``CLAIMED`` marker is yielded); a group's baseline is loaded only once one
     of its jobs is claimed, and while another process trains it the group is left to that
     process (its jobs released, ``CLAIMED`` markers; with ``handed``, ``HANDED`` markers and the
-    jobs kept there, taken back and run before a later job once the baseline is trained).
+    jobs kept there, taken back and run before a later job once the baseline is trained, or
+    waited for after the last one).
     ``lr_picks`` maps a job's tune key to the picks of its tuning seed, best first
     (``bench.runner.lr_picks``). ``gate(job)`` (the time budget, ``bench.cost.Budget``) is asked
     just before a job starts; False yields a ``LEFT`` marker. A budget that offers
@@ -154,6 +160,13 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
 
     for group in groups:
         yield from run_group([(job, pick_for(job, lr_picks)) for job in group])
+    if handed is not None and handed.groups:  # nothing else to run here: wait, then share them
+        names = [f"{j.network}/{j.dataset} seed {j.seed}" for j, _ in (g[0] for g in handed.groups.values())]
+        tqdm.write(f"waiting for another process to train the baseline of {', '.join(names)}; "
+                   "its jobs are shared once it is saved", file=sys.stderr)
+        while handed.groups:
+            time.sleep(HANDED_POLL_S)
+            yield from taken_back()
 
 
 def on_this_baseline(memo: dict, meta: dict) -> None:

@@ -480,12 +480,14 @@ def test_a_copy_of_a_minmax_record_hashes_to_the_uniform_jobs_key(tiny_suite):
     assert "minmax_rule" not in copy and key_matches(copy) and copy["same_as"] == earlier["key"]
 
 
-def test_a_group_whose_baseline_trains_elsewhere_is_left_to_that_sweep(tmp_path, tiny_suite, capsys):
+def test_a_sweep_waits_for_a_baseline_another_sweep_trains(monkeypatch, tmp_path, tiny_suite, capsys):
     """While another live sweep holds a baseline's training claim, this sweep trains nothing
-    and runs none of that baseline's jobs (they stay unclaimed for the trainer); once the
-    claim is let go, a run does them."""
+    and runs none of that baseline's jobs: with nothing else to run it waits (no claim of its
+    own kept meanwhile). When the trainer stops without a checkpoint (it died), the wait ends
+    and this sweep trains the baseline and runs the jobs itself."""
     import os
 
+    import bench.backends.local as local
     from bench.baseline import checkpoint_path
     from bench.claims import Claims
     from bench.suite import expand, load_suite
@@ -495,21 +497,28 @@ def test_a_group_whose_baseline_trains_elsewhere_is_left_to_that_sweep(tmp_path,
     ckpt = checkpoint_path(tmp_path, job.baseline_config)
     trainer = Claims(ckpt.parent / "training.claims", pid=os.getppid())  # alive, not this process
     assert trainer.try_claim(ckpt.stem)
-    args = ["--suite", str(suite), "--out", str(tmp_path), "--no-progress"]
-    assert main(args) == 0
-    assert "2 jobs, 0 already done, 0 ok, 0 failed, 0 skipped, 2 left to another sweep" in capsys.readouterr().out
-    assert not ckpt.exists() and read_records(tmp_path / suite.stem / "runs.jsonl") == []
-    assert [p.name for p in (tmp_path / suite.stem / "runs.claims").iterdir()] == [".lock"]  # nothing kept claimed
-    trainer.release(ckpt.stem)
-    assert main(args) == 0
-    assert "2 jobs, 0 already done, 2 ok" in capsys.readouterr().out and ckpt.exists()
+    claims = tmp_path / suite.stem / "runs.claims"
+    seen = []
+
+    def sleep(s):  # during the waits: nothing trained here, nothing claimed; the trainer stops
+        seen.append((ckpt.exists(), sorted(p.name for p in claims.iterdir())))
+        if len(seen) == 2:
+            trainer.release(ckpt.stem)
+
+    monkeypatch.setattr(local.time, "sleep", sleep)
+    assert main(["--suite", str(suite), "--out", str(tmp_path), "--no-progress"]) == 0
+    assert seen == [(False, [".lock"])] * 2
+    out = capsys.readouterr()
+    assert "waiting for another process to train the baseline of" in out.err
+    assert "2 jobs, 0 already done, 2 ok" in out.out and ckpt.exists()
 
 
 def test_a_handed_group_is_taken_back_once_its_baseline_is_trained(monkeypatch, tiny_suite, tmp_path):
     """A group whose baseline another process trains is handed to it (HANDED markers), and the
     sweep takes it back before its next job once that baseline is trained: the group its
     priority put first runs here as soon as it can instead of all of it waiting on the trainer.
-    While it trains, nothing of the group runs; jobs never taken back are the trainer's."""
+    While it trains, nothing of the group runs; a sweep with nothing else left waits for it
+    rather than leaving its share of the group to the trainer."""
     import torch
 
     import bench.backends.local as local
@@ -540,9 +549,17 @@ def test_a_handed_group_is_taken_back_once_its_baseline_is_trained(monkeypatch, 
                     + [j.key for j in later[1:]])
     assert handed.drain() == []
 
-    trained["seed 1"] = False  # never trained while this sweep runs: the jobs stay handed
+    trained["seed 1"] = False  # still training when this sweep has nothing else left: it waits
+    sleeps = []
+
+    def sleep(s):  # the trainer saves seed 1's checkpoint during the third wait
+        sleeps.append(s)
+        trained["seed 1"] = len(sleeps) >= 3
+
+    monkeypatch.setattr(local.time, "sleep", sleep)
     monkeypatch.setattr(local, "run_job", lambda job, *a, **k: {"key": job.key})
     handed = local.HandedToTrainers()
     out = list(local.run_groups([first, later], settings, torch.device("cpu"), handed=handed))
-    assert [o.status for o in out if isinstance(o, Marker)] == [HANDED] * len(first)
-    assert handed.drain() == first
+    keys = [(o.key, o.status) if isinstance(o, Marker) else o["key"] for o in out]
+    assert keys == [(j.key, HANDED) for j in first] + [j.key for j in later] + [j.key for j in first]
+    assert sleeps == [local.HANDED_POLL_S] * 3 and handed.drain() == []
