@@ -12,7 +12,7 @@ import operator
 from dataclasses import dataclass, field
 
 from bench.errors import InputError
-from bench.report import MIN_CI_SEEDS, format_acc
+from bench.report import ci_shown, format_acc
 
 
 class ClaimError(InputError, ValueError):
@@ -27,10 +27,14 @@ class Value:
     n: int = 0
     samples: list[float] | None = None
     pairs: list[tuple[str, str, float]] = field(default_factory=list)
+    collapsed: int = 0  # samples at chance (accuracies: ``bench.report_cells.collapsed_seeds``)
 
     def render(self, spec: str) -> str:
-        if spec == "pm":  # the tables' seed rule (bench.report.SEED_RULE): no CI below 3 seeds
-            return format_acc(self.value, self.ci if self.n >= MIN_CI_SEEDS else math.nan)
+        if spec == "pm":  # the tables' seed rule (bench.report.SEED_RULE): no CI below 3 seeds or when bimodal
+            text = format_acc(self.value, self.ci if ci_shown(self.n, self.n, self.collapsed) else math.nan)
+            if 0 < self.collapsed < self.n:
+                return f"{text} ‡ bimodal: {self.collapsed}/{self.n} at chance"
+            return f"{text} ‡ at chance" if self.collapsed else text
         if spec == "ci":
             return _fmt(self.ci, ".2f")
         if spec == "n":

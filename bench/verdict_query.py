@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 from scipy import stats
 
-from bench.report import (ci_halfwidth, equal_budget, finetune_epochs, longest_finetune,
+from bench.report import (ci_halfwidth, collapsed_seeds, equal_budget, finetune_epochs, longest_finetune,
                           reference_rows, welch_p)
 from bench.report_frames import suite_records_frame
 from bench.verdict_expr import ClaimError, Value
@@ -156,7 +156,16 @@ def run_query(records: Records, q: dict) -> Value:
         raise ClaimError(f"stat 'value' needs one record, {len(x)} match {_describe(q)}")
     value = {"mean": s.mean, "ci": lambda: ci_halfwidth(x), "std": s.std, "min": s.min, "max": s.max,
              "n": lambda: len(x), "value": lambda: x[0]}[stat]()
-    return Value(float(value), fmt, ci=ci_halfwidth(x), n=len(x), samples=x)
+    return Value(float(value), fmt, ci=ci_halfwidth(x), n=len(x), samples=x, collapsed=_at_chance(df, field_name))
+
+
+def _at_chance(df: pd.DataFrame, field: str) -> int:
+    """How many selected runs' ``field`` is an accuracy at chance, by the tables' rule
+    (``bench.report_cells.collapsed_seeds``); 0 for a field that is no accuracy."""
+    if not str(field).startswith("acc") or field not in df or "dataset" not in df:
+        return 0
+    acc = pd.DataFrame({"dataset": df.dataset, "acc": pd.to_numeric(df[field], errors="coerce")}).dropna()
+    return int(collapsed_seeds(acc).sum()) if len(acc) else 0
 
 
 def _describe(q: dict) -> str:

@@ -48,7 +48,8 @@ whitelist: names of values, numbers, ``+ - * /``, comparisons, ``and or not``, `
 and ``ci(name)`` / ``n(name)``; anything else is rejected, nothing is ``eval``-ed.
 
 In ``text``, ``{name}`` renders a value with its format; ``{name:pm}`` a mean as ``mean ± ci``
-(``bench.report.format_acc``), ``{name:ci}`` its CI, ``{name:n}`` its sample count,
+by the tables' seed rule (no CI under 3 samples; accuracies with runs at chance marked ``‡
+bimodal: c/n at chance``, without a CI, or ``‡ at chance``), ``{name:ci}`` its CI, ``{name:n}`` its sample count,
 ``{name:pairs}`` the pairs of an ``order_changes`` query; any other spec is a Python format
 spec (``{gain:+.2f}``); ``{{`` and ``}}`` are literal braces. A block's text is its claims'
 texts in order. ``python -m plots verdicts --check`` (``--write``) checks (rewrites) the README's

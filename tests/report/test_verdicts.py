@@ -68,6 +68,20 @@ def test_query_mean_ci_and_counts(results):
         q(r, lable="tt")
 
 
+def test_pm_follows_the_tables_rule_for_runs_at_chance(tmp_path):
+    """A mean over seeds of which some ended at chance gets no CI and says so, as a table
+    cell does (bench.report_cells.format_cell); all at chance is marked too."""
+    for seed, acc in enumerate([92.0, 11.35, 93.0]):  # MNIST: a constant prediction scores 11.35
+        append_record(tmp_path / "s" / "runs.jsonl", _rec("tt", 1, seed, acc))
+    for seed in range(3):
+        append_record(tmp_path / "s" / "runs.jsonl", _rec("cp", 1, seed, 10.5 + seed / 10))
+    r = Records(tmp_path)
+    assert q(r, label="tt").render("pm") == "65.45 ‡ bimodal: 1/3 at chance"
+    assert q(r, label="tt", seed=[0, 2]).render("pm") == "92.50"  # two seeds: no CI, none at chance
+    assert q(r, label="cp").render("pm") == "10.60 ± 0.25 ‡ at chance"
+    assert q(r, label="cp", field="acc_dense").render("pm") == "98.00 ± 0.00"  # the dense accuracy beside it
+
+
 def test_a_field_path_with_dotted_keys_and_boolean_fields(tmp_path):
     for seed, edge in enumerate([True, False, True]):
         append_record(tmp_path / "s" / "runs.jsonl", _rec("tt", 1, seed, 90.0, lr_tuning={"pick_at_edge": edge},
