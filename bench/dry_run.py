@@ -12,7 +12,8 @@ from bench.kept_baselines import is_kept, kept_folder, seeding_suites
 from bench.layers import dense_params
 from bench.records import RecordIndex
 from bench.runner import equal_copies, planned_skip, records_path
-from bench.stale import CachedBaselines, stale_keys
+from bench.environment import cpu_model
+from bench.stale import CachedBaselines, at_risk, at_risk_note, stale_keys
 
 
 def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
@@ -97,6 +98,12 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
                                  if done else "")
           + (f", {len(planned)} of them copies of an earlier job's measurement (same allocation "
              f"and recipe: run once, recorded same_as)" if planned else ""))
+    todo = {j.key for j in jobs if j.key not in done and j.key not in copies and not lines[j.key][1]}
+    risky = at_risk(jobs, index.latest, baselines, todo) if index is not None else []
+    if risky:
+        again = None if cost is None else sum(sum(st.values()) for st in cost.suite_stages(
+            risky, cached={j.baseline_key for j in risky}).values())
+        print(at_risk_note(risky, index.latest, cpu_model(), again))
     if cost is None:
         print(f"no time estimates: no calibration for {kind} ({cal_path} does not exist; "
               f"python -m bench.perf calibrate --device {kind} makes it)")

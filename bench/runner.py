@@ -35,7 +35,7 @@ from bench.memo import recorded_memos
 from bench.records import RecordIndex, latest_by_key, read_records
 from bench.jobs import Job
 from bench.plan import picks_lr, tuning_job, tuning_jobs
-from bench.stale import CachedBaselines, on_other_baseline, stale_keys
+from bench.stale import CachedBaselines, at_risk, at_risk_note, on_other_baseline, stale_keys
 from bench.tuning import RankedPicks, ranked_picks, replay_borrowed
 from bench.train import resolve_device
 
@@ -380,6 +380,9 @@ class Sweep:
         counts["already_done"] = len(jobs) - len(todo)
         if not todo:
             return counts
+        risky = [] if self.rerun else at_risk(jobs, self.records.latest, baselines, {j.key for j in todo})
+        if risky:
+            print(at_risk_note(risky, self.records.latest, environment()["cpu_model"]), file=sys.stderr)
         if self.cost is None and any(j.factorize_time_cap_s for j in todo):
             print("note: factorize_time_cap_s is not applied: no calibration for this device "
                   "(python -m bench.perf calibrate)", file=sys.stderr)

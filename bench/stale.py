@@ -73,3 +73,23 @@ def stale_keys(jobs: list, latest: dict[str, dict], baselines: CachedBaselines) 
         if tuner.key in stale or pick_changed(rec, latest.get(tuner.key) or {}):
             stale.add(job.key)
     return stale
+
+
+def at_risk(jobs: list, latest: dict[str, dict], baselines: CachedBaselines, todo: set[str]) -> list:
+    """Jobs recorded ``ok`` on a baseline that is neither cached nor kept here, which this sweep
+    trains because some of its jobs are in ``todo``: when the weights come out other than the
+    records' (another kind of CPU, another thread count, docs/GPU.md), the sweep runs these again.
+    Said before anything runs, since the baseline alone may take an hour."""
+    trained_here = {j.baseline_key for j in jobs if j.key in todo and baselines.fingerprint(j) is None}
+    return [j for j in jobs if j.baseline_key in trained_here and j.key not in todo
+            and (latest.get(j.key) or {}).get("status") == "ok" and latest[j.key].get("baseline_fingerprint")]
+
+
+def at_risk_note(risky: list, latest: dict[str, dict], cpu: str, seconds: float | None = None) -> str:
+    """One line for ``at_risk``'s jobs: how many, the CPUs their records name, this one's."""
+    made_on = sorted({str((latest[j.key].get("env") or {}).get("cpu_model") or "unknown CPU") for j in risky})
+    cost = f" (estimated {seconds / 3600:,.1f} h more)" if seconds else ""
+    return (f"note: {len(risky)} recorded jobs sit on dense baselines that are not in the checkpoint cache, which "
+            f"this sweep trains (records made on {', '.join(made_on)}; this machine: {cpu}). If the weights come "
+            f"out different, as they do on another kind of CPU or thread count, those jobs run again{cost}; "
+            "a fresh --out keeps them apart")

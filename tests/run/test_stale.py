@@ -84,7 +84,8 @@ def test_without_a_cached_checkpoint_records_count_as_they_are(tmp_path, tiny_su
 def test_records_found_stale_once_the_sweep_trains_their_baseline_run_in_the_same_sweep(tmp_path, tiny_suite, capsys):
     """Records copied without their checkpoints count as they are until a sweep trains the
     baseline; when it does, and the weights differ, the same sweep runs their jobs again, so one
-    command leaves each seed on one baseline."""
+    command leaves each seed on one baseline. The dry run and the sweep say so before anything
+    runs: every record on a baseline the sweep will train is at risk."""
     suite = tiny_suite(methods=["dense", "svd"], ratios=[2], seeds=[0])
     path = tmp_path / suite.stem / "runs.jsonl"
     assert _run(suite, tmp_path) == 0
@@ -93,8 +94,11 @@ def test_records_found_stale_once_the_sweep_trains_their_baseline_run_in_the_sam
         f.unlink()
     suite.write_text(tiny_suite(methods=["dense", "svd"], ratios=[2, 8], seeds=[0]).read_text())  # one job more
     capsys.readouterr()
+    risk = "note: 2 recorded jobs sit on dense baselines that are not in the checkpoint cache, which this sweep trains"
+    assert _run(suite, tmp_path, "--dry-run") == 0 and risk in capsys.readouterr().out  # said before it runs
     assert _run(suite, tmp_path) == 0
     captured = capsys.readouterr()
+    assert risk in captured.err
     assert "1 records were made on another dense baseline than the one this sweep trained" in captured.err
     assert "2 ok" in captured.out and "1 already done" in captured.out  # svd at 8x, then svd at 2x again
     recs = read_records(path)
@@ -102,6 +106,7 @@ def test_records_found_stale_once_the_sweep_trains_their_baseline_run_in_the_sam
     assert {r["baseline_fingerprint"] for r in recs[2:]} == {recs[0]["baseline_fingerprint"]}
     capsys.readouterr()
     assert _run(suite, tmp_path) == 0 and len(read_records(path)) == 4  # nothing left
+    assert "sit on dense baselines" not in capsys.readouterr().err  # the baseline is cached now
 
 
 def test_tables_leave_out_seeds_whose_borrowed_pick_is_stale():
