@@ -17,6 +17,7 @@ import functools
 import itertools
 import math
 import sys
+import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -58,6 +59,9 @@ class RunSettings:
     def quiet(self, **changes: Any) -> "RunSettings":
         """The settings a worker process or Ray task gets: no progress bars."""
         return replace(self, progress=False, **changes)
+
+
+PICK_POLL_S = 10.0  # how often a sweep left only with jobs waiting for another sweep's lr pick looks for it
 
 
 def records_path(out: Path, suite_name: str, fit_only: bool) -> Path:
@@ -362,6 +366,7 @@ class Sweep:
                        WAITING: 0}
         self.bar = None
         self.version, self.env = "unknown", {}
+        self.waiting: set[str] = set()  # keys left WAITING for their tuning job's record
 
     def run(self, devices: list[str], backend: str = "local", address: str | None = None,
             plugins: list[str] | None = None, budget=None, ordered: bool = False) -> dict[str, int]:
@@ -396,6 +401,7 @@ class Sweep:
         try:
             run_pass(todo, redo, claimer)
             self._leave_handed(handed)
+            self._wait_for_picks(run_pass, redo, claimer)
             again = set() if self.rerun else stale_keys(jobs, self.records.refresh().latest, baselines) & done & set(self.by_key)
             if again:  # a baseline this sweep trained is not the one those records were made on
                 print(f"note: {len(again)} records were made on another dense baseline than the one this sweep "
@@ -412,6 +418,29 @@ class Sweep:
                     + counts[LEFT] + counts[WAITING])
         assert finished == counts["total"], f"job accounting is off: {counts}"
         return counts
+
+    def _wait_for_picks(self, run_pass, redo: set[str], claimer: JobClaimer) -> None:
+        """Jobs left ``WAITING`` for an lr pick that another live sweep is making (it holds the
+        tuning job's claim): wait for that record (polling every ``PICK_POLL_S``), then run them
+        here, so a sweep that finished its share early serves the rest instead of leaving a core
+        idle. Jobs whose tuning job no live sweep holds stay waiting, as the summary says."""
+        tuner_of = tuning_jobs(self.jobs)
+        said = False
+        while True:
+            held = [k for k in sorted(self.waiting) if self.claims.is_live(tuner_of[self.by_key[k].tune_key])]
+            if not held:
+                return
+            if not said:
+                print(f"waiting for the lr picks of {len(held)} jobs, which another sweep is making", file=sys.stderr)
+                said = True
+            time.sleep(PICK_POLL_S)
+            latest = self.records.refresh().latest
+            ready = [self.by_key[k] for k in held if tuner_of[self.by_key[k].tune_key] in latest]
+            if ready:
+                self.waiting -= {j.key for j in ready}
+                self.counts[WAITING] -= len(ready)
+                self.bar.total += len(ready)
+                run_pass(ready, redo, claimer)
 
     def _leave_handed(self, handed: HandedToTrainers) -> None:
         """The jobs still handed to the trainers of their baselines when the passes are done are
@@ -480,6 +509,8 @@ class Sweep:
                 tqdm.write(f"FAILED {rec['network']}/{rec['dataset']} {rec['label']} {rec['budget']} "
                            f"seed {rec['seed']}: {rec['error']}")
         counts[status] = counts.get(status, 0) + 1
+        if status == WAITING:
+            self.waiting.add(rec.key)
         finished = sum(counts[k] for k in ("ok", "failed", "skipped", CLAIMED, LEFT, WAITING))
         bar.set_postfix(ok=counts["ok"], failed=counts["failed"], skipped=counts["skipped"],
                         left=bar.total - finished)

@@ -513,6 +513,44 @@ def test_a_sweep_waits_for_a_baseline_another_sweep_trains(monkeypatch, tmp_path
     assert "2 jobs, 0 already done, 2 ok" in out.out and ckpt.exists()
 
 
+def test_a_sweep_waits_for_an_lr_pick_another_sweep_is_making(monkeypatch, tmp_path, tiny_suite, capsys):
+    """Seed 1 reuses seed 0's pick. While another live sweep holds seed 0's tuning job, this
+    sweep leaves that job to it and, with nothing else to run, waits for its record instead of
+    exiting; once the record lands it runs seed 1 with that pick."""
+    import json
+    import os
+
+    import bench.runner as runner
+    from bench.claims import Claims
+
+    suite = tiny_suite(methods=["svd"], ratios=[2], seeds=[0, 1], lr_grid=[0.01, 0.05])
+    path = tmp_path / suite.stem / "runs.jsonl"
+    args = ["--suite", str(suite), "--out", str(tmp_path), "--no-progress"]
+    assert main([*args, "--set", "protocol.seeds=[0]"]) == 0  # the tuning record the other sweep will write
+    tuner = read_records(path)[0]
+    assert tuner["lr_tuning"]["tuned_here"]
+    path.write_text("")
+    other = Claims(tmp_path / suite.stem / "runs.claims", pid=os.getppid())  # alive, not this process
+    assert other.try_claim(tuner["key"])
+    sleeps = []
+
+    def sleep(s):  # the other sweep finishes seed 0 during the second wait
+        sleeps.append(s)
+        if len(sleeps) == 2:
+            path.write_text(json.dumps(tuner) + "\n")
+            other.release(tuner["key"])
+
+    monkeypatch.setattr(runner.time, "sleep", sleep)
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert "waiting for the lr picks of 1 jobs, which another sweep is making" in out.err
+    assert "2 jobs, 0 already done, 1 ok, 0 failed, 0 skipped, 1 left to another sweep" in out.out
+    seed1 = [r for r in read_records(path) if r["seed"] == 1]
+    assert sleeps == [runner.PICK_POLL_S] * 2 and len(seed1) == 1 and seed1[0]["status"] == "ok"
+    assert seed1[0]["lr_tuning"]["pick"] == tuner["lr_tuning"]["pick"] and not seed1[0]["lr_tuning"]["tuned_here"]
+
+
 def test_a_handed_group_is_taken_back_once_its_baseline_is_trained(monkeypatch, tiny_suite, tmp_path):
     """A group whose baseline another process trains is handed to it (HANDED markers), and the
     sweep takes it back before its next job once that baseline is trained: the group its
