@@ -17,12 +17,12 @@ thin factors train 5x faster than its model says, tucker-paired's rebuilt weight
 tt's x1024 cell 4x slower than its x2192 one), so a cell's seed 0 predicts its seeds 1 and 2
 better than any pool of other cells does.
 Only records made on the calibrated processor kind with the calibration's thread count count
-when the records say theirs (``env.cpu_model``, ``env.threads``); older records, which do not,
-count as this machine's.
+when the records say theirs (``env.cpu_model``, ``env.cpu_id``, ``env.threads``); older records,
+which do not, count as this machine's.
 
 Stored in the calibration file as ``corrections_sets``, one set per processor and thread count
 (sessions land on different machines, and two 1-thread sweeps side by side run each job slower
-than the calibration's 2 threads): ``{"cpu_model", "threads", "suites", "records", "created",
+than the calibration's 2 threads): ``{"cpu_model", "cpu_id", "threads", "suites", "records", "created",
 "corrections": {network | "*": {stage: {method | "*": factor}}}}``. ``python -m bench.perf
 correct`` writes the set of the records it fits (``bench/perf/correct.py``); for each network the
 model takes the set of the machine and thread count it estimates for, else the nearest set with
@@ -56,18 +56,34 @@ def legacy_set(cal: dict[str, Any]) -> dict[str, Any] | None:
     return {**src, "threads": src.get("threads", cal.get("threads")), "corrections": cal["corrections"]}
 
 
-def ranked(cal: dict[str, Any], cpu: str | None, threads: int | None) -> list[dict[str, Any]]:
-    """The correction sets (``SETS``' format) an estimate for ``cpu`` with ``threads`` may use,
-    best first: the file's top-level ``corrections`` alone when it has them; else its sets, the
-    one fitted on that processor with that thread count first, then that processor's others,
-    then the rest by number of records. A network takes the first set that has records of it
-    (``CostModel.factor``): LeNet-5's factors say nothing of VGG-16's 2^24-weight layers."""
+def ranked(cal: dict[str, Any], cpu: str | None, threads: int | None,
+           cpu_id: str | None = None) -> list[dict[str, Any]]:
+    """The correction sets (``SETS``' format) an estimate for processor ``cpu`` (``cpu_id``:
+    family, model; ``bench.environment.cpu_id``) with ``threads`` may use, best first: the
+    file's top-level ``corrections`` alone when it has them; else its sets, the one fitted on
+    that processor kind with that thread count first, then that kind's others, then sets of the
+    same model name on another kind (two "AMD EPYC" generations ran LeNet-5 jobs 2x apart), then
+    the rest by number of records. A set that does not say its ``cpu_id`` (written before they
+    did) counts as the same kind, after one that says so. A network takes the first set that
+    has records of it (``CostModel.factor``): LeNet-5's factors say nothing of VGG-16's
+    2^24-weight layers."""
     given = legacy_set(cal)
     if given:
         return [given]
     sets = [s for s in cal.get(SETS) or [] if s.get("corrections")]
-    return sorted(sets, key=lambda s: (s.get("cpu_model") != cpu or s.get("threads") != threads,
-                                       s.get("cpu_model") != cpu, -(s.get("records") or 0)))
+
+    def order(s):
+        kind = same_kind(s, cpu, cpu_id)
+        return (not (kind and s.get("threads") == threads), not kind, not (cpu_id and s.get("cpu_id") == cpu_id),
+                s.get("cpu_model") != cpu, -(s.get("records") or 0))
+    return sorted(sets, key=order)
+
+
+def same_kind(correction_set: dict[str, Any], cpu: str | None, cpu_id: str | None) -> bool:
+    """Whether a set was fitted on processor model ``cpu`` of kind ``cpu_id`` (a set or an
+    estimate that does not say its id: the model name decides)."""
+    theirs = correction_set.get("cpu_id")
+    return correction_set.get("cpu_model") == cpu and (not cpu_id or not theirs or theirs == cpu_id)
 
 
 def for_network(sets: list[dict[str, Any]], network: str) -> dict[str, Any] | None:
@@ -76,17 +92,21 @@ def for_network(sets: list[dict[str, Any]], network: str) -> dict[str, Any] | No
     return next((s for s in sets if network in s["corrections"]), sets[0] if sets else None)
 
 
-def set_said(sets: list[dict[str, Any]], networks, cpu: str | None, threads: int | None) -> str:
+def set_said(sets: list[dict[str, Any]], networks, cpu: str | None, threads: int | None,
+             cpu_id: str | None = None) -> str:
     """Whose corrections the estimates of ``networks`` use, and whether they are this machine's
     (for the dry run's header)."""
     if not sets:
         return "no corrections fitted on records (python -m bench.perf correct)"
     said = []
     for chosen, nets in _grouped(sets, networks):
-        mine = (chosen.get("cpu_model"), chosen.get("threads")) == (cpu, threads)
+        kind = same_kind(chosen, cpu, cpu_id) and bool(chosen.get("cpu_id")) == bool(cpu_id)
+        whose = ("" if kind and chosen.get("threads") == threads else " (this processor, other threads)" if kind
+                 else " (not this run's processor: python -m bench.perf correct fits a set on its records)")
         said.append(f"{', '.join(nets)} corrected on {chosen.get('records')} records of "
-                    f"{', '.join(chosen.get('suites') or [])} made on {chosen.get('cpu_model')}, "
-                    f"{chosen.get('threads')} thread(s)" + ("" if mine else " (not this run's machine and threads)"))
+                    f"{', '.join(chosen.get('suites') or [])} made on {chosen.get('cpu_model')}"
+                    f"{' (' + chosen['cpu_id'] + ')' if chosen.get('cpu_id') else ''}, "
+                    f"{chosen.get('threads')} thread(s)" + whose)
     return "; ".join(said)
 
 
@@ -110,13 +130,16 @@ def cell(job) -> str:
     return CELL + config_key(cfg)
 
 
-def same_processor(record: dict[str, Any], cpu: str | None, threads: int | None = None) -> bool:
-    """Whether ``record`` ran on processor ``cpu`` with the calibration's ``threads`` (a record
-    that does not say, or nothing to compare with, counts as the same): a job run on 1 thread
-    beside another sweep is no sample of the 2-thread speed the calibration estimates."""
+def same_processor(record: dict[str, Any], cpu: str | None, threads: int | None = None,
+                   cpu_id: str | None = None) -> bool:
+    """Whether ``record`` ran on processor ``cpu`` (of kind ``cpu_id`` where both say it) with
+    the calibration's ``threads`` (a record that does not say, or nothing to compare with,
+    counts as the same): a job run on 1 thread beside another sweep is no sample of the
+    2-thread speed the calibration estimates."""
     env = record.get("env") or {}
-    theirs, their_threads = env.get("cpu_model"), env.get("threads")
-    return (not cpu or not theirs or theirs == cpu) and (not threads or not their_threads or their_threads == threads)
+    theirs, their_threads, their_id = env.get("cpu_model"), env.get("threads"), env.get("cpu_id")
+    return ((not cpu or not theirs or theirs == cpu) and (not threads or not their_threads or their_threads == threads)
+            and (not cpu_id or not their_id or their_id == cpu_id))
 
 
 def pool(samples: dict[tuple[str, str, str], list[float]]) -> dict[tuple[str, str, str], list[float]]:

@@ -48,6 +48,12 @@ def _cpu() -> str:
     return cpu_model()
 
 
+def _cpu_id() -> str:
+    from bench.environment import cpu_id
+
+    return cpu_id()
+
+
 def _threads() -> int:
     import torch
 
@@ -62,13 +68,15 @@ class CostModel(PerStepCosts):
     """Seconds of a job (and of its dense baseline) on the calibrated device."""
 
     def __init__(self, calibration: dict[str, Any], corrected: bool = True, cpu: str | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, cpu_id: str | None = None):
         """``corrected``: apply the calibration's fitted corrections (``bench.cost_corrections``),
-        the set of processor ``cpu`` with ``threads`` (default: this machine's, the threads this
-        process trains with); False gives the bare model they are fitted against."""
+        the set of processor ``cpu`` of kind ``cpu_id`` with ``threads`` (default: this machine's,
+        the threads this process trains with; a ``cpu`` given without ``cpu_id``: any kind of
+        it); False gives the bare model they are fitted against."""
         self.cal = calibration
         self.cpu, self.threads = (cpu or _cpu(), threads or _threads()) if corrected else (cpu, threads)
-        self.correction_sets = ranked(calibration, self.cpu, self.threads) if corrected else []
+        self.cpu_id = cpu_id or (_cpu_id() if corrected and cpu is None else None)
+        self.correction_sets = ranked(calibration, self.cpu, self.threads, self.cpu_id) if corrected else []
         self.path = calibration.get("path", "?")
         self._layers: dict[tuple, dict[str, int]] = {}
         self._works: dict[tuple, dict[str, tuple[StepWork, float]]] = {}  # (job key, calibrated knob)

@@ -109,9 +109,10 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
               f"python -m bench.perf calibrate --device {kind} makes it)")
         return
     cal = cost.cal
+    whose = set_said(cost.correction_sets, dict.fromkeys(j.network for j in jobs), cost.cpu, cost.threads, cost.cpu_id)
     print(f"estimated time on {kind} ({cal.get('device_name')}, {cal.get('threads')} threads, calibration "
           f"{cost.path}{'' if any('precisions' in n for n in cal['networks'].values()) else '; no per-precision speeds'}"
-          f"; {set_said(cost.correction_sets, dict.fromkeys(j.network for j in jobs), cost.cpu, cost.threads)}):")
+          f"; {whose}):")
     shown = ("factorize", "finetune", "eval")
     print(f"  {'network':9s} {'method':15s} {'jobs':>5s} {'done':>5s} {'skipped':>8s} {'copies':>7s} "
           + " ".join(f"{s:>11s}" for s in shown) + f" {'seconds':>12s}")

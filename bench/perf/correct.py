@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration", default=None, help="calibration file (default results/calibration/cpu.json)")
     ap.add_argument("--cpu-model", default=None,
                     help="fit only records made on this processor (env.cpu_model); default: this machine's")
+    ap.add_argument("--cpu-id", default=None,
+                    help="and of this kind (env.cpu_id: family, model, stepping); default: this machine's "
+                         "when --cpu-model is not given, else any kind of that model")
     ap.add_argument("--threads", type=int, default=None,
                     help="fit only records made with this many threads (env.threads); default: the threads "
                          "this process trains with (OMP_NUM_THREADS), as the dry run estimates for them")
@@ -113,27 +116,29 @@ def main(argv: list[str] | None = None) -> int:
 def correct(args: argparse.Namespace) -> int:
     import torch
 
-    from bench.environment import cpu_model
+    from bench.environment import cpu_id, cpu_model
 
     path = Path(args.calibration) if args.calibration else default_path(device_kind("cpu"))
     cal = load_calibration(path)
     if cal is None:
         raise InputError(f"no calibration at {path} (python -m bench.perf calibrate makes one)")
     cpu, threads = args.cpu_model or cpu_model(), args.threads or torch.get_num_threads()
+    kind = args.cpu_id or (None if args.cpu_model else cpu_id())
     bare, results = CostModel(cal, corrected=False), Path(args.results)
     suites = [s.strip() for s in args.suites.split(",") if s.strip()]
     loaded = {s: _suite_records(s, results) for s in suites}
     pairs, baselines = [], {}
     for jobs, records in loaded.values():
-        mine = {k: r for k, r in records.items() if same_processor(r, cpu, threads)}
+        mine = {k: r for k, r in records.items() if same_processor(r, cpu, threads, kind)}
         chosen = list(measured_alone(mine, jobs))
         pairs += chosen
         baselines.update(measured_baselines([j for j, _, _ in chosen], results))
     if not pairs:
-        raise InputError(f"no ok records made on {cpu!r} with {threads} thread(s) in {', '.join(suites)} under {results}")
+        raise InputError(f"no ok records made on {cpu!r} ({kind or 'any kind'}) with {threads} thread(s) in "
+                         f"{', '.join(suites)} under {results}")
     samples = ratios(bare, pairs, baselines)
     corrections, counts = fit(samples), pool(samples)
-    print(f"{len(pairs)} records ({cpu}, {threads} thread(s)); measured / estimated, median (n):")
+    print(f"{len(pairs)} records ({cpu}, {kind or 'any kind'}, {threads} thread(s)); measured / estimated, median (n):")
     for net, stages in corrections.items():
         for stage, per in stages.items():
             cells = sum(m.startswith(CELL) for m in per)
@@ -156,8 +161,9 @@ def correct(args: argparse.Namespace) -> int:
     if args.dry:
         return 0
     cal.pop("path", None)
-    cal[SETS] = [c for c in _sets(cal) if (c.get("cpu_model"), c.get("threads")) != (cpu, threads)] + [
-        {"cpu_model": cpu, "threads": threads, "suites": suites, "records": len(pairs),
+    this = (cpu, kind, threads)
+    cal[SETS] = [c for c in _sets(cal) if (c.get("cpu_model"), c.get("cpu_id"), c.get("threads")) != this] + [
+        {"cpu_model": cpu, "cpu_id": kind, "threads": threads, "suites": suites, "records": len(pairs),
          "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "corrections": corrections}]
     path.write_text(json.dumps(cal, indent=1, sort_keys=True) + "\n")
     print(f"wrote {path}")
