@@ -113,6 +113,12 @@ class Claims:
         info = _read(path)
         return info is not None and not self._is_stale(path, info)
 
+    def held_elsewhere(self, key: str) -> bool:
+        """Whether another owner (another sweep) holds a live claim on ``key``."""
+        path = self._path(key)
+        info = _read(path)
+        return info is not None and info.get("owner") != self.owner and not self._is_stale(path, info)
+
     @contextlib.contextmanager
     def keep_alive(self, keys: list[str], interval_s: float | None = None) -> Iterator[None]:
         """Heartbeat ``keys`` from a daemon thread while the block runs (a long job)."""

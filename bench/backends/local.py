@@ -105,6 +105,23 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
         for jobs in handed.take_back(settings.baseline_root) if handed is not None else []:
             yield from run_group(jobs)
 
+    def copy_in_flight(job: Job, pick, group: list[tuple[Job, Any]]) -> bool:
+        """Whether an earlier job of ``group`` with the same planned measurement (``bench.memo``:
+        equal allocation and recipe) is running in another live sweep (not this one's workers,
+        whose claims the driver releases a moment later): this job is then its copy,
+        which that sweep makes when it gets here (the same list, in order); running it here too
+        would measure the same thing twice at once (two sweeps on ADTN's x2 and x8, both depth 8)."""
+        claims = getattr(claim, "claims", None)
+        mkey = planned_memo_key(job, untrained, pick) if claims is not None else None
+        if mkey is None:
+            return False
+        for earlier, earlier_pick in group:
+            if earlier.key == job.key:
+                return False
+            if claims.held_elsewhere(earlier.key) and planned_memo_key(earlier, untrained, earlier_pick) == mkey:
+                return True
+        return False
+
     def release(job: Job) -> None:
         """Give up ``job``'s claim (held by this process) so another run can take it."""
         if getattr(claim, "claims", None) is not None:
@@ -119,7 +136,7 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
             if gate is not None and not _a_copy(job, memo, pick, untrained) and not admitted(job):
                 yield Marker(job.key, LEFT)
                 continue
-            if claim is not None and not claim(job):
+            if claim is not None and (copy_in_flight(job, pick, group) or not claim(job)):
                 yield Marker(job.key, CLAIMED)
                 continue
             if base is None:

@@ -551,6 +551,41 @@ def test_a_sweep_waits_for_an_lr_pick_another_sweep_is_making(monkeypatch, tmp_p
     assert seed1[0]["lr_tuning"]["pick"] == tuner["lr_tuning"]["pick"] and not seed1[0]["lr_tuning"]["tuned_here"]
 
 
+def test_a_copy_of_a_job_another_sweep_is_running_is_left_to_that_sweep(monkeypatch, tiny_suite, tmp_path):
+    """svd at 64x and 128x is one measurement (rank 1 both): while another live sweep runs the
+    64x job, this sweep leaves the 128x job to it (that sweep copies it when it gets there)
+    instead of measuring the same thing at the same time; with nobody else on 64x it runs both."""
+    import os
+
+    import torch
+
+    import bench.backends.local as local
+    from bench.backends import CLAIMED, Marker
+    from bench.claims import Claims
+    from bench.planning import planned_memo_key
+    from bench.records import RecordIndex
+    from bench.runner import JobClaimer, RunSettings
+    from bench.suite import expand, load_suite
+
+    jobs = expand(load_suite(str(tiny_suite(methods=["svd"], ratios=[64, 128, 8]))))
+    first, copy, other = jobs
+    assert planned_memo_key(first, {}) == planned_memo_key(copy, {}) != planned_memo_key(other, {})
+    monkeypatch.setattr(local, "_baseline", lambda job, *a: (None, {}, None))
+    monkeypatch.setattr(local, "run_job", lambda job, *a, **k: {"key": job.key})
+    settings = RunSettings(out=tmp_path, data_dir=None, progress=False)
+    claims = Claims(tmp_path / "runs.claims")
+    elsewhere = Claims(tmp_path / "runs.claims", pid=os.getppid())  # another live sweep
+    assert elsewhere.try_claim(first.key)
+    claimer = JobClaimer(claims, RecordIndex(tmp_path / "runs.jsonl"), rerun=False)
+    out = list(local.run_groups([jobs], settings, torch.device("cpu"), claimer))
+    assert [(o.key, o.status) if isinstance(o, Marker) else o["key"] for o in out] == [
+        (first.key, CLAIMED), (copy.key, CLAIMED), other.key]
+    elsewhere.release(first.key)
+    claims.release_all_mine()  # this sweep's own claim on 64x (held until its record is written) keeps nothing back
+    out = list(local.run_groups([jobs], settings, torch.device("cpu"), claimer))
+    assert [o["key"] for o in out] == [first.key, copy.key, other.key]
+
+
 def test_a_handed_group_is_taken_back_once_its_baseline_is_trained(monkeypatch, tiny_suite, tmp_path):
     """A group whose baseline another process trains is handed to it (HANDED markers), and the
     sweep takes it back before its next job once that baseline is trained: the group its
