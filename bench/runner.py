@@ -156,18 +156,27 @@ def _reconsidered(jobs: list[Job], records: RecordIndex, cost) -> set[str]:
 
 class JobClaimer:
     """Claims a job for this sweep just before it runs (picklable, so workers use it too): False
-    when another sweep holds it or has recorded it since this sweep started."""
+    when another sweep holds it or has recorded it since this sweep started. A job in ``redo``
+    (its record is stale, ``bench.stale``) counts as recorded meanwhile once its latest record
+    is another than the one this sweep started from: two sweeps that both found it stale run it
+    once, not twice."""
 
     def __init__(self, claims, records: RecordIndex, rerun: bool, redo: frozenset = frozenset()):
         self.claims, self.records, self.rerun, self.redo = claims, records, rerun, frozenset(redo)
+        self.stale_records = {k: records.latest.get(k) for k in self.redo}
 
     def __call__(self, job: Job) -> bool:
         if not self.claims.try_claim(job.key):
             return False
-        if not self.rerun and job.key not in self.redo and self.records.is_done(job.key):  # done meanwhile
+        if not self.rerun and self._done_meanwhile(job.key):
             self.claims.release(job.key)
             return False
         return True
+
+    def _done_meanwhile(self, key: str) -> bool:
+        if not self.records.is_done(key):
+            return False
+        return key not in self.redo or self.records.latest.get(key) != self.stale_records[key]
 
     def claimer(self) -> "JobClaimer":
         return self

@@ -143,3 +143,26 @@ def test_reuse_takes_no_record_made_on_another_baseline(tmp_path, tiny_suite, ca
     recs = {r["method"]: r for r in read_records(tmp_path / twin.stem / "runs.jsonl")}
     assert recs["dense"]["reused_from"] == plain.stem
     assert "reused_from" not in recs["svd"] and recs["svd"]["baseline_fingerprint"] == recs["dense"]["baseline_fingerprint"]
+
+
+def test_a_stale_record_two_sweeps_found_is_redone_once(tmp_path, tiny_suite):
+    """Both sweeps start with the record stale (in ``redo``); once one has recorded the job
+    again, the other's claimer refuses it instead of running it a second time."""
+    from bench.claims import Claims
+    from bench.records import RecordIndex, append_record
+    from bench.runner import JobClaimer
+    from bench.suite import expand, load_suite
+
+    suite = tiny_suite(methods=["dense", "svd"], ratios=[2], seeds=[0])
+    path = tmp_path / suite.stem / "runs.jsonl"
+    assert _run(suite, tmp_path) == 0
+    job = next(j for j in expand(load_suite(str(suite))) if j.method == "svd")
+    stale = next(r for r in read_records(path) if r["key"] == job.key)
+    claims = Claims(tmp_path / "claims")
+    first, second = (JobClaimer(claims, RecordIndex(path).refresh(), rerun=False, redo=frozenset({job.key}))
+                     for _ in range(2))
+    assert first(job)  # the stale record is no reason to skip it
+    claims.release(job.key)
+    append_record(path, {**stale, "started": "2099-01-01T00:00:00"})  # the first sweep's new record
+    assert not second(job) and not first(job)  # recorded meanwhile: neither runs it again
+    assert JobClaimer(claims, RecordIndex(path).refresh(), rerun=True, redo=frozenset({job.key}))(job)  # --rerun does
