@@ -7,12 +7,12 @@ from pathlib import Path
 
 from bench.cost import STAGES, baseline_cached, compare_records
 from bench.cost_corrections import set_said
+from bench.environment import environment
 from bench.planning import plan_on_untrained, planned_copies, planned_loaded_starts
 from bench.kept_baselines import is_kept, kept_folder, seeding_suites
 from bench.layers import dense_params
 from bench.records import RecordIndex
 from bench.runner import equal_copies, planned_skip, records_path
-from bench.environment import cpu_model
 from bench.stale import CachedBaselines, at_risk, at_risk_note, stale_keys
 
 
@@ -103,13 +103,14 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
     if risky:
         again = None if cost is None else sum(sum(st.values()) for st in cost.suite_stages(
             risky, cached={j.baseline_key for j in risky}).values())
-        print(at_risk_note(risky, index.latest, cpu_model(), again))
+        print(at_risk_note(risky, index.latest, environment(), again))
     if cost is None:
         print(f"no time estimates: no calibration for {kind} ({cal_path} does not exist; "
               f"python -m bench.perf calibrate --device {kind} makes it)")
         return
     cal = cost.cal
-    whose = set_said(cost.correction_sets, dict.fromkeys(j.network for j in jobs), cost.cpu, cost.threads, cost.cpu_id)
+    networks_here = dict.fromkeys(j.network for j in jobs)
+    whose = set_said(cost.correction_sets, networks_here, cost.cpu, cost.threads, cost.cpu_id)
     print(f"estimated time on {kind} ({cal.get('device_name')}, {cal.get('threads')} threads, calibration "
           f"{cost.path}{'' if any('precisions' in n for n in cal['networks'].values()) else '; no per-precision speeds'}"
           f"; {whose}):")

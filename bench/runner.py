@@ -396,7 +396,7 @@ class Sweep:
             return counts
         risky = [] if self.rerun else at_risk(jobs, self.records.latest, baselines, {j.key for j in todo})
         if risky:
-            print(at_risk_note(risky, self.records.latest, environment()["cpu_model"]), file=sys.stderr)
+            print(at_risk_note(risky, self.records.latest, environment()), file=sys.stderr)
         if self.cost is None and any(j.factorize_time_cap_s for j in todo):
             print("note: factorize_time_cap_s is not applied: no calibration for this device "
                   "(python -m bench.perf calibrate)", file=sys.stderr)

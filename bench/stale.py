@@ -85,11 +85,19 @@ def at_risk(jobs: list, latest: dict[str, dict], baselines: CachedBaselines, tod
             and (latest.get(j.key) or {}).get("status") == "ok" and latest[j.key].get("baseline_fingerprint")]
 
 
-def at_risk_note(risky: list, latest: dict[str, dict], cpu: str, seconds: float | None = None) -> str:
-    """One line for ``at_risk``'s jobs: how many, the CPUs their records name, this one's."""
-    made_on = sorted({str((latest[j.key].get("env") or {}).get("cpu_model") or "unknown CPU") for j in risky})
+def at_risk_note(risky: list, latest: dict[str, dict], here: dict[str, Any], seconds: float | None = None) -> str:
+    """One line for ``at_risk``'s jobs: how many, the processors their records name, this
+    machine's (``here``: ``bench.environment.environment()``), and what re-running them costs."""
+    made_on = sorted({processor(latest[j.key].get("env") or {}) for j in risky})
     cost = f" (estimated {seconds / 3600:,.1f} h more)" if seconds else ""
     return (f"note: {len(risky)} recorded jobs sit on dense baselines that are not in the checkpoint cache, which "
-            f"this sweep trains (records made on {', '.join(made_on)}; this machine: {cpu}). If the weights come "
-            f"out different, as they do on another kind of CPU or thread count, those jobs run again{cost}; "
-            "a fresh --out keeps them apart")
+            f"this sweep trains (records made on {', '.join(made_on)}; this machine: {processor(here)}). If the "
+            f"weights come out different, as they do on another kind of CPU or thread count, those jobs run "
+            f"again{cost}; a fresh --out keeps them apart")
+
+
+def processor(env: dict[str, Any]) -> str:
+    """A record's (or this machine's) processor: model name, and family/model where it says them
+    (two "AMD EPYC" kinds train the same seed to different weights)."""
+    name = str(env.get("cpu_model") or "unknown CPU")
+    return f"{name} ({env['cpu_id']})" if env.get("cpu_id") else name

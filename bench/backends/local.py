@@ -112,15 +112,16 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
         which that sweep makes when it gets here (the same list, in order); running it here too
         would measure the same thing twice at once (two sweeps on ADTN's x2 and x8, both depth 8)."""
         claims = getattr(claim, "claims", None)
-        mkey = planned_memo_key(job, untrained, pick) if claims is not None else None
-        if mkey is None:
+        if claims is None:
             return False
+        held = []  # claim files first: the allocations are planned only when another sweep runs one
         for earlier, earlier_pick in group:
             if earlier.key == job.key:
-                return False
-            if claims.held_elsewhere(earlier.key) and planned_memo_key(earlier, untrained, earlier_pick) == mkey:
-                return True
-        return False
+                break
+            if claims.held_elsewhere(earlier.key):
+                held.append((earlier, earlier_pick))
+        mkey = planned_memo_key(job, untrained, pick) if held else None
+        return mkey is not None and any(planned_memo_key(e, untrained, p) == mkey for e, p in held)
 
     def release(job: Job) -> None:
         """Give up ``job``'s claim (held by this process) so another run can take it."""
