@@ -394,13 +394,13 @@ class Sweep:
         counts["already_done"] = len(jobs) - len(todo)
         if not todo:
             return counts
-        risky = [] if self.rerun else at_risk(jobs, self.records.latest, baselines, {j.key for j in todo})
-        if risky:
-            print(at_risk_note(risky, self.records.latest, environment()), file=sys.stderr)
         if self.cost is None and any(j.factorize_time_cap_s for j in todo):
             print("note: factorize_time_cap_s is not applied: no calibration for this device "
                   "(python -m bench.perf calibrate)", file=sys.stderr)
         self.version, self.env = code_version(), environment()
+        risky = [] if self.rerun else at_risk(jobs, self.records.latest, baselines, {j.key for j in todo})
+        if risky:
+            print(at_risk_note(risky, self.records.latest, self.env), file=sys.stderr)
         claimer = JobClaimer(self.claims, self.records, self.rerun, redo)
         self.bar = tqdm(total=len(todo), desc="jobs", unit="job", disable=not self.settings.progress)
         handed = HandedToTrainers()  # jobs whose baseline another process trains, until it is trained
