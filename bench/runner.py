@@ -62,6 +62,7 @@ class RunSettings:
 
 
 PICK_POLL_S = 10.0  # how often a sweep left only with jobs waiting for another sweep's lr pick looks for it
+_sleep = time.sleep  # the poll's pause (a test replaces it, not time.sleep for every module)
 
 
 def records_path(out: Path, suite_name: str, fit_only: bool) -> Path:
@@ -442,7 +443,7 @@ class Sweep:
             if not said:
                 print(f"waiting for the lr picks of {len(held)} jobs, which another sweep is making", file=sys.stderr)
                 said = True
-            time.sleep(PICK_POLL_S)
+            _sleep(PICK_POLL_S)
             latest = self.records.refresh().latest
             ready = [self.by_key[k] for k in held if tuner_of[self.by_key[k].tune_key] in latest]
             if ready:

@@ -29,6 +29,7 @@ from bench.plan import pick_for
 from bench.train import resolve_device
 
 HANDED_POLL_S = 10.0  # how often a sweep with only handed jobs left looks whether their baseline is saved
+_sleep = time.sleep  # the poll's pause (a test replaces it, not time.sleep for every module)
 
 
 
@@ -183,7 +184,7 @@ def run_groups(groups: list[list[Job]], settings, device: torch.device,
         tqdm.write(f"waiting for another process to train the baseline of {', '.join(names)}; "
                    "its jobs are shared once it is saved", file=sys.stderr)
         while handed.groups:
-            time.sleep(HANDED_POLL_S)
+            _sleep(HANDED_POLL_S)
             yield from taken_back()
 
 

@@ -505,7 +505,7 @@ def test_a_sweep_waits_for_a_baseline_another_sweep_trains(monkeypatch, tmp_path
         if len(seen) == 2:
             trainer.release(ckpt.stem)
 
-    monkeypatch.setattr(local.time, "sleep", sleep)
+    monkeypatch.setattr(local, "_sleep", sleep)
     assert main(["--suite", str(suite), "--out", str(tmp_path), "--no-progress"]) == 0
     assert seen == [(False, [".lock"])] * 2
     out = capsys.readouterr()
@@ -540,7 +540,7 @@ def test_a_sweep_waits_for_an_lr_pick_another_sweep_is_making(monkeypatch, tmp_p
             path.write_text(json.dumps(tuner) + "\n")
             other.release(tuner["key"])
 
-    monkeypatch.setattr(runner.time, "sleep", sleep)
+    monkeypatch.setattr(runner, "_sleep", sleep)
     capsys.readouterr()
     assert main(args) == 0
     out = capsys.readouterr()
@@ -629,7 +629,7 @@ def test_a_handed_group_is_taken_back_once_its_baseline_is_trained(monkeypatch, 
         sleeps.append(s)
         trained["seed 1"] = len(sleeps) >= 3
 
-    monkeypatch.setattr(local.time, "sleep", sleep)
+    monkeypatch.setattr(local, "_sleep", sleep)
     monkeypatch.setattr(local, "run_job", lambda job, *a, **k: {"key": job.key})
     handed = local.HandedToTrainers()
     out = list(local.run_groups([first, later], settings, torch.device("cpu"), handed=handed))
