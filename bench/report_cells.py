@@ -77,11 +77,15 @@ def format_cell(mean: float, ci: float, ok: int, run: int, collapsed: int = 0) -
     text = format_acc(mean, ci if ci_shown(ok, run, collapsed) else float("nan"))
     if ok < run or ok < MIN_CI_SEEDS:
         text = f"{ok}/{run} ok: {text}"
+    return text + chance_mark(ok, collapsed)
+
+
+def chance_mark(ok: int, collapsed: int) -> str:
+    """What a mean over ``ok`` runs, ``collapsed`` of them at chance, says of them (``SEED_RULE``):
+    " ‡ bimodal: c/k at chance", " ‡ at chance", or nothing."""
     if 0 < collapsed < ok:
-        text += f" ‡ bimodal: {collapsed}/{ok} at chance"
-    elif collapsed and collapsed == ok:
-        text += " ‡ at chance"
-    return text
+        return f" ‡ bimodal: {collapsed}/{ok} at chance"
+    return " ‡ at chance" if collapsed and collapsed == ok else ""
 
 
 def format_acc(mean: float, ci: float) -> str:

@@ -80,7 +80,8 @@ def at_risk(jobs: list, latest: dict[str, dict], baselines: CachedBaselines, tod
     trains because some of its jobs are in ``todo``: when the weights come out other than the
     records' (another kind of CPU, another thread count, docs/GPU.md), the sweep runs these again.
     Said before anything runs, since the baseline alone may take an hour."""
-    trained_here = {j.baseline_key for j in jobs if j.key in todo and baselines.fingerprint(j) is None}
+    needed = {j.baseline_key: j for j in jobs if j.key in todo}  # one summary read per baseline, not per job
+    trained_here = {k for k, j in needed.items() if baselines.fingerprint(j) is None}
     return [j for j in jobs if j.baseline_key in trained_here and j.key not in todo
             and (latest.get(j.key) or {}).get("status") == "ok" and latest[j.key].get("baseline_fingerprint")]
 

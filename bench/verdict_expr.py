@@ -12,7 +12,7 @@ import operator
 from dataclasses import dataclass, field
 
 from bench.errors import InputError
-from bench.report import ci_shown, format_acc
+from bench.report_cells import chance_mark, ci_shown, format_acc
 
 
 class ClaimError(InputError, ValueError):
@@ -31,10 +31,8 @@ class Value:
 
     def render(self, spec: str) -> str:
         if spec == "pm":  # the tables' seed rule (bench.report.SEED_RULE): no CI below 3 seeds or when bimodal
-            text = format_acc(self.value, self.ci if ci_shown(self.n, self.n, self.collapsed) else math.nan)
-            if 0 < self.collapsed < self.n:
-                return f"{text} ‡ bimodal: {self.collapsed}/{self.n} at chance"
-            return f"{text} ‡ at chance" if self.collapsed else text
+            shown = format_acc(self.value, self.ci if ci_shown(self.n, self.n, self.collapsed) else math.nan)
+            return shown + chance_mark(self.n, self.collapsed)
         if spec == "ci":
             return _fmt(self.ci, ".2f")
         if spec == "n":
