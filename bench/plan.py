@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from bench.registry import tunes_lr
+
 
 #: the seed whose validation split picks the fine-tuning lr (and optimizer) of every seed of a
 #: setting. Fixed, not "the lowest seed of this run": a run of ``--set protocol.seeds=[1]`` adds
@@ -13,8 +15,9 @@ TUNE_SEED = 0
 
 
 def picks_lr(job) -> bool:
-    """Whether ``job``'s fine-tuning lr comes from ``lr_grid`` (a fit-only job never fine-tunes)."""
-    return bool(job.lr_grid) and not job.fit_only
+    """Whether ``job``'s fine-tuning lr comes from ``lr_grid``: not a fit-only job (it never
+    fine-tunes), not one of a method that takes no picked lr (dense, NN-BCD: ``tunes_lr``)."""
+    return bool(job.lr_grid) and not job.fit_only and tunes_lr(job.method)
 
 
 def tuning_job(job):

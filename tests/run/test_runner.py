@@ -359,6 +359,17 @@ def test_a_fit_only_run_of_a_later_seed_waits_for_nothing(tmp_path, tiny_suite, 
     assert "1 ok" in capsys.readouterr().out
 
 
+def test_a_run_of_a_later_seed_trains_its_baseline_without_waiting_for_seed_0(tmp_path, tiny_suite, capsys):
+    """Dense takes no lr pick: ``--set protocol.seeds=[1]`` trains seed 1's baseline and records
+    its dense job while the jobs that do take seed 0's pick wait for it."""
+    suite = tiny_suite(methods=["dense", "svd"], ratios=[2], seeds=[0, 1], lr_grid=[0.001, 0.05])
+    assert _run("--suite", suite, "--out", tmp_path, "--set", "protocol.seeds=[1]") == 0
+    out = capsys.readouterr().out
+    assert "1 ok" in out and "1 waiting for the lr pick of seed 0" in out
+    recs = read_records(tmp_path / suite.stem / "runs.jsonl")
+    assert [(r["method"], r["seed"], r["status"]) for r in recs] == [("dense", 1, "ok")]
+
+
 FAIL_ON_SEED0 = """
 def finetune(self, model, ctx):  # seed 1 would say so too, if it were run
     raise RuntimeError("tuning run fails")
