@@ -99,16 +99,19 @@ def _knob_of(budget: str) -> float:
 
 
 def figure_depth(df: pd.DataFrame, stem: Path) -> list[Path]:
-    """ADTN depth study: accuracy and fit error vs depth M, one line per network."""
+    """ADTN depth study: accuracy and fit error vs depth M, one line per network (and per entry,
+    when the suite has several: adtn-depth-v3's pre-fit and scratch starts)."""
     ok = df[(df.status == "ok") & (df.method == "adtn")].copy()
     ok["M"] = ok.budget.map(_knob_of)
+    entries = ok.label.nunique() > 1
     fig, (a1, a2) = plt.subplots(1, 2, figsize=TWO_COLUMN)
-    for (net, ds), g in ok.groupby(["network", "dataset"]):
+    for (net, ds, label), g in ok.groupby(["network", "dataset", "label"]):
         s = g.groupby("M").agg(acc=("acc_after_finetune", "mean"), ci=("acc_after_finetune", ci_halfwidth),
                                fit=("fit_rel_error", "mean"), dense=("acc_dense", "mean")).reset_index()
-        line = a1.errorbar(s.M, s.acc, yerr=s.ci.fillna(0), marker="o", ms=4, capsize=2, label=f"{net}/{ds}")
+        name = f"{net}/{ds} {label}" if entries else f"{net}/{ds}"
+        line = a1.errorbar(s.M, s.acc, yerr=s.ci.fillna(0), marker="o", ms=4, capsize=2, label=name)
         a1.axhline(s.dense.iloc[0], ls="--", lw=0.8, color=line[0].get_color())
-        a2.plot(s.M, s.fit, marker="o", ms=4, label=f"{net}/{ds}")
+        a2.plot(s.M, s.fit, marker="o", ms=4, label=name, color=line[0].get_color())
     clamp_percent(a1)
     a1.set_xlabel("ADTN depth M")
     a1.set_ylabel("test accuracy (%), 95 % CI\n(dashed: dense)")

@@ -231,3 +231,23 @@ def test_dense_accuracy_is_a_mean_over_seeds_not_records():
 
     frame = pd.DataFrame({"seed": [0, 0, 0, 1], "acc_dense": [90.0, 90.0, 90.0, 92.0]})
     assert dense_accuracy(frame) == 91.0
+
+
+def test_the_depth_figure_draws_one_line_per_entry_when_a_suite_has_several(tmp_path, monkeypatch):
+    """adtn-depth-v3 runs ADTN with and without its pre-fit at each depth: one line each, not one
+    line through the means of both."""
+    import plots.paper as paper
+
+    drawn = {}
+    monkeypatch.setattr(paper, "save_figure", lambda fig, stem, tight=False: drawn.setdefault("fig", fig) and [])
+    recs = pd.DataFrame([_rec(key=f"{label}{m}", method="adtn", label=label, budget=f"knob={m}", seed=0,
+                              acc_after_finetune=acc + m, params_compressed_layers=100 * m, achieved_ratio=10 / m)
+                         for label, acc in (("adtn-interleaved", 90.0), ("adtn-interleaved-scratch", 80.0))
+                         for m in (1, 2)])
+    paper.figure_depth(recs, tmp_path / "fig")
+    accuracy = drawn["fig"].axes[0]
+    lines = {c.get_label(): list(c.lines[0].get_ydata()) for c in accuracy.containers}
+    assert lines == {"fc2/mnist adtn-interleaved": [91.0, 92.0], "fc2/mnist adtn-interleaved-scratch": [81.0, 82.0]}
+    drawn.clear()
+    paper.figure_depth(recs[recs.label == "adtn-interleaved"], tmp_path / "fig1")  # one entry: named by network
+    assert [c.get_label() for c in drawn["fig"].axes[0].containers] == ["fc2/mnist"]
