@@ -27,6 +27,7 @@ from torch import nn
 
 from bench.claims import Claims
 from bench.data import DataSplits
+from bench.environment import environment
 from bench.models import build_network
 from bench.atomic_file import atomic_write
 from bench.records import config_key
@@ -233,7 +234,9 @@ def _train_baseline(path: Path, config: dict[str, Any], data: DataSplits, progre
     meta = {"config": config, "acc_test": evaluate(model, data.x_test, data.y_test),
             "acc_val": summary["val_acc"], "time_train_s": time.perf_counter() - t0 + summary["resumed_s"],
             "precision": summary["precision"], "threads": torch.get_num_threads(),
-            "data_fingerprint": data.fingerprint}
+            "data_fingerprint": data.fingerprint,
+            # where it trained: weights differ across kinds of CPU and thread counts (docs/GPU.md)
+            "env": environment()}
     if summary["resumed_epochs"]:
         meta["resumed_epochs"] = summary["resumed_epochs"]  # went on from a killed run's kept state
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -14,6 +14,7 @@ import bench.baseline as baseline
 from bench.baseline import BaselineInTraining, checkpoint_path, get_baseline, weights_fingerprint
 from tests.conftest import dead_pid
 from bench.data import load_splits
+from bench.environment import cpu_id
 
 CONFIG = {"network": "digitnet", "dataset": "digits", "seed": 0, "train": {"epochs": 1, "batch_size": 64},
           "data": {"val_fraction": 0.1, "train_subset": None}}
@@ -32,6 +33,7 @@ def clean(tmp_path_factory, data):
         warnings.simplefilter("error")  # a fresh training warns about nothing
         model, meta = get_baseline(root, CONFIG, data, progress=False)
     assert meta["weights_fingerprint"] == weights_fingerprint(model.state_dict())
+    assert meta["env"]["cpu_id"] == cpu_id() and meta["threads"] == torch.get_num_threads()  # where it trained
     return root, meta
 
 
