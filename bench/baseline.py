@@ -235,7 +235,7 @@ def _train_baseline(path: Path, config: dict[str, Any], data: DataSplits, progre
             "acc_val": summary["val_acc"], "time_train_s": time.perf_counter() - t0 + summary["resumed_s"],
             "precision": summary["precision"], "threads": torch.get_num_threads(),
             "data_fingerprint": data.fingerprint,
-            # where it trained: weights differ across kinds of CPU and thread counts (docs/GPU.md)
+            # where it trained: weights differ across kinds of CPU and thread counts (docs/DESIGN.md, Baselines)
             "env": environment()}
     if summary["resumed_epochs"]:
         meta["resumed_epochs"] = summary["resumed_epochs"]  # went on from a killed run's kept state

@@ -10,9 +10,9 @@ from typing import Any
 
 from bench.allocation import MINMAX_RULE
 from bench.bias_calibration import CALIBRATION_RULE
-from bench.plan import TUNE_SEED
+from bench.plan import TUNE_SEED, picks_lr
 from bench.records import config_key
-from bench.registry import METHODS, is_reference, tunes_lr
+from bench.registry import METHODS, is_reference
 from bench.spec import MethodEntry, Suite, thaw
 from bench.suite_schema import DEFAULT_JOB_TIME_LIMIT_S, STAGES, SuiteError
 from bench.train import check_recipe
@@ -117,8 +117,7 @@ class Job:
     def reuses_pick(self) -> bool:
         """Whether this job takes its pick from another job (``bench.plan.tuner_key``): another
         seed's, or its own seed's at the suite's tune_epochs. Dense and NN-BCD take none."""
-        return (bool(self.lr_grid) and not self.fit_only and tunes_lr(self.method)
-                and (self.seed != TUNE_SEED or self.borrows_pick))
+        return picks_lr(self) and (self.seed != TUNE_SEED or self.borrows_pick)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", config_key(self.config()))

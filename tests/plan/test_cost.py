@@ -60,7 +60,7 @@ def test_job_cost_formula_counts_optimizers_times_lrs_on_the_tuning_seed_only(ti
     model = CostModel(calibration(factorize={"svd": {"a": 1e-3, "b": 1.0}}))
     svd = {j.seed: j for j in jobs if j.method == "svd"}
     dense = next(j for j in jobs if j.method == "dense" and j.seed == 0)
-    assert tuner_keys(jobs) == {svd[0].key, dense.key}
+    assert tuner_keys(jobs) == {svd[0].key}  # dense picks no lr: no tuning job
     assert split_sizes(svd[0]) == (N_TRAIN, N_VAL, N_TEST)
     assert model.trials(svd[0], tuning=True) == 8      # 2 optimizers x 3 lrs + lr_extend 2
     assert model.trials(svd[1], tuning=False) == 1
