@@ -78,8 +78,8 @@ def stale_keys(jobs: list, latest: dict[str, dict], baselines: CachedBaselines) 
 def at_risk(jobs: list, latest: dict[str, dict], baselines: CachedBaselines, todo: set[str]) -> list:
     """Jobs recorded ``ok`` on a baseline that is neither cached nor kept here, which this sweep
     trains because some of its jobs are in ``todo``: when the weights come out other than the
-    records' (another kind of CPU, another thread count, docs/GPU.md), the sweep runs these again.
-    Said before anything runs, since the baseline alone may take an hour."""
+    records' (another kind of CPU, another thread count: docs/DESIGN.md, "Baselines"), the sweep
+    runs these again. Said before anything runs, since the baseline alone may take an hour."""
     needed = {j.baseline_key: j for j in jobs if j.key in todo}  # one summary read per baseline, not per job
     trained_here = {k for k, j in needed.items() if baselines.fingerprint(j) is None}
     return [j for j in jobs if j.baseline_key in trained_here and j.key not in todo
