@@ -10,8 +10,12 @@ fine-tuning (``ctx.epochs`` is not used).
 
 **Stopping rule.** Sweeps run until the compressed network's validation accuracy plateaus: no
 gain of at least ``min_delta`` (0.001 = 0.1 points) over the last gain's level for ``patience``
-(10) sweeps, bounded by ``max_sweeps`` (300; ``iterations`` is its old name). ``select="val"``
-(default) keeps the sweep with the best validation accuracy, ``"last"`` the last one
+(10) sweeps, bounded by ``max_sweeps`` (300; ``iterations`` is its old name). The levels are the
+sweeps' own (the first sweep sets the first): the rule asks whether BCD still improves, so a
+start that the first sweeps fall below (BCD starts W at the dense weights and re-fits the
+biases) does not stop it. ``select="val"`` (default) keeps the best on validation of the
+network handed in (sweep 0: the compressed, bias-calibrated network every method starts from)
+and the sweeps, ``"last"`` the last one
 (without a validation split: ``max_sweeps`` sweeps, the last kept). ``patience: 0`` turns the plateau rule off: a fixed
 ``max_sweeps``; the pre-v2 behaviour was ``{iterations: 20, patience: 0}`` (best of the 20 on
 validation), ``select: last`` added keeps the 20th. A fixed count stopped FC-2 while validation
@@ -155,18 +159,23 @@ class _NNBCD(Compressor):
         prob = BCDProblem(feats.to(**f64), y1, weights, biases, compressed, project,
                           self.gamma, self.rho, self.alpha, self.tau)
 
-        def accuracy(x: torch.Tensor | None, y: torch.Tensor) -> float:
+        def accuracy(x: torch.Tensor | None, y: torch.Tensor, weights=None, biases=None) -> float:
             if x is None or len(y) == 0:
                 return float("nan")
-            out = head_forward(x.to(torch.float64), prob.final_weights(), prob.b)
+            out = head_forward(x.to(torch.float64), weights or prob.final_weights(), biases or prob.b)
             return float((out.argmax(1) == y).double().mean())
 
         def snapshot(it: int) -> tuple:
             return val_acc[-1], it, [w.clone() for w in prob.final_weights()], [b.clone() for b in prob.b]
 
-        objective, train_acc, val_acc = [prob.objective()], [accuracy(prob.x, y_tr)], [accuracy(val_feats, y_val)]
-        best = snapshot(0)
-        ref, ref_sweep = val_acc[0], 0  # the plateau rule's reference: last gain of >= min_delta
+        # sweep 0 is the network handed in (compressed, biases calibrated), not BCD's start
+        # variables: with init="dense" those pair the compressed weights with the dense biases
+        start_w, start_b = [w.to(**f64) for w in cur_w], [b.to(**f64) for b in cur_b]
+        objective = [prob.objective()]
+        train_acc = [accuracy(prob.x, y_tr, start_w, start_b)]
+        val_acc = [accuracy(val_feats, y_val, start_w, start_b)]
+        best = (val_acc[0], 0, start_w, start_b)
+        ref, ref_sweep = -math.inf, 0  # the plateau rule's reference: the sweeps' last gain of >= min_delta
         rule, sweep_s, it = "max_sweeps", 0.0, 0
         while it < self.max_sweeps:
             it += 1
@@ -201,7 +210,7 @@ class _NNBCD(Compressor):
             "nnbcd_objective": [objective[i] for i in keep], "nnbcd_train_acc": [train_acc[i] for i in keep],
             "nnbcd_sweeps": it, "nnbcd_selected_sweep": chosen_it,
             "nnbcd_stop": {"rule": rule, "sweep": it, "patience": self.patience, "min_delta": self.min_delta,
-                           "max_sweeps": self.max_sweeps, "select": self.select},
+                           "max_sweeps": self.max_sweeps, "select": self.select, "start": "handed_in"},
             "nnbcd_subset": int(prob.n), "nnbcd_head": head, "nnbcd_projection_rejected": prob.rejected,
             "nnbcd_hyper": {"gamma": self.gamma, "rho": self.rho, "alpha": self.alpha, "tau": self.tau},
             "nnbcd_seconds": time.perf_counter() - start,

@@ -143,8 +143,9 @@ def test_sweeps_stop_on_a_validation_plateau_and_keep_the_best():
     val, stop = ex["nnbcd_val_acc"], ex["nnbcd_stop"]
     n = ex["nnbcd_sweeps"]
     assert stop["rule"] == "plateau" and stop["sweep"] == n < 200 and len(val) == n + 1
-    # the rule: no gain of >= min_delta over the level of the last such gain for `patience` sweeps
-    ref, since = val[0], 0
+    # the rule: no gain of >= min_delta over the level of the sweeps' last such gain for `patience`
+    # sweeps (the first sweep sets the first level: the start is not a level to beat)
+    ref, since = -float("inf"), 0
     for it in range(1, n + 1):
         if val[it] >= ref + 0.001 - 1e-12:
             ref, since = val[it], it
@@ -152,6 +153,48 @@ def test_sweeps_stop_on_a_validation_plateau_and_keep_the_best():
     assert ex["nnbcd_selected_sweep"] == val.index(max(val))  # best validation, not the last
     assert ex["nnbcd_curve_sweeps"] == list(range(n + 1)) and len(ex["nnbcd_objective"]) == n + 1
     assert ex["nnbcd_seconds_per_sweep"] > 0
+
+
+def test_sweep_0_is_the_network_handed_in_and_is_kept_when_no_sweep_beats_it(monkeypatch):
+    """The network every method starts from is the compressed one with its calibrated biases:
+    NN-BCD's sweep 0 is that network, not its start variables (compressed weights beside the
+    dense biases), and when every sweep is worse on validation, that network comes back as it was."""
+    data = _data(n=600)
+    torch.manual_seed(0)
+    net = build_network("fc2", (1, 4, 4), data.num_classes)
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    for _ in range(200):  # a trained start, far above what a zeroed layer predicts
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(data.x_train), data.y_train).backward()
+        opt.step()
+    m = get_method("nnbcd-tt", subset=300, max_sweeps=30, patience=4)
+    layers = {"fc1": get_layer(net, "fc1")}
+    dense = {"fc1": copy.deepcopy(layers["fc1"])}
+    knobs = m.allocate(layers, 4)
+    m.compress(net, knobs)
+    with torch.no_grad():  # stands for the bias calibration: biases unlike the dense layer's
+        net.fc1.bias.add_(0.5)
+    handed_in = copy.deepcopy(net)
+    with torch.no_grad():
+        start_val = float((net(data.x_val).argmax(1) == data.y_val).double().mean())
+
+    def worse_sweep(prob):  # every sweep zeroes the compressed weights: never better than the start
+        for g in prob.g:
+            if g is not None:
+                g.zero_()
+    monkeypatch.setattr(BCDProblem, "sweep", worse_sweep)
+    ctx = FinetuneContext(train=None, epochs=1, layer_names=["fc1"], dense_layers=dense, knobs=knobs,
+                          method=m, data=data, device=torch.device("cpu"))
+    m.finetune(net, ctx)
+    ex = ctx.extras
+    assert ex["nnbcd_val_acc"][0] == pytest.approx(start_val, abs=1e-12)
+    assert max(ex["nnbcd_val_acc"][1:]) < start_val
+    assert ex["nnbcd_selected_sweep"] == 0
+    with torch.no_grad():  # written back as it came (TT cores up to their gauge)
+        assert torch.allclose(net(data.x_val), handed_in(data.x_val), atol=1e-5)
+        assert torch.equal(net.fc1.bias, handed_in.fc1.bias)
+    # constant sweeps: the first sets the level, `patience` more without a gain stop it
+    assert ex["nnbcd_stop"]["rule"] == "plateau" and ex["nnbcd_sweeps"] == 1 + 4
 
 
 def test_fixed_sweeps_and_the_old_option_name():
