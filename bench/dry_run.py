@@ -111,7 +111,9 @@ def dry_run(jobs, cost=None, kind: str = "cpu", cal_path: Path | None = None,
     cal = cost.cal
     networks_here = dict.fromkeys(j.network for j in jobs)
     whose = set_said(cost.correction_sets, networks_here, cost.cpu, cost.threads, cost.cpu_id)
-    print(f"estimated time on {kind} ({cal.get('device_name')}, {cal.get('threads')} threads, calibration "
+    threads = f"calibrated with {cal.get('threads')} threads" + (
+        f", this run {cost.threads}" if cost.threads and cost.threads != cal.get('threads') else "")
+    print(f"estimated time on {kind} ({cal.get('device_name')}, {threads}, calibration "
           f"{cost.path}{'' if any('precisions' in n for n in cal['networks'].values()) else '; no per-precision speeds'}"
           f"; {whose}):")
     shown = ("factorize", "finetune", "eval")

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 
 import bench.cost
 from bench.cli import main
@@ -429,6 +430,13 @@ def test_dry_run_estimates_with_a_calibration_and_says_when_there_is_none(tmp_pa
     out = capsys.readouterr().out
     assert "est " in out and "(baselines)" in out and "total:" in out and "by stage: baseline" in out
     assert "by priority stage" not in out  # no priority: one order
+    header = next(x for x in out.splitlines() if x.startswith("estimated time on"))
+    cal_threads = json.loads((tmp_path / "c.json").read_text())["threads"]
+    assert f"calibrated with {cal_threads} threads" in header
+    assert ("this run" in header) == (torch.get_num_threads() != cal_threads)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: cal_threads + 1)  # the run's threads, not the calibration's
+    assert main(["--suite", suite, "--dry-run", "--calibration", str(tmp_path / "c.json")]) == 0
+    assert f"this run {cal_threads + 1}," in capsys.readouterr().out
     stages = {"baselines": 0.0, "budgets": 0.0, "seeds": 0.0, "convergence": 0.0}
     assert main(["--suite", str(tiny_suite(ratios=[8], seeds=[0, 1], finetune_epochs=[0.5, 1],
                                            priority=list(stages))),
