@@ -120,6 +120,7 @@ def figure_depth(df: pd.DataFrame, stem: Path) -> list[Path]:
     a2.set_yscale("log")
     for ax in (a1, a2):
         ax.grid(alpha=0.3, lw=0.5)
+        ax.set_xticks(sorted(ok.M.unique()))  # the depths measured, not 2.5 / 5.0 / 7.5
     a2.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return save_figure(fig, stem, tight=True)
 

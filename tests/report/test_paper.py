@@ -248,6 +248,7 @@ def test_the_depth_figure_draws_one_line_per_entry_when_a_suite_has_several(tmp_
     accuracy = drawn["fig"].axes[0]
     lines = {c.get_label(): list(c.lines[0].get_ydata()) for c in accuracy.containers}
     assert lines == {"fc2/mnist adtn-interleaved": [91.0, 92.0], "fc2/mnist adtn-interleaved-scratch": [81.0, 82.0]}
+    assert [list(ax.get_xticks()) for ax in drawn["fig"].axes[:2]] == [[1, 2], [1, 2]]  # the depths measured
     drawn.clear()
     paper.figure_depth(recs[recs.label == "adtn-interleaved"], tmp_path / "fig1")  # one entry: named by network
     assert [c.get_label() for c in drawn["fig"].axes[0].containers] == ["fc2/mnist"]
