@@ -10,27 +10,31 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.records import latest_by_key, read_records
 from bench.registry import is_reference
 from bench.report import chance_accuracy, format_cell, seed_counts
+from bench.report_frames import suite_records_frame
 
 CHANCE_NOTE = "‡: within 1.5 points of chance (10 %: a constant prediction scores 11.35 % on MNIST, 10.00 % on Fashion-MNIST)"
 
 
 def _frame(path: Path) -> pd.DataFrame:
+    """The suite's current jobs (named by its folder), on its current baselines, as its tables read
+    them: records of an older definition of the suite (before ``pick_fallbacks``, another epoch
+    count) stay out, so a seed is never shown twice."""
     rows = []
-    for r in latest_by_key(read_records(path), where=path).values():
-        if is_reference(r.get("method")) or r.get("fit_only"):
+    for r in suite_records_frame(path, path.parent.name).to_dict("records"):
+        if is_reference(r.get("method")) or r.get("fit_only") is True:
             continue
+        finetune = r.get("finetune") if isinstance(r.get("finetune"), dict) else {}
         rows.append({"network": r.get("network"), "dataset": r.get("dataset"), "label": r.get("label", r.get("method")),
-                     "budget": r.get("budget"), "epochs": (r.get("finetune") or {}).get("epochs"),
+                     "budget": r.get("budget"), "epochs": finetune.get("epochs"),
                      "seed": r.get("seed"), "status": r.get("status"), "acc": r.get("acc_after_finetune"),
                      "pick": _pick(r)})
     return pd.DataFrame(rows)
 
 
 def _pick(r: dict) -> str:
-    p = (r.get("lr_tuning") or {}).get("pick")
+    p = (r.get("lr_tuning") if isinstance(r.get("lr_tuning"), dict) else {}).get("pick")
     if isinstance(p, dict):
         return f"{p.get('optimizer')}@{p.get('lr'):g}"
     return "" if p is None else f"sgd@{p:g}"

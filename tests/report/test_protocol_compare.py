@@ -32,3 +32,19 @@ def test_cells_are_matched_by_method_budget_and_epochs_and_show_each_seed(tmp_pa
     assert "95.33 / 94.10 / 93.90" in row32 and "94.44 ±" in row32 and row32.endswith("| sgd@0.03 |")
     row128 = next(line for line in table.splitlines() if "| x128 |" in line)
     assert "| — | — |" in row128 and "1/1 ok: 40.00" in row128
+
+
+def test_records_of_an_older_definition_of_the_suite_stay_out(tmp_path, monkeypatch):
+    """A re-run suite's file keeps the records its earlier definition made (before pick_fallbacks,
+    another epoch count) under other keys: each seed is shown once, from the suite's current jobs."""
+    import bench.suite
+
+    _write(tmp_path / "old" / "runs.jsonl", [_rec(0, 90.0)])
+    current = [_rec(0, 95.0), _rec(1, 94.0), _rec(2, 93.0)]
+    earlier = [{**_rec(1, 11.35), "key": "made-before-the-fallback-rule"}]
+    _write(tmp_path / "new" / "runs.jsonl", earlier + current)
+    monkeypatch.setattr(bench.suite, "current_keys",
+                        lambda name, **kw: {r["key"] for r in current} if name == "new" else None)
+    assert main(["compare-protocols", "--results", str(tmp_path), "--new", "new", "--old", "old"]) == 0
+    row = next(line for line in (tmp_path / "new" / "before_after.md").read_text().splitlines() if "| x32 |" in line)
+    assert "| 95.00 / 94.00 / 93.00 |" in row and "11.35" not in row
