@@ -159,10 +159,10 @@ class _NNBCD(Compressor):
         prob = BCDProblem(feats.to(**f64), y1, weights, biases, compressed, project,
                           self.gamma, self.rho, self.alpha, self.tau)
 
-        def accuracy(x: torch.Tensor | None, y: torch.Tensor, weights=None, biases=None) -> float:
+        def accuracy(x: torch.Tensor | None, y: torch.Tensor, weights: list, biases: list) -> float:
             if x is None or len(y) == 0:
                 return float("nan")
-            out = head_forward(x.to(torch.float64), weights or prob.final_weights(), biases or prob.b)
+            out = head_forward(x.to(torch.float64), weights, biases)
             return float((out.argmax(1) == y).double().mean())
 
         def snapshot(it: int) -> tuple:
@@ -183,8 +183,8 @@ class _NNBCD(Compressor):
             prob.sweep()
             sweep_s += time.perf_counter() - t0
             objective.append(prob.objective())
-            train_acc.append(accuracy(prob.x, y_tr))
-            val_acc.append(accuracy(val_feats, y_val))
+            train_acc.append(accuracy(prob.x, y_tr, prob.final_weights(), prob.b))
+            val_acc.append(accuracy(val_feats, y_val, prob.final_weights(), prob.b))
             if val_acc[-1] > best[0]:  # NaN (no val split) never wins: the last is kept below
                 best = snapshot(it)
             if val_acc[-1] >= ref + self.min_delta - 1e-12:
